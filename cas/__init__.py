@@ -1,0 +1,33 @@
+"""cas: a content-addressed store for test fixtures and other large files."""
+
+from .errors import (
+    CasError,
+    CatalogError,
+    ConfigError,
+    DownloadError,
+    InUse,
+    IntegrityError,
+    NotFound,
+    StoreError,
+    UsageError,
+)
+from .settings import Settings
+from .store import Entry, Store
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CasError",
+    "CatalogError",
+    "ConfigError",
+    "DownloadError",
+    "Entry",
+    "InUse",
+    "IntegrityError",
+    "NotFound",
+    "Settings",
+    "Store",
+    "StoreError",
+    "UsageError",
+    "__version__",
+]

@@ -1,0 +1,88 @@
+"""The errors cas raises, one small hierarchy.
+
+    CasError                      exit status 1: anything cas reports
+     ├── UsageError (ValueError)  2: bad input, such as an invalid name or a digest of the wrong form
+     ├── NotFound (KeyError)      3: no such name, digest or source file
+     ├── IntegrityError           4: content does not match its expected digest or size, or damage
+     ├── InUse                    5: a leased blob was asked to go
+     ├── ConfigError (UsageError) 2: a bad setting, naming where it came from
+     ├── CatalogError             1: catalog.db cannot be used (not SQLite, newer schema, unsafe fs)
+     ├── StoreError               1: the store's folders cannot be used (not a folder, not writable)
+     └── DownloadError            1: a transfer failed; carries url, status and attempts
+
+Foreign exceptions (OSError, sqlite3 and urllib3 errors) are translated where they first reach cas
+code, with the original chained as ``__cause__``. Every message is one line that names the problem.
+"""
+
+from __future__ import annotations
+
+
+class CasError(Exception):
+    """Base of every error cas raises on purpose."""
+
+    exit_status = 1
+
+
+class UsageError(CasError, ValueError):
+    """The caller gave a value cas cannot accept."""
+
+    exit_status = 2
+
+
+class NotFound(CasError, KeyError):
+    """A name, digest, or source that does not exist."""
+
+    exit_status = 3
+
+    def __str__(self) -> str:
+        # KeyError quotes its argument; a message should read as a sentence.
+        return str(self.args[0]) if self.args else ""
+
+
+class IntegrityError(CasError):
+    """Content does not match the digest or size it should have."""
+
+    exit_status = 4
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: str | int | None = None,
+        found: str | int | None = None,
+        path: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.expected = expected
+        self.found = found
+        self.path = path
+
+
+class InUse(CasError):
+    """The blob is leased by a live holder."""
+
+    exit_status = 5
+
+
+class ConfigError(UsageError):
+    """A setting is unknown or has a bad value; the message names its source, key and value."""
+
+
+class CatalogError(CasError):
+    """The catalog cannot be opened or used safely."""
+
+
+class StoreError(CasError):
+    """The store's root or folders cannot be used."""
+
+
+class DownloadError(CasError):
+    """A download failed after its retries."""
+
+    def __init__(
+        self, message: str, *, url: str, status: int | None = None, attempts: int = 0
+    ) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+        self.attempts = attempts

@@ -1,0 +1,1 @@
+"""The cas pytest plugin: registered through the ``pytest11`` entry point, inert until used."""

@@ -1,0 +1,43 @@
+"""What a ref is: a full BLAKE3 digest or a name, and which names are valid.
+
+Names are catalog keys, never paths (guarantee 7): their only constraints come from here.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import UsageError
+
+DIGEST_LENGTH = 64
+MAX_NAME_LENGTH = 255
+_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def is_digest(ref: str) -> bool:
+    """Whether ``ref`` has the form of a full hex BLAKE3-256 digest (any case)."""
+    return _DIGEST.fullmatch(ref) is not None
+
+
+def check_digest(value: str, what: str = "digest") -> str:
+    """Return ``value`` as a lowercase digest, or raise UsageError."""
+    if not isinstance(value, str) or not is_digest(value):
+        raise UsageError(f"{what} {value!r} is not 64 hexadecimal digits")
+    return value.lower()
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid fixture name, else raise UsageError saying why."""
+    if not isinstance(name, str):
+        raise UsageError(f"a name must be a string, not {type(name).__name__}")
+    if not name:
+        raise UsageError("a name must not be empty")
+    if len(name) > MAX_NAME_LENGTH:
+        raise UsageError(
+            f"name {name[:40]!r}... is {len(name)} characters long; at most {MAX_NAME_LENGTH}"
+        )
+    if not name.isprintable():
+        raise UsageError(f"name {name!r} contains a control or non-printable character")
+    if is_digest(name):
+        raise UsageError(f"name {name!r} is 64 hex digits, which is reserved for digests")
+    return name

@@ -1,0 +1,36 @@
+-- The catalog of a cas store: the one source of truth for its tables.
+--
+-- This file is a log of versions, oldest first. Each version starts with a line
+-- "-- version: N". A new catalog runs every version; an older one runs the versions it lacks,
+-- in one transaction, and its PRAGMA user_version records the last one applied. Released
+-- versions are never edited: a change of schema is a new version appended below.
+--
+-- Times are Unix seconds (REAL). Digests are lowercase hex BLAKE3-256.
+
+-- version: 1
+
+-- One row per file under blobs/. The file is published before its row is inserted and
+-- unlinked only after its row is gone (see docs/architecture.md).
+CREATE TABLE blobs (
+    digest      TEXT    PRIMARY KEY CHECK (length(digest) = 64),
+    size        INTEGER NOT NULL CHECK (size >= 0),
+    created     REAL    NOT NULL,
+    -- Coarse: updated when older than the access granularity, in batches (guarantee 6).
+    last_access REAL    NOT NULL
+) WITHOUT ROWID;
+
+CREATE INDEX blobs_by_last_access ON blobs (last_access);
+
+-- Human names of blobs. A name may outlive its blob when it has a source to fetch it again.
+CREATE TABLE names (
+    name     TEXT    PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 255),
+    digest   TEXT    NOT NULL CHECK (length(digest) = 64),
+    pinned   INTEGER NOT NULL DEFAULT 0 CHECK (pinned IN (0, 1)),
+    -- Where the fixture came from, to fetch it again; NULL for local puts.
+    url      TEXT,
+    sha256   TEXT    CHECK (sha256 IS NULL OR length(sha256) = 64),
+    created  REAL    NOT NULL,
+    updated  REAL    NOT NULL
+) WITHOUT ROWID;
+
+CREATE INDEX names_by_digest ON names (digest);
