@@ -34,3 +34,25 @@ CREATE TABLE names (
 ) WITHOUT ROWID;
 
 CREATE INDEX names_by_digest ON names (digest);
+
+-- version: 2
+
+-- Metrics (SPEC "Metrics"): monotonic totals shared by every process, added to in batches.
+CREATE TABLE counters (
+    name  TEXT    PRIMARY KEY,
+    value INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+-- Leases: explicit "in use" records that eviction respects (guarantee 3). The holder is a
+-- process: host, pid, and the process's start time, so that a reused pid is not taken for it.
+CREATE TABLE leases (
+    id      INTEGER PRIMARY KEY,
+    digest  TEXT    NOT NULL CHECK (length(digest) = 64),
+    host    TEXT    NOT NULL,
+    pid     INTEGER NOT NULL,
+    started REAL    NOT NULL,
+    created REAL    NOT NULL,
+    expires REAL    NOT NULL
+);
+
+CREATE INDEX leases_by_digest ON leases (digest, expires);
