@@ -98,16 +98,16 @@ def cli(ctx: click.Context, root: Path | None, verbose: int, quiet: bool) -> Non
 
 
 @cli.command()
-@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("files", nargs=-1, required=True)
 @click.option("--name", help="Name the stored content (one file only).")
 @pass_context
-def put(context: Context, files: tuple[Path, ...], name: str | None) -> None:
+def put(context: Context, files: tuple[str, ...], name: str | None) -> None:
     """Store FILE… (or - for stdin); print "<digest>  <file>" for each."""
     if name is not None and len(files) != 1:
         raise UsageError("--name needs exactly one file")
     store = context.store()
     for file in files:
-        digest = store.put(sys.stdin.buffer if str(file) == "-" else file, name=name)
+        digest = store.put(sys.stdin.buffer if file == "-" else Path(file), name=name)
         click.echo(f"{digest}  {file}")
 
 

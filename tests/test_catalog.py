@@ -1,0 +1,109 @@
+"""The catalog file: schema versions, migrations, refusals, and transaction control."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import cas
+from cas.catalog import LATEST_VERSION, SCHEMA_VERSIONS
+
+
+def _make_catalog_at(root: Path, version: int) -> None:
+    root.mkdir(parents=True)
+    db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    for number, statements in SCHEMA_VERSIONS[:version]:
+        for statement in statements:
+            db.execute(statement)
+    db.execute(f"PRAGMA user_version = {version}")
+    db.close()
+
+
+def test_schema_comes_from_schema_sql() -> None:
+    """The versions the code applies are exactly the sections of schema.sql at the root."""
+    text = (Path(__file__).parent.parent / "schema.sql").read_text()
+    headers = [line for line in text.splitlines() if line.startswith("-- version:")]
+    assert len(headers) == LATEST_VERSION == len(SCHEMA_VERSIONS)
+    for _, statements in SCHEMA_VERSIONS:
+        for statement in statements:
+            assert statement in text
+
+
+def test_new_catalog_is_wal_at_latest_version(store: cas.Store) -> None:
+    """A new catalog is in WAL mode and records the latest schema version."""
+    db = sqlite3.connect(store.root / "catalog.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+    db.close()
+
+
+@pytest.mark.parametrize("version", range(1, LATEST_VERSION))
+def test_older_catalog_is_migrated_forward(root: Path, version: int) -> None:
+    """A catalog of an older version keeps its rows and is brought to the latest version."""
+    _make_catalog_at(root, version)
+    db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    db.execute(
+        "INSERT INTO blobs (digest, size, created, last_access) VALUES (?, 0, 0, 0)", ("a" * 64,)
+    )
+    db.close()
+    with cas.Store.open(root) as store:
+        assert [entry.digest for entry in store.entries()] == ["a" * 64]
+    db = sqlite3.connect(root / "catalog.db")
+    assert db.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
+    db.close()
+
+
+def test_newer_catalog_is_refused(root: Path) -> None:
+    """A catalog from a newer cas is refused with an error naming both versions, untouched."""
+    _make_catalog_at(root, LATEST_VERSION)
+    db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    db.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
+    db.close()
+    before = (root / "catalog.db").read_bytes()
+    with pytest.raises(cas.CatalogError, match=f"version {LATEST_VERSION + 1}.*upgrade"):
+        cas.Store.open(root)
+    assert (root / "catalog.db").read_bytes() == before
+
+
+def test_not_a_database_is_refused(root: Path) -> None:
+    """A catalog.db that is not SQLite is reported, and left as it was."""
+    root.mkdir()
+    (root / "catalog.db").write_bytes(b"this is not a database at all" * 100)
+    with pytest.raises(cas.CatalogError, match="not a usable SQLite catalog"):
+        cas.Store.open(root)
+    assert (root / "catalog.db").read_bytes() == b"this is not a database at all" * 100
+
+
+def test_commit_is_visible_from_a_fresh_connection(store: cas.Store) -> None:
+    """A put is committed: an independent connection sees its row at once."""
+    digest = store.put(b"committed", name="c")
+    db = sqlite3.connect(store.root / "catalog.db")
+    assert db.execute("SELECT digest FROM names WHERE name = 'c'").fetchone() == (digest,)
+    db.close()
+
+
+def test_last_access_is_coarse(store: cas.Store) -> None:
+    """Reading a blob accessed within the granularity writes nothing to the catalog."""
+    store.put(b"fresh", name="f")
+    db = sqlite3.connect(store.root / "catalog.db")
+    before = db.execute("SELECT last_access FROM blobs").fetchone()
+    for _ in range(10):
+        store.path("f")
+    store.close()
+    assert db.execute("SELECT last_access FROM blobs").fetchone() == before
+    db.close()
+
+
+def test_stale_last_access_is_written_at_close(root: Path) -> None:
+    """A read of a blob not accessed for longer than the granularity is recorded by close."""
+    with cas.Store.open(root) as store:
+        store.put(b"stale", name="s")
+    db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    db.execute("UPDATE blobs SET last_access = 1000")
+    with cas.Store.open(root) as store:
+        store.path("s")
+        assert db.execute("SELECT last_access FROM blobs").fetchone() == (1000,)
+    assert db.execute("SELECT last_access FROM blobs").fetchone()[0] > 1000
+    db.close()

@@ -1,0 +1,116 @@
+"""Properties of put and read: content in equals content out, once, under its BLAKE3 name."""
+
+from __future__ import annotations
+
+import io
+import os
+import stat
+from pathlib import Path
+
+import blake3
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import cas
+from cas.blobs import CHUNK_SIZE
+
+from .conftest import blob_files
+from .strategies import BOUNDARY_SIZES, contents, names
+
+
+def _b3(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+@given(data=contents(), kind=st.sampled_from(["bytes", "path", "file"]))
+def test_put_then_read_gives_back_the_bytes(store: cas.Store, tmp_path: Path, data: bytes,
+                                            kind: str) -> None:
+    """Whatever the source kind and size, read_bytes returns exactly what was put."""
+    if kind == "bytes":
+        digest = store.put(data)
+    elif kind == "path":
+        source = tmp_path / "source"
+        source.write_bytes(data)
+        digest = store.put(source)
+    else:
+        digest = store.put(io.BytesIO(data))
+    assert digest == _b3(data)
+    assert store.read_bytes(digest) == data
+    assert store.path(digest).read_bytes() == data
+
+
+@pytest.mark.parametrize("size", BOUNDARY_SIZES)
+def test_sizes_around_chunk_boundaries(store: cas.Store, tmp_path: Path, size: int) -> None:
+    """Files of sizes around the copy chunk round-trip through a path put."""
+    data = os.urandom(size)
+    source = tmp_path / "source"
+    source.write_bytes(data)
+    digest = store.put(source)
+    assert digest == _b3(data)
+    assert store.path(digest).stat().st_size == size
+    assert store.read_bytes(digest) == data
+
+
+@given(data=contents(), first=names, second=names)
+def test_putting_twice_stores_once(store: cas.Store, data: bytes, first: str,
+                                   second: str) -> None:
+    """The same content put twice, under any names, is one file and one blob row."""
+    before = {entry.digest for entry in store.entries()}
+    digest = store.put(data, name=first)
+    assert store.put(io.BytesIO(data), name=second) == digest
+    blobs = {entry.digest for entry in store.entries()}
+    assert blobs == before | {digest}
+    files = [path for path in blob_files(store.root) if path.name == digest]
+    assert len(files) == 1
+    assert store.read_bytes(first) == store.read_bytes(second) == data
+
+
+def test_second_put_of_known_bytes_does_not_rewrite(store: cas.Store) -> None:
+    """A second put of stored content leaves the published file untouched (same inode)."""
+    digest = store.put(b"same content")
+    inode = store.path(digest).stat().st_ino
+    store.put(b"same content")
+    assert store.path(digest).stat().st_ino == inode
+
+
+def test_blobs_are_read_only_and_laid_out_by_digest(store: cas.Store) -> None:
+    """A blob lives at blobs/<first two hex>/<digest> with mode 0444."""
+    digest = store.put(b"layout")
+    path = store.path(digest)
+    assert path == store.root / "blobs" / digest[:2] / digest
+    assert stat.S_IMODE(path.stat().st_mode) == 0o444
+
+
+def test_staging_is_empty_after_puts(store: cas.Store, tmp_path: Path) -> None:
+    """Nothing is left in tmp/ after successful and failed puts."""
+    store.put(b"a")
+    store.put(io.BytesIO(os.urandom(CHUNK_SIZE + 3)))
+    with pytest.raises(cas.NotFound):
+        store.put(tmp_path / "missing")
+    left = [p for p in (store.root / "tmp").iterdir() if p.name != "locks"]
+    assert left == []
+
+
+def test_text_stream_is_refused(store: cas.Store) -> None:
+    """A text-mode file is a usage error, and nothing is staged."""
+    with pytest.raises(cas.UsageError, match="binary"):
+        store.put(io.StringIO("text"))  # type: ignore[arg-type]
+
+
+def test_new_store_layout(root: Path) -> None:
+    """First use creates blobs/, tmp/ and catalog.db under the root, private to the user."""
+    with cas.Store.open(root):
+        pass
+    assert (root / "blobs").is_dir() and (root / "tmp").is_dir()
+    assert (root / "catalog.db").is_file()
+    assert stat.S_IMODE((root / "blobs").stat().st_mode) == 0o700
+
+
+def test_default_root_is_cas_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a root, the store opens at $CAS_HOME."""
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "home"))
+    with cas.Store.open() as store:
+        assert store.root == tmp_path / "home"
+        store.put(b"x")
+    assert (tmp_path / "home" / "catalog.db").exists()
