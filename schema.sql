@@ -56,3 +56,19 @@ CREATE TABLE leases (
 );
 
 CREATE INDEX leases_by_digest ON leases (digest, expires);
+
+-- Storage totals, kept exact by triggers in the same transaction as the rows they count, so
+-- that a put can tell whether the store is over its limit without summing every row.
+INSERT INTO counters (name, value)
+    SELECT 'stored_bytes', coalesce(sum(size), 0) FROM blobs
+    UNION ALL SELECT 'stored_blobs', count(*) FROM blobs;
+
+CREATE TRIGGER blobs_inserted AFTER INSERT ON blobs BEGIN
+    UPDATE counters SET value = value + NEW.size WHERE name = 'stored_bytes';
+    UPDATE counters SET value = value + 1 WHERE name = 'stored_blobs';
+END;
+
+CREATE TRIGGER blobs_deleted AFTER DELETE ON blobs BEGIN
+    UPDATE counters SET value = value - OLD.size WHERE name = 'stored_bytes';
+    UPDATE counters SET value = value - 1 WHERE name = 'stored_blobs';
+END;

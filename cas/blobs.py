@@ -13,7 +13,9 @@ import errno
 import fcntl
 import os
 import stat
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,8 @@ from .errors import StoreError
 
 #: Bytes read and hashed at a time while staging: bounded memory, large enough for speed.
 CHUNK_SIZE = 1 << 20
+#: Staging files untouched this long belong to no live writer: cleanup removes them.
+STAGING_MAX_AGE = 24 * 3600.0
 _FICLONE = 0x40049409  # linux/fs.h: share the source's extents (reflink) on btrfs, XFS, ...
 
 
@@ -158,6 +162,27 @@ class BlobStore:
         os.chmod(staged.path, 0o444)
         os.rename(staged.path, target)
         _fsync_dir(target.parent)
+
+    def debris(self, older_than: float = STAGING_MAX_AGE) -> list[os.DirEntry[str]]:
+        """Entries of ``tmp/`` (not its ``locks/``) untouched for ``older_than`` seconds."""
+        cutoff = time.time() - older_than
+        with os.scandir(self.tmp_dir) as entries:
+            return [
+                entry for entry in entries
+                if entry.name != "locks" and entry.stat(follow_symlinks=False).st_mtime < cutoff
+            ]
+
+    def clear_debris(self, older_than: float = STAGING_MAX_AGE) -> int:
+        """Remove staging files left by killed processes; return how many went."""
+        removed = 0
+        for entry in self.debris(older_than):
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                removed += 1
+        return removed
 
     def unlink(self, digest: str) -> None:
         """Remove a blob's file, if present."""

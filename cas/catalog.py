@@ -8,7 +8,9 @@ whole on "database is locked". Reads stay deferred; in WAL mode they never wait 
 
 Last access is coarse (guarantee 6): a read records a touch only when the stored time is older
 than ``ACCESS_GRANULARITY``, and touches wait in memory until a write transaction happens anyway,
-the store closes, or the oldest waiting touch is itself older than the granularity.
+the store closes, or the oldest waiting touch is itself older than the granularity. Counter
+increments (cas/metrics.py) wait and ride along the same way, so counting a read costs no
+transaction of its own.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from sqlalchemy import Connection, create_engine, event, exc
 from sqlalchemy.pool import QueuePool
 
 from .errors import CatalogError
+from .metrics import Counter
 
 log = logging.getLogger("cas")
 
@@ -98,6 +101,82 @@ def _translate(error: exc.DBAPIError, path: Path) -> CatalogError:
     return CatalogError(f"catalog {path}: {reason}")
 
 
+class _Pending:
+    """What waits in memory for a write transaction that happens anyway: touches and counts.
+
+    A write takes a snapshot, applies it inside its transaction, and forgets exactly what it
+    wrote only once that transaction committed; anything added meanwhile stays for the next.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._touches: dict[str, float] = {}
+        self._counts: dict[str, int] = {}
+        self._since: float | None = None  # when the oldest waiting item arrived
+
+    def __bool__(self) -> bool:
+        return bool(self._touches or self._counts)
+
+    def touch(self, digest: str, now: float) -> None:
+        with self._lock:
+            self._touches[digest] = now
+            self._since = now if self._since is None else self._since
+
+    def count(self, name: str, amount: int) -> None:
+        with self._lock:
+            self._counts[name] = self._counts.get(name, 0) + amount
+            self._since = time.time() if self._since is None else self._since
+
+    def due(self) -> bool:
+        """Whether the oldest waiting item has waited ``ACCESS_GRANULARITY``."""
+        since = self._since
+        return since is not None and time.time() - since >= ACCESS_GRANULARITY
+
+    def take(self) -> tuple[dict[str, float], dict[str, int], float]:
+        """A snapshot to write: touches, counts, and when it was taken."""
+        with self._lock:
+            return dict(self._touches), dict(self._counts), time.time()
+
+    @staticmethod
+    def apply(conn: Connection, touches: dict[str, float], counts: dict[str, int]) -> None:
+        if touches:
+            conn.exec_driver_sql(
+                "UPDATE blobs SET last_access = max(last_access, ?) WHERE digest = ?",
+                [(when, digest) for digest, when in touches.items()],
+            )
+        if counts:
+            conn.exec_driver_sql(
+                "INSERT INTO counters (name, value) VALUES (?, ?)"
+                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                list(counts.items()),
+            )
+
+    def written(self, touches: dict[str, float], counts: dict[str, int], taken: float) -> None:
+        """Forget a committed snapshot, keeping what arrived after it was taken."""
+        if not touches and not counts:
+            return
+        with self._lock:
+            for digest, when in touches.items():
+                if self._touches.get(digest) == when:
+                    del self._touches[digest]
+            for name, amount in counts.items():
+                left = self._counts.get(name, 0) - amount
+                if left:
+                    self._counts[name] = left
+                else:
+                    self._counts.pop(name, None)
+            # What is left of the counts arrived after the snapshot, so after ``taken``.
+            self._since = min(
+                [*self._touches.values(), *([taken] if self._counts else [])], default=None
+            )
+
+    def clear(self) -> None:
+        with self._lock:
+            self._touches.clear()
+            self._counts.clear()
+            self._since = None
+
+
 class Catalog:
     """One store's catalog.db: a connection pool plus the write and read protocols."""
 
@@ -113,9 +192,7 @@ class Catalog:
         event.listen(self.engine, "connect", self._on_connect)
         event.listen(self.engine, "begin", self._on_begin)
         self._writer = self.engine.execution_options(cas_immediate=True)
-        self._touch_lock = threading.Lock()
-        self._touches: dict[str, float] = {}
-        self._oldest_touch: float | None = None
+        self._pending = _Pending()
         self._pid = os.getpid()
         self._setup()
 
@@ -138,9 +215,7 @@ class Catalog:
         if os.getpid() != self._pid:
             self.engine.dispose(close=False)
             self._pid = os.getpid()
-            with self._touch_lock:
-                self._touches.clear()
-                self._oldest_touch = None
+            self._pending.clear()  # the parent's, which the parent writes
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -151,23 +226,23 @@ class Catalog:
                 yield conn
         except exc.DBAPIError as error:
             raise _translate(error, self.path) from error
-        if self._touch_due():
+        if self._pending.due():
             self.flush()
 
     def write(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in one IMMEDIATE transaction, retried as a whole while the lock is busy.
 
-        ``work`` must be safe to run again after a rollback. Waiting touches ride along.
+        ``work`` must be safe to run again after a rollback. Waiting touches and counts ride
+        along, and are forgotten only once the transaction committed.
         """
         self._check_fork()
         deadline = time.monotonic() + WRITE_DEADLINE
         delay = 0.01
         while True:
-            with self._touch_lock:
-                touches = dict(self._touches)
+            touches, counts, taken = self._pending.take()
             try:
                 with self._writer.begin() as conn:
-                    self._apply_touches(conn, touches)
+                    self._pending.apply(conn, touches, counts)
                     result = work(conn)
             except exc.OperationalError as error:
                 if _is_locked(error) and time.monotonic() < deadline:
@@ -178,49 +253,33 @@ class Catalog:
                 raise _translate(error, self.path) from error
             except exc.DBAPIError as error:
                 raise _translate(error, self.path) from error
-            self._forget_touches(touches)
+            self._pending.written(touches, counts, taken)
             return result
 
-    # -- last access ---------------------------------------------------------------------------
+    # -- last access and counters: batched, never a transaction of their own -------------------
 
     def touch(self, digest: str, last_access: float) -> None:
         """Note a read of ``digest`` whose stored last access is ``last_access``."""
         now = time.time()
-        if now - last_access < ACCESS_GRANULARITY:
-            return
-        with self._touch_lock:
-            self._touches[digest] = now
-            if self._oldest_touch is None:
-                self._oldest_touch = now
+        if now - last_access >= ACCESS_GRANULARITY:
+            self._pending.touch(digest, now)
 
-    def _touch_due(self) -> bool:
-        oldest = self._oldest_touch
-        return oldest is not None and time.time() - oldest >= ACCESS_GRANULARITY
+    def count(self, name: Counter, amount: int = 1) -> None:
+        """Add ``amount`` to the counter ``name``, written with the next write (cas/metrics.py).
 
-    @staticmethod
-    def _apply_touches(conn: Connection, touches: dict[str, float]) -> None:
-        if touches:
-            conn.exec_driver_sql(
-                "UPDATE blobs SET last_access = max(last_access, ?) WHERE digest = ?",
-                [(when, digest) for digest, when in touches.items()],
-            )
-
-    def _forget_touches(self, written: dict[str, float]) -> None:
-        if not written:
-            return
-        with self._touch_lock:
-            for digest, when in written.items():
-                if self._touches.get(digest) == when:
-                    del self._touches[digest]
-            self._oldest_touch = min(self._touches.values(), default=None)
+        Raises ValueError for a name that is not a ``Counter``.
+        """
+        counter = Counter(name)  # ValueError for a misspelt name, before it reaches the table
+        if amount:
+            self._pending.count(counter.value, amount)
 
     def flush(self) -> None:
-        """Write waiting touches now."""
-        if self._touches:
+        """Write waiting touches and counts now."""
+        if self._pending:
             self.write(lambda conn: None)
 
     def close(self) -> None:
-        """Flush waiting touches and close every pooled connection."""
+        """Flush waiting touches and counts and close every pooled connection."""
         try:
             if os.getpid() == self._pid:
                 self.flush()
@@ -359,15 +418,6 @@ def delete_blob(conn: Connection, digest: str) -> bool:
     return conn.exec_driver_sql("DELETE FROM blobs WHERE digest = ?", (digest,)).rowcount > 0
 
 
-def without_rows(conn: Connection, digests: list[str]) -> list[str]:
-    """Those of ``digests`` that have no blob row: the only files that may be unlinked."""
-    return [
-        digest
-        for digest in digests
-        if conn.exec_driver_sql("SELECT 1 FROM blobs WHERE digest = ?", (digest,)).first() is None
-    ]
-
-
 def entries(conn: Connection) -> list[Any]:
     """Every name with its blob, then every blob without a name, for listings."""
     return list(
@@ -380,3 +430,143 @@ def entries(conn: Connection) -> list[Any]:
             " ORDER BY 1 NULLS LAST, 2"
         )
     )
+
+
+# -- leases and pins -------------------------------------------------------------------------------
+
+
+def insert_lease(conn: Connection, digest: str, host: str, pid: int, started: float,
+                 now: float, expires: float) -> int:
+    """Record a lease on ``digest``; return its id."""
+    cursor = conn.exec_driver_sql(
+        "INSERT INTO leases (digest, host, pid, started, created, expires)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (digest, host, pid, started, now, expires),
+    )
+    return int(cursor.lastrowid)  # type: ignore[arg-type]
+
+
+def renew_leases(conn: Connection, ids: list[int], expires: float) -> set[int]:
+    """Extend the given leases; return the ids that still existed."""
+    if not ids:
+        return set()
+    marks = ",".join("?" * len(ids))
+    conn.exec_driver_sql(f"UPDATE leases SET expires = ? WHERE id IN ({marks})", (expires, *ids))
+    return set(conn.exec_driver_sql(f"SELECT id FROM leases WHERE id IN ({marks})",
+                                    tuple(ids)).scalars())
+
+
+def delete_leases(conn: Connection, ids: list[int]) -> int:
+    """Delete leases by id; return how many went."""
+    if not ids:
+        return 0
+    marks = ",".join("?" * len(ids))
+    return conn.exec_driver_sql(f"DELETE FROM leases WHERE id IN ({marks})", tuple(ids)).rowcount
+
+
+def delete_expired_leases(conn: Connection, now: float) -> int:
+    """Delete every lease past its expiry; return how many went."""
+    return conn.exec_driver_sql("DELETE FROM leases WHERE expires <= ?", (now,)).rowcount
+
+
+def leases_of_host(conn: Connection, host: str, now: float) -> list[Any]:
+    """Unexpired leases held by processes of ``host``: (id, pid, started)."""
+    return list(conn.exec_driver_sql(
+        "SELECT id, pid, started FROM leases WHERE host = ? AND expires > ?", (host, now)
+    ))
+
+
+def live_leases(conn: Connection, digest: str, now: float, dead: list[int]) -> int:
+    """How many unexpired leases not known dead hold ``digest``."""
+    return sum(
+        1 for (lease_id,) in conn.exec_driver_sql(
+            "SELECT id FROM leases WHERE digest = ? AND expires > ?", (digest, now)
+        ) if lease_id not in dead
+    )
+
+
+def set_pinned(conn: Connection, digest: str, name: str | None, pinned: bool) -> int:
+    """Pin or unpin ``name``, or every name of ``digest`` when name is None; return the count."""
+    if name is not None:
+        return conn.exec_driver_sql(
+            "UPDATE names SET pinned = ? WHERE name = ?", (int(pinned), name)
+        ).rowcount
+    return conn.exec_driver_sql(
+        "UPDATE names SET pinned = ? WHERE digest = ?", (int(pinned), digest)
+    ).rowcount
+
+
+def stored_totals(conn: Connection) -> tuple[int, int]:
+    """Bytes and blobs stored, kept exact by triggers (schema.sql)."""
+    values = dict(conn.exec_driver_sql(
+        "SELECT name, value FROM counters WHERE name IN ('stored_bytes', 'stored_blobs')"
+    ).all())
+    return int(values.get("stored_bytes", 0)), int(values.get("stored_blobs", 0))
+
+
+def evict(conn: Connection, digests: list[str]) -> None:
+    """Delete the rows of evicted blobs, and the names that cannot bring them back.
+
+    A name with a source stays, so that the fixture can be fetched again; one without goes.
+    """
+    conn.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS evicting (digest TEXT PRIMARY KEY)")
+    conn.exec_driver_sql("DELETE FROM temp.evicting")
+    conn.exec_driver_sql(
+        "INSERT INTO temp.evicting (digest) VALUES (?)", [(digest,) for digest in digests]
+    )
+    conn.exec_driver_sql(
+        "DELETE FROM names WHERE url IS NULL AND digest IN (SELECT digest FROM temp.evicting)"
+    )
+    conn.exec_driver_sql("DELETE FROM blobs WHERE digest IN (SELECT digest FROM temp.evicting)")
+    conn.exec_driver_sql("DELETE FROM temp.evicting")
+
+
+def without_rows(conn: Connection, digests: list[str]) -> list[str]:
+    """Those of ``digests`` (a few thousand at most) that have no blob row: the only files
+    that may be unlinked."""
+    if not digests:
+        return []
+    marks = ",".join("?" * len(digests))
+    present = set(conn.exec_driver_sql(
+        f"SELECT digest FROM blobs WHERE digest IN ({marks})", tuple(digests)
+    ).scalars())
+    return [digest for digest in digests if digest not in present]
+
+
+# -- queries for metrics (issue 3) ---------------------------------------------------------------
+
+
+def counter_values(conn: Connection) -> dict[str, int]:
+    """Every row of the counters table: name -> value."""
+    return {
+        str(name): int(value)
+        for name, value in conn.exec_driver_sql("SELECT name, value FROM counters")
+    }
+
+
+def usage(conn: Connection, now: float) -> Any:
+    """Stored bytes and blobs, names, and leases not expired at ``now``, in one row."""
+    return conn.exec_driver_sql(
+        "SELECT (SELECT coalesce(sum(size), 0) FROM blobs) AS bytes,"
+        " (SELECT count(*) FROM blobs) AS blobs,"
+        " (SELECT count(*) FROM names) AS names,"
+        " (SELECT count(*) FROM leases WHERE expires > ?) AS live_leases",
+        (now,),
+    ).one()
+
+
+def record_cleanup(conn: Connection, now: float) -> None:
+    """Note that a cleanup ran at ``now``."""
+    conn.exec_driver_sql(
+        "INSERT INTO counters (name, value) VALUES ('last_cleanup_at', ?)"
+        " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (int(now),),
+    )
+
+
+def last_cleanup(conn: Connection) -> float:
+    """When cleanup last ran (Unix seconds), 0 if never."""
+    value = conn.exec_driver_sql(
+        "SELECT value FROM counters WHERE name = 'last_cleanup_at'"
+    ).scalar()
+    return float(value or 0)

@@ -6,21 +6,29 @@ a single ``cas: error:`` line on stderr and the exit status SPEC promises.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
 import shutil
+import subprocess
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
+from . import eviction
 from .errors import CasError, UsageError
+from .metrics import Counter, Stats, human_size
+from .settings import KEYS, load_config, parse_duration, parse_size, resolve_root
 from .store import Entry, Store
 
 log = logging.getLogger("cas")
+
+T = TypeVar("T")
 
 
 class CasGroup(click.Group):
@@ -60,13 +68,15 @@ def _fail(message: str, status: int) -> None:
 class Context:
     """What the global options decided; opens the store on first use."""
 
-    def __init__(self, root: Path | None) -> None:
+    def __init__(self, root: Path | None, config_file: Path | None, profile: str | None) -> None:
         self.root = root
+        self.config_file = config_file
+        self.profile = profile
         self._store: Store | None = None
 
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store.open(self.root)
+            self._store = Store.open(self.root, config_file=self.config_file, profile=self.profile)
             click.get_current_context().call_on_close(self._store.close)
         return self._store
 
@@ -80,11 +90,30 @@ pass_context = click.make_pass_decorator(Context)
     type=click.Path(path_type=Path, file_okay=True),
     help="Store root (default: $CAS_HOME, else the user cache folder).",
 )
+@click.option(
+    "--config",
+    "config_file",
+    metavar="FILE",
+    type=click.Path(path_type=Path, dir_okay=True),
+    help="A settings file read after <root>/config.toml (default: $CAS_CONFIG).",
+)
+@click.option(
+    "--profile",
+    metavar="NAME",
+    help="The [profile.NAME] table of the settings files to use (default: $CAS_PROFILE).",
+)
 @click.option("-v", "--verbose", count=True, help="Say more (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Only errors.")
 @click.version_option(package_name="cas", prog_name="cas")
 @click.pass_context
-def cli(ctx: click.Context, root: Path | None, verbose: int, quiet: bool) -> None:
+def cli(
+    ctx: click.Context,
+    root: Path | None,
+    config_file: Path | None,
+    profile: str | None,
+    verbose: int,
+    quiet: bool,
+) -> None:
     """A content-addressed store for test fixtures and other large files."""
     level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[
         min(verbose, 2)
@@ -94,7 +123,7 @@ def cli(ctx: click.Context, root: Path | None, verbose: int, quiet: bool) -> Non
     log.handlers[:] = [handler]
     log.setLevel(level)
     log.propagate = False
-    ctx.obj = Context(root)
+    ctx.obj = Context(root, config_file, profile)
 
 
 @cli.command()
@@ -157,6 +186,125 @@ def remove(context: Context, refs: tuple[str, ...], force: bool) -> None:
         store.remove(ref, force=force)
 
 
+@cli.command()
+@click.argument("ref")
+@pass_context
+def pin(context: Context, ref: str) -> None:
+    """Pin REF: cleanup never removes its blob."""
+    context.store().pin(ref)
+
+
+@cli.command()
+@click.argument("ref")
+@pass_context
+def unpin(context: Context, ref: str) -> None:
+    """Unpin REF."""
+    context.store().unpin(ref)
+
+
+@cli.command(
+    context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False}
+)
+@click.argument("words", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_context
+def lease(context: Context, words: tuple[str, ...]) -> None:
+    """Run COMMAND while holding leases on REF…: cas lease REF… -- COMMAND [ARG…].
+
+    Exits with the command's status.
+    """
+    if "--" not in words:
+        raise UsageError("give the command after --, as in: cas lease REF -- COMMAND")
+    split = words.index("--")
+    refs, command = words[:split], words[split + 1 :]
+    if not refs or not command:
+        raise UsageError("cas lease needs at least one REF before -- and a COMMAND after it")
+    store = context.store()
+    with contextlib.ExitStack() as held:
+        for ref in refs:
+            held.enter_context(store.lease(ref))
+        try:
+            status = subprocess.call(command)
+        except OSError as error:
+            raise CasError(f"cannot run {command[0]!r}: {error.strerror}") from error
+    click.get_current_context().exit(status)
+
+
+def _plan_json(plan: eviction.Plan, dry_run: bool) -> dict[str, Any]:
+    def item(entry: eviction.Item) -> dict[str, Any]:
+        return {"digest": entry.digest, "names": list(entry.names), "size": entry.size,
+                "last_access": entry.last_access, "reason": entry.reason}
+
+    return {
+        "dry_run": dry_run,
+        "stored_before": plan.stored_before,
+        "stored_after": plan.stored_after,
+        "low_water": plan.target,
+        "freed_bytes": plan.freed,
+        "removed": [item(victim) for victim in plan.victims],
+        "kept": [item(kept) for kept in plan.kept],
+    }
+
+
+def _describe(entry: eviction.Item) -> str:
+    names = ", ".join(entry.names) if entry.names else "(no name)"
+    return f"{names}  {entry.digest[:12]}  {_human_size(entry.size)}  {entry.reason}"
+
+
+@cli.command()
+@click.option("--max-size", help="Size limit for this run, e.g. 5GiB (default: max_cache_size).")
+@click.option("--max-age", help="Remove what was not accessed for this long, e.g. 7d.")
+@click.option("--dry-run", is_flag=True, help="Show what would go, remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_context
+def gc(context: Context, max_size: str | None, max_age: str | None, dry_run: bool,
+       as_json: bool) -> None:
+    """Remove least recently used and old blobs; never leased, pinned or recent ones."""
+    size = _parse("--max-size", max_size, parse_size)
+    age = _parse("--max-age", max_age, parse_duration)
+    plan = context.store().gc(max_size=size, max_age=age, dry_run=dry_run)
+    if as_json:
+        click.echo(json.dumps(_plan_json(plan, dry_run), indent=2))
+        return
+    verb = "would free" if dry_run else "freed"
+    click.echo(
+        f"{verb} {len(plan.victims)} blobs, {_human_size(plan.freed)}: "
+        f"{_human_size(plan.stored_before)} -> {_human_size(plan.stored_after)} "
+        f"(low water {_human_size(plan.target)})"
+    )
+    for victim in plan.victims:
+        click.echo(f"  {'would remove' if dry_run else 'removed'}  {_describe(victim)}")
+    if plan.kept:
+        click.echo(f"kept {len(plan.kept)} blobs that cleanup would otherwise have removed:")
+        for kept in plan.kept:
+            click.echo(f"  kept  {_describe(kept)}")
+
+
+@cli.command()
+@click.option("--interval", help="Time between cleanups, e.g. 1h (default: cleanup_interval).")
+@pass_context
+def maintain(context: Context, interval: str | None) -> None:
+    """Run cleanup periodically in the foreground until interrupted."""
+    period = _parse("--interval", interval, parse_duration)
+    store = context.store()
+    log.info("cleaning up %s every %.0fs; stop with Ctrl-C", store.root,
+             period or store.settings.cleanup_interval)
+    store.gc()
+    with store.maintenance(period):
+        try:
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+
+
+def _parse(option: str, value: str | None, parse: Callable[[str], T]) -> T | None:
+    if value is None:
+        return None
+    try:
+        return parse(value)
+    except ValueError as error:
+        raise UsageError(f"{option} {value!r}: {error}") from error
+
+
 def _entry_json(entry: Entry) -> dict[str, Any]:
     return {
         "name": entry.name,
@@ -203,6 +351,98 @@ def list_entries(context: Context, as_json: bool) -> None:
             f"{entry.digest[:12]}  {_human_size(entry.size):>10}  {_when(entry.last_access)}"
             f"  {state(entry):<8}  {entry.name or ''}".rstrip()
         )
+
+
+# -- settings and metrics (issue 3) -------------------------------------------------------------
+
+
+@cli.command("config")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@pass_context
+def show_config(context: Context, as_json: bool) -> None:
+    """Show every effective setting and where it came from."""
+    root, root_source = resolve_root(context.root)
+    config = load_config(
+        root, config_file=context.config_file, profile=context.profile, given_as="command line"
+    )
+    settings = config.settings
+    if as_json:
+        document = {
+            "root": {"value": str(root), "source": root_source},
+            "files": [str(path) for path in config.files],
+            "profile": {"value": config.profile, "source": config.profile_source},
+            "settings": {
+                key: {
+                    "value": getattr(settings, key),
+                    "text": settings.show(key),
+                    "source": config.sources[key],
+                }
+                for key in KEYS
+            },
+        }
+        click.echo(json.dumps(document, indent=2))
+        return
+    rows = [
+        ("root", str(root), root_source),
+        ("files", ", ".join(str(path) for path in config.files) or "-", ""),
+        ("profile", config.profile or "-", config.profile_source or ""),
+    ]
+    rows += [(key, settings.show(key), config.sources[key]) for key in KEYS]
+    width = max(len(row[1]) for row in rows)
+    for key, value, source in rows:
+        click.echo(f"{key:<17} {value:<{width}}  {source}".rstrip())
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("--prometheus", is_flag=True, help="The Prometheus text exposition format.")
+@click.option("--check", is_flag=True, help="Exit with status 1 when the store is unhealthy.")
+@pass_context
+def stats(context: Context, as_json: bool, prometheus: bool, check: bool) -> None:
+    """Show counters, storage use, hit ratio and download success rate."""
+    if as_json and prometheus:
+        raise UsageError("--json and --prometheus exclude each other")
+    result = context.store().stats()
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    elif prometheus:
+        click.echo(result.prometheus(), nl=False)
+    else:
+        for label, value in _stats_rows(result):
+            click.echo(f"{label:<22} {value}")
+    problems = result.problems()
+    if check and problems:
+        raise CasError(f"store is unhealthy: {'; '.join(problems)}")
+
+
+def _stats_rows(stats: Stats) -> list[tuple[str, str]]:
+    """The readable table of ``cas stats``."""
+    count, usage = stats.counters, stats.usage
+    percent: Callable[[float | None], str] = lambda ratio: (  # noqa: E731
+        "-" if ratio is None else f"{ratio:.1%}"
+    )
+    return [
+        ("stored", f"{human_size(usage.bytes)} in {usage.blobs} blobs"),
+        ("names", str(usage.names)),
+        ("live leases", str(usage.live_leases)),
+        ("share of max size", percent(stats.usage_ratio)),
+        ("high water mark", f"{human_size(stats.max_cache_size)} (max_cache_size)"),
+        ("low water mark", f"{human_size(stats.low_water_bytes)}"),
+        ("hits", str(count[Counter.HITS])),
+        ("misses", str(count[Counter.MISSES])),
+        ("hit ratio", percent(stats.hit_ratio)),
+        ("downloads succeeded", str(count[Counter.DOWNLOADS_SUCCEEDED])),
+        ("downloads failed", str(count[Counter.DOWNLOADS_FAILED])),
+        ("download success rate", percent(stats.download_success_rate)),
+        ("download retries", str(count[Counter.DOWNLOAD_RETRIES])),
+        ("downloaded", human_size(count[Counter.DOWNLOADED_BYTES])),
+        ("saved by resume", human_size(count[Counter.RESUME_SAVED_BYTES])),
+        ("saved by dedup", human_size(count[Counter.DEDUP_SAVED_BYTES])),
+        ("evictions", f"{count[Counter.EVICTIONS]} ({human_size(count[Counter.EVICTED_BYTES])})"),
+        ("cleanup runs", str(count[Counter.CLEANUP_RUNS])),
+        ("verification failures", str(count[Counter.VERIFICATION_FAILURES])),
+        ("staging debris", f"{stats.debris_files} files ({human_size(stats.debris_bytes)})"),
+    ]
 
 
 def main() -> None:

@@ -1,20 +1,57 @@
 """Settings: one frozen object, built once when a store opens and passed down.
 
-Nothing else in cas reads the environment or configuration files.
+Sources, in order; a later source wins (SPEC "Settings", docs/configuration.md):
+
+    1. defaults                               the field defaults of ``Settings``
+    2. ``<root>/config.toml``                 its top level, then its ``[profile.NAME]`` table
+    3. the file of ``--config``/``CAS_CONFIG``  its top level, then its ``[profile.NAME]`` table
+    4. ``CAS_<KEY>`` environment variables
+    5. command-line flags and keyword arguments
+
+Each file is read as its top level followed by its chosen profile, files in order: a profile
+of ``config.toml`` is therefore overridden by the top level of the ``--config`` file, which is
+what "later wins" says when the later source is a whole file. The profile (``--profile`` or
+``CAS_PROFILE``) must be defined in at least one of the files. Every table of every file is
+validated, chosen or not, so a typo in the ``prod`` profile shows on a developer's machine too.
+
+Nothing else in cas reads the environment or configuration files. ``default_root`` (``CAS_HOME``)
+is the one other reader of the environment, and lives here for that reason.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import logging
+import math
 import os
 import re
-from dataclasses import dataclass, fields
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import platformdirs
 
 from .errors import ConfigError
 
+log = logging.getLogger("cas")
+
+T = TypeVar("T")
+
+#: The prefix of the environment variables that set a setting (``CAS_MAX_CACHE_SIZE``).
+ENV_PREFIX = "CAS_"
+#: Variables with the prefix that choose things other than a setting.
+ENV_HOME, ENV_CONFIG, ENV_PROFILE = "CAS_HOME", "CAS_CONFIG", "CAS_PROFILE"
+#: The file read from every store's root.
+ROOT_CONFIG = "config.toml"
+DEFAULT = "default"
+
+# -- values: sizes, durations and the other kinds, each parsed by one function -------------------
+
+# Bare K/M/G/T are binary, as in Docker and GNU tools; KB/MB/GB/TB are decimal (SPEC "5GB").
 _SIZE_UNITS = {
     "": 1, "b": 1,
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -22,69 +59,342 @@ _SIZE_UNITS = {
     "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
 }  # fmt: skip
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_QUANTITY = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
+_QUANTITY = re.compile(
+    r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-zA-Z]*)\s*"
+)
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+_REMOTE = re.compile(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?")
+
+
+def _quantity(value: object, what: str, units: Mapping[str, int], unit_names: str) -> Fraction:
+    """The exact number ``value`` stands for: a number, or a string of a number and a unit."""
+    if isinstance(value, bool):
+        raise ValueError(f"a {what} must be a number or a string like {unit_names}, not a boolean")
+    if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError(f"a {what} must be finite")
+        number, unit = Fraction(value), ""
+    elif isinstance(value, str) and (match := _QUANTITY.fullmatch(value)):
+        number, unit = Fraction(match[1]), match[2].lower()
+        if unit not in units:
+            raise ValueError(f"unknown {what} unit {match[2]!r}; use {unit_names}")
+    else:
+        raise ValueError(f"a {what} must be a number or a string like {unit_names}")
+    if number < 0:
+        raise ValueError(f"a {what} cannot be negative")
+    return number * units[unit]
 
 
 def parse_size(value: object) -> int:
-    """Bytes from an integer or a string such as ``5GB``, ``5GiB`` or ``1024``."""
-    if isinstance(value, bool):
-        raise ValueError("a size must be a number of bytes or a string like 5GiB")
-    if isinstance(value, int):
-        number, unit = float(value), ""
-    elif isinstance(value, str) and (match := _QUANTITY.fullmatch(value)):
-        number, unit = float(match[1]), match[2].lower()
-    else:
-        raise ValueError("a size must be a non-negative number of bytes or like 5GB, 5GiB")
-    if unit not in _SIZE_UNITS or number < 0:
-        raise ValueError(f"unknown size unit {unit!r}; use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB")
-    return int(number * _SIZE_UNITS[unit])
+    """Bytes from an integer or a string such as ``5GB``, ``5GiB`` or ``1024``.
+
+    Raises ValueError for a negative size, an unknown unit or another type.
+    """
+    return int(_quantity(value, "size", _SIZE_UNITS, "5GB, 5GiB, 512MiB or a number of bytes"))
 
 
 def parse_duration(value: object) -> float:
-    """Seconds from a number or a string such as ``90s``, ``12h`` or ``7d``."""
+    """Seconds from a number or a string such as ``90s``, ``12h`` or ``7d`` (also ``m``, ``w``).
+
+    Raises ValueError for a negative duration, an unknown unit or another type.
+    """
+    return float(_quantity(value, "duration", _DURATION_UNITS, "90s, 5m, 12h, 7d, 2w or seconds"))
+
+
+def format_size(size: int) -> str:
+    """The shortest exact spelling of ``size`` bytes that ``parse_size`` reads back."""
+    for unit in ("TiB", "TB", "GiB", "GB", "MiB", "MB", "KiB", "KB"):
+        factor = _SIZE_UNITS[unit.lower()]
+        if size and size % factor == 0:
+            return f"{size // factor}{unit}"
+    return str(size)
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest exact spelling of ``seconds`` that ``parse_duration`` reads back."""
+    if seconds == int(seconds):
+        whole = int(seconds)
+        for unit in ("d", "h", "m"):
+            if whole and whole % _DURATION_UNITS[unit] == 0:
+                return f"{whole // _DURATION_UNITS[unit]}{unit}"
+        return f"{whole}s"
+    return f"{seconds!r}s"
+
+
+def parse_bool(value: object) -> bool:
+    """A boolean, or one of the strings true/false, yes/no, on/off, 1/0 (any case)."""
     if isinstance(value, bool):
-        raise ValueError("a duration must be seconds or a string like 90s, 12h, 7d")
-    if isinstance(value, int | float):
-        number, unit = float(value), ""
-    elif isinstance(value, str) and (match := _QUANTITY.fullmatch(value)):
-        number, unit = float(match[1]), match[2].lower()
-    else:
-        raise ValueError("a duration must be non-negative seconds or like 90s, 12h, 7d")
-    if unit not in _DURATION_UNITS or number < 0:
-        raise ValueError(f"unknown duration unit {unit!r}; use s, m, h, d or w")
-    return number * _DURATION_UNITS[unit]
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError("must be true or false")
 
 
-def default_root() -> Path:
-    """``$CAS_HOME``, else the platform's user cache folder for cas."""
-    home = os.environ.get("CAS_HOME")
-    return Path(home) if home else Path(platformdirs.user_cache_dir("cas"))
+def _count(value: object) -> int:
+    """A whole number of zero or more, or a string of one."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ValueError("must be a whole number, zero or more")
+
+
+def _fraction(value: object) -> float:
+    """A number in (0, 1]."""
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError("must be a number in (0, 1]") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 1:
+        raise ValueError("must be a number in (0, 1]: more than 0, at most 1")
+    return float(value)
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError("must be longer than zero")
+    return seconds
+
+
+def _remote(value: object) -> str | None:
+    """None (also written ``""`` or ``none``), or ``s3://bucket/prefix``."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if isinstance(value, str) and _REMOTE.fullmatch(value.strip()):
+        return value.strip().rstrip("/")
+    raise ValueError("must be s3://bucket/prefix, or empty for none")
+
+
+def format_value(value: object) -> str:
+    """A setting's value as it would be written in config.toml (sizes and durations excepted)."""
+    return json.dumps(value) if isinstance(value, bool | int | float | str) else "none"
+
+
+# -- the settings object ---------------------------------------------------------------------------
+
+
+def _setting(default: T, parse: Callable[[object], T], show: Callable[[Any], str]) -> T:
+    """A field with the function that parses and validates it, and the one that spells it."""
+    return field(default=default, metadata={"parse": parse, "show": show})
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Every setting of a store (see the table in the README)."""
+    """Every setting of a store, parsed and validated (table in docs/configuration.md).
 
-    auto_download: bool = True
-    max_cache_size: int = 10 * 2**30
-    low_water: float = 0.8
-    max_age: float = 30 * 86400.0
-    cleanup_interval: float = 24 * 3600.0
-    grace_period: float = 300.0
-    download_timeout: float = 300.0
-    retries: int = 5
-    lease_ttl: float = 3600.0
-    remote: str | None = None
-    shared: bool = False
+    Constructing one validates and normalises each value, so ``Settings(max_cache_size="5GB")``
+    holds 5000000000 and ``Settings(low_water=2)`` raises ConfigError.
+    """
+
+    auto_download: bool = _setting(True, parse_bool, format_value)
+    max_cache_size: int = _setting(10 * 2**30, parse_size, format_size)
+    low_water: float = _setting(0.8, _fraction, format_value)
+    max_age: float = _setting(30 * 86400.0, parse_duration, format_duration)
+    cleanup_interval: float = _setting(24 * 3600.0, _positive_duration, format_duration)
+    grace_period: float = _setting(300.0, parse_duration, format_duration)
+    download_timeout: float = _setting(300.0, _positive_duration, format_duration)
+    retries: int = _setting(5, _count, format_value)
+    lease_ttl: float = _setting(3600.0, _positive_duration, format_duration)
+    remote: str | None = _setting(None, _remote, format_value)
+    shared: bool = _setting(False, parse_bool, format_value)
+
+    def __post_init__(self) -> None:
+        for key in self.keys():
+            value = getattr(self, key)
+            object.__setattr__(self, key, _parse(key, value, f"Settings({key}=...)"))
 
     @classmethod
     def keys(cls) -> list[str]:
-        return [field.name for field in fields(cls)]
+        """The names of every setting, in table order."""
+        return [spec.name for spec in fields(cls)]
+
+    def show(self, key: str) -> str:
+        """The value of ``key`` spelled as in config.toml: ``10GiB``, ``30d``, ``true``."""
+        show: Callable[[Any], str] = _FIELDS[key].metadata["show"]
+        return show(getattr(self, key))
+
+    @property
+    def low_water_bytes(self) -> int:
+        """The size that size-based cleanup frees down to."""
+        return int(self.max_cache_size * self.low_water)
 
 
-def load_settings(root: Path, overrides: dict[str, Any]) -> Settings:
-    """The settings of the store at ``root``, with keyword overrides applied last."""
-    unknown = sorted(set(overrides) - set(Settings.keys()))
-    if unknown:
-        raise ConfigError(f"unknown setting {unknown[0]!r} given as a keyword argument")
-    return Settings(**overrides)
+_FIELDS = {spec.name: spec for spec in fields(Settings)}
+#: The names of every setting, in table order.
+KEYS: tuple[str, ...] = tuple(_FIELDS)
+
+
+def _show(value: object) -> str:
+    """A raw value for an error message, as TOML would write it."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _parse(key: str, value: object, where: str) -> Any:
+    """The parsed value of ``key``, or a ConfigError naming where it came from, key and value."""
+    parse: Callable[[object], object] = _FIELDS[key].metadata["parse"]
+    try:
+        return parse(value)
+    except ValueError as error:
+        raise ConfigError(f"{where}: {key} = {_show(value)}: {error}") from None
+
+
+def _unknown(key: str, value: object, where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, Settings.keys(), n=1)
+    hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(Settings.keys())}"
+    return ConfigError(f"{where}: unknown setting {key} = {_show(value)}{hint}")
+
+
+# -- where values come from ------------------------------------------------------------------------
+
+
+def default_root() -> Path:
+    """``$CAS_HOME``, else the platform's user cache folder for cas."""
+    home = os.environ.get(ENV_HOME)
+    return Path(home) if home else Path(platformdirs.user_cache_dir("cas"))
+
+
+def resolve_root(root: str | os.PathLike[str] | None, given_as: str = "--root") -> tuple[Path, str]:
+    """The absolute store root and where it came from (``given_as``, CAS_HOME, or default)."""
+    if root is not None:
+        return Path(root).expanduser().absolute(), given_as
+    source = f"environment variable {ENV_HOME}" if os.environ.get(ENV_HOME) else DEFAULT
+    return default_root().expanduser().absolute(), source
+
+
+@dataclass(frozen=True)
+class Config:
+    """The effective settings with where each came from, for ``cas config``."""
+
+    settings: Settings
+    #: For each key: "default", a file (with " [profile.NAME]" when from its profile),
+    #: "environment variable CAS_KEY", or the label of flags/keyword arguments.
+    sources: Mapping[str, str]
+    #: The configuration files read, in order.
+    files: tuple[Path, ...]
+    profile: str | None
+    profile_source: str | None
+
+
+def load_settings(
+    root: Path,
+    overrides: Mapping[str, Any],
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    profile: str | None = None,
+) -> Settings:
+    """The settings of the store at ``root``, with keyword ``overrides`` applied last.
+
+    Raises ConfigError naming the file or variable, the key and the value of a bad setting.
+    """
+    return load_config(root, overrides, config_file=config_file, profile=profile).settings
+
+
+def load_config(
+    root: Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    config_file: str | os.PathLike[str] | None = None,
+    profile: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    given_as: str = "keyword argument",
+) -> Config:
+    """Read every source in order (module docstring) into a ``Config``.
+
+    ``config_file`` and ``profile`` take the place of CAS_CONFIG and CAS_PROFILE; ``given_as``
+    labels them and ``overrides`` in sources and errors ("keyword argument", "command line").
+    ``environ`` defaults to ``os.environ``. Raises ConfigError.
+    """
+    env = os.environ if environ is None else environ
+    chosen, profile_source = _choice(profile, env, ENV_PROFILE, given_as)
+    extra, extra_source = _choice(config_file, env, ENV_CONFIG, given_as)
+
+    files = [path for path in [root / ROOT_CONFIG] if path.is_file()]
+    if extra is not None:
+        path = Path(extra).expanduser()
+        if not path.is_file():
+            why = "is not a file" if path.exists() else "does not exist"
+            raise ConfigError(f"config file {path} (from {extra_source}) {why}")
+        files.append(path)
+
+    values: dict[str, Any] = {}
+    sources = dict.fromkeys(KEYS, DEFAULT)
+
+    def take(key: str, value: object, where: str, *, apply: bool = True) -> None:
+        if key not in _FIELDS:
+            raise _unknown(key, value, where)
+        parsed = _parse(key, value, where)
+        if apply:
+            values[key], sources[key] = parsed, where
+
+    found = False
+    for path in files:
+        top, profiles = _read_file(path)
+        for key, value in top.items():
+            take(key, value, str(path))
+        for name, table in profiles.items():
+            found = found or name == chosen
+            for key, value in table.items():  # every profile is validated, chosen or not
+                take(key, value, f"{path} [profile.{name}]", apply=name == chosen)
+        log.debug("settings: read %s", path)
+    if chosen is not None and not found:
+        read = ", ".join(str(path) for path in files) or "no configuration file exists"
+        raise ConfigError(
+            f"profile {chosen!r} (from {profile_source}) is not defined; read: {read}"
+        )
+
+    for key in KEYS:
+        variable = ENV_PREFIX + key.upper()
+        if variable in env:
+            take(key, env[variable], f"environment variable {variable}")
+    _warn_unknown_variables(env)
+
+    for key, value in (overrides or {}).items():
+        take(key, value, given_as)
+
+    return Config(Settings(**values), sources, tuple(files), chosen, profile_source)
+
+
+def _choice(
+    given: str | os.PathLike[str] | None, env: Mapping[str, str], variable: str, given_as: str
+) -> tuple[str | None, str | None]:
+    """An argument if given, else a non-empty environment variable, with where it came from."""
+    if given is not None:
+        return os.fspath(given), given_as
+    if env.get(variable):
+        return env[variable], f"environment variable {variable}"
+    return None, None
+
+
+def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """A config file's top-level settings and its profiles, or ConfigError naming the file."""
+    try:
+        with open(path, "rb") as file:
+            document = tomllib.load(file)
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    profiles = document.pop("profile", {})
+    if not isinstance(profiles, dict) or not all(isinstance(t, dict) for t in profiles.values()):
+        raise ConfigError(
+            f"{path}: profile = {_show(profiles)}: profiles are tables like [profile.ci]"
+        )
+    return document, profiles
+
+
+def _warn_unknown_variables(env: Mapping[str, str]) -> None:
+    """Warn of CAS_ variables that set nothing, such as a misspelt CAS_MAX_CACHESIZE.
+
+    A warning, not an error: the environment is shared with other programs, and the prefix is
+    not ours alone.
+    """
+    known = {ENV_PREFIX + key.upper() for key in KEYS} | {ENV_HOME, ENV_CONFIG, ENV_PROFILE}
+    for variable in sorted(env):
+        if variable.startswith(ENV_PREFIX) and variable not in known:
+            log.warning("environment variable %s is not a cas setting; ignored", variable)

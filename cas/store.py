@@ -8,9 +8,11 @@ crash leaves at most a file without a row, never a row without its file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
+import threading
 import time
 import weakref
 from collections.abc import Iterator
@@ -21,9 +23,12 @@ from typing import IO, Any, BinaryIO, Union
 from sqlalchemy import Connection
 
 from . import catalog as q
+from . import eviction
 from .blobs import BlobStore, Staged, hasher
 from .catalog import Catalog
-from .errors import CasError, IntegrityError, NotFound, StoreError, UsageError
+from .errors import CasError, InUse, IntegrityError, NotFound, StoreError, UsageError
+from .leases import Lease, LeaseKeeper, dead_leases
+from .metrics import Counter, Stats, Usage, staging_debris
 from .refs import check_name, is_digest
 from .settings import Settings, default_root, load_settings
 
@@ -71,19 +76,29 @@ class Store:
         self.settings = settings
         self._blobs = blobs
         self._catalog = catalog
-        self._finalizer = weakref.finalize(self, catalog.close)
+        self._keeper = LeaseKeeper(catalog, settings.lease_ttl)
+        self._finalizer = weakref.finalize(self, _close, self._keeper, catalog)
 
     @classmethod
-    def open(cls, root: str | os.PathLike[str] | None = None, **settings: Any) -> Store:
+    def open(
+        cls,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        config_file: str | os.PathLike[str] | None = None,
+        profile: str | None = None,
+        **settings: Any,
+    ) -> Store:
         """Open (creating if needed) the store at ``root``, else ``$CAS_HOME`` or the user cache.
 
-        Raises StoreError when the root cannot be used, CatalogError when catalog.db cannot.
+        ``settings`` override every other source; ``config_file`` and ``profile`` take the place
+        of CAS_CONFIG and CAS_PROFILE (cas/settings.py). Raises ConfigError for a bad setting,
+        StoreError when the root cannot be used, CatalogError when catalog.db cannot.
         """
         path = Path(root).expanduser() if root is not None else default_root()
         path = path.absolute()
         if path.exists() and not path.is_dir():
             raise StoreError(f"store root {path} is not a folder")
-        resolved = load_settings(path, settings)
+        resolved = load_settings(path, settings, config_file=config_file, profile=profile)
         blobs = BlobStore(path, dir_mode=0o2770 if resolved.shared else 0o700)
         if not os.access(path, os.W_OK | os.X_OK):
             raise StoreError(f"store root {path} is not writable")
@@ -123,17 +138,24 @@ class Store:
                 staged = self._stage(source)
                 digest, size = staged.digest, staged.size
             try:
-                self._catalog.write(lambda conn: self._record(conn, staged, digest, size, name))
+                known, stored = self._catalog.write(
+                    lambda conn: self._record(conn, staged, digest, size, name)
+                )
             except _Restage:
                 assert isinstance(source, bytes | bytearray | memoryview)
                 staged = self._blobs.stage_bytes(source, digest)
-                self._catalog.write(lambda conn: self._record(conn, staged, digest, size, name))
+                known, stored = self._catalog.write(
+                    lambda conn: self._record(conn, staged, digest, size, name)
+                )
         except OSError as error:
             raise _os_error(error, "cannot store the content") from error
         finally:
             if staged is not None:
                 staged.discard()
+        if known:
+            self._catalog.count(Counter.DEDUP_SAVED_BYTES, size)
         log.debug("put %s (%d bytes)%s", digest, size, f" as {name!r}" if name else "")
+        self._cleanup_if_needed(stored)
         return digest
 
     def _stage(self, source: Any) -> Staged:
@@ -158,9 +180,11 @@ class Store:
 
     def _record(
         self, conn: Connection, staged: Staged | None, digest: str, size: int, name: str | None
-    ) -> None:
-        """Publish if needed and record the row; runs under the write lock."""
-        if not self._blobs.has(digest, size):
+    ) -> tuple[bool, int]:
+        """Publish if needed and record the row, under the write lock; return whether the
+        content was already stored, and the bytes the store now holds."""
+        known = self._blobs.has(digest, size)
+        if not known:
             if staged is None or not staged.path.exists():
                 raise _Restage()
             self._blobs.publish(staged)
@@ -168,6 +192,7 @@ class Store:
         q.record_blob(conn, digest, size, now)
         if name is not None:
             q.set_name(conn, name, digest, now)
+        return known, q.stored_totals(conn)[0]
 
     def tag(self, name: str, ref: str) -> str:
         """Point ``name`` at the blob ``ref`` names; return the digest."""
@@ -202,15 +227,15 @@ class Store:
         A digest removes the blob and every name pointing at it. A name removes the name, and
         its blob too when no other name points at it.
         """
-        del force  # leases arrive with eviction; until then nothing is ever in use
-
         def work(conn: Connection) -> list[str]:
             target = self._resolve(conn, ref)
             if target.name is not None:
                 q.delete_name(conn, target.name)
                 if q.names_of(conn, target.digest):
                     return []
-            else:
+            if not force:
+                self._check_not_leased(conn, target.digest, ref)
+            if target.name is None:
                 for other in q.names_of(conn, target.digest):
                     q.delete_name(conn, other)
             return [target.digest] if q.delete_blob(conn, target.digest) else []
@@ -219,16 +244,26 @@ class Store:
         self._unlink(doomed)
         return doomed
 
-    def _unlink(self, digests: list[str]) -> None:
-        """Unlink files whose rows are gone, under the write lock, unless a put brought a row back."""
-        if not digests:
-            return
+    def _check_not_leased(self, conn: Connection, digest: str, ref: str) -> None:
+        now = time.time()
+        live = q.live_leases(conn, digest, now, dead_leases(conn, now))
+        if live:
+            raise InUse(f"{ref!r} is leased ({live} live lease{'s' * (live > 1)}); use --force")
 
-        def work(conn: Connection) -> None:
-            for digest in q.without_rows(conn, digests):
-                self._blobs.unlink(digest)
+    def _unlink(self, digests: list[str], chunk: int = 1000) -> None:
+        """Unlink files whose rows are gone, unless a put brought a row back meanwhile.
 
-        self._catalog.write(work)
+        Each chunk is checked and unlinked under the write lock, so a concurrent put that saw
+        the file and recorded its row cannot lose it; chunks keep the lock held briefly.
+        """
+        for start in range(0, len(digests), chunk):
+            part = digests[start : start + chunk]
+
+            def work(conn: Connection, part: list[str] = part) -> None:
+                for digest in q.without_rows(conn, part):
+                    self._blobs.unlink(digest)
+
+            self._catalog.write(work)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -248,17 +283,25 @@ class Store:
         return _Target(named.digest, ref, named.size, named.last_access)
 
     def _locate(self, ref: str) -> _Target:
+        # Hits and misses are counted in memory (cas/metrics.py): no write per read.
         with self._catalog.read() as conn:
-            target = self._resolve(conn, ref)
+            try:
+                target = self._resolve(conn, ref)
+            except NotFound:
+                self._catalog.count(Counter.MISSES)
+                raise
         if target.size is None or target.last_access is None:
+            self._catalog.count(Counter.MISSES)
             raise NotFound(f"fixture {ref!r} is named but its blob {target.digest} is not stored")
         if not self._blobs.has(target.digest, target.size):
+            self._catalog.count(Counter.MISSES)
             raise IntegrityError(
                 f"blob {target.digest} is in the catalog but its file is missing or damaged;"
                 " run `cas verify`",
                 path=str(self._blobs.path_of(target.digest)),
             )
         self._catalog.touch(target.digest, target.last_access)
+        self._catalog.count(Counter.HITS)
         return target
 
     def path(self, ref: str) -> Path:
@@ -291,6 +334,151 @@ class Store:
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries())
+
+    # -- metrics (issue 3) ---------------------------------------------------------------------
+
+    def stats(self) -> Stats:
+        """Counters, storage use, water marks and staging debris (SPEC "Metrics").
+
+        This process's waiting counts are written first, so they are included.
+        """
+        self._catalog.flush()
+        now = time.time()
+        with self._catalog.read() as conn:
+            counts = q.counter_values(conn)
+            row = q.usage(conn, now)
+        debris = staging_debris(self._blobs.tmp_dir, self._blobs.locks_dir, now)
+        usage = Usage(row.bytes, row.blobs, row.names, row.live_leases)
+        return Stats.build(counts, usage, self.settings, debris)
+
+
+    # -- leases, pins and cleanup -------------------------------------------------------------
+
+    def lease(self, ref: str) -> Lease:
+        """Hold the blob ``ref`` names so that cleanup cannot remove it until released.
+
+        Use as ``with store.lease(ref) as path:``, or keep the Lease and call ``release()``.
+        The lease is renewed while this store stays open, and reclaimed if this process dies.
+        """
+        while True:
+            target = self._locate(ref)
+
+            def work(conn: Connection, digest: str = target.digest) -> int | None:
+                if q.find_blob(conn, digest) is None:
+                    return None  # removed since it was located: locate it again
+                return self._keeper.acquire(conn, digest)
+
+            lease_id = self._catalog.write(work)
+            if lease_id is not None:
+                self._keeper.track(lease_id)
+                return Lease(self._keeper, lease_id, target.digest,
+                             self._blobs.path_of(target.digest))
+
+    def pin(self, ref: str) -> None:
+        """Pin a name (or every name of a digest): its blob is never removed by cleanup."""
+        self._set_pinned(ref, True)
+
+    def unpin(self, ref: str) -> None:
+        """Undo ``pin``."""
+        self._set_pinned(ref, False)
+
+    def _set_pinned(self, ref: str, pinned: bool) -> None:
+        def work(conn: Connection) -> int:
+            target = self._resolve(conn, ref)
+            return q.set_pinned(conn, target.digest, target.name, pinned)
+
+        if not self._catalog.write(work):
+            raise UsageError(f"blob {ref} has no name to pin; give it one with `cas tag` first")
+
+    def _limits(self, max_size: int | None, max_age: float | None) -> eviction.Limits:
+        settings = self.settings
+        return eviction.Limits(
+            max_size=settings.max_cache_size if max_size is None else max_size,
+            low_water=settings.low_water,
+            max_age=settings.max_age if max_age is None else max_age,
+            grace_period=settings.grace_period,
+        )
+
+    def gc(self, max_size: int | None = None, max_age: float | None = None,
+           dry_run: bool = False) -> eviction.Plan:
+        """Remove what the cleanup policy chooses; return what went and what stayed, and why.
+
+        Size-based: above ``max_size`` (default ``max_cache_size``), the least recently used
+        blobs go until the store is down to ``low_water`` of it. Age-based: blobs not accessed
+        for ``max_age`` go. Leased, pinned and recently used blobs always stay. Expired and
+        dead holders' leases, and staging debris, are cleaned too.
+        """
+        limits = self._limits(max_size, max_age)
+
+        def choose(conn: Connection) -> eviction.Plan:
+            now = time.time()
+            dead = dead_leases(conn, now)
+            stored, _ = q.stored_totals(conn)
+            plan = eviction.plan(conn, limits, stored, now, dead)
+            if not dry_run:
+                q.delete_leases(conn, dead)
+                q.delete_expired_leases(conn, now)
+                q.evict(conn, [item.digest for item in plan.victims])
+                q.record_cleanup(conn, now)
+            return plan
+
+        if dry_run:
+            with self._catalog.read() as conn:
+                plan = choose(conn)
+            return plan
+        plan = self._catalog.write(choose)
+        self._unlink([item.digest for item in plan.victims])
+        self._blobs.clear_debris()
+        for item in plan.victims:
+            log.info("cleanup removed %s (%d bytes, %s)%s", item.digest, item.size, item.reason,
+                     f" named {', '.join(item.names)}" if item.names else "")
+        return plan
+
+    def _cleanup_if_needed(self, stored: int) -> None:
+        """After a write that left ``stored`` bytes: clean up when over the size limit, at most
+        once per interval unless the store is past the limit by a wide margin."""
+        limit = self.settings.max_cache_size
+        if stored <= limit:
+            return
+        with self._catalog.read() as conn:
+            last = q.last_cleanup(conn)
+        overdue = time.time() - last >= self.settings.cleanup_interval
+        if overdue or stored > limit * AUTO_CLEANUP_MARGIN:
+            log.info("store holds %d bytes, over its limit of %d: cleaning up", stored, limit)
+            self.gc()
+
+    @contextlib.contextmanager
+    def maintenance(self, interval: float | None = None) -> Iterator[threading.Thread]:
+        """Run cleanup every ``interval`` (default ``cleanup_interval``) in a background thread
+        for the duration of the ``with`` block."""
+        period = self.settings.cleanup_interval if interval is None else interval
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(period):
+                try:
+                    self.gc()
+                except Exception:  # the next round retries; a failure must not end upkeep
+                    log.exception("periodic cleanup failed")
+
+        thread = threading.Thread(target=loop, name="cas-maintenance", daemon=True)
+        thread.start()
+        try:
+            yield thread
+        finally:
+            stop.set()
+            thread.join()
+
+
+def _close(keeper: LeaseKeeper, catalog: Catalog) -> None:
+    try:
+        keeper.release_all()
+    finally:
+        catalog.close()
+
+
+#: A store this far past its limit is cleaned up at once, whenever it last was.
+AUTO_CLEANUP_MARGIN = 1.2
 
 
 def _digest_of(data: bytes | bytearray | memoryview) -> str:

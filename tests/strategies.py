@@ -25,3 +25,19 @@ names = st.text(
     min_size=1,
     max_size=60,
 ).filter(str.isprintable)
+
+
+# -- settings (tests/test_settings.py) ------------------------------------------------------------
+
+#: Sizes in bytes, from none to beyond a petabyte, biased towards round powers.
+byte_sizes = st.one_of(
+    st.integers(0, 2**60),
+    st.builds(lambda n, p: n * 2**p, st.integers(0, 4096), st.sampled_from([10, 20, 30, 40])),
+    st.builds(lambda n, p: n * 10**p, st.integers(0, 4096), st.sampled_from([3, 6, 9, 12])),
+)
+#: Durations in seconds: whole ones (often whole minutes, hours, days) and fractional ones.
+durations = st.one_of(
+    st.integers(0, 10**9).map(float),
+    st.builds(lambda n, u: float(n * u), st.integers(0, 10**5), st.sampled_from([60, 3600, 86400])),
+    st.floats(min_value=0, max_value=1e9, allow_nan=False, allow_infinity=False),
+)

@@ -1,0 +1,229 @@
+"""Metrics: the store's counters by name, and the stats and health computed from them.
+
+Counters are monotonic totals in the catalog's ``counters`` table, so they add up across
+processes (SPEC "Metrics"). Code adds to one with ``Catalog.count(Counter.X, amount)``, which
+costs no transaction of its own: increments wait in memory and ride along with the next write
+transaction, the store's close, or a flush once they have waited ``ACCESS_GRANULARITY``, the same
+way as last-access updates (guarantee 6). A process killed with SIGKILL loses the increments it
+had not written yet, never more.
+
+Who adds to what: the ``HELP`` text of each counter says when it grows.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from .settings import Settings
+
+
+class Counter(StrEnum):
+    """Every counter, by its name in the catalog; its Prometheus name is ``cas_<name>_total``."""
+
+    HITS = "hits"
+    MISSES = "misses"
+    DOWNLOADS_SUCCEEDED = "downloads_succeeded"
+    DOWNLOADS_FAILED = "downloads_failed"
+    DOWNLOAD_RETRIES = "download_retries"
+    DOWNLOADED_BYTES = "downloaded_bytes"
+    RESUME_SAVED_BYTES = "resume_saved_bytes"
+    DEDUP_SAVED_BYTES = "dedup_saved_bytes"
+    EVICTIONS = "evictions"
+    EVICTED_BYTES = "evicted_bytes"
+    CLEANUP_RUNS = "cleanup_runs"
+    VERIFICATION_FAILURES = "verification_failures"
+
+
+HELP: Mapping[Counter, str] = {
+    Counter.HITS: "Refs served from a stored blob (path, read, open, lease).",
+    Counter.MISSES: "Refs asked for that were unknown or whose blob was not stored.",
+    Counter.DOWNLOADS_SUCCEEDED: "Downloads that ended with verified content.",
+    Counter.DOWNLOADS_FAILED: "Downloads that failed after their retries.",
+    Counter.DOWNLOAD_RETRIES: "Download attempts made after a failed attempt.",
+    Counter.DOWNLOADED_BYTES: "Bytes received from the network.",
+    Counter.RESUME_SAVED_BYTES: "Bytes not downloaded again thanks to resuming a partial file.",
+    Counter.DEDUP_SAVED_BYTES: "Bytes put or fetched whose content was already stored.",
+    Counter.EVICTIONS: "Blobs removed by cleanup.",
+    Counter.EVICTED_BYTES: "Bytes of the blobs removed by cleanup.",
+    Counter.CLEANUP_RUNS: "Cleanup (gc) runs that completed.",
+    Counter.VERIFICATION_FAILURES: "Blobs that verification found missing or damaged.",
+}
+
+#: Staging files older than this are debris: no live write keeps a file that long.
+DEBRIS_AGE = 86400.0
+#: More debris than this (files or bytes) makes ``cas stats --check`` fail: gc is not running.
+DEBRIS_MAX_FILES = 100
+DEBRIS_MAX_BYTES = 2**30
+
+
+@dataclass(frozen=True)
+class Usage:
+    """What the catalog holds now."""
+
+    bytes: int
+    blobs: int
+    names: int
+    live_leases: int
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Counters, storage use, water marks and staging debris of one store at one moment."""
+
+    counters: Mapping[Counter, int]
+    usage: Usage
+    max_cache_size: int
+    low_water_bytes: int
+    debris_files: int
+    debris_bytes: int
+
+    @classmethod
+    def build(
+        cls, counts: Mapping[str, int], usage: Usage, settings: Settings, debris: tuple[int, int]
+    ) -> Stats:
+        """Stats from the catalog's counter rows (unknown names ignored, missing ones 0)."""
+        return cls(
+            counters={counter: int(counts.get(counter, 0)) for counter in Counter},
+            usage=usage,
+            max_cache_size=settings.max_cache_size,
+            low_water_bytes=settings.low_water_bytes,
+            debris_files=debris[0],
+            debris_bytes=debris[1],
+        )
+
+    @property
+    def usage_ratio(self) -> float | None:
+        """Stored bytes as a share of ``max_cache_size``; None when that is 0."""
+        return self.usage.bytes / self.max_cache_size if self.max_cache_size else None
+
+    @property
+    def hit_ratio(self) -> float | None:
+        """Hits over hits and misses; None before the first of either."""
+        return _ratio(self.counters[Counter.HITS], self.counters[Counter.MISSES])
+
+    @property
+    def download_success_rate(self) -> float | None:
+        """Succeeded downloads over finished ones; None before the first."""
+        return _ratio(
+            self.counters[Counter.DOWNLOADS_SUCCEEDED], self.counters[Counter.DOWNLOADS_FAILED]
+        )
+
+    def problems(self) -> list[str]:
+        """Why the store is unhealthy, one phrase per problem; empty when it is healthy."""
+        found = []
+        if self.usage.bytes > self.max_cache_size:
+            found.append(
+                f"over its size limit: {human_size(self.usage.bytes)} stored,"
+                f" max_cache_size is {human_size(self.max_cache_size)}; run `cas gc`"
+            )
+        failures = self.counters[Counter.VERIFICATION_FAILURES]
+        if failures:
+            found.append(
+                f"{failures} verification failure{'s' if failures != 1 else ''} recorded;"
+                " run `cas verify --repair`"
+            )
+        if self.debris_files > DEBRIS_MAX_FILES or self.debris_bytes > DEBRIS_MAX_BYTES:
+            found.append(
+                f"staging debris piling up: {self.debris_files} files"
+                f" ({human_size(self.debris_bytes)}) older than a day in tmp/; run `cas gc`"
+            )
+        return found
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON document of ``cas stats --json``."""
+        return {
+            "counters": {str(counter): value for counter, value in self.counters.items()},
+            "storage": {
+                "bytes": self.usage.bytes,
+                "blobs": self.usage.blobs,
+                "names": self.usage.names,
+                "live_leases": self.usage.live_leases,
+                "usage_ratio": self.usage_ratio,
+            },
+            "water_marks": {"high": self.max_cache_size, "low": self.low_water_bytes},
+            "hit_ratio": self.hit_ratio,
+            "download_success_rate": self.download_success_rate,
+            "staging_debris": {"files": self.debris_files, "bytes": self.debris_bytes},
+            "problems": self.problems(),
+        }
+
+    def prometheus(self) -> str:
+        """The Prometheus text exposition format (version 0.0.4); undefined ratios are left out."""
+        lines: list[str] = []
+
+        def metric(name: str, kind: str, help_text: str, value: float | None) -> None:
+            if value is not None:
+                lines.extend(
+                    (f"# HELP {name} {help_text}", f"# TYPE {name} {kind}", f"{name} {value!r}")
+                )
+
+        for counter, value in self.counters.items():
+            metric(f"cas_{counter}_total", "counter", HELP[counter], value)
+        usage = self.usage
+        metric("cas_storage_bytes", "gauge", "Bytes of the stored blobs.", usage.bytes)
+        metric("cas_storage_blobs", "gauge", "Stored blobs.", usage.blobs)
+        metric("cas_names", "gauge", "Names in the catalog.", usage.names)
+        metric("cas_live_leases", "gauge", "Leases not yet expired.", usage.live_leases)
+        metric(
+            "cas_storage_usage_ratio", "gauge", "Stored bytes over max_cache_size.",
+            self.usage_ratio,
+        )  # fmt: skip
+        metric("cas_max_cache_size_bytes", "gauge", "High water mark.", self.max_cache_size)
+        metric("cas_low_water_bytes", "gauge", "Low water mark.", self.low_water_bytes)
+        metric("cas_hit_ratio", "gauge", "Hits over hits and misses.", self.hit_ratio)
+        metric(
+            "cas_download_success_ratio", "gauge", "Succeeded over finished downloads.",
+            self.download_success_rate,
+        )  # fmt: skip
+        metric(
+            "cas_staging_debris_files", "gauge", "Staging files older than a day.",
+            self.debris_files,
+        )  # fmt: skip
+        metric(
+            "cas_staging_debris_bytes", "gauge", "Bytes of staging files older than a day.",
+            self.debris_bytes,
+        )  # fmt: skip
+        return "\n".join(lines) + "\n"
+
+
+def _ratio(good: int, bad: int) -> float | None:
+    return good / (good + bad) if good + bad else None
+
+
+def staging_debris(
+    tmp_dir: Path, skip: Path, now: float | None = None, age: float = DEBRIS_AGE
+) -> tuple[int, int]:
+    """Count and bytes of files under ``tmp_dir`` (but not ``skip``) unchanged for ``age``.
+
+    Symlinks are counted, never followed (guarantee 7).
+    """
+    cutoff = (time.time() if now is None else now) - age
+    files = size = 0
+    for folder, subfolders, names in os.walk(tmp_dir):
+        subfolders[:] = [sub for sub in subfolders if Path(folder, sub) != skip]
+        for name in names:
+            try:
+                info = os.lstat(os.path.join(folder, name))
+            except FileNotFoundError:
+                continue  # a writer finished meanwhile
+            if info.st_mtime < cutoff:
+                files += 1
+                size += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return files, size
+
+
+def human_size(size: int) -> str:
+    """Bytes for people: ``512 B``, ``1.5 GiB``."""
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{size} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
