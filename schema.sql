@@ -72,3 +72,28 @@ CREATE TRIGGER blobs_deleted AFTER DELETE ON blobs BEGIN
     UPDATE counters SET value = value - OLD.size WHERE name = 'stored_bytes';
     UPDATE counters SET value = value - 1 WHERE name = 'stored_blobs';
 END;
+
+-- version: 3
+
+-- Downloads (SPEC "fetch"). Upstream checksums seen for content: a sha256 maps to its BLAKE3
+-- digest, so a fetch that knows only the sha256 is served from the store without network. A
+-- row is a fact about content, written only after a download verified it, and stays true when
+-- the blob is evicted (it then tells a re-fetch which BLAKE3 to expect).
+CREATE TABLE aliases (
+    algorithm TEXT NOT NULL CHECK (algorithm IN ('sha256')),
+    value     TEXT NOT NULL CHECK (length(value) = 64),
+    digest    TEXT NOT NULL CHECK (length(digest) = 64),
+    PRIMARY KEY (algorithm, value)
+) WITHOUT ROWID;
+
+-- The last content fetched from each URL: a fetch that expects no digest is served from the
+-- store while that blob is there, so concurrent fetches of one URL transfer it once (guarantee 4).
+CREATE TABLE sources (
+    url     TEXT NOT NULL PRIMARY KEY,
+    digest  TEXT NOT NULL CHECK (length(digest) = 64),
+    fetched REAL NOT NULL
+) WITHOUT ROWID;
+
+-- The size a named fixture's source must have, when known: a re-fetch fails early on a wrong
+-- Content-Length instead of downloading it all.
+ALTER TABLE names ADD COLUMN expected_size INTEGER CHECK (expected_size IS NULL OR expected_size >= 0);

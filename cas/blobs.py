@@ -12,8 +12,8 @@ import contextlib
 import errno
 import fcntl
 import os
-import stat
 import shutil
+import stat
 import tempfile
 import time
 from collections.abc import Iterator
@@ -166,11 +166,15 @@ class BlobStore:
     def debris(self, older_than: float = STAGING_MAX_AGE) -> list[os.DirEntry[str]]:
         """Entries of ``tmp/`` (not its ``locks/``) untouched for ``older_than`` seconds."""
         cutoff = time.time() - older_than
+        old = []
         with os.scandir(self.tmp_dir) as entries:
-            return [
-                entry for entry in entries
-                if entry.name != "locks" and entry.stat(follow_symlinks=False).st_mtime < cutoff
-            ]
+            for entry in entries:
+                if entry.name == "locks":
+                    continue
+                with contextlib.suppress(FileNotFoundError):  # finished meanwhile
+                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                        old.append(entry)
+        return old
 
     def clear_debris(self, older_than: float = STAGING_MAX_AGE) -> int:
         """Remove staging files left by killed processes; return how many went."""

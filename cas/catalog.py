@@ -366,8 +366,8 @@ def find_blob(conn: Connection, digest: str) -> Any:
 def find_name(conn: Connection, name: str) -> Any:
     """The name row joined with its blob (size and last_access are NULL if it has none)."""
     return conn.exec_driver_sql(
-        "SELECT n.name, n.digest, n.pinned, n.url, n.sha256, b.size, b.last_access"
-        " FROM names n LEFT JOIN blobs b ON b.digest = n.digest WHERE n.name = ?",
+        "SELECT n.name, n.digest, n.pinned, n.url, n.sha256, n.expected_size, b.size,"
+        " b.last_access FROM names n LEFT JOIN blobs b ON b.digest = n.digest WHERE n.name = ?",
         (name,),
     ).first()
 
@@ -389,13 +389,16 @@ def set_name(
     *,
     url: str | None = None,
     sha256: str | None = None,
+    expected_size: int | None = None,
 ) -> None:
     """Point ``name`` at ``digest`` with the given source; a pin is kept."""
     conn.exec_driver_sql(
-        "INSERT INTO names (name, digest, url, sha256, created, updated) VALUES (?, ?, ?, ?, ?, ?)"
+        "INSERT INTO names (name, digest, url, sha256, expected_size, created, updated)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
         " ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, url = excluded.url,"
-        " sha256 = excluded.sha256, updated = excluded.updated",
-        (name, digest, url, sha256, now, now),
+        " sha256 = excluded.sha256, expected_size = excluded.expected_size,"
+        " updated = excluded.updated",
+        (name, digest, url, sha256, expected_size, now, now),
     )
 
 
@@ -443,7 +446,7 @@ def insert_lease(conn: Connection, digest: str, host: str, pid: int, started: fl
         " VALUES (?, ?, ?, ?, ?, ?)",
         (digest, host, pid, started, now, expires),
     )
-    return int(cursor.lastrowid)  # type: ignore[arg-type]
+    return int(cursor.lastrowid)
 
 
 def renew_leases(conn: Connection, ids: list[int], expires: float) -> set[int]:
@@ -462,6 +465,11 @@ def delete_leases(conn: Connection, ids: list[int]) -> int:
         return 0
     marks = ",".join("?" * len(ids))
     return conn.exec_driver_sql(f"DELETE FROM leases WHERE id IN ({marks})", tuple(ids)).rowcount
+
+
+def delete_leases_of(conn: Connection, digest: str) -> int:
+    """Delete every lease on ``digest``; return how many went."""
+    return conn.exec_driver_sql("DELETE FROM leases WHERE digest = ?", (digest,)).rowcount
 
 
 def delete_expired_leases(conn: Connection, now: float) -> int:
@@ -498,7 +506,7 @@ def set_pinned(conn: Connection, digest: str, name: str | None, pinned: bool) ->
 
 def stored_totals(conn: Connection) -> tuple[int, int]:
     """Bytes and blobs stored, kept exact by triggers (schema.sql)."""
-    values = dict(conn.exec_driver_sql(
+    values: dict[str, int] = dict(conn.exec_driver_sql(
         "SELECT name, value FROM counters WHERE name IN ('stored_bytes', 'stored_blobs')"
     ).all())
     return int(values.get("stored_bytes", 0)), int(values.get("stored_blobs", 0))
@@ -509,6 +517,8 @@ def evict(conn: Connection, digests: list[str]) -> None:
 
     A name with a source stays, so that the fixture can be fetched again; one without goes.
     """
+    if not digests:
+        return
     conn.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS evicting (digest TEXT PRIMARY KEY)")
     conn.exec_driver_sql("DELETE FROM temp.evicting")
     conn.exec_driver_sql(
@@ -570,3 +580,38 @@ def last_cleanup(conn: Connection) -> float:
         "SELECT value FROM counters WHERE name = 'last_cleanup_at'"
     ).scalar()
     return float(value or 0)
+
+
+# -- queries for downloads (issue 4) ---------------------------------------------------------------
+
+
+def find_alias(conn: Connection, algorithm: str, value: str) -> str | None:
+    """The BLAKE3 digest of the content whose ``algorithm`` checksum is ``value``, if seen."""
+    found = conn.exec_driver_sql(
+        "SELECT digest FROM aliases WHERE algorithm = ? AND value = ?", (algorithm, value)
+    ).scalar()
+    return str(found) if found is not None else None
+
+
+def record_alias(conn: Connection, algorithm: str, value: str, digest: str) -> None:
+    """Remember that the content ``digest`` has the ``algorithm`` checksum ``value``."""
+    conn.exec_driver_sql(
+        "INSERT INTO aliases (algorithm, value, digest) VALUES (?, ?, ?)"
+        " ON CONFLICT (algorithm, value) DO UPDATE SET digest = excluded.digest",
+        (algorithm, value, digest),
+    )
+
+
+def find_source(conn: Connection, url: str) -> str | None:
+    """The digest last fetched from ``url``, if any."""
+    found = conn.exec_driver_sql("SELECT digest FROM sources WHERE url = ?", (url,)).scalar()
+    return str(found) if found is not None else None
+
+
+def record_source(conn: Connection, url: str, digest: str, now: float) -> None:
+    """Remember that ``url`` gave the content ``digest``."""
+    conn.exec_driver_sql(
+        "INSERT INTO sources (url, digest, fetched) VALUES (?, ?, ?)"
+        " ON CONFLICT (url) DO UPDATE SET digest = excluded.digest, fetched = excluded.fetched",
+        (url, digest, now),
+    )

@@ -34,7 +34,7 @@ T = TypeVar("T")
 class CasGroup(click.Group):
     """A click group whose every error is one ``cas: error:`` line and a stable exit status."""
 
-    def main(  # type: ignore[override]
+    def main(
         self,
         args: Sequence[str] | None = None,
         prog_name: str | None = None,
@@ -289,11 +289,8 @@ def maintain(context: Context, interval: str | None) -> None:
     log.info("cleaning up %s every %.0fs; stop with Ctrl-C", store.root,
              period or store.settings.cleanup_interval)
     store.gc()
-    with store.maintenance(period):
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
+    with store.maintenance(period), contextlib.suppress(KeyboardInterrupt):
+        threading.Event().wait()
 
 
 def _parse(option: str, value: str | None, parse: Callable[[str], T]) -> T | None:
@@ -422,7 +419,7 @@ def _stats_rows(stats: Stats) -> list[tuple[str, str]]:
         "-" if ratio is None else f"{ratio:.1%}"
     )
     return [
-        ("stored", f"{human_size(usage.bytes)} in {usage.blobs} blobs"),
+        ("stored", f"{human_size(usage.bytes)} in {usage.blobs} blob{'s' * (usage.blobs != 1)}"),
         ("names", str(usage.names)),
         ("live leases", str(usage.live_leases)),
         ("share of max size", percent(stats.usage_ratio)),
@@ -443,6 +440,51 @@ def _stats_rows(stats: Stats) -> list[tuple[str, str]]:
         ("verification failures", str(count[Counter.VERIFICATION_FAILURES])),
         ("staging debris", f"{stats.debris_files} files ({human_size(stats.debris_bytes)})"),
     ]
+
+
+# -- fetching (issue 4) ----------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("url")
+@click.option("--name", help="Name the fixture; it remembers URL and hashes to fetch it again.")
+@click.option("--blake3", metavar="HEX", help="Expected BLAKE3 digest of the content.")
+@click.option("--sha256", metavar="HEX", help="Expected SHA-256 of the content.")
+@click.option("--size", type=int, help="Expected size in bytes.")
+@pass_context
+def fetch(context: Context, url: str, name: str | None, blake3: str | None,
+          sha256: str | None, size: int | None) -> None:
+    """Store the content of URL (verified, resumable); print its digest."""
+    from .progress import TransferBar  # only commands that transfer need tqdm
+
+    bar = TransferBar(name or url.rsplit("/", 1)[-1] or url) if sys.stderr.isatty() else None
+    try:
+        digest = context.store().fetch(
+            url, name=name, blake3=blake3, sha256=sha256, size=size, progress=bar
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    click.echo(digest)
+
+
+@cli.command()
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(path_type=Path))
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Downloads at once.")
+@pass_context
+def sync(context: Context, manifest_path: Path, jobs: int) -> None:
+    """Fetch every fixture of MANIFEST; print "<digest>  <name>" for each that is stored."""
+    from . import manifest
+
+    report = manifest.sync(context.store(), manifest_path, jobs=jobs,
+                           progress=sys.stderr.isatty())
+    for name, digest in sorted(report.digests.items()):
+        click.echo(f"{digest}  {name}")
+    click.echo(f"cas: sync: {report.summary()}", err=True)
+    if report.failed:
+        total = len(report.digests) + len(report.failed)
+        raise CasError(f"{len(report.failed)} of {total} fixtures failed")
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """The errors cas raises, one small hierarchy.
 
     CasError                      exit status 1: anything cas reports
-     ├── UsageError (ValueError)  2: bad input, such as an invalid name or a digest of the wrong form
+     ├── UsageError (ValueError)  2: bad input, such as an invalid name or a malformed digest
      ├── NotFound (KeyError)      3: no such name, digest or source file
      ├── IntegrityError           4: content does not match its expected digest or size, or damage
      ├── InUse                    5: a leased blob was asked to go

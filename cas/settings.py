@@ -47,6 +47,7 @@ ENV_PREFIX = "CAS_"
 ENV_HOME, ENV_CONFIG, ENV_PROFILE = "CAS_HOME", "CAS_CONFIG", "CAS_PROFILE"
 #: The file read from every store's root.
 ROOT_CONFIG = "config.toml"
+#: The source of a value that nothing set.
 DEFAULT = "default"
 
 # -- values: sizes, durations and the other kinds, each parsed by one function -------------------
@@ -59,9 +60,7 @@ _SIZE_UNITS = {
     "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
 }  # fmt: skip
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_QUANTITY = re.compile(
-    r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-zA-Z]*)\s*"
-)
+_QUANTITY = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-zA-Z]*)\s*")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 _REMOTE = re.compile(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?")
@@ -103,7 +102,10 @@ def parse_duration(value: object) -> float:
 
 
 def format_size(size: int) -> str:
-    """The shortest exact spelling of ``size`` bytes that ``parse_size`` reads back."""
+    """``size`` bytes in the largest unit that divides it exactly (``10GiB``, ``5GB``, ``1000``).
+
+    ``parse_size`` reads it back to the same number.
+    """
     for unit in ("TiB", "TB", "GiB", "GB", "MiB", "MB", "KiB", "KB"):
         factor = _SIZE_UNITS[unit.lower()]
         if size and size % factor == 0:
@@ -112,7 +114,10 @@ def format_size(size: int) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """The shortest exact spelling of ``seconds`` that ``parse_duration`` reads back."""
+    """``seconds`` in the largest unit that divides it exactly (``30d``, ``90s``, ``0.5s``).
+
+    ``parse_duration`` reads it back to the same number.
+    """
     if seconds == int(seconds):
         whole = int(seconds)
         for unit in ("d", "h", "m"):
@@ -245,8 +250,8 @@ def _parse(key: str, value: object, where: str) -> Any:
 
 
 def _unknown(key: str, value: object, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, Settings.keys(), n=1)
-    hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(Settings.keys())}"
+    close = difflib.get_close_matches(key, KEYS, n=1)
+    hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(KEYS)}"
     return ConfigError(f"{where}: unknown setting {key} = {_show(value)}{hint}")
 
 
@@ -316,7 +321,7 @@ def load_config(
 
     files = [path for path in [root / ROOT_CONFIG] if path.is_file()]
     if extra is not None:
-        path = Path(extra).expanduser()
+        path = Path(extra).expanduser().absolute()
         if not path.is_file():
             why = "is not a file" if path.exists() else "does not exist"
             raise ConfigError(f"config file {path} (from {extra_source}) {why}")

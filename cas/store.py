@@ -26,7 +26,9 @@ from . import catalog as q
 from . import eviction
 from .blobs import BlobStore, Staged, hasher
 from .catalog import Catalog
-from .errors import CasError, InUse, IntegrityError, NotFound, StoreError, UsageError
+from .download import Downloader, Progress
+from .errors import CasError, IntegrityError, InUse, NotFound, StoreError, UsageError
+from .fetch import Fetched, Fetcher
 from .leases import Lease, LeaseKeeper, dead_leases
 from .metrics import Counter, Stats, Usage, staging_debris
 from .refs import check_name, is_digest
@@ -77,6 +79,12 @@ class Store:
         self._blobs = blobs
         self._catalog = catalog
         self._keeper = LeaseKeeper(catalog, settings.lease_ttl)
+        self._cleaning: threading.Thread | None = None
+        self._cleaning_lock = threading.Lock()
+        self._fetcher = Fetcher(blobs, catalog, Downloader(
+            blobs.tmp_dir, blobs.locks_dir,
+            timeout=settings.download_timeout, retries=settings.retries,
+        ))  # fmt: skip
         self._finalizer = weakref.finalize(self, _close, self._keeper, catalog)
 
     @classmethod
@@ -105,8 +113,14 @@ class Store:
         catalog = Catalog(path / "catalog.db", blobs.locks_dir / "setup.lock")
         return cls(path, resolved, blobs, catalog)
 
+    def flush(self) -> None:
+        """Write now what waits in memory: access times and counters (close does it too)."""
+        self._catalog.flush()
+
     def close(self) -> None:
-        """Write what waits in memory (access times) and release the catalog."""
+        """Finish a running automatic cleanup, give up this process's leases, write what
+        waits in memory (access times, counters) and release the catalog."""
+        self.wait_for_cleanup()
         self._finalizer()
 
     def __enter__(self) -> Store:
@@ -233,7 +247,9 @@ class Store:
                 q.delete_name(conn, target.name)
                 if q.names_of(conn, target.digest):
                     return []
-            if not force:
+            if force:
+                q.delete_leases_of(conn, target.digest)  # void: their blob is gone
+            else:
                 self._check_not_leased(conn, target.digest, ref)
             if target.name is None:
                 for other in q.names_of(conn, target.digest):
@@ -290,18 +306,23 @@ class Store:
             except NotFound:
                 self._catalog.count(Counter.MISSES)
                 raise
+        missed = False  # one request is one miss or one hit, even when refetched
         if target.size is None or target.last_access is None:
+            missed = True
             self._catalog.count(Counter.MISSES)
-            raise NotFound(f"fixture {ref!r} is named but its blob {target.digest} is not stored")
+            target = self._refetch(ref, target)
+            assert target.size is not None and target.last_access is not None  # _refetch checks
         if not self._blobs.has(target.digest, target.size):
-            self._catalog.count(Counter.MISSES)
+            if not missed:
+                self._catalog.count(Counter.MISSES)
             raise IntegrityError(
                 f"blob {target.digest} is in the catalog but its file is missing or damaged;"
                 " run `cas verify`",
                 path=str(self._blobs.path_of(target.digest)),
             )
         self._catalog.touch(target.digest, target.last_access)
-        self._catalog.count(Counter.HITS)
+        if not missed:
+            self._catalog.count(Counter.HITS)
         return target
 
     def path(self, ref: str) -> Path:
@@ -334,6 +355,68 @@ class Store:
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries())
+
+    # -- fetching (issue 4) --------------------------------------------------------------------
+
+    def fetch(
+        self,
+        url: str,
+        *,
+        name: str | None = None,
+        blake3: str | None = None,
+        sha256: str | None = None,
+        size: int | None = None,
+        progress: Progress | None = None,
+    ) -> str:
+        """Store the content of ``url`` (http or https); return its BLAKE3 digest.
+
+        No network when the content is known: an expected ``blake3`` already stored, a
+        ``sha256`` seen before for a stored blob, or, expecting no digest, the URL's last
+        content still stored. Otherwise one download for all threads and processes asking at
+        once, resumed after interruptions, verified against every expected value before it
+        enters the store. ``name`` remembers the source, so an evicted fixture comes back.
+        ``progress(done, total)`` is called as bytes arrive. Raises UsageError, DownloadError,
+        IntegrityError.
+        """
+        return self._fetch(
+            url, name=name, blake3=blake3, sha256=sha256, size=size, progress=progress
+        ).digest
+
+    def _fetch(self, url: str, **options: Any) -> Fetched:
+        fetched = self._fetcher.fetch(url, **options)
+        if fetched.stored is not None:
+            self._cleanup_if_needed(fetched.stored)
+        return fetched
+
+    def sync(self, manifest_path: str | os.PathLike[str], jobs: int = 4) -> dict[str, str]:
+        """Fetch every fixture of a manifest (SPEC "Manifest"), ``jobs`` at a time; return
+        name -> digest. Raises CasError naming each failed fixture after the others finished,
+        UsageError for a bad manifest (before anything is fetched)."""
+        from . import manifest  # cas/manifest.py drives this store's fetches
+
+        report = manifest.sync(self, manifest_path, jobs=jobs)
+        report.raise_for_failures()
+        return report.digests
+
+    def _refetch(self, ref: str, target: _Target) -> _Target:
+        """Fetch a named fixture whose blob was evicted again from its recorded source."""
+        with self._catalog.read() as conn:
+            source = q.find_name(conn, target.name) if target.name is not None else None
+        if source is None or source.url is None:
+            raise NotFound(f"fixture {ref!r} is named but its blob {target.digest} is not stored")
+        if not self.settings.auto_download:
+            raise NotFound(
+                f"fixture {ref!r} is not stored and auto_download is off;"
+                f" fetch it from {source.url} or turn auto_download on"
+            )
+        log.info("fixture %r is not stored; fetching it again from %s", ref, source.url)
+        self._fetch(source.url, name=target.name, blake3=target.digest, sha256=source.sha256,
+                    size=source.expected_size)
+        with self._catalog.read() as conn:
+            again = self._resolve(conn, ref)
+        if again.size is None or again.last_access is None:
+            raise NotFound(f"fixture {ref!r} was fetched again but removed at once; retry")
+        return again
 
     # -- metrics (issue 3) ---------------------------------------------------------------------
 
@@ -423,10 +506,15 @@ class Store:
             return plan
 
         if dry_run:
+            self._catalog.flush()  # accesses waiting in memory count, as in a real run
             with self._catalog.read() as conn:
                 plan = choose(conn)
             return plan
         plan = self._catalog.write(choose)
+        # Counted after the commit: a transaction retried as a whole must not count twice.
+        self._catalog.count(Counter.CLEANUP_RUNS, 1)
+        self._catalog.count(Counter.EVICTIONS, len(plan.victims))
+        self._catalog.count(Counter.EVICTED_BYTES, plan.freed)
         self._unlink([item.digest for item in plan.victims])
         self._blobs.clear_debris()
         for item in plan.victims:
@@ -443,9 +531,30 @@ class Store:
         with self._catalog.read() as conn:
             last = q.last_cleanup(conn)
         overdue = time.time() - last >= self.settings.cleanup_interval
-        if overdue or stored > limit * AUTO_CLEANUP_MARGIN:
+        if not (overdue or stored > limit * AUTO_CLEANUP_MARGIN):
+            return
+        with self._cleaning_lock:
+            if self._cleaning is not None and self._cleaning.is_alive():
+                return
             log.info("store holds %d bytes, over its limit of %d: cleaning up", stored, limit)
+            # In the background, so that the write that crossed the limit returns at once
+            # (a caller that leases what it just stored does so well within the grace period).
+            self._cleaning = threading.Thread(target=self._background_gc, name="cas-cleanup",
+                                              daemon=True)
+            self._cleaning.start()
+
+    def _background_gc(self) -> None:
+        try:
             self.gc()
+        except Exception:  # reported; the next write over the limit tries again
+            log.exception("automatic cleanup failed")
+
+    def wait_for_cleanup(self) -> None:
+        """Wait until an automatic cleanup started by a write has finished."""
+        with self._cleaning_lock:
+            cleaning = self._cleaning
+        if cleaning is not None:
+            cleaning.join()
 
     @contextlib.contextmanager
     def maintenance(self, interval: float | None = None) -> Iterator[threading.Thread]:

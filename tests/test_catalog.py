@@ -14,7 +14,7 @@ from cas.catalog import LATEST_VERSION, SCHEMA_VERSIONS
 def _make_catalog_at(root: Path, version: int) -> None:
     root.mkdir(parents=True)
     db = sqlite3.connect(root / "catalog.db", isolation_level=None)
-    for number, statements in SCHEMA_VERSIONS[:version]:
+    for _, statements in SCHEMA_VERSIONS[:version]:
         for statement in statements:
             db.execute(statement)
     db.execute(f"PRAGMA user_version = {version}")

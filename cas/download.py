@@ -1,0 +1,921 @@
+"""Downloads: one HTTP(S) transfer into a staging file, verified, resumable and single-flight.
+
+Pure mechanism: this module knows nothing of the catalog. ``Downloader.download`` streams a URL
+into a private staging file under ``tmp/`` while hashing it (BLAKE3 always, SHA-256 when one is
+expected), checks the expected digests and size, and hands back a ``Staged`` file for the store
+to publish. Nothing here ever writes under ``blobs/`` (guarantee 1).
+
+Resume. A partial download is ``tmp/dl-<key>-<token>.part`` with a JSON sidecar ``….json``
+beside it: URL, validator (strong ETag, else Last-Modified), total length, owner (host, pid,
+process start time) and boot id. A later attempt, in this process or another, claims the partial
+of a dead owner by renaming it to its own name (atomic, so one claimant wins), re-hashes the bytes
+already there, and asks for the rest with ``Range`` + ``If-Range``. A partial is never appended to
+by two writers, even where ``flock`` is ignored (huggingface_hub PR #4306 stored corrupted blobs
+from one partial shared by several processes); a live owner's partial is left alone.
+
+Retries. Failures before the body (connection errors, timeouts, 408/429/5xx) go through urllib3's
+``Retry``; errors while streaming the body are not retried by urllib3 (urllib3 #2751), so
+``download`` has its own resume loop. Both draw on one budget: ``retries`` further attempts.
+
+Single flight. ``single_flight(keys)`` holds an in-process lock plus an ``flock`` on
+``tmp/locks/dl-<hash>.lock`` per key (the kernel drops it when its holder dies). It only saves
+work: correctness never rests on it (guarantee 9).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import socket
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Self, TypeVar
+from urllib.parse import urljoin, urlsplit
+
+import urllib3
+from urllib3.exceptions import HTTPError, MaxRetryError
+from urllib3.response import BaseHTTPResponse
+from urllib3.util.retry import Retry
+
+from .blobs import CHUNK_SIZE, Staged, hasher
+from .errors import DownloadError, IntegrityError, UsageError
+
+log = logging.getLogger("cas")
+
+E = TypeVar("E", bound=BaseException)
+
+#: Called with (bytes done, total bytes or None) as a transfer advances; done may go back to 0.
+Progress = Callable[[int, int | None], None]
+
+#: Statuses worth another attempt. 400, 401, 403, 404 and 410 are permanent and never retried.
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+SCHEMES = ("http", "https")
+
+
+def check_url(url: str) -> str:
+    """Return ``url`` if it is an http(s) URL with a host, else raise UsageError."""
+    if not isinstance(url, str):
+        raise UsageError(f"a URL must be a string, not {type(url).__name__}")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in SCHEMES or not parts.netloc:
+        raise UsageError(f"{url!r} is not an http or https URL")
+    return url
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the downloaded content must be: any of its BLAKE3, SHA-256 and size."""
+
+    blake3: str | None = None
+    sha256: str | None = None
+    size: int | None = None
+
+
+@dataclass
+class Download:
+    """A finished, verified transfer: its staged file and what it took."""
+
+    staged: Staged
+    sha256: str | None  #: computed when one was expected
+    attempts: int  #: requests that counted as tries (1 + retries used)
+    transferred: int  #: body bytes received over the network
+    resumed: int  #: bytes reused from an earlier partial instead of downloaded again
+
+
+# -- the download ------------------------------------------------------------------------------
+
+
+class Downloader:
+    """One store's HTTP client: a urllib3 PoolManager plus the resume and retry policy.
+
+    ``timeout`` bounds each connect and each read of one attempt. ``retries`` further attempts
+    follow a failed one, with exponential backoff (``backoff_factor * 2**(n-1)`` plus jitter, at
+    most ``backoff_max``); ``Retry-After`` on 429/503 is obeyed up to ``retry_after_max``
+    seconds (urllib3 would wait up to 6 hours). ``ca_bundle`` replaces the system trust store.
+    ``lock=False`` disables the single-flight lock (a test seam: correctness must not depend on
+    it).
+    """
+
+    def __init__(
+        self,
+        tmp_dir: Path,
+        locks_dir: Path,
+        *,
+        timeout: float = 300.0,
+        retries: int = 5,
+        backoff_factor: float = 0.5,
+        backoff_max: float = 30.0,
+        retry_after_max: int = 120,
+        max_redirects: int = 10,
+        ca_bundle: str | os.PathLike[str] | None = None,
+        lock: bool = True,
+        user_agent: str | None = None,
+    ) -> None:
+        if user_agent is None:
+            from . import __version__  # here, not at import: cas/__init__ imports this module
+
+            user_agent = f"cas/{__version__}"
+        self.tmp_dir = tmp_dir
+        self.locks_dir = locks_dir
+        self.retries = retries
+        self.backoff_factor = backoff_factor
+        self.backoff_max = backoff_max
+        self.retry_after_max = retry_after_max
+        self.max_redirects = max_redirects
+        self.lock = lock
+        # Sent with every request (urlopen's headers= replaces the pool's, so they are merged).
+        # Identity: with gzip, Content-Length is the encoded size and Range offsets are
+        # ambiguous; a body is stored exactly as sent (like curl -o) and never decoded.
+        self._headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
+        self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
+        self._ca_certs = os.fspath(ca_bundle) if ca_bundle is not None else None
+        self._pid = os.getpid()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> urllib3.PoolManager:
+        return urllib3.PoolManager(
+            num_pools=16, maxsize=8, cert_reqs="CERT_REQUIRED", ca_certs=self._ca_certs
+        )
+
+    def _check_fork(self) -> None:
+        # A forked child must not talk over its parent's pooled keep-alive sockets.
+        if os.getpid() != self._pid:
+            self._pool = self._new_pool()
+            self._pid = os.getpid()
+
+    def close(self) -> None:
+        """Close pooled connections."""
+        self._pool.clear()
+
+    # -- single flight ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def single_flight(self, keys: Iterable[str]) -> Iterator[None]:
+        """Hold the locks of ``keys`` (a URL, an expected digest), taken in sorted order.
+
+        Threads of this process queue on a threading lock, processes on an ``flock`` that the
+        kernel releases when its holder dies, so a killed downloader never blocks the others.
+        The caller re-checks the store after getting the locks.
+        """
+        if not self.lock:
+            yield
+            return
+        names = sorted({"dl-" + hashlib.sha256(key.encode()).hexdigest()[:32] for key in keys})
+        with contextlib.ExitStack() as held:
+            for name in names:
+                path = self.locks_dir / f"{name}.lock"
+                held.enter_context(_thread_lock(str(path)))
+                held.enter_context(_file_lock(path))
+            yield
+
+    # -- one download ----------------------------------------------------------------------------
+
+    def download(
+        self,
+        url: str,
+        expected: Expected | None = None,
+        progress: Progress | None = None,
+        received: Callable[[int], None] | None = None,
+    ) -> Download:
+        """Transfer ``url`` into a verified staging file.
+
+        ``received(n)`` is told the body bytes that came over the network, whatever the
+        outcome (for metrics). Raises DownloadError when the transfer fails after its retries
+        (the partial stays for a later resume), IntegrityError when the content does not match
+        ``expected`` (nothing is kept), UsageError for a URL that is not http(s).
+        """
+        check_url(url)
+        self._check_fork()
+        expected = expected or Expected()
+        budget = _Budget(self.retries)
+        part = _Partial.claim(self.tmp_dir, url, expected.sha256 is not None)
+        if part is None:
+            part = _Partial.create(self.tmp_dir, url, expected.sha256 is not None)
+        elif part.size:
+            log.info("resuming %s at byte %d of a partial download", url, part.size)
+        try:
+            return self._transfer(part, url, expected, budget, progress)
+        except IntegrityError:
+            part.discard()  # wrong content is never kept, not even for a resume
+            raise
+        except BaseException:
+            part.suspend()  # interrupted or out of retries: a later attempt may resume
+            raise
+        finally:
+            if received is not None and part.transferred:
+                received(part.transferred)
+
+    def _transfer(
+        self,
+        part: _Partial,
+        url: str,
+        expected: Expected,
+        budget: _Budget,
+        progress: Progress | None,
+    ) -> Download:
+        restarted = False
+        while True:
+            try:
+                self._attempt(part, url, expected, budget, progress)
+            except _Interrupted as error:
+                if budget.remaining <= 0:
+                    raise DownloadError(
+                        f"download of {url} failed after {budget.attempts} attempts: {error}",
+                        url=url,
+                        status=budget.status,
+                        attempts=budget.attempts,
+                    ) from error
+                budget.used += 1
+                delay = _backoff(budget.used, self.backoff_factor, self.backoff_max)
+                how = f"resuming at byte {part.size}" if part.resumable else "restarting"
+                log.warning(
+                    "download of %s interrupted (%s); %s in %.2fs (retry %d of %d)",
+                    url, error, how, delay, budget.used, self.retries,
+                )  # fmt: skip
+                time.sleep(delay)
+                continue
+            except _Restart as why:
+                part.reset()
+                if budget.remaining <= 0:
+                    raise DownloadError(
+                        f"download of {url} failed after {budget.attempts} attempts: {why}",
+                        url=url,
+                        status=budget.status,
+                        attempts=budget.attempts,
+                    ) from None
+                budget.used += 1
+                log.warning("download of %s restarts from zero: %s", url, why)
+                continue
+            try:
+                part.verify(url, expected)
+            except IntegrityError:
+                if part.resumed_from == 0 or restarted or budget.remaining <= 0:
+                    raise
+                # The partial was stale or damaged (a server that changed content under the
+                # same validator): it must not reach blobs/; fetch the whole thing once more.
+                log.warning("resumed download of %s does not verify; starting from zero", url)
+                restarted = True
+                part.reset()
+                budget.used += 1
+                continue
+            staged = part.finish()
+            log.debug("downloaded %s: %d bytes in %d attempt(s)", url, staged.size, budget.attempts)
+            return Download(
+                staged=staged,
+                sha256=part.sha256_hex(),
+                attempts=budget.attempts,
+                transferred=part.transferred,
+                resumed=part.saved,
+            )
+
+    def _attempt(
+        self,
+        part: _Partial,
+        url: str,
+        expected: Expected,
+        budget: _Budget,
+        progress: Progress | None,
+    ) -> None:
+        """One request: interpret its status and headers, then stream the body into ``part``."""
+        headers: dict[str, str] = {}
+        ranged = part.size > 0 and part.resumable
+        if ranged:
+            assert part.validator is not None
+            headers["Range"] = f"bytes={part.size}-"
+            headers["If-Range"] = part.validator
+        elif part.size:
+            part.reset()
+        response = self._open(url, headers, budget)
+        try:
+            status = response.status
+            if status == 200:
+                if part.size:
+                    # A server may ignore Range or If-Range: the whole body comes again.
+                    log.info("%s sent the whole file again; restarting from zero", url)
+                    part.reset()
+                part.begin(response)
+            elif status == 206 and ranged:
+                _check_partial_response(response, part)
+            elif status == 416 and ranged:
+                total = _content_range(response.headers.get("Content-Range", ""))[2]
+                if total is not None and total == part.size:
+                    return  # the partial was complete already
+                raise _Restart(f"416 for a Range from byte {part.size}")
+            else:
+                raise DownloadError(
+                    f"{url}: HTTP {status} {response.reason or ''}".rstrip()
+                    + (" (not retried)" if status not in RETRY_STATUSES else "")
+                    + (f" after {budget.attempts} attempts" if budget.attempts > 1 else ""),
+                    url=url,
+                    status=status,
+                    attempts=budget.attempts,
+                )
+            _check_size(part, expected, url)
+            if progress is not None:
+                progress(part.size, part.total)
+            self._stream(response, part, expected, url, progress)
+            response.release_conn()
+        finally:
+            # A response abandoned before its end must not go back to the pool half-read.
+            if not response.closed:
+                response.close()
+            response.release_conn()
+
+    def _stream(
+        self,
+        response: BaseHTTPResponse,
+        part: _Partial,
+        expected: Expected,
+        url: str,
+        progress: Progress | None,
+    ) -> None:
+        while True:
+            try:
+                chunk = response.read1(CHUNK_SIZE, decode_content=False)
+            except (HTTPError, OSError) as error:
+                # ProtocolError, IncompleteRead, ReadTimeoutError: urllib3 retries none of them.
+                raise _Interrupted(_describe(error)) from error
+            if not chunk:
+                break
+            if expected.size is not None and part.size + len(chunk) > expected.size:
+                raise IntegrityError(
+                    f"{url} sends more than the expected {expected.size} bytes",
+                    expected=expected.size,
+                    found=part.size + len(chunk),
+                )
+            part.append(chunk)
+            if progress is not None:
+                progress(part.size, part.total)
+        if part.total is not None and part.size < part.total:
+            raise _Interrupted(f"short body: {part.size} of {part.total} bytes")
+
+    def _open(self, url: str, headers: dict[str, str], budget: _Budget) -> BaseHTTPResponse:
+        """GET ``url``, following http(s) redirects here so other schemes get a clear error.
+
+        (urllib3 would surface a redirect to file:// as "No host specified".)
+        """
+        current = url
+        for _ in range(self.max_redirects + 1):
+            response = self._request(current, headers, budget)
+            location = response.get_redirect_location()
+            if not location:
+                return response
+            response.drain_conn()
+            response.release_conn()
+            target = urljoin(current, location)
+            if urlsplit(target).scheme.lower() not in SCHEMES:
+                raise DownloadError(
+                    f"{url} redirects to {target}; only http and https are followed",
+                    url=url,
+                    status=response.status,
+                    attempts=budget.attempts,
+                )
+            log.debug("%s redirects to %s", current, target)
+            current = target
+        raise DownloadError(
+            f"{url}: more than {self.max_redirects} redirects (a redirect loop?)",
+            url=url,
+            status=budget.status,
+            attempts=budget.attempts,
+        )
+
+    def _request(self, url: str, headers: dict[str, str], budget: _Budget) -> BaseHTTPResponse:
+        retry = _Retry(
+            total=budget.remaining,
+            redirect=False,
+            allowed_methods={"GET"},
+            status_forcelist=RETRY_STATUSES,
+            backoff_factor=self.backoff_factor,
+            backoff_max=self.backoff_max,
+            backoff_jitter=self.backoff_factor,
+            raise_on_status=False,  # the last response comes back; its status goes in the error
+            respect_retry_after_header=True,
+            retry_after_max=self.retry_after_max,
+        )
+        retry.label = url
+        try:
+            response = self._pool.urlopen(
+                "GET",
+                url,
+                headers={**self._headers, **headers},
+                retries=retry,
+                redirect=False,
+                preload_content=False,
+                decode_content=False,
+                timeout=self._timeout,
+            )
+        except _Refused as error:
+            budget.used += error.retried
+            raise DownloadError(
+                f"{url}: TLS certificate not trusted ({_describe(error.reason)});"
+                " not retried, set a CA bundle if the server uses a private CA",
+                url=url,
+                attempts=budget.attempts,
+            ) from error
+        except MaxRetryError as error:
+            budget.used = budget.retries
+            raise DownloadError(
+                f"download of {url} failed after {budget.attempts} attempts:"
+                f" {_describe(error.reason)}",
+                url=url,
+                status=budget.status,
+                attempts=budget.attempts,
+            ) from error
+        except HTTPError as error:
+            raise DownloadError(
+                f"{url}: {_describe(error)}", url=url, attempts=budget.attempts
+            ) from error
+        if isinstance(response.retries, Retry):
+            budget.used += len(response.retries.history)
+        budget.status = response.status
+        return response
+
+
+# -- retries -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Budget:
+    """Retries shared by urllib3's request retries and the body resume loop."""
+
+    retries: int
+    used: int = 0
+    status: int | None = None
+
+    @property
+    def remaining(self) -> int:
+        return max(self.retries - self.used, 0)
+
+    @property
+    def attempts(self) -> int:
+        return self.used + 1
+
+
+class _Interrupted(Exception):
+    """The body stopped early: worth resuming."""
+
+
+class _Restart(Exception):
+    """The server's answer cannot continue the partial: start again from zero at once."""
+
+
+class _Refused(MaxRetryError):
+    """A permanent error (an untrusted TLS certificate) that must not be retried."""
+
+    retried: int = 0
+
+
+def _backoff(retry: int, factor: float, ceiling: float) -> float:
+    """Seconds before retry number ``retry`` (1-based): exponential with up to ``factor`` jitter."""
+    return float(min(ceiling, factor * 2.0 ** (retry - 1) + random.random() * factor))
+
+
+class _Retry(Retry):
+    """urllib3's Retry with cas's policy: log each retry, refuse bad certificates, own backoff."""
+
+    label: str = ""
+
+    def new(self, **kw: Any) -> Self:
+        fresh = super().new(**kw)
+        fresh.label = self.label
+        return fresh
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> Self:
+        # urllib3 retries TLS certificate failures like transient ones; they are permanent.
+        if error is not None and _is_certificate_error(error):
+            refused = _Refused(_pool, url or self.label, error)
+            refused.retried = len(self.history)
+            raise refused from error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
+
+    def get_backoff_time(self) -> float:
+        # urllib3 waits 0s before the first retry; a rate-limited server deserves a pause too.
+        return _backoff(max(len(self.history), 1), self.backoff_factor, self.backoff_max)
+
+    def sleep(self, response: BaseHTTPResponse | None = None) -> None:
+        after = None
+        if response is not None and self.respect_retry_after_header:
+            after = self.get_retry_after(response)  # capped at retry_after_max
+        delay = after if after else self.get_backoff_time()
+        last = self.history[-1] if self.history else None
+        if last is not None and last.error is not None:
+            reason = _describe(last.error)
+        elif last is not None:
+            reason = f"HTTP {last.status}" + (f", Retry-After {after:g}s" if after else "")
+        else:
+            reason = "unknown"
+        log.warning(
+            "retrying %s after %s in %.2fs (retry %d)", self.label, reason, delay, len(self.history)
+        )
+        if delay > 0:
+            time.sleep(delay)
+
+
+def _find(error: BaseException, kind: type[E]) -> E | None:
+    """The first exception of ``kind`` in ``error``'s causes, contexts and arguments."""
+    seen: set[int] = set()
+    pending: list[object] = [error]
+    while pending:
+        item = pending.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        if isinstance(item, kind):
+            return item
+        seen.add(id(item))
+        pending.extend([item.__cause__, item.__context__, *item.args])
+    return None
+
+
+def _is_certificate_error(error: BaseException) -> bool:
+    return _find(error, ssl.SSLCertVerificationError) is not None
+
+
+def _describe(error: BaseException | None) -> str:
+    """A one-line reason for a network error, without urllib3's object reprs."""
+    if error is None:
+        return "unknown error"
+    certificate = _find(error, ssl.SSLCertVerificationError)
+    if certificate is not None:
+        return f"certificate verify failed: {certificate.verify_message or certificate}"
+    while isinstance(error, MaxRetryError) and error.reason is not None:
+        error = error.reason
+    # urllib3 puts its message first and the wrapped exception after it: keep the message.
+    text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    text = re.sub(r"<urllib3\.[^>]*>:?\s*", "", " ".join(text.split()))
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# -- responses -----------------------------------------------------------------------------------
+
+_CONTENT_RANGE = re.compile(r"\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*", re.IGNORECASE)
+
+
+def _content_range(value: str) -> tuple[int | None, int | None, int | None]:
+    """(first, last, total) of a Content-Range header; None where absent or unknown."""
+    match = _CONTENT_RANGE.fullmatch(value or "")
+    if match is None:
+        return None, None, None
+
+    def number(text: str | None) -> int | None:
+        return int(text) if text and text != "*" else None
+
+    first, last, total = match.groups()
+    return number(first), number(last), number(total)
+
+
+def _validator(response: BaseHTTPResponse) -> str | None:
+    """A strong ETag, else Last-Modified: what If-Range may carry (a weak ETag never matches)."""
+    etag = response.headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("Last-Modified")
+
+
+def _check_partial_response(response: BaseHTTPResponse, part: _Partial) -> None:
+    """Accept a 206 only if it continues ``part`` exactly; else restart from zero."""
+    first, _, total = _content_range(response.headers.get("Content-Range", ""))
+    if first != part.size:
+        raise _Restart(f"asked for bytes from {part.size}, got a 206 starting at {first}")
+    fresh = _validator(response)
+    if fresh is not None and fresh != part.validator:
+        raise _Restart(f"validator changed from {part.validator} to {fresh}")
+    if response.headers.get("Content-Encoding", "identity").lower() != part.encoding:
+        raise _Restart("the Content-Encoding changed")
+    if total is not None:
+        if part.total is not None and total != part.total:
+            raise _Restart(f"length changed from {part.total} to {total}")
+        part.total = total
+    part.resumed_from = part.size
+    part.saved += part.size
+
+
+def _check_size(part: _Partial, expected: Expected, url: str) -> None:
+    if expected.size is not None and part.total is not None and part.total != expected.size:
+        raise IntegrityError(
+            f"{url} is {part.total} bytes long, expected {expected.size}",
+            expected=expected.size,
+            found=part.total,
+        )
+
+
+# -- partial files ---------------------------------------------------------------------------------
+
+_HOST = socket.gethostname()
+_ACTIVE: set[str] = set()  # tokens of partials being written by this process
+_ACTIVE_LOCK = threading.Lock()
+
+
+def _boot_id() -> str:
+    # A partial from before a reboot may hold unsynced garbage at its end: never resume it.
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+_BOOT = _boot_id()
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` (so a reused pid is not taken for it); None if dead."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "?"
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # a zombie is dead, though its pid still answers kill(0)
+        return None
+    return fields[19]
+
+
+def _owner() -> dict[str, Any]:
+    return {"host": _HOST, "pid": os.getpid(), "start": _process_start(os.getpid())}
+
+
+def _owner_gone(meta: dict[str, Any]) -> bool:
+    """Whether the partial described by ``meta`` has no live writer (so it may be claimed)."""
+    owner = meta.get("owner") or {}
+    if owner.get("host") != _HOST:
+        return False  # never judge a process on another host
+    pid = owner.get("pid")
+    if not isinstance(pid, int):
+        return True
+    if pid == os.getpid() and owner.get("start") == _process_start(pid):
+        with _ACTIVE_LOCK:
+            return meta.get("token") not in _ACTIVE
+    start = _process_start(pid)
+    return start is None or start != owner.get("start")
+
+
+def _key(url: str) -> str:
+    return "dl-" + hashlib.sha256(url.encode()).hexdigest()[:32]
+
+
+class _Partial:
+    """A staging file being downloaded, with its hashers and its sidecar record."""
+
+    def __init__(self, tmp_dir: Path, url: str, token: str, file: BinaryIO, want_sha256: bool):
+        self.url = url
+        self.token = token
+        self.path = tmp_dir / f"{_key(url)}-{token}.part"
+        self.meta_path = self.path.with_suffix(".json")
+        self.file = file
+        self.want_sha256 = want_sha256
+        self.blake3 = hasher()
+        self.sha256 = hashlib.sha256() if want_sha256 else None
+        self.size = 0
+        self.transferred = 0
+        self.resumed_from = 0  #: where the current body continues the file (0: from scratch)
+        self.saved = 0  #: bytes not downloaded again thanks to resumes
+        self.validator: str | None = None
+        self.total: int | None = None
+        self.encoding = "identity"
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(token)
+
+    @classmethod
+    def create(cls, tmp_dir: Path, url: str, want_sha256: bool) -> _Partial:
+        token = uuid.uuid4().hex
+        path = tmp_dir / f"{_key(url)}-{token}.part"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        part = cls(tmp_dir, url, token, os.fdopen(fd, "r+b", buffering=0), want_sha256)
+        part.save()
+        return part
+
+    @classmethod
+    def claim(cls, tmp_dir: Path, url: str, want_sha256: bool) -> _Partial | None:
+        """Take over the largest resumable partial of ``url`` left by a dead owner, if any."""
+        candidates = []
+        for meta_path in tmp_dir.glob(f"{_key(url)}-*.json"):
+            meta = _read_json(meta_path)
+            if meta is None or meta.get("url") != url or not _owner_gone(meta):
+                continue
+            data_path = meta_path.with_suffix(".part")
+            if not meta.get("validator") or meta.get("boot") != _BOOT:
+                _remove(data_path, meta_path)  # not resumable: debris of a dead download
+                continue
+            try:
+                candidates.append((data_path.stat().st_size, data_path, meta_path, meta))
+            except FileNotFoundError:
+                _remove(meta_path)  # its data was claimed already: the record is stale
+        for _, data_path, meta_path, meta in sorted(candidates, key=lambda c: -c[0]):
+            token = uuid.uuid4().hex
+            mine = tmp_dir / f"{_key(url)}-{token}.part"
+            try:
+                os.rename(data_path, mine)  # atomic: of several claimants exactly one wins
+            except FileNotFoundError:
+                continue
+            file = open(mine, "r+b", buffering=0)  # noqa: SIM115 - owned by the partial
+            part = cls(tmp_dir, url, token, file, want_sha256)
+            part.validator = meta.get("validator")
+            part.total = meta.get("total") if isinstance(meta.get("total"), int) else None
+            part.save()
+            _remove(meta_path)
+            part.rehash()
+            return part
+        return None
+
+    def rehash(self) -> None:
+        """Hash the bytes already in the file: the digest covers the whole content."""
+        self.file.seek(0)
+        self.size = 0
+        while chunk := self.file.read(CHUNK_SIZE):
+            self.blake3.update(chunk)
+            if self.sha256 is not None:
+                self.sha256.update(chunk)
+            self.size += len(chunk)
+        if self.total is not None and self.size > self.total:
+            self.reset()
+
+    @property
+    def resumable(self) -> bool:
+        return self.validator is not None and self.encoding == "identity"
+
+    def begin(self, response: BaseHTTPResponse) -> None:
+        """Take validator, length and encoding from a 200 that starts the body from zero."""
+        self.validator = _validator(response)
+        self.encoding = response.headers.get("Content-Encoding", "identity").lower()
+        length = response.headers.get("Content-Length")
+        self.total = int(length) if length and length.isdigit() else None
+        self.save()
+
+    def append(self, chunk: bytes) -> None:
+        self.blake3.update(chunk)
+        if self.sha256 is not None:
+            self.sha256.update(chunk)
+        view = memoryview(chunk)
+        while view:
+            written = self.file.write(view)
+            view = view[written or 0 :]
+        self.size += len(chunk)
+        self.transferred += len(chunk)
+
+    def reset(self) -> None:
+        """Back to zero bytes: the partial cannot be continued."""
+        self.file.seek(0)
+        self.file.truncate()
+        self.blake3 = hasher()
+        self.sha256 = hashlib.sha256() if self.want_sha256 else None
+        self.size = 0
+        self.resumed_from = 0
+        self.saved = 0
+        self.validator = None
+        self.total = None
+        self.encoding = "identity"
+
+    def save(self) -> None:
+        """Write the sidecar atomically (a reader sees the old or the new record, never half)."""
+        record = {
+            "url": self.url,
+            "token": self.token,
+            "validator": self.validator if self.resumable else None,
+            "total": self.total,
+            "owner": _owner(),
+            "boot": _BOOT,
+        }
+        scratch = self.meta_path.with_suffix(".json-new")
+        scratch.write_text(json.dumps(record))
+        os.replace(scratch, self.meta_path)
+
+    def sha256_hex(self) -> str | None:
+        return self.sha256.hexdigest() if self.sha256 is not None else None
+
+    def verify(self, url: str, expected: Expected) -> None:
+        """Raise IntegrityError unless the content matches every expected value."""
+        note = ""
+        if self.encoding != "identity":
+            note = f" (sent with Content-Encoding: {self.encoding}; cas keeps the bytes as sent)"
+        if expected.size is not None and self.size != expected.size:
+            raise IntegrityError(
+                f"{url} gave {self.size} bytes, expected {expected.size}{note}",
+                expected=expected.size,
+                found=self.size,
+            )
+        digest = self.blake3.hexdigest()
+        if expected.blake3 is not None and digest != expected.blake3:
+            raise IntegrityError(
+                f"{url} has BLAKE3 {digest}, expected {expected.blake3}{note}",
+                expected=expected.blake3,
+                found=digest,
+            )
+        sha = self.sha256_hex()
+        if expected.sha256 is not None and sha != expected.sha256:
+            raise IntegrityError(
+                f"{url} has SHA-256 {sha}, expected {expected.sha256}{note}",
+                expected=expected.sha256,
+                found=sha,
+            )
+
+    def finish(self) -> Staged:
+        """Fsync and close; the file becomes a plain staged file with no sidecar."""
+        os.fsync(self.file.fileno())
+        self.file.close()
+        _remove(self.meta_path)
+        self._release()
+        return Staged(self.path, self.blake3.hexdigest(), self.size)
+
+    def suspend(self) -> None:
+        """Keep a resumable partial for a later attempt; remove one that cannot be resumed."""
+        self.file.close()
+        self._release()
+        if not (self.size and self.resumable):
+            _remove(self.path, self.meta_path)
+
+    def discard(self) -> None:
+        if not self.file.closed:
+            self.file.close()
+        self._release()
+        _remove(self.path, self.meta_path)
+
+    def _release(self) -> None:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(self.token)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+# -- locks ---------------------------------------------------------------------------------------
+
+_THREAD_LOCKS: dict[str, tuple[threading.Lock, int]] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def _thread_lock(key: str) -> Iterator[None]:
+    """A per-key lock shared by every thread of this process, dropped when nobody uses it."""
+    with _THREAD_LOCKS_GUARD:
+        lock, users = _THREAD_LOCKS.get(key, (threading.Lock(), 0))
+        _THREAD_LOCKS[key] = (lock, users + 1)
+    try:
+        with lock:
+            yield
+    finally:
+        with _THREAD_LOCKS_GUARD:
+            lock, users = _THREAD_LOCKS[key]
+            if users == 1:
+                del _THREAD_LOCKS[key]
+            else:
+                _THREAD_LOCKS[key] = (lock, users - 1)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive flock on ``path``; lock files are never deleted (that would race)."""
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process downloading the same thing")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
+def _after_fork_in_child() -> None:
+    # Locks held by the parent's other threads at fork time would stay held in the child.
+    global _ACTIVE_LOCK, _THREAD_LOCKS_GUARD
+    _ACTIVE_LOCK = threading.Lock()
+    _ACTIVE.clear()
+    _THREAD_LOCKS_GUARD = threading.Lock()
+    _THREAD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

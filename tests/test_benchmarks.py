@@ -1,0 +1,79 @@
+"""The benchmark runner works end to end in quick mode; timings are never asserted here."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+RUNNER = REPO / "benchmarks" / "run.py"
+
+pytest.importorskip("diskcache", reason="the benchmark extra (diskcache) is not installed")
+
+
+def run_quick(tmp_path: Path, *suites: str, env: dict[str, str] | None = None) -> str:
+    """Run ``run.py --quick`` from a foreign folder; return the report it wrote."""
+    output = tmp_path / "RESULTS.md"
+    command = [sys.executable, str(RUNNER), *suites, "--quick"]
+    command += ["--scratch", str(tmp_path / "scratch"), "--output", str(output)]
+    result = subprocess.run(
+        command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    return output.read_text(encoding="utf-8")
+
+
+def summary_rows(report: str) -> list[str]:
+    """The data rows of the report's summary table."""
+    section = report.split("## Summary", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+
+
+def test_quick_run_writes_every_suites_rows(tmp_path: Path) -> None:
+    """`run.py --quick` exits 0 and writes the command, machine facts and each suite's rows."""
+    report = run_quick(tmp_path)
+
+    rows = summary_rows(report)
+    expected = [
+        ("put-large", "put of a 64 MiB file, wall time", "cp + sync"),
+        ("put-large", "peak RSS of the 64 MiB put", "—"),
+        ("small", "put of 1,000 named 4 KiB blobs", "diskcache Cache.set"),
+        ("small", "look-up of 1,000 names", "diskcache Cache.get"),
+        ("cli", "`cas path NAME`, whole process", "`python -c pass`"),
+        ("cli", "`python -c 'import cas'`", "`python -c 'import sqlalchemy'`"),
+    ]
+    for suite, metric, peer in expected:
+        assert any(
+            row.startswith(f"| {suite} | {metric}") and f"| {peer} |" in row for row in rows
+        ), (suite, metric, rows)
+    assert not any("ERROR" in row for row in rows)
+    if shutil.which("b3sum"):
+        assert any("| b3sum |" in row for row in rows)
+    else:
+        assert "b3sum is not installed" in report
+    assert f"{RUNNER.name} --quick --scratch" in report
+    for fact in ("| cores |", "| Python |", "| SQLite |", "| scratch folder |"):
+        assert fact in report
+    assert "### What `cas path` imports" in report
+    assert not (tmp_path / "scratch" / "small").exists(), "stores are removed after a run"
+
+
+def test_missing_b3sum_is_skipped_with_a_note(tmp_path: Path) -> None:
+    """Without b3sum on PATH the put-large suite still runs and says what it skipped."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for tool in ("cp", "sync", "git"):
+        found = shutil.which(tool)
+        if found:
+            os.symlink(found, tools / tool)
+    report = run_quick(tmp_path, "put-large", env={**os.environ, "PATH": str(tools)})
+
+    rows = summary_rows(report)
+    assert any("| cp + sync |" in row for row in rows)
+    assert not any("| b3sum |" in row for row in rows)
+    assert "b3sum is not installed" in report

@@ -1,0 +1,726 @@
+"""Fetching: verified, resumable, single-flight downloads against a real misbehaving server.
+
+Every misbehaviour test asserts the outcome, how many requests the server saw, and that
+``blobs/`` holds nothing wrong (guarantee 1) and ``tmp/`` no leftover partial.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import blake3
+import pytest
+import trustme
+
+import cas
+import cas.manifest
+from cas.download import Downloader
+
+from .conftest import blob_files, run_cas
+from .httpserver import Reply, Server, serve
+
+BODY = os.urandom(200_000)
+CUT = 70_000
+
+
+def _b3(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def fast(store: cas.Store, **options: object) -> cas.Store:
+    """Give ``store`` a downloader with test-sized timeouts and backoff."""
+    settings: dict[str, object] = {
+        "timeout": 5.0, "retries": 3, "backoff_factor": 0.01, "backoff_max": 0.05,
+        "retry_after_max": 2, **options,
+    }  # fmt: skip
+    tmp = store.root / "tmp"
+    store._fetcher.downloader = Downloader(tmp, tmp / "locks", **settings)  # type: ignore[arg-type]
+    return store
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    yield from serve()
+
+
+@pytest.fixture
+def fstore(root: Path) -> Iterator[cas.Store]:
+    with cas.Store.open(root) as store:
+        yield fast(store)
+
+
+def partials(root: Path) -> list[Path]:
+    """Staging files and sidecars left in tmp/ (its locks/ aside)."""
+    return sorted(p for p in (root / "tmp").iterdir() if p.name != "locks")
+
+
+def assert_holds(root: Path, *contents: bytes) -> None:
+    """blobs/ holds exactly ``contents``, each under its digest; no partial is left over."""
+    files = blob_files(root)
+    assert sorted(p.name for p in files) == sorted(_b3(c) for c in contents)
+    for path in files:
+        assert _b3(path.read_bytes()) == path.name
+    assert partials(root) == []
+
+
+# -- the basics ------------------------------------------------------------------------------------
+
+
+def test_fetch_stores_verifies_and_identifies_itself(fstore: cas.Store, server: Server) -> None:
+    """A fetch stores the body under its BLAKE3, sends cas's User-Agent and asks for identity."""
+    url = server.add("/a.bin", BODY)
+    seen: list[tuple[int, int | None]] = []
+    digest = fstore.fetch(url, sha256=_sha(BODY), size=len(BODY),
+                          progress=lambda done, total: seen.append((done, total)))
+    assert digest == _b3(BODY)
+    assert fstore.read_bytes(digest) == BODY
+    request = server.seen("/a.bin")[0]
+    assert request.headers["user-agent"] == f"cas/{cas.__version__}"
+    assert request.headers["accept-encoding"] == "identity"
+    assert seen[-1] == (len(BODY), len(BODY))
+    assert_holds(fstore.root, BODY)
+
+
+def test_known_content_needs_no_network(fstore: cas.Store, server: Server) -> None:
+    """A stored BLAKE3, a SHA-256 seen before, or the same URL again: served without a request."""
+    url = server.add("/a.bin", BODY)
+    digest = fstore.fetch(url, sha256=_sha(BODY))
+    other = server.url("/elsewhere")  # not served at all: any request would fail
+    assert fstore.fetch(other, blake3=digest) == digest
+    assert fstore.fetch(other, sha256=_sha(BODY), name="by-sha") == digest
+    assert fstore.fetch(url) == digest
+    assert server.requests("/a.bin") == 1 and server.requests("/elsewhere") == 0
+    assert fstore.path("by-sha").read_bytes() == BODY
+
+
+def test_inconsistent_expected_digests_fail_without_network(
+    fstore: cas.Store, server: Server
+) -> None:
+    """A blake3 and a sha256 known to belong to different contents cannot both hold."""
+    fstore.fetch(server.add("/a.bin", BODY), sha256=_sha(BODY))
+    with pytest.raises(cas.IntegrityError, match="not the expected blake3"):
+        fstore.fetch(server.url("/b"), blake3=_b3(b"other"), sha256=_sha(BODY))
+    assert server.requests("/b") == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"url": "file:///etc/passwd"}, "not an http or https URL"),
+        ({"url": "ftp://example.org/x"}, "not an http or https URL"),
+        ({"blake3": "abc"}, "blake3 'abc' is not 64 hexadecimal digits"),
+        ({"sha256": "z" * 64}, "sha256"),
+        ({"size": -1}, "size -1"),
+        ({"name": ""}, "name must not be empty"),
+    ],
+)
+def test_bad_arguments_are_usage_errors(fstore: cas.Store, server: Server,
+                                        kwargs: dict[str, object], message: str) -> None:
+    """Bad URLs, digests, sizes and names are refused before any request."""
+    arguments: dict[str, object] = {"url": server.add("/a.bin", BODY), **kwargs}
+    with pytest.raises(cas.UsageError, match=message):
+        fstore.fetch(**arguments)  # type: ignore[arg-type]
+    assert server.requests("/a.bin") == 0
+
+
+# -- interrupted bodies are resumed ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reset", [True, False], ids=["connection-dropped", "short-body"])
+def test_interrupted_body_is_resumed_with_range(fstore: cas.Store, server: Server,
+                                                reset: bool) -> None:
+    """A drop (RST) or fewer bytes than Content-Length (FIN): the rest comes with Range."""
+    url = server.add("/a.bin", BODY, Reply(cut_after=CUT, reset=reset))
+    assert fstore.fetch(url, sha256=_sha(BODY)) == _b3(BODY)
+    first, second = server.seen("/a.bin")
+    assert second.range == f"bytes={CUT}-" and second.headers["if-range"] == '"v1"'
+    assert second.status == 206 and first.sent + second.sent == len(BODY)
+    counters = fstore.stats().counters
+    assert counters[cas.metrics.Counter.RESUME_SAVED_BYTES] == CUT
+    assert counters[cas.metrics.Counter.DOWNLOADED_BYTES] == len(BODY)
+    assert_holds(fstore.root, BODY)
+
+
+def test_partial_outlives_a_failed_fetch_and_is_resumed_later(root: Path, server: Server) -> None:
+    """Out of retries, the partial stays in tmp/; the next fetch asks only for the rest."""
+    url = server.add("/a.bin", BODY, Reply(cut_after=CUT, reset=True))
+    with cas.Store.open(root) as store:
+        fast(store, retries=0)
+        with pytest.raises(cas.DownloadError, match="after 1 attempts") as info:
+            store.fetch(url)
+        assert info.value.attempts == 1
+        assert sorted(p.suffix for p in partials(root)) == [".json", ".part"]
+        assert blob_files(root) == []
+        assert store.fetch(url) == _b3(BODY)
+    assert [s.range for s in server.seen("/a.bin")] == [None, f"bytes={CUT}-"]
+    assert server.sent("/a.bin") == len(BODY)
+    assert_holds(root, BODY)
+
+
+def test_server_answering_200_to_a_range_restarts_from_zero(
+    fstore: cas.Store, server: Server
+) -> None:
+    """A 200 to a Range request is the whole body again: taken from zero, nothing appended."""
+    url = server.add("/a.bin", BODY, Reply(cut_after=CUT, reset=True), Reply(ignore_range=True))
+    assert fstore.fetch(url, sha256=_sha(BODY)) == _b3(BODY)
+    _, second = server.seen("/a.bin")
+    assert second.range == f"bytes={CUT}-" and second.status == 200
+    assert second.sent == len(BODY)
+    assert_holds(fstore.root, BODY)
+
+
+def test_changed_etag_gives_the_new_content(fstore: cas.Store, server: Server) -> None:
+    """If-Range no longer matches: the server sends the new content whole, and it is kept."""
+    new = os.urandom(len(BODY))
+    url = server.add("/a.bin", BODY, Reply(
+        cut_after=CUT, reset=True, after=lambda: server.update("/a.bin", body=new, etag='"v2"')
+    ))
+    assert fstore.fetch(url) == _b3(new)
+    assert [s.status for s in server.seen("/a.bin")] == [200, 200]
+    assert_holds(fstore.root, new)
+
+
+def test_changed_etag_on_a_206_restarts(fstore: cas.Store, server: Server) -> None:
+    """A server that ignores If-Range and sends a 206 with another ETag: nothing is mixed."""
+    new = os.urandom(len(BODY))
+    url = server.add(
+        "/a.bin", BODY,
+        Reply(cut_after=CUT, reset=True,
+              after=lambda: server.update("/a.bin", body=new, etag='"v2"')),
+        Reply(ignore_if_range=True),
+    )  # fmt: skip
+    assert fstore.fetch(url) == _b3(new)
+    seen = server.seen("/a.bin")
+    assert [s.status for s in seen] == [200, 206, 200]
+    assert seen[2].range is None
+    assert_holds(fstore.root, new)
+
+
+def test_206_starting_elsewhere_restarts(fstore: cas.Store, server: Server) -> None:
+    """A 206 whose Content-Range does not start at the partial's end is not appended."""
+    url = server.add("/a.bin", BODY, Reply(cut_after=CUT, reset=True), Reply(range_start=10))
+    assert fstore.fetch(url) == _b3(BODY)
+    seen = server.seen("/a.bin")
+    assert [s.status for s in seen] == [200, 206, 200] and seen[2].range is None
+    assert_holds(fstore.root, BODY)
+
+
+def test_416_restarts_from_zero(fstore: cas.Store, server: Server) -> None:
+    """A 416 to the resume request: the partial is dropped and the file fetched whole."""
+    url = server.add(
+        "/a.bin", BODY,
+        Reply(cut_after=CUT, reset=True),
+        Reply(status=416, headers={"Content-Range": f"bytes */{len(BODY)}"}),
+    )  # fmt: skip
+    assert fstore.fetch(url, sha256=_sha(BODY)) == _b3(BODY)
+    seen = server.seen("/a.bin")
+    assert [s.status for s in seen] == [200, 416, 200] and seen[2].range is None
+    assert_holds(fstore.root, BODY)
+
+
+def test_416_for_a_complete_partial_finishes_it(fstore: cas.Store, server: Server) -> None:
+    """All bytes arrived but the length promised more: a 416 */size says the partial is done."""
+    url = server.add("/a.bin", BODY, Reply(
+        cut_after=len(BODY), headers={"Content-Length": str(len(BODY) + 10)}
+    ))
+    assert fstore.fetch(url, sha256=_sha(BODY)) == _b3(BODY)
+    assert [s.status for s in server.seen("/a.bin")] == [200, 416]
+    assert server.sent("/a.bin") == len(BODY)
+    assert_holds(fstore.root, BODY)
+
+
+def test_resumed_content_that_does_not_verify_is_fetched_again(
+    fstore: cas.Store, server: Server
+) -> None:
+    """Content changed under the same ETag: the mixed result fails its digest, never reaches
+    blobs/, and one fetch from zero gives the right bytes."""
+    new = os.urandom(len(BODY))
+    url = server.add("/a.bin", BODY, Reply(
+        cut_after=CUT, reset=True, after=lambda: server.update("/a.bin", body=new)
+    ))
+    assert fstore.fetch(url, blake3=_b3(new)) == _b3(new)
+    seen = server.seen("/a.bin")
+    assert [s.status for s in seen] == [200, 206, 200] and seen[2].range is None
+    assert_holds(fstore.root, new)
+
+
+def test_no_validator_means_no_resume(fstore: cas.Store, server: Server) -> None:
+    """Without ETag or Last-Modified a Range could splice two versions: start again instead."""
+    url = server.add("/a.bin", BODY, Reply(cut_after=CUT, reset=True),
+                     etag=None, last_modified=None)
+    assert fstore.fetch(url) == _b3(BODY)
+    assert [s.range for s in server.seen("/a.bin")] == [None, None]
+    assert_holds(fstore.root, BODY)
+
+
+def test_stall_past_the_timeout_is_resumed(root: Path, server: Server) -> None:
+    """A body that stops flowing times out after download_timeout and is resumed."""
+    url = server.add("/a.bin", BODY, Reply(cut_after=CUT, stall=5))
+    with cas.Store.open(root) as store:
+        fast(store, timeout=0.5)
+        started = time.monotonic()
+        assert store.fetch(url) == _b3(BODY)
+        assert time.monotonic() - started < 3
+    assert [s.range for s in server.seen("/a.bin")] == [None, f"bytes={CUT}-"]
+    assert_holds(root, BODY)
+
+
+def test_stalling_every_time_gives_up_after_the_retries(root: Path, server: Server) -> None:
+    """Each attempt is bounded by the timeout; after retries+1 of them, a DownloadError."""
+    url = server.add("/a.bin", BODY, *[Reply(cut_after=0, stall=5)] * 3)
+    with cas.Store.open(root) as store:
+        fast(store, timeout=0.3, retries=1)
+        with pytest.raises(cas.DownloadError, match=r"after 2 attempts.*timed out") as info:
+            store.fetch(url)
+    assert info.value.attempts == 2 and server.requests("/a.bin") == 2
+    assert_holds(root)
+
+
+# -- statuses and retries ----------------------------------------------------------------------
+
+
+def test_429_retry_after_is_honoured(fstore: cas.Store, server: Server,
+                                     caplog: pytest.LogCaptureFixture) -> None:
+    """A 429 with Retry-After: 1 waits about a second, then succeeds; the retry is logged."""
+    url = server.add("/a.bin", BODY, Reply(status=429, headers={"Retry-After": "1"}))
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="cas"):
+        assert fstore.fetch(url) == _b3(BODY)
+    assert 0.9 <= time.monotonic() - started < 5
+    assert [s.status for s in server.seen("/a.bin")] == [429, 200]
+    assert any("HTTP 429" in r.message and "Retry-After" in r.message for r in caplog.records)
+    assert_holds(fstore.root, BODY)
+
+
+def test_retry_after_is_capped(root: Path, server: Server) -> None:
+    """A Retry-After of an hour waits only retry_after_max (urllib3 would wait up to 6 h)."""
+    url = server.add("/a.bin", BODY, Reply(status=503, headers={"Retry-After": "3600"}))
+    with cas.Store.open(root) as store:
+        fast(store, retry_after_max=1)
+        started = time.monotonic()
+        assert store.fetch(url) == _b3(BODY)
+        assert time.monotonic() - started < 4
+    assert server.requests("/a.bin") == 2
+
+
+def test_500_then_success(fstore: cas.Store, server: Server) -> None:
+    """A 5xx is retried with backoff."""
+    url = server.add("/a.bin", BODY, Reply(status=500))
+    assert fstore.fetch(url, sha256=_sha(BODY)) == _b3(BODY)
+    assert [s.status for s in server.seen("/a.bin")] == [500, 200]
+    assert fstore.stats().counters[cas.metrics.Counter.DOWNLOAD_RETRIES] == 1
+    assert_holds(fstore.root, BODY)
+
+
+def test_500_every_time_fails_after_the_retries(fstore: cas.Store, server: Server) -> None:
+    """retries further attempts, then a DownloadError with the URL, status and attempts."""
+    url = server.add("/a.bin", BODY, *[Reply(status=500)] * 10)
+    with pytest.raises(cas.DownloadError, match="HTTP 500") as info:
+        fstore.fetch(url)
+    assert (info.value.url, info.value.status, info.value.attempts) == (url, 500, 4)
+    assert server.requests("/a.bin") == 4
+    assert fstore.stats().counters[cas.metrics.Counter.DOWNLOADS_FAILED] == 1
+    assert_holds(fstore.root)
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 410])
+def test_permanent_statuses_are_not_retried(fstore: cas.Store, server: Server,
+                                            status: int) -> None:
+    """400, 401, 403, 404 and 410 fail at once."""
+    url = server.add("/a.bin", BODY, Reply(status=status))
+    with pytest.raises(cas.DownloadError, match=f"HTTP {status}") as info:
+        fstore.fetch(url)
+    assert (info.value.status, info.value.attempts) == (status, 1)
+    assert server.requests("/a.bin") == 1
+    assert_holds(fstore.root)
+
+
+def test_redirects_are_followed(fstore: cas.Store, server: Server) -> None:
+    """An http redirect to another path is followed."""
+    server.add("/old", b"", Reply(status=301, headers={"Location": "/new"}))
+    server.add("/new", BODY)
+    assert fstore.fetch(server.url("/old")) == _b3(BODY)
+    assert server.requests("/old") == 1 and server.requests("/new") == 1
+
+
+def test_redirect_loop_is_refused(fstore: cas.Store, server: Server) -> None:
+    """A redirect loop ends after max_redirects with a clear error."""
+    url = server.add("/loop", b"", *[Reply(status=302, headers={"Location": "/loop"})] * 30)
+    with pytest.raises(cas.DownloadError, match="more than 10 redirects") as info:
+        fstore.fetch(url)
+    assert info.value.attempts == 1 and server.requests("/loop") == 11
+    assert_holds(fstore.root)
+
+
+@pytest.mark.parametrize("target", ["file:///etc/passwd", "ftp://127.0.0.1/x"])
+def test_redirect_to_another_scheme_is_refused(fstore: cas.Store, server: Server,
+                                               target: str) -> None:
+    """A redirect to file:// or ftp:// is refused by name, not as "No host specified"."""
+    url = server.add("/a.bin", b"", Reply(status=302, headers={"Location": target}))
+    with pytest.raises(cas.DownloadError, match=f"redirects to {target}; only http and https"):
+        fstore.fetch(url)
+    assert server.requests("/a.bin") == 1
+    assert_holds(fstore.root)
+
+
+# -- content checks --------------------------------------------------------------------------------
+
+
+def test_content_not_matching_the_digest_is_refused(fstore: cas.Store, server: Server) -> None:
+    """Wrong content raises IntegrityError, is not retried, and leaves nothing behind."""
+    url = server.add("/a.bin", BODY)
+    with pytest.raises(cas.IntegrityError, match="SHA-256") as info:
+        fstore.fetch(url, sha256="0" * 64, name="wrong")
+    assert info.value.found == _sha(BODY)
+    assert server.requests("/a.bin") == 1
+    assert fstore.entries() == []
+    assert_holds(fstore.root)
+
+
+def test_wrong_length_fails_before_the_body(fstore: cas.Store, server: Server) -> None:
+    """A Content-Length other than the expected size fails at once."""
+    url = server.add("/a.bin", BODY)
+    with pytest.raises(cas.IntegrityError, match=f"expected {len(BODY) + 1}"):
+        fstore.fetch(url, size=len(BODY) + 1)
+    assert server.requests("/a.bin") == 1
+    assert_holds(fstore.root)
+
+
+def test_gzip_content_encoding_is_stored_as_sent(fstore: cas.Store, server: Server) -> None:
+    """A .gz served with Content-Encoding: gzip is kept as the bytes its checksum names."""
+    packed = gzip.compress(BODY)
+    url = server.add("/data.gz", packed, encoding="gzip")
+    assert fstore.fetch(url, sha256=_sha(packed)) == _b3(packed)
+    assert server.seen("/data.gz")[0].headers["accept-encoding"] == "identity"
+    assert_holds(fstore.root, packed)
+
+
+def test_gzip_body_is_never_resumed(fstore: cas.Store, server: Server) -> None:
+    """Range offsets of an encoded body are ambiguous: an interrupted one starts again."""
+    packed = gzip.compress(BODY)
+    url = server.add("/data.gz", packed, Reply(cut_after=1000, reset=True), encoding="gzip")
+    assert fstore.fetch(url, sha256=_sha(packed)) == _b3(packed)
+    assert [s.range for s in server.seen("/data.gz")] == [None, None]
+    assert_holds(fstore.root, packed)
+
+
+# -- TLS -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def tls_server(ca: trustme.CA) -> Iterator[Server]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    yield from serve(context)
+
+
+def test_untrusted_certificate_is_refused_without_retries(root: Path,
+                                                          tls_server: Server) -> None:
+    """A certificate from an unknown CA fails once, not retries+1 times."""
+    url = tls_server.add("/a.bin", BODY)
+    with cas.Store.open(root) as store:
+        fast(store, retries=3)
+        with pytest.raises(cas.DownloadError, match="certificate") as info:
+            store.fetch(url)
+    assert info.value.attempts == 1 and tls_server.connections == 1
+    assert_holds(root)
+
+
+def test_configured_ca_is_accepted(root: Path, tls_server: Server, ca: trustme.CA,
+                                   tmp_path: Path) -> None:
+    """With the CA bundle configured, the same server is trusted."""
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    url = tls_server.add("/a.bin", BODY)
+    with cas.Store.open(root) as store:
+        fast(store, ca_bundle=bundle)
+        assert store.fetch(url, sha256=_sha(BODY)) == _b3(BODY)
+    assert_holds(root, BODY)
+
+
+# -- single flight ---------------------------------------------------------------------------------
+
+CHILD = textwrap.dedent("""
+    import pathlib, sys, time
+    import cas
+    from cas.download import Downloader
+    root, url, lock, ready, go = sys.argv[1:6]
+    store = cas.Store.open(root)
+    tmp = store.root / "tmp"
+    store._fetcher.downloader = Downloader(tmp, tmp / "locks", lock=lock == "1",
+                                           backoff_factor=0.01)
+    pathlib.Path(ready).touch()
+    while not pathlib.Path(go).exists():
+        time.sleep(0.002)
+    print(store.fetch(url), flush=True)
+    store.close()
+""")
+
+
+def _children(root: Path, url: str, count: int, lock: bool, tmp_path: Path) -> list[str]:
+    """Start ``count`` processes, release them at once, and return what each printed."""
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD, str(root), url, "1" if lock else "0",
+             str(tmp_path / f"ready{index}"), str(go)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        for index in range(count)
+    ]
+    deadline = time.monotonic() + 60
+    while not all((tmp_path / f"ready{i}").exists() for i in range(count)):
+        assert time.monotonic() < deadline, "children did not start"
+        time.sleep(0.01)
+    go.touch()
+    outputs = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err.decode()
+        outputs.append(out.decode().strip())
+    return outputs
+
+
+def test_eight_processes_transfer_once(root: Path, server: Server, tmp_path: Path) -> None:
+    """Eight processes fetching one URL at once: one transfer, eight right digests."""
+    body = os.urandom(512 * 1024)
+    url = server.add("/big", body, chunk=32 * 1024, delay=0.02)
+    cas.Store.open(root).close()
+    assert _children(root, url, 8, True, tmp_path) == [_b3(body)] * 8
+    assert server.requests("/big") == 1 and server.sent("/big") == len(body)
+    assert_holds(root, body)
+
+
+def test_eight_processes_without_the_lock_still_agree(root: Path, server: Server,
+                                                      tmp_path: Path) -> None:
+    """With the lock disabled (as on a filesystem ignoring flock), more transfers may happen,
+    but every process gets the right digest and blobs/ holds one verified file."""
+    body = os.urandom(512 * 1024)
+    url = server.add("/big", body, chunk=32 * 1024, delay=0.02)
+    cas.Store.open(root).close()
+    assert _children(root, url, 8, False, tmp_path) == [_b3(body)] * 8
+    assert 1 <= server.requests("/big") <= 8
+    assert all(s.range is None for s in server.seen("/big"))  # nobody touched another's partial
+    assert_holds(root, body)
+
+
+def test_threads_transfer_once(fstore: cas.Store, server: Server) -> None:
+    """Eight threads asking for one expected digest from two URLs: one transfer."""
+    server.add("/one", BODY, chunk=16 * 1024, delay=0.01)
+    server.add("/two", BODY, chunk=16 * 1024, delay=0.01)
+    results: list[str] = []
+
+    def work(index: int) -> None:
+        results.append(fstore.fetch(server.url("/one" if index % 2 else "/two"),
+                                    blake3=_b3(BODY)))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == [_b3(BODY)] * 8
+    assert server.requests("/one") + server.requests("/two") == 1
+    assert_holds(fstore.root, BODY)
+
+
+def test_a_live_owners_partial_is_not_taken(root: Path, server: Server) -> None:
+    """Without the lock, a second download does not append to a partial still being written."""
+    url = server.add("/slow", BODY, chunk=8 * 1024, delay=0.02)
+    with cas.Store.open(root) as store:
+        fast(store, lock=False)
+        first = threading.Thread(target=store.fetch, args=(url,))
+        first.start()
+        while not list((root / "tmp").glob("*.part")) or server.sent("/slow") < 16 * 1024:
+            time.sleep(0.01)
+        assert store.fetch(url) == _b3(BODY)
+        first.join()
+    assert [s.range for s in server.seen("/slow")] == [None, None]
+    assert_holds(root, BODY)
+
+
+def test_killed_downloader_is_resumed_by_the_next_process(root: Path, server: Server,
+                                                          tmp_path: Path) -> None:
+    """SIGKILL half-way: the partial outlives its process; the next one fetches only the rest
+    (counted on the server), and the lock of the dead process does not block it."""
+    body = os.urandom(1024 * 1024)
+    url = server.add("/big", body, chunk=16 * 1024, delay=0.01)
+    (tmp_path / "go").touch()
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(root), url, "1", str(tmp_path / "ready"),
+         str(tmp_path / "go")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 30
+    while max((p.stat().st_size for p in (root / "tmp").glob("*.part")), default=0) < 300_000:
+        assert time.monotonic() < deadline and child.poll() is None, "no partial appeared"
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    server.update("/big", delay=0.0)
+    with cas.Store.open(root) as store:
+        fast(store)
+        assert store.fetch(url, sha256=_sha(body)) == _b3(body)
+    _, second = server.seen("/big")
+    offset = int(second.range.removeprefix("bytes=").rstrip("-"))  # type: ignore[union-attr]
+    assert offset >= 300_000
+    assert second.status == 206 and second.sent == len(body) - offset
+    assert_holds(root, body)
+
+
+# -- named fixtures and auto-download --------------------------------------------------------------
+
+
+def test_evicted_fixture_comes_back_when_auto_download_is_on(root: Path, server: Server) -> None:
+    """path(name) of an evicted fixture fetches it again from its recorded source."""
+    url = server.add("/fx.bin", BODY)
+    with cas.Store.open(root, grace_period=0) as store:
+        fast(store)
+        store.fetch(url, name="fx", sha256=_sha(BODY), size=len(BODY))
+        store.gc(max_size=0)
+        assert blob_files(root) == []
+        assert store.path("fx").read_bytes() == BODY
+    assert server.requests("/fx.bin") == 2
+    assert_holds(root, BODY)
+
+
+def test_evicted_fixture_is_not_found_when_auto_download_is_off(root: Path,
+                                                                 server: Server) -> None:
+    """With auto_download off, NotFound names the fixture (and no request is made)."""
+    url = server.add("/fx.bin", BODY)
+    with cas.Store.open(root, grace_period=0) as store:
+        fast(store)
+        store.fetch(url, name="fx", sha256=_sha(BODY))
+        store.gc(max_size=0)
+    with (
+        cas.Store.open(root, auto_download=False) as store,
+        pytest.raises(cas.NotFound, match="'fx' is not stored and auto_download is off"),
+    ):
+        store.path("fx")
+    assert server.requests("/fx.bin") == 1
+
+
+# -- manifests and the command line ----------------------------------------------------------------
+
+
+def _manifest(path: Path, server: Server) -> Path:
+    server.add("/a", b"alpha")
+    server.add("/b", b"beta")
+    path.write_text(textwrap.dedent(f"""
+        [fixtures."data/a.txt"]
+        url = "{server.url('/a')}"
+        sha256 = "{_sha(b'alpha')}"
+
+        [fixtures."data/b.txt"]
+        url = "{server.url('/b')}"
+        blake3 = "{_b3(b'beta')}"
+        size = 4
+
+        [fixtures."data/missing"]
+        url = "{server.url('/missing')}"
+        sha256 = "{'0' * 64}"
+    """))
+    return path
+
+
+def test_cli_sync_reports_and_fails_when_one_fixture_fails(root: Path, server: Server,
+                                                           tmp_path: Path) -> None:
+    """Sync fetches what it can, prints a summary, exits 1; a second run finds them present."""
+    manifest = _manifest(tmp_path / "fixtures.toml", server)
+    result = run_cas("sync", str(manifest), "--jobs", "3", root=root)
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.decode().splitlines() == [
+        f"{_b3(b'alpha')}  data/a.txt", f"{_b3(b'beta')}  data/b.txt"
+    ]
+    err = result.stderr.decode()
+    assert "2 fetched, 0 already present, 1 failed" in err
+    assert "data/missing" in err and "HTTP 404" in err
+    assert err.splitlines()[-1] == "cas: error: 1 of 3 fixtures failed"
+    again = run_cas("sync", str(manifest), root=root)
+    assert "0 fetched, 2 already present, 1 failed" in again.stderr.decode()
+    assert server.requests("/a") == server.requests("/b") == 1
+    assert_holds(root, b"alpha", b"beta")
+
+
+def test_store_sync_returns_digests_or_raises(root: Path, server: Server,
+                                              tmp_path: Path) -> None:
+    """Store.sync returns name -> digest, and raises naming the failed fixture."""
+    manifest = _manifest(tmp_path / "fixtures.toml", server)
+    with cas.Store.open(root) as store:
+        fast(store)
+        with pytest.raises(cas.CasError, match="1 of 3 fixtures failed: data/missing"):
+            store.sync(manifest)
+        text = manifest.read_text()
+        manifest.write_text(text[: text.index('[fixtures."data/missing"]')])
+        assert store.sync(manifest, jobs=2) == {
+            "data/a.txt": _b3(b"alpha"), "data/b.txt": _b3(b"beta")
+        }
+        assert store.path("data/b.txt").read_bytes() == b"beta"
+
+
+def test_sync_with_progress_bars(root: Path, server: Server, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """With progress on, bars go to stderr and the report is the same."""
+    manifest = _manifest(tmp_path / "fixtures.toml", server)
+    with cas.Store.open(root) as store:
+        report = cas.manifest.sync(fast(store), manifest, jobs=2, progress=True)
+    assert (report.fetched, report.present) == (["data/a.txt", "data/b.txt"], [])
+    assert list(report.failed) == ["data/missing"]
+    assert report.summary() == "2 fetched, 0 already present, 1 failed"
+    assert "total" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ('url = "http://x/a"\nsha256 = 12', "fixture 'bad': key 'sha256'"),
+        ('url = "http://x/a"\nsha1 = "ab"', "fixture 'bad': unknown key 'sha1'"),
+        ('sha256 = "' + "0" * 64 + '"', "fixture 'bad': key 'url' is missing"),
+        ('url = "file:///etc/passwd"\nsha256 = "' + "0" * 64 + '"', "fixture 'bad': key 'url'"),
+        ('url = "http://x/a"', "fixture 'bad': needs key 'sha256' or 'blake3'"),
+        ('url = "http://x/a"\nblake3 = "' + "0" * 64 + '"\nsize = -3', "fixture 'bad': key 'size'"),
+    ],
+)
+def test_bad_manifest_entry_is_a_one_line_usage_error(root: Path, tmp_path: Path, entry: str,
+                                                      message: str) -> None:
+    """A bad entry names the fixture and the key, exits 2, and fetches nothing."""
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(f'[fixtures."bad"]\n{entry}\n')
+    result = run_cas("sync", str(manifest), root=root)
+    assert result.returncode == 2
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cas: error: ") and message in lines[0]
+
+
+def test_cli_fetch_prints_the_digest(root: Path, server: Server) -> None:
+    """`cas fetch URL --sha256 H --name N` prints the digest; a 404 exits 1 with one line."""
+    url = server.add("/a.bin", BODY)
+    result = run_cas("fetch", url, "--sha256", _sha(BODY), "--name", "a", root=root)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().strip() == _b3(BODY)
+    missing = run_cas("fetch", server.url("/nope"), root=root)
+    assert missing.returncode == 1
+    assert missing.stderr.decode().startswith("cas: error: ")
+    assert "HTTP 404" in missing.stderr.decode()
+    assert_holds(root, BODY)
