@@ -44,7 +44,7 @@ from typing import Any, BinaryIO, Self, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
-from urllib3.exceptions import HTTPError, MaxRetryError
+from urllib3.exceptions import HTTPError, InvalidHeader, MaxRetryError
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
@@ -403,7 +403,7 @@ class Downloader:
             respect_retry_after_header=True,
             retry_after_max=self.retry_after_max,
         )
-        retry.label = url
+        retry.label, retry.before = url, budget.used
         try:
             response = self._pool.urlopen(
                 "GET",
@@ -419,7 +419,7 @@ class Downloader:
             budget.used += error.retried
             raise DownloadError(
                 f"{url}: TLS certificate not trusted ({_describe(error.reason)});"
-                " not retried, set a CA bundle if the server uses a private CA",
+                " not retried; for a private CA, point SSL_CERT_FILE at its certificate",
                 url=url,
                 attempts=budget.attempts,
             ) from error
@@ -484,11 +484,12 @@ def _backoff(retry: int, factor: float, ceiling: float) -> float:
 class _Retry(Retry):
     """urllib3's Retry with cas's policy: log each retry, refuse bad certificates, own backoff."""
 
-    label: str = ""
+    label: str = ""  #: the URL, for messages (urllib3 passes only the path)
+    before: int = 0  #: retries the download had used before this request
 
     def new(self, **kw: Any) -> Self:
         fresh = super().new(**kw)
-        fresh.label = self.label
+        fresh.label, fresh.before = self.label, self.before
         return fresh
 
     def increment(
@@ -514,7 +515,8 @@ class _Retry(Retry):
     def sleep(self, response: BaseHTTPResponse | None = None) -> None:
         after = None
         if response is not None and self.respect_retry_after_header:
-            after = self.get_retry_after(response)  # capped at retry_after_max
+            with contextlib.suppress(InvalidHeader):  # a garbled Retry-After: plain backoff
+                after = self.get_retry_after(response)  # capped at retry_after_max
         delay = after if after else self.get_backoff_time()
         last = self.history[-1] if self.history else None
         if last is not None and last.error is not None:
@@ -524,8 +526,9 @@ class _Retry(Retry):
         else:
             reason = "unknown"
         log.warning(
-            "retrying %s after %s in %.2fs (retry %d)", self.label, reason, delay, len(self.history)
-        )
+            "retrying %s after %s in %.2fs (retry %d)",
+            self.label, reason, delay, self.before + len(self.history),
+        )  # fmt: skip
         if delay > 0:
             time.sleep(delay)
 
@@ -681,7 +684,9 @@ def _key(url: str) -> str:
 class _Partial:
     """A staging file being downloaded, with its hashers and its sidecar record."""
 
-    def __init__(self, tmp_dir: Path, url: str, token: str, file: BinaryIO, want_sha256: bool):
+    def __init__(
+        self, tmp_dir: Path, url: str, token: str, file: BinaryIO, want_sha256: bool
+    ) -> None:
         self.url = url
         self.token = token
         self.path = tmp_dir / f"{_key(url)}-{token}.part"

@@ -414,9 +414,11 @@ def test_negative_quantities_are_refused(number: int, size_unit: str, time_unit:
 
 
 def documented_config() -> str:
-    """The TOML block of docs/configuration.md."""
+    """The TOML block of docs/configuration.md, which the README shows too."""
     blocks = re.findall(r"```toml\n(.*?)```", DOCS.read_text(), flags=re.S)
     assert len(blocks) == 1, "docs/configuration.md should hold exactly one TOML block"
+    readme = re.findall(r"```toml\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    assert blocks[0] in readme, "README.md should show the configurations of the docs"
     return str(blocks[0])
 
 

@@ -1,0 +1,179 @@
+"""The pytest plugin, run in real pytest sessions (pytester), against a real HTTP server."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import cas
+
+from .httpserver import Server, serve
+
+pytest_plugins = ["pytester"]
+
+BODY = os.urandom(3 << 20)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    yield from serve()
+
+
+def _manifest(pytester: pytest.Pytester, server: Server, **options: object) -> Path:
+    url = server.add("/data.bin", BODY, **options)
+    sha256 = hashlib.sha256(BODY).hexdigest()
+    return pytester.makefile(
+        ".toml", fixtures=f'[fixtures."data/big"]\nurl = "{url}"\nsha256 = "{sha256}"\n'
+    )
+
+
+def _ini(pytester: pytest.Pytester, root: Path, *extra: str) -> None:
+    pytester.makeini("\n".join(
+        ["[pytest]", f"cas_root = {root}", "cas_manifest = fixtures.toml", *extra]
+    ))
+
+
+TESTS = """
+import hashlib, pytest
+
+@pytest.mark.parametrize("i", range({count}))
+def test_uses_fixture(cas_fixture, i):
+    path = cas_fixture("data/big")
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == "{sha256}"
+    assert cas_fixture("data/big") == path
+"""
+
+
+def _tests(pytester: pytest.Pytester, count: int) -> None:
+    pytester.makepyfile(TESTS.format(count=count, sha256=hashlib.sha256(BODY).hexdigest()))
+
+
+def test_fixture_from_manifest(pytester: pytest.Pytester, server: Server, tmp_path: Path) -> None:
+    """cas_fixture returns the manifest fixture's path; one download serves every test."""
+    root = tmp_path / "store"
+    _manifest(pytester, server)
+    _ini(pytester, root)
+    _tests(pytester, 3)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
+    result.assert_outcomes(passed=3)
+    assert server.requests("/data.bin") == 1
+    with sqlite3.connect(root / "catalog.db") as db:
+        assert db.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
+
+
+def test_xdist_workers_share_one_download(pytester: pytest.Pytester, server: Server,
+                                          tmp_path: Path) -> None:
+    """4 xdist workers asking for one fixture cause one transfer; leases end with the run."""
+    root = tmp_path / "store"
+    _manifest(pytester, server, delay=0.01, chunk=256 << 10)  # slow enough to overlap
+    _ini(pytester, root)
+    _tests(pytester, 8)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "4")
+    result.assert_outcomes(passed=8)
+    assert server.sent("/data.bin") == len(BODY)
+    with sqlite3.connect(root / "catalog.db") as db:
+        assert db.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
+
+
+def test_offline_skips_when_asked(pytester: pytest.Pytester, server: Server, tmp_path: Path,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """With auto_download off and the fixture not stored, tests skip (ini) instead of failing."""
+    monkeypatch.setenv("CAS_AUTO_DOWNLOAD", "false")
+    root = tmp_path / "store"
+    _manifest(pytester, server)
+    _ini(pytester, root, "cas_skip_unavailable = true")
+    _tests(pytester, 2)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0", "-rs")
+    result.assert_outcomes(skipped=2)
+    result.stdout.fnmatch_lines(["*auto_download is off*"])
+    assert server.requests("/data.bin") == 0
+
+
+def test_offline_fails_without_the_option(pytester: pytest.Pytester, server: Server,
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the skip option, an unavailable fixture is an error naming it; the marker skips."""
+    monkeypatch.setenv("CAS_AUTO_DOWNLOAD", "false")
+    _manifest(pytester, server)
+    _ini(pytester, tmp_path / "store")
+    pytester.makepyfile("""
+import pytest
+
+def test_fails(cas_fixture):
+    cas_fixture("data/big")
+
+@pytest.mark.cas_skip_unavailable
+def test_marked(cas_fixture):
+    cas_fixture("data/big")
+""")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
+    result.assert_outcomes(failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*FixtureUnavailable*data/big*"])
+
+
+def test_offline_serves_what_is_cached(pytester: pytest.Pytester, server: Server,
+                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With auto_download off, a fixture synced beforehand is served without the network."""
+    root = tmp_path / "store"
+    manifest = _manifest(pytester, server)
+    with cas.Store.open(root) as store:
+        store.sync(manifest)
+    monkeypatch.setenv("CAS_AUTO_DOWNLOAD", "false")
+    _ini(pytester, root)
+    _tests(pytester, 2)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
+    result.assert_outcomes(passed=2)
+    assert server.requests("/data.bin") == 1
+
+
+def test_explicit_url_and_command_line_options(pytester: pytest.Pytester, server: Server,
+                                               tmp_path: Path) -> None:
+    """cas_fixture(name, url=, sha256=) works without a manifest; --cas-root picks the store."""
+    url = server.add("/other.bin", b"other content")
+    sha256 = hashlib.sha256(b"other content").hexdigest()
+    pytester.makepyfile(f"""
+def test_explicit(cas_fixture, cas_store):
+    path = cas_fixture("other", url="{url}", sha256="{sha256}")
+    assert path.read_bytes() == b"other content"
+    assert cas_store.read_bytes("other") == b"other content"
+""")
+    root = tmp_path / "cli-store"
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0",
+                                           f"--cas-root={root}")
+    result.assert_outcomes(passed=1)
+    assert (root / "catalog.db").exists()
+
+
+def test_inert_until_used(pytester: pytest.Pytester, tmp_path: Path,
+                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A session that asks for no cas fixture opens no store."""
+    monkeypatch.setenv("CAS_HOME", str(tmp_path / "untouched"))
+    pytester.makepyfile("def test_plain():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
+    result.assert_outcomes(passed=1)
+    assert not (tmp_path / "untouched").exists()
+
+
+def test_killed_worker_leases_are_reclaimed(pytester: pytest.Pytester, server: Server,
+                                            tmp_path: Path) -> None:
+    """A worker SIGKILLed while holding a fixture leaves a lease the next gc reclaims."""
+    root = tmp_path / "store"
+    _manifest(pytester, server)
+    _ini(pytester, root)
+    pytester.makepyfile("""
+import os, signal
+
+def test_dies(cas_fixture):
+    cas_fixture("data/big")
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "1", "--max-worker-restart=0")
+    with sqlite3.connect(root / "catalog.db") as db:
+        assert db.execute("SELECT count(*) FROM leases").fetchone()[0] == 1
+    with cas.Store.open(root, grace_period=0) as store:
+        plan = store.gc(max_size=0)
+    assert [item.names for item in plan.victims] == [("data/big",)]
