@@ -11,7 +11,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import mmap
 import os
+import re
+import secrets
 import shutil
 import stat
 import tempfile
@@ -24,17 +27,26 @@ from typing import BinaryIO
 import blake3
 
 from .errors import StoreError
+from .holders import staging_tag, written_by_dead_process
 
 #: Bytes read and hashed at a time while staging: bounded memory, large enough for speed.
 CHUNK_SIZE = 1 << 20
 #: Staging files untouched this long belong to no live writer: cleanup removes them.
 STAGING_MAX_AGE = 24 * 3600.0
 _FICLONE = 0x40049409  # linux/fs.h: share the source's extents (reflink) on btrfs, XFS, ...
+#: Files at least this large are hashed through a memory map (no copy through user space), and
+#: from ``PARALLEL_HASH_SIZE`` on with every core on the one file.
+MMAP_MIN_SIZE = 64 * 1024
+PARALLEL_HASH_SIZE = 64 << 20
+_SHARD = re.compile(r"[0-9a-f]{2}")
+_BLOB_NAME = re.compile(r"[0-9a-f]{64}")
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def hasher() -> blake3.blake3:
-    """A new BLAKE3-256 hasher: the one hash function of the store."""
-    return blake3.blake3()
+def hasher(*, parallel: bool = False) -> blake3.blake3:
+    """A new BLAKE3-256 hasher: the one hash function of the store (on every core if
+    ``parallel``: worth it for inputs of many MiB)."""
+    return blake3.blake3(max_threads=blake3.blake3.AUTO if parallel else 1)
 
 
 @dataclass
@@ -53,14 +65,24 @@ class Staged:
 class BlobStore:
     """The files of one store: ``blobs/`` for content, ``tmp/`` for staging and locks."""
 
-    def __init__(self, root: Path, *, dir_mode: int = 0o700) -> None:
+    def __init__(self, root: Path, *, dir_mode: int = 0o700, durable: bool = True,
+                 read_only: bool = False) -> None:
         self.root = root
         self.blobs_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
         self.locks_dir = self.tmp_dir / "locks"
+        self.quarantine_dir = root / "quarantine"
+        self.read_only = read_only  #: opened for reading only: staging refuses at once
+        self._real_shards: set[str] = set()
+        self._blobs_prefix = f"{self.blobs_dir}{os.sep}"
+        self._shards: dict[str, Path] = {}
         self.dir_mode = dir_mode
+        self.durable = durable
         for folder in (self.root, self.blobs_dir, self.tmp_dir, self.locks_dir):
-            self._make_dir(folder)
+            if not read_only:
+                self._make_dir(folder)
+            elif os.path.lexists(folder):
+                self._check_dir(folder)
 
     def _make_dir(self, folder: Path) -> None:
         try:
@@ -69,8 +91,22 @@ class BlobStore:
             pass
         except FileNotFoundError:
             os.makedirs(folder, self.dir_mode, exist_ok=True)
+            self._settle(folder)
         except OSError as error:
             raise StoreError(f"cannot create {folder}: {error.strerror}") from error
+        else:
+            self._settle(folder)
+        self._check_dir(folder)
+
+    def _settle(self, folder: Path) -> None:
+        # mkdir's mode is cut by the umask: set it exactly (0700, or 02770 when shared); and
+        # fsync the parent, or a power cut could lose the new folder with the blobs inside it.
+        os.chmod(folder, self.dir_mode)
+        if self.durable:
+            _fsync_dir(folder.parent)
+
+    @staticmethod
+    def _check_dir(folder: Path) -> None:
         info = os.lstat(folder)
         if not stat.S_ISDIR(info.st_mode):
             what = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a folder"
@@ -78,14 +114,40 @@ class BlobStore:
 
     # -- layout --------------------------------------------------------------------------------
 
+    def location(self, digest: str) -> str:
+        """Where the blob ``digest`` lives: the one owner of the ``blobs/ab/<digest>`` scheme.
+
+        A string, because look-ups are hot and building a Path costs more than the lstat.
+        """
+        return f"{self._blobs_prefix}{digest[:2]}{os.sep}{digest}"
+
     def path_of(self, digest: str) -> Path:
-        """Where the blob ``digest`` lives: the one owner of the ``blobs/ab/<digest>`` scheme."""
-        return self.blobs_dir / digest[:2] / digest
+        """``location`` as a Path."""
+        shard = self._shards.get(digest[:2])
+        if shard is None:
+            shard = self._shards[digest[:2]] = self.blobs_dir / digest[:2]
+        return shard / digest
+
+    def _real_shard(self, digest: str) -> bool:
+        """Whether the blob's shard is a real folder, not a symlink planted in its place
+        (guarantee 7). Checked once per shard and process: cas never swaps a folder."""
+        shard = digest[:2]
+        if shard in self._real_shards:
+            return True
+        try:
+            real = stat.S_ISDIR(os.lstat(f"{self._blobs_prefix}{shard}").st_mode)
+        except FileNotFoundError:
+            return False
+        if real:
+            self._real_shards.add(shard)
+        return real
 
     def stat(self, digest: str) -> os.stat_result | None:
         """The blob file's status, or None when it is missing or not a regular file."""
+        if not self._real_shard(digest):
+            return None
         try:
-            info = os.lstat(self.path_of(digest))
+            info = os.lstat(self.location(digest))
         except FileNotFoundError:
             return None
         return info if stat.S_ISREG(info.st_mode) else None
@@ -96,8 +158,14 @@ class BlobStore:
         return info is not None and info.st_size == size
 
     def open(self, digest: str) -> BinaryIO:
-        """Open the blob for reading without following a symlink planted in its place."""
-        fd = os.open(self.path_of(digest), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        """Open the blob for reading without following a symlink planted in its place or in
+        its shard's (OSError ELOOP), nor blocking on a planted FIFO."""
+        shard = os.open(f"{self._blobs_prefix}{digest[:2]}", _NOFOLLOW_DIR)
+        try:
+            fd = os.open(digest, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                         dir_fd=shard)
+        finally:
+            os.close(shard)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise FileNotFoundError(errno.ENOENT, "not a regular file", str(self.path_of(digest)))
@@ -107,7 +175,10 @@ class BlobStore:
 
     @contextlib.contextmanager
     def _staging_file(self, prefix: str) -> Iterator[tuple[int, Path]]:
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=self.tmp_dir)
+        if self.read_only:
+            raise StoreError(f"store root {self.root} is not writable (opened read-only)")
+        # Named by its writer, so that cleanup can remove a killed writer's file at once.
+        fd, name = tempfile.mkstemp(prefix=prefix + staging_tag(), dir=self.tmp_dir)
         path = Path(name)
         try:
             yield fd, path
@@ -122,7 +193,7 @@ class BlobStore:
         """Copy ``source`` into a staging file, hashing on the way, in bounded memory."""
         with self._staging_file("put-") as (fd, path):
             digest, size = _copy_hashing(source, fd)
-            os.fsync(fd)
+            self._sync(fd)
             return Staged(path, digest, size)
 
     def stage_file(self, source: Path) -> Staged:
@@ -143,15 +214,19 @@ class BlobStore:
                 if size:
                     hashing.update_mmap(path)
                 digest = hashing.hexdigest()
-            os.fsync(fd)
+            self._sync(fd)
             return Staged(path, digest, size)
 
     def stage_bytes(self, data: bytes | bytearray | memoryview, digest: str) -> Staged:
         """Write ``data``, whose digest the caller computed, into a staging file."""
         with self._staging_file("put-") as (fd, path):
             _write_all(fd, data)
-            os.fsync(fd)
+            self._sync(fd)
             return Staged(path, digest, len(data))
+
+    def _sync(self, fd: int) -> None:
+        if self.durable:
+            os.fsync(fd)
 
     # -- publishing and removal ----------------------------------------------------------------
 
@@ -161,10 +236,13 @@ class BlobStore:
         self._make_dir(target.parent)
         os.chmod(staged.path, 0o444)
         os.rename(staged.path, target)
-        _fsync_dir(target.parent)
+        if self.durable:
+            _fsync_dir(target.parent)
 
     def debris(self, older_than: float = STAGING_MAX_AGE) -> list[os.DirEntry[str]]:
-        """Entries of ``tmp/`` (not its ``locks/``) untouched for ``older_than`` seconds."""
+        """Entries of ``tmp/`` (not its ``locks/``) that no live writer will use: untouched for
+        ``older_than`` seconds, staged by a process of this host that is gone (killed), or
+        symlinks (cas makes none, here or in ``locks/``)."""
         cutoff = time.time() - older_than
         old = []
         with os.scandir(self.tmp_dir) as entries:
@@ -172,8 +250,12 @@ class BlobStore:
                 if entry.name == "locks":
                     continue
                 with contextlib.suppress(FileNotFoundError):  # finished meanwhile
-                    if entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                    info = entry.stat(follow_symlinks=False)
+                    if (info.st_mtime < cutoff or stat.S_ISLNK(info.st_mode)
+                            or written_by_dead_process(entry.name, "put-")):
                         old.append(entry)
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.locks_dir) as locks:
+            old += [entry for entry in locks if entry.is_symlink()]
         return old
 
     def clear_debris(self, older_than: float = STAGING_MAX_AGE) -> int:
@@ -188,10 +270,153 @@ class BlobStore:
                 removed += 1
         return removed
 
+    def check_removable(self, digests: list[str]) -> None:
+        """Raise StoreError if a blob file of ``digests`` could not be unlinked (its shard
+        folder is not writable): checked before any row is deleted, so the store stays as it
+        was."""
+        for shard in sorted({digest[:2] for digest in digests}):
+            folder = f"{self._blobs_prefix}{shard}"
+            if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+                raise StoreError(f"cannot remove blobs: {folder} is not writable;"
+                                 " nothing was changed")
+
     def unlink(self, digest: str) -> None:
         """Remove a blob's file, if present."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.path_of(digest))
+
+    # -- verification (issue 6): finding, hashing, and moving aside ------------------------------
+
+    def scan(self) -> Iterator[Found]:
+        """Every entry under ``blobs/``, classified without following any symlink: blob files
+        (a regular file named by a digest in its shard), symlinks, and strays (anything else)."""
+        try:
+            shards = sorted(os.scandir(self.blobs_dir), key=lambda entry: entry.name)
+        except FileNotFoundError:
+            return
+        for shard in shards:
+            try:
+                info = shard.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            kind = _kind(info, _SHARD.fullmatch(shard.name) is not None, folder=True)
+            if kind != "shard":
+                yield Found(Path(shard.path), kind, info)
+                continue
+            try:
+                fd = os.open(shard.path, _NOFOLLOW_DIR)
+            except OSError:
+                continue  # replaced since it was listed; the next scan sees what it became
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        with contextlib.suppress(FileNotFoundError):
+                            info = os.stat(entry.name, dir_fd=fd, follow_symlinks=False)
+                            named = (_BLOB_NAME.fullmatch(entry.name) is not None
+                                     and entry.name.startswith(shard.name))
+                            kind = _kind(info, named, folder=False)
+                            yield Found(Path(shard.path, entry.name), kind, info,
+                                        entry.name if kind == "blob" else None)
+            finally:
+                os.close(fd)
+
+    def has_any(self) -> bool:
+        """Whether anything stands under ``blobs/`` (to tell a lost catalog from a new one)."""
+        return next(iter(self.scan()), None) is not None
+
+    def hash_blob(self, digest: str) -> tuple[str, os.stat_result]:
+        """The BLAKE3 digest of the blob's file as it is now, and its status while hashed.
+
+        Large files are memory-mapped. A file truncated from outside *while* it is hashed would
+        raise SIGBUS; cas itself never truncates or rewrites a blob, it renames and unlinks.
+        """
+        with self.open(digest) as file:
+            info = os.fstat(file.fileno())
+            return hash_fd(file.fileno(), info.st_size), info
+
+    def remove_link(self, found: Found) -> bool:
+        """Unlink a planted symlink (never its target) if it is still the entry scanned."""
+        if not _unchanged(found):
+            return False
+        os.unlink(found.path)
+        return True
+
+    def quarantine(self, found: Found) -> Path | None:
+        """Move an entry of ``blobs/`` to ``quarantine/`` if it is still the entry scanned;
+        return where it went. Damaged content is kept for a person to look at, never deleted."""
+        if not _unchanged(found):
+            return None
+        self._make_dir(self.quarantine_dir)
+        label = found.path.relative_to(self.blobs_dir).as_posix().replace("/", "-")
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.quarantine_dir / f"{stamp}-{secrets.token_hex(3)}-{label}"
+        os.rename(found.path, target)  # the entry itself moves: a symlink is not followed
+        if self.durable:
+            _fsync_dir(found.path.parent)
+            _fsync_dir(self.quarantine_dir)
+        return target
+
+    def fix_mode(self, found: Found) -> bool:
+        """Make a blob file read-only (0444) again if it is still the entry scanned."""
+        if not _unchanged(found):
+            return False
+        os.chmod(found.path, 0o444, follow_symlinks=False)  # refuses a symlink, never follows
+        return True
+
+
+@dataclass(frozen=True)
+class Found:
+    """An entry under ``blobs/`` as a scan saw it."""
+
+    path: Path
+    kind: str  #: "blob", "symlink" or "stray"
+    info: os.stat_result
+    digest: str | None = None  #: for a blob
+
+
+def _kind(info: os.stat_result, named: bool, *, folder: bool) -> str:
+    if stat.S_ISLNK(info.st_mode):
+        return "symlink"
+    if folder and named and stat.S_ISDIR(info.st_mode):
+        return "shard"
+    if not folder and named and stat.S_ISREG(info.st_mode):
+        return "blob"
+    return "stray"
+
+
+def signature(info: os.stat_result) -> str:
+    """A file's stat signature: it changes when the file is written, chmodded or replaced."""
+    return f"{info.st_ino}:{info.st_mtime_ns}:{info.st_ctime_ns}"
+
+
+def _unchanged(found: Found) -> bool:
+    """Whether ``found.path`` is still the very entry the scan saw (or hashing fstat-ed)."""
+    try:
+        now = os.lstat(found.path)
+    except FileNotFoundError:
+        return False
+    return (now.st_dev, now.st_mode, now.st_size, signature(now)) == (
+        found.info.st_dev, found.info.st_mode, found.info.st_size, signature(found.info))
+
+
+def hash_fd(fd: int, size: int) -> str:
+    """The BLAKE3 digest of the first ``size`` bytes of the open file ``fd``."""
+    digest = hasher(parallel=size >= PARALLEL_HASH_SIZE)
+    if size >= MMAP_MIN_SIZE:
+        with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as view:
+            digest.update(view)
+    elif size:
+        left = size
+        while left and (chunk := os.pread(fd, left, size - left)):
+            digest.update(chunk)
+            left -= len(chunk)
+    return str(digest.hexdigest())
+
+
+def open_lock(path: Path) -> BinaryIO:
+    """Open (creating, 0600) a lock file without following a symlink planted in its place."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, "r+b")
 
 
 def _copy_hashing(source: BinaryIO, fd: int) -> tuple[str, int]:

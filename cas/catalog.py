@@ -19,6 +19,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import queue
 import random
 import sqlite3
 import threading
@@ -26,12 +27,14 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
+from urllib.parse import quote
 
 from sqlalchemy import Connection, create_engine, event, exc
 from sqlalchemy.pool import QueuePool
 
-from .errors import CatalogError
+from .blobs import open_lock
+from .errors import CatalogError, StoreError
 from .metrics import Counter
 
 log = logging.getLogger("cas")
@@ -45,6 +48,8 @@ ACCESS_GRANULARITY = 60.0
 BUSY_TIMEOUT = 30.0
 #: How long a write transaction is retried as a whole before the error reaches the caller.
 WRITE_DEADLINE = 300.0
+#: DBAPI connections kept aside for lone reads (``Catalog.lookup``); the pool holds the rest.
+READERS = 2
 
 
 def _schema_text() -> str:
@@ -92,13 +97,22 @@ def _is_locked(error: BaseException) -> bool:
 def _translate(error: exc.DBAPIError, path: Path) -> CatalogError:
     reason = str(error.orig)
     if "file is not a database" in reason or "malformed" in reason:
-        return CatalogError(
-            f"{path} is not a usable SQLite catalog ({reason}); "
-            "move it aside and run `cas verify --repair` to rebuild it from blobs/"
-        )
+        return CatalogError(damaged_catalog(path, reason))
+    if "disk is full" in reason:
+        return CatalogError(f"cannot write the catalog {path}: no space left on the device;"
+                            " nothing was changed")
     if "readonly" in reason or "read-only" in reason:
         return CatalogError(f"cannot write the catalog {path}: {reason}")
     return CatalogError(f"catalog {path}: {reason}")
+
+
+def damaged_catalog(path: Path, why: str) -> str:
+    """The one-line message for a catalog damaged from outside, saying what to do."""
+    return (
+        f"{path} is not a usable SQLite catalog ({why}); move it aside (keep it: `sqlite3"
+        f" {path.name} .recover` may save names) and run `cas verify`, which rebuilds the"
+        " catalog from blobs/ (names and sources must then be added again)"
+    )
 
 
 class _Pending:
@@ -180,15 +194,28 @@ class _Pending:
 class Catalog:
     """One store's catalog.db: a connection pool plus the write and read protocols."""
 
-    def __init__(self, path: Path, setup_lock: Path) -> None:
+    def __init__(self, path: Path, setup_lock: Path, *, durable: bool = True,
+                 read_only: bool = False) -> None:
         self.path = path
+        #: Opened for reading only (a read-only filesystem or folder): writes raise StoreError,
+        #: and reads record no last access and no counts.
+        self.read_only = read_only
         self._setup_lock = setup_lock
+        self._synchronous = "FULL" if durable else "NORMAL"
+        self._readers: queue.SimpleQueue[Any] = queue.SimpleQueue()
         connect_args: dict[str, Any] = {"timeout": BUSY_TIMEOUT, "check_same_thread": False}
         if hasattr(sqlite3, "LEGACY_TRANSACTION_CONTROL"):  # Python 3.12+
             connect_args["autocommit"] = sqlite3.LEGACY_TRANSACTION_CONTROL
-        self.engine = create_engine(
-            f"sqlite:///{path}", connect_args=connect_args, poolclass=QueuePool, pool_size=4
-        )
+        if read_only:
+            uri = _read_only_uri(path)
+            self.engine = create_engine(
+                "sqlite://", poolclass=QueuePool, pool_size=4,
+                creator=lambda: sqlite3.connect(uri, uri=True, **connect_args),
+            )  # fmt: skip
+        else:
+            self.engine = create_engine(
+                f"sqlite:///{path}", connect_args=connect_args, poolclass=QueuePool, pool_size=4
+            )
         event.listen(self.engine, "connect", self._on_connect)
         event.listen(self.engine, "begin", self._on_begin)
         self._writer = self.engine.execution_options(cas_immediate=True)
@@ -198,11 +225,11 @@ class Catalog:
 
     # -- connections and transactions ----------------------------------------------------------
 
-    @staticmethod
-    def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+    def _on_connect(self, dbapi_connection: sqlite3.Connection, _record: object) -> None:
         # Take transaction control away from the driver; _on_begin emits BEGIN itself.
         dbapi_connection.isolation_level = None
-        for pragma in ("foreign_keys = ON", "synchronous = FULL", "mmap_size = 0"):
+        for pragma in ("foreign_keys = ON", f"synchronous = {self._synchronous}",
+                       "mmap_size = 0"):
             dbapi_connection.execute(f"PRAGMA {pragma}")
 
     @staticmethod
@@ -214,6 +241,7 @@ class Catalog:
         # A child process must not reuse the parent's pooled connections.
         if os.getpid() != self._pid:
             self.engine.dispose(close=False)
+            self._readers = queue.SimpleQueue()  # the parent's, left for the parent to close
             self._pid = os.getpid()
             self._pending.clear()  # the parent's, which the parent writes
 
@@ -229,12 +257,48 @@ class Catalog:
         if self._pending.due():
             self.flush()
 
+    def lookup(self, sql: str, params: tuple[Any, ...]) -> Any:
+        """The first row of one SELECT, run alone outside any transaction.
+
+        The hot read path (``path()`` of a name or digest): a single statement is its own
+        consistent snapshot in SQLite, so it needs no BEGIN, and running it on a DBAPI
+        connection kept from SQLAlchemy's pool, without SQLAlchemy's connection, transaction
+        and result objects, makes a look-up about ten times cheaper (benchmarks/RESULTS.md).
+        """
+        self._check_fork()
+        try:
+            raw = self._readers.get_nowait()
+        except queue.Empty:
+            raw = self.engine.raw_connection()
+        try:
+            row = raw.driver_connection.execute(sql, params).fetchone()
+        except sqlite3.DatabaseError as error:
+            raw.invalidate()
+            raise _translate(exc.DBAPIError(sql, params, error), self.path) from error
+        if self._readers.qsize() < READERS:
+            self._readers.put(raw)
+        else:
+            raw.close()
+        if self._pending.due():
+            self.flush()
+        return row
+
+    def _close_readers(self) -> None:
+        while True:
+            try:
+                self._readers.get_nowait().close()
+            except queue.Empty:
+                return
+
     def write(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in one IMMEDIATE transaction, retried as a whole while the lock is busy.
 
         ``work`` must be safe to run again after a rollback. Waiting touches and counts ride
-        along, and are forgotten only once the transaction committed.
+        along, and are forgotten only once the transaction committed. Raises StoreError when
+        the catalog was opened read-only.
         """
+        if self.read_only:
+            raise StoreError(f"store root {self.path.parent} is not writable (opened read-only)")
         self._check_fork()
         deadline = time.monotonic() + WRITE_DEADLINE
         delay = 0.01
@@ -261,7 +325,7 @@ class Catalog:
     def touch(self, digest: str, last_access: float) -> None:
         """Note a read of ``digest`` whose stored last access is ``last_access``."""
         now = time.time()
-        if now - last_access >= ACCESS_GRANULARITY:
+        if now - last_access >= ACCESS_GRANULARITY and not self.read_only:
             self._pending.touch(digest, now)
 
     def count(self, name: Counter, amount: int = 1) -> None:
@@ -270,7 +334,7 @@ class Catalog:
         Raises ValueError for a name that is not a ``Counter``.
         """
         counter = Counter(name)  # ValueError for a misspelt name, before it reaches the table
-        if amount:
+        if amount and not self.read_only:
             self._pending.count(counter.value, amount)
 
     def flush(self) -> None:
@@ -284,6 +348,8 @@ class Catalog:
             if os.getpid() == self._pid:
                 self.flush()
         finally:
+            if os.getpid() == self._pid:
+                self._close_readers()
             self.engine.dispose()
 
     # -- schema --------------------------------------------------------------------------------
@@ -306,10 +372,16 @@ class Catalog:
         """
         try:
             version, mode = self._version()
-            if version == LATEST_VERSION and mode == "wal":
+            if version == LATEST_VERSION and (mode == "wal" or self.read_only):
                 return
             self._check_not_newer(version)
-            with open(self._setup_lock, "a+b") as lock:
+            if self.read_only:
+                raise CatalogError(
+                    f"{self.path} has schema version {version} and this cas needs"
+                    f" {LATEST_VERSION}; migrating needs write access: open the store once"
+                    " with write access"
+                )
+            with open_lock(self._setup_lock) as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 version, mode = self._version()
                 self._check_not_newer(version)
@@ -339,6 +411,18 @@ class Catalog:
                 "this cas knows; upgrade cas to use this store"
             )
 
+    def integrity_problems(self) -> list[str]:
+        """What SQLite's ``PRAGMA quick_check`` finds wrong with the catalog file (empty: none).
+
+        Reads every page, so it is left to verification rather than done on every open.
+        """
+        try:
+            with self.read() as conn:
+                rows = [str(row[0]) for row in conn.exec_driver_sql("PRAGMA quick_check")]
+        except CatalogError as error:
+            return [str(error)]
+        return [] if rows == ["ok"] else rows
+
     @staticmethod
     def _migrate(conn: Connection, current: int) -> None:
         if current == 0 and conn.exec_driver_sql(
@@ -353,23 +437,68 @@ class Catalog:
         conn.exec_driver_sql(f"PRAGMA user_version = {LATEST_VERSION}")
 
 
+def _read_only_uri(path: Path) -> str:
+    """How to open ``path`` for reading only.
+
+    ``mode=ro`` shares WAL readers' locks, but SQLite needs the ``-shm`` file for it, which it
+    cannot create on a read-only filesystem or folder. Without one no process has the catalog
+    open, and ``immutable=1`` reads the file as it is (what a later writer adds to the WAL stays
+    unseen until it is checkpointed, which a short read does not miss).
+    """
+    base = f"file:{quote(str(path))}"
+    try:
+        probe = sqlite3.connect(f"{base}?mode=ro", uri=True)
+        try:
+            probe.execute("PRAGMA user_version").fetchone()
+        finally:
+            probe.close()
+    except sqlite3.OperationalError:
+        return f"{base}?immutable=1"
+    return f"{base}?mode=ro"
+
+
 # -- queries: every statement about blobs and names lives here ------------------------------------
 
 
-def find_blob(conn: Connection, digest: str) -> Any:
-    """The blob row (digest, size, last_access) or None."""
-    return conn.exec_driver_sql(
-        "SELECT digest, size, last_access FROM blobs WHERE digest = ?", (digest,)
-    ).first()
+class BlobRow(NamedTuple):
+    digest: str
+    size: int
+    last_access: float
 
 
-def find_name(conn: Connection, name: str) -> Any:
-    """The name row joined with its blob (size and last_access are NULL if it has none)."""
-    return conn.exec_driver_sql(
+class NameRow(NamedTuple):
+    name: str
+    digest: str
+    pinned: int
+    url: str | None
+    sha256: str | None
+    expected_size: int | None
+    size: int | None  #: NULL when the name's blob is not stored
+    last_access: float | None
+
+
+def _one(source: Connection | Catalog, sql: str, params: tuple[Any, ...]) -> Any:
+    """One row of ``sql``: inside the caller's transaction, or a lone read on the catalog."""
+    if isinstance(source, Catalog):
+        return source.lookup(sql, params)
+    return source.exec_driver_sql(sql, params).first()
+
+
+def find_blob(source: Connection | Catalog, digest: str) -> BlobRow | None:
+    """The blob's row, or None."""
+    row = _one(source, "SELECT digest, size, last_access FROM blobs WHERE digest = ?", (digest,))
+    return None if row is None else BlobRow._make(row)
+
+
+def find_name(source: Connection | Catalog, name: str) -> NameRow | None:
+    """The name's row joined with its blob's size and last access, or None."""
+    row = _one(
+        source,
         "SELECT n.name, n.digest, n.pinned, n.url, n.sha256, n.expected_size, b.size,"
         " b.last_access FROM names n LEFT JOIN blobs b ON b.digest = n.digest WHERE n.name = ?",
         (name,),
-    ).first()
+    )
+    return None if row is None else NameRow._make(row)
 
 
 def record_blob(conn: Connection, digest: str, size: int, now: float) -> None:
@@ -615,3 +744,101 @@ def record_source(conn: Connection, url: str, digest: str, now: float) -> None:
         " ON CONFLICT (url) DO UPDATE SET digest = excluded.digest, fetched = excluded.fetched",
         (url, digest, now),
     )
+
+
+# -- queries for verification (issue 6) ------------------------------------------------------------
+
+
+class VerifyRow(NamedTuple):
+    digest: str
+    size: int
+    verified: float | None  #: when its content was last hashed and right; None: never
+    signature: str | None  #: its file's stat signature then (cas/blobs.py ``signature``)
+
+
+def verify_rows(conn: Connection) -> dict[str, VerifyRow]:
+    """Every blob row with its last verification."""
+    return {
+        row[0]: VerifyRow._make(row)
+        for row in conn.exec_driver_sql("SELECT digest, size, verified, signature FROM blobs")
+    }
+
+
+def mark_verified(conn: Connection, checked: list[tuple[str, int, str]], now: float) -> None:
+    """Record that each (digest, size, signature) was hashed at ``now`` and found right."""
+    conn.exec_driver_sql(
+        "UPDATE blobs SET verified = ?, signature = ? WHERE digest = ? AND size = ?",
+        [(now, signature, digest, size) for digest, size, signature in checked],
+    )
+
+
+def adopt_blob(conn: Connection, digest: str, size: int, since: float, signature: str,
+               now: float) -> bool:
+    """Give a right file without a row its row, as accessed at ``since`` (its file's mtime, so
+    cleanup takes it in its turn); whether a row was added."""
+    return conn.exec_driver_sql(
+        "INSERT INTO blobs (digest, size, created, last_access, verified, signature)"
+        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING",
+        (digest, size, since, since, now, signature),
+    ).rowcount > 0
+
+
+def record_damaged(conn: Connection, digest: str, problem: str, quarantined: str | None,
+                   now: float) -> None:
+    """Drop a missing or damaged blob's row and remember the digest (names stay)."""
+    conn.exec_driver_sql("DELETE FROM blobs WHERE digest = ?", (digest,))
+    conn.exec_driver_sql(
+        "INSERT INTO damaged (digest, found, problem, quarantined) VALUES (?, ?, ?, ?)"
+        " ON CONFLICT (digest) DO UPDATE SET found = excluded.found,"
+        " problem = excluded.problem, quarantined = excluded.quarantined",
+        (digest, now, problem, quarantined),
+    )
+
+
+class DamagedRow(NamedTuple):
+    digest: str
+    found: float
+    problem: str
+    quarantined: str | None
+    names: str | None  #: newline-separated
+    url: str | None  #: a source of one of its names, to fetch it again from
+    name: str | None  #: the name that has ``url``
+    sha256: str | None
+    expected_size: int | None
+
+
+def damaged(conn: Connection) -> list[DamagedRow]:
+    """Damaged digests not stored again, with their names and one recorded source.
+
+    Entries whose blob is back (put or fetched again) are cleared first.
+    """
+    conn.exec_driver_sql(
+        "DELETE FROM damaged WHERE digest IN (SELECT digest FROM blobs)"
+    )
+    return [DamagedRow._make(row) for row in conn.exec_driver_sql(
+        "SELECT d.digest, d.found, d.problem, d.quarantined,"
+        " (SELECT group_concat(name, char(10)) FROM names n WHERE n.digest = d.digest),"
+        " s.url, s.name, s.sha256, s.expected_size"
+        " FROM damaged d LEFT JOIN names s ON s.name = (SELECT min(name) FROM names m"
+        "  WHERE m.digest = d.digest AND m.url IS NOT NULL)"
+        " ORDER BY d.digest"
+    )]
+
+
+def forget_damaged(conn: Connection, digests: list[str]) -> None:
+    """Forget damaged digests that nothing refers to any more (reported once, when found)."""
+    conn.exec_driver_sql(
+        "DELETE FROM damaged WHERE digest = ? AND NOT EXISTS"
+        " (SELECT 1 FROM names n WHERE n.digest = damaged.digest)",
+        [(digest,) for digest in digests],
+    )
+
+
+def dangling_names(conn: Connection) -> list[tuple[str, str]]:
+    """(name, digest) of names whose blob is not stored, that have no source to fetch it from,
+    and that verify did not explain as damaged: no cas operation leaves one (guarantee 5)."""
+    return [(str(name), str(digest)) for name, digest in conn.exec_driver_sql(
+        "SELECT name, digest FROM names n WHERE url IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = n.digest)"
+        " AND NOT EXISTS (SELECT 1 FROM damaged d WHERE d.digest = n.digest) ORDER BY name"
+    )]

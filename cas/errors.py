@@ -9,9 +9,11 @@
      ├── CatalogError             1: catalog.db cannot be used (not SQLite, newer schema, unsafe fs)
      ├── StoreError               1: the store's folders cannot be used (not a folder, not writable)
      └── DownloadError            1: a transfer failed; carries url, status and attempts
+          └── RemoteError         1: the remote tier (S3) failed; says whether it was permanent
 
-Foreign exceptions (OSError, sqlite3 and urllib3 errors) are translated where they first reach cas
-code, with the original chained as ``__cause__``. Every message is one line that names the problem.
+Foreign exceptions (OSError, sqlite3, urllib3 and botocore errors) are translated where they
+first reach cas code, with the original chained as ``__cause__``. Every message is one line that
+names the problem.
 """
 
 from __future__ import annotations
@@ -86,3 +88,23 @@ class DownloadError(CasError):
         self.url = url
         self.status = status
         self.attempts = attempts
+
+
+class RemoteError(DownloadError):
+    """The remote tier could not be used: unreachable, refused, or misconfigured.
+
+    ``permanent`` is True for what no retry can fix (403, NoSuchBucket, missing credentials);
+    transient errors (connection failures, throttling, 5xx) were retried before this was raised.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str,
+        status: int | None = None,
+        attempts: int = 0,
+        permanent: bool = False,
+    ) -> None:
+        super().__init__(message, url=url, status=status, attempts=attempts)
+        self.permanent = permanent

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
@@ -25,6 +25,9 @@ from .download import Download, Downloader, Expected, Progress, check_url
 from .errors import DownloadError, IntegrityError, StoreError, UsageError
 from .metrics import Counter
 from .refs import check_digest, check_name
+
+if TYPE_CHECKING:
+    from .tier import RemoteTier
 
 log = logging.getLogger("cas")
 
@@ -59,6 +62,9 @@ class Fetcher:
         self._blobs = blobs
         self._catalog = catalog
         self.downloader = downloader
+        #: The shared remote tier (issue 8, cas/tier.py), tried before the origin; set by the
+        #: store when the ``remote`` setting names one.
+        self.tier: RemoteTier | None = None
 
     def fetch(
         self,
@@ -90,7 +96,16 @@ class Fetcher:
             served = self._serve(url, name, expected)
             if served is not None:
                 return served
-            return self._download(url, name, expected, progress)
+            # -- issue 8: a local miss tries the remote tier before the origin ----------------
+            if self.tier is not None:
+                pulled = self.tier.read_through(url, name, expected)
+                if pulled is not None:
+                    return pulled
+            fetched = self._download(url, name, expected, progress)
+        if self.tier is not None:  # outside the lock: the others find the blob stored already
+            self.tier.offer(fetched, url, name, expected)
+        # -- end of issue 8 --------------------------------------------------------------------
+        return fetched
 
     # -- served from the store -------------------------------------------------------------------
 
@@ -166,13 +181,30 @@ class Fetcher:
         except OSError as error:
             self._catalog.count(Counter.DOWNLOADS_FAILED)
             raise StoreError(f"cannot download {url}: {error.strerror or error}") from error
+        return self.keep(result, url=url, name=name, expected=expected, via=url)
+
+    def keep(
+        self,
+        result: Download,
+        *,
+        url: str | None,
+        name: str | None,
+        expected: Expected,
+        via: str,
+        source: bool = True,
+    ) -> Fetched:
+        """Publish and record a verified transfer from ``via`` (the origin, or the remote tier).
+
+        ``name`` remembers ``url`` as its source; ``source`` also records that ``url`` gave this
+        content (not for a pull, where that is only the remote's word). Raises StoreError.
+        """
         staged = result.staged
         try:
             known, stored = self._catalog.write(
-                lambda conn: self._record(conn, url, name, expected, result)
+                lambda conn: self._record(conn, url, name, expected, result, source)
             )
         except OSError as error:
-            raise StoreError(f"cannot store {url}: {error.strerror or error}") from error
+            raise StoreError(f"cannot store {via}: {error.strerror or error}") from error
         finally:
             staged.discard()
         for counter, amount in (
@@ -184,15 +216,16 @@ class Fetcher:
             self._catalog.count(counter, amount)
         log.info(
             "fetched %s (%d bytes) from %s%s%s",
-            staged.digest, staged.size, url,
+            staged.digest, staged.size, via,
             f" as {name!r}" if name else "",
             f"; resuming saved {result.resumed} bytes" if result.resumed else "",
         )  # fmt: skip
         return Fetched(staged.digest, staged.size, downloaded=True, stored=stored)
 
     def _record(
-        self, conn: Connection, url: str, name: str | None, expected: Expected, result: Download
-    ) -> tuple[bool, int]:
+        self, conn: Connection, url: str | None, name: str | None, expected: Expected,
+        result: Download, source: bool = True,
+    ) -> tuple[bool, int]:  # fmt: skip
         """Publish and record, under the write lock; whether the content was stored already,
         and the bytes the store now holds. Safe to run again after a rollback."""
         staged = result.staged
@@ -203,7 +236,8 @@ class Fetcher:
         q.record_blob(conn, staged.digest, staged.size, now)
         if result.sha256 is not None:
             q.record_alias(conn, "sha256", result.sha256, staged.digest)
-        q.record_source(conn, url, staged.digest, now)
+        if source and url is not None:
+            q.record_source(conn, url, staged.digest, now)
         if name is not None:
             q.set_name(
                 conn, name, staged.digest, now,

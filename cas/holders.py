@@ -6,7 +6,9 @@ another host is never judged dead, only left to let its leases expire.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import socket
 from dataclasses import dataclass
 from functools import cache
@@ -64,3 +66,34 @@ def is_dead(holder: Holder) -> bool:
         return True
     # Start times are in clock ticks; a different process with the same pid starts elsewhen.
     return bool(holder.started) and bool(started) and abs(started - holder.started) > 1.0
+
+
+# -- staging files named by their writer (issue 6) ----------------------------------------------
+# A staging file's name says which process writes it, so that cleanup removes a killed writer's
+# files at once instead of after a day, and never a live writer's.
+
+_TAG = re.compile(r"([0-9a-f]{8})\.(\d+)\.(\d+)-")
+
+
+def _host_hash(host: str) -> str:
+    return hashlib.blake2s(host.encode(), digest_size=4).hexdigest()
+
+
+@cache
+def _tag_of(pid: int) -> str:
+    holder = this_process()
+    return f"{_host_hash(holder.host)}.{holder.pid}.{int(holder.started)}-"
+
+
+def staging_tag() -> str:
+    """This process as the start of a file name: ``<host hash>.<pid>.<start time>-``."""
+    return _tag_of(os.getpid())
+
+
+def written_by_dead_process(name: str, prefix: str) -> bool:
+    """Whether ``name`` (``prefix`` + a ``staging_tag``) was written by a process of this host
+    that is gone. Unknown or foreign names are never judged dead."""
+    match = _TAG.match(name, len(prefix)) if name.startswith(prefix) else None
+    if match is None or match[1] != _host_hash(socket.gethostname()):
+        return False
+    return is_dead(Holder(socket.gethostname(), int(match[2]), float(match[3])))

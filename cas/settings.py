@@ -204,7 +204,10 @@ class Settings:
     retries: int = _setting(5, _count, format_value)
     lease_ttl: float = _setting(3600.0, _positive_duration, format_duration)
     remote: str | None = _setting(None, _remote, format_value)
+    remote_push: bool = _setting(True, parse_bool, format_value)
     shared: bool = _setting(False, parse_bool, format_value)
+    durable: bool = _setting(True, parse_bool, format_value)
+    allow_network_fs: bool = _setting(False, parse_bool, format_value)
 
     def __post_init__(self) -> None:
         for key in self.keys():

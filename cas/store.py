@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Union
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, Union
 
 from sqlalchemy import Connection
 
@@ -31,8 +31,12 @@ from .errors import CasError, IntegrityError, InUse, NotFound, StoreError, Usage
 from .fetch import Fetched, Fetcher
 from .leases import Lease, LeaseKeeper, dead_leases
 from .metrics import Counter, Stats, Usage, staging_debris
+from .opening import open_files
 from .refs import check_name, is_digest
 from .settings import Settings, default_root, load_settings
+
+if TYPE_CHECKING:
+    from .verify import VerifyReport
 
 log = logging.getLogger("cas")
 
@@ -56,8 +60,7 @@ class Entry:
         return self.size is not None
 
 
-@dataclass(frozen=True)
-class _Target:
+class _Target(NamedTuple):
     """What a ref resolved to."""
 
     digest: str
@@ -99,19 +102,22 @@ class Store:
         """Open (creating if needed) the store at ``root``, else ``$CAS_HOME`` or the user cache.
 
         ``settings`` override every other source; ``config_file`` and ``profile`` take the place
-        of CAS_CONFIG and CAS_PROFILE (cas/settings.py). Raises ConfigError for a bad setting,
-        StoreError when the root cannot be used, CatalogError when catalog.db cannot.
+        of CAS_CONFIG and CAS_PROFILE (cas/settings.py). A store that cannot be written opens
+        read-only (cas/opening.py). Raises ConfigError for a bad setting, StoreError when the
+        root cannot be used, CatalogError when catalog.db cannot or is on NFS or SMB.
         """
         path = Path(root).expanduser() if root is not None else default_root()
         path = path.absolute()
         if path.exists() and not path.is_dir():
             raise StoreError(f"store root {path} is not a folder")
         resolved = load_settings(path, settings, config_file=config_file, profile=profile)
-        blobs = BlobStore(path, dir_mode=0o2770 if resolved.shared else 0o700)
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise StoreError(f"store root {path} is not writable")
-        catalog = Catalog(path / "catalog.db", blobs.locks_dir / "setup.lock")
+        blobs, catalog = open_files(path, resolved)
         return cls(path, resolved, blobs, catalog)
+
+    @property
+    def read_only(self) -> bool:
+        """Whether the store was opened for reading only (it cannot be written)."""
+        return self._catalog.read_only
 
     def flush(self) -> None:
         """Write now what waits in memory: access times and counters (close does it too)."""
@@ -251,6 +257,7 @@ class Store:
                 q.delete_leases_of(conn, target.digest)  # void: their blob is gone
             else:
                 self._check_not_leased(conn, target.digest, ref)
+            self._blobs.check_removable([target.digest])
             if target.name is None:
                 for other in q.names_of(conn, target.digest):
                     q.delete_name(conn, other)
@@ -279,11 +286,18 @@ class Store:
                 for digest in q.without_rows(conn, part):
                     self._blobs.unlink(digest)
 
-            self._catalog.write(work)
+            try:
+                self._catalog.write(work)
+            except OSError as error:  # checked before the rows went; lost a race since
+                raise StoreError(
+                    f"cannot unlink blob files whose rows are gone: {error.strerror}"
+                    f" ({error.filename}); `cas verify` takes them back, a later gc removes them"
+                ) from error
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _resolve(self, conn: Connection, ref: str) -> _Target:
+    def _resolve(self, conn: Connection | Catalog, ref: str) -> _Target:
+        """What ``ref`` names, read inside ``conn``'s transaction or alone on the catalog."""
         if not isinstance(ref, str):
             raise UsageError(f"a ref must be a digest or a name, not {type(ref).__name__}")
         if is_digest(ref):
@@ -300,12 +314,11 @@ class Store:
 
     def _locate(self, ref: str) -> _Target:
         # Hits and misses are counted in memory (cas/metrics.py): no write per read.
-        with self._catalog.read() as conn:
-            try:
-                target = self._resolve(conn, ref)
-            except NotFound:
-                self._catalog.count(Counter.MISSES)
-                raise
+        try:
+            target = self._resolve(self._catalog, ref)
+        except NotFound:
+            self._catalog.count(Counter.MISSES)
+            raise
         missed = False  # one request is one miss or one hit, even when refetched
         if target.size is None or target.last_access is None:
             missed = True
@@ -383,7 +396,10 @@ class Store:
         ).digest
 
     def _fetch(self, url: str, **options: Any) -> Fetched:
-        fetched = self._fetcher.fetch(url, **options)
+        try:
+            fetched = self._fetcher.fetch(url, **options)
+        except OSError as error:  # e.g. the lock or staging file of a full or read-only disk
+            raise _os_error(error, f"cannot fetch {url}") from error
         if fetched.stored is not None:
             self._cleanup_if_needed(fetched.stored)
         return fetched
@@ -434,6 +450,30 @@ class Store:
         usage = Usage(row.bytes, row.blobs, row.names, row.live_leases)
         return Stats.build(counts, usage, self.settings, debris)
 
+
+    # -- verification (issue 6) ----------------------------------------------------------------
+
+    def verify(self, full: bool = True, repair: bool = False, budget: float | None = None,
+               progress: Progress | None = None) -> VerifyReport:
+        """Check every blob against the catalog, fix what loses nothing, report the rest.
+
+        ``full`` rehashes every blob on every core; otherwise existence, size and mode are
+        checked and only files changed since their last verification are rehashed. With
+        ``budget`` (seconds) rehashing stops when it is spent, least recently verified blobs
+        first, and the next run continues. ``repair`` fetches damaged or missing named fixtures
+        again from their recorded sources. ``progress(done, total)`` is told the bytes hashed.
+        What is found and what is done: cas/verify.py. Raises UsageError for a bad budget,
+        StoreError for a read-only store.
+        """
+        from .verify import Verifier  # only verify needs its thread pool
+
+        def refetch(row: q.DamagedRow) -> None:
+            assert row.url is not None
+            self.fetch(row.url, name=row.name, blake3=row.digest, sha256=row.sha256,
+                       size=row.expected_size)
+
+        verifier = Verifier(self._blobs, self._catalog, refetch if repair else None, progress)
+        return verifier.run(full=full, budget=budget)
 
     # -- leases, pins and cleanup -------------------------------------------------------------
 
@@ -501,6 +541,7 @@ class Store:
             if not dry_run:
                 q.delete_leases(conn, dead)
                 q.delete_expired_leases(conn, now)
+                self._blobs.check_removable([item.digest for item in plan.victims])
                 q.evict(conn, [item.digest for item in plan.victims])
                 q.record_cleanup(conn, now)
             return plan

@@ -124,7 +124,10 @@ SAMPLES: dict[str, tuple[str, str, Any, Any]] = {
     "lease_ttl": ('"30m"', "30m", "30m", 1800.0),
     "remote": ('"s3://bucket/pre/fix"', "s3://bucket/pre/fix", "s3://bucket/pre/fix",
                "s3://bucket/pre/fix"),
+    "remote_push": ("false", "no", False, False),
     "shared": ("true", "yes", True, True),
+    "durable": ("false", "no", False, False),
+    "allow_network_fs": ("true", "1", True, True),
 }  # fmt: skip
 
 

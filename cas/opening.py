@@ -1,0 +1,108 @@
+"""Opening a store's files safely: the checks made before blobs and catalog are used.
+
+- A catalog on NFS or SMB/CIFS is refused (SPEC guarantee 9): SQLite's locks are unreliable
+  there and catalogs get corrupted ("database disk image is malformed", diskcache #13, #164,
+  #198, #345), and WAL needs every process on one host. ``allow_network_fs`` overrides it.
+- A store that cannot be written (a read-only filesystem, or a root, folders or catalog without
+  write permission) is opened read-only when its catalog is already there: reads work, writes
+  fail with one line saying the store is not writable.
+- A catalog file emptied from outside while ``blobs/`` holds content is refused: opening it
+  would silently start an empty catalog over the blobs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from .blobs import BlobStore
+from .catalog import Catalog, damaged_catalog
+from .errors import CatalogError, StoreError
+from .settings import Settings
+
+log = logging.getLogger("cas")
+
+CATALOG = "catalog.db"
+#: Filesystem types where SQLite is known to be unsafe (as /proc/mounts names them).
+NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs"})
+#: The mount table read for filesystem types; a seam for tests, which point it at a file of
+#: their own to pretend a store is on NFS.
+MOUNTS = Path("/proc/mounts")
+
+_ESCAPE = re.compile(r"\\([0-7]{3})")
+
+
+def filesystem_type(path: Path) -> str | None:
+    """The type of the filesystem holding ``path`` (which need not exist yet), from the mount
+    table: the entry with the longest mount point above it. None when unknown."""
+    target = os.path.realpath(path)
+    best: tuple[int, str | None] = (-1, None)
+    try:
+        text = MOUNTS.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = _ESCAPE.sub(lambda match: chr(int(match[1], 8)), fields[1])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > best[0]:
+            best = (len(point), fields[2])
+    return best[1]
+
+
+def check_filesystem(root: Path, allow_network_fs: bool) -> None:
+    """Refuse a root on a network filesystem unless allowed; raises CatalogError saying why and
+    how to override."""
+    kind = filesystem_type(root)
+    if kind is None or kind.split(".")[0] not in NETWORK_FILESYSTEMS:
+        return
+    if allow_network_fs:
+        log.warning("store root %s is on %s: allowed by allow_network_fs; use it from one host"
+                    " at a time", root, kind)
+        return
+    raise CatalogError(
+        f"store root {root} is on {kind}, a network filesystem where SQLite's locking is"
+        " unreliable and catalogs get corrupted; put the store on a local disk, or set"
+        " CAS_ALLOW_NETWORK_FS=1 (allow_network_fs = true) if one host at a time uses it"
+    )
+
+
+def _writable(paths: list[Path]) -> bool:
+    return all(os.access(path, os.W_OK) for path in paths if os.path.lexists(path))
+
+
+def open_files(root: Path, settings: Settings) -> tuple[BlobStore, Catalog]:
+    """The blob files and catalog of the store at ``root``, after the checks above.
+
+    Raises CatalogError (network filesystem, damaged or newer catalog) and StoreError (a root
+    that cannot be created, or written when it has no catalog yet).
+    """
+    check_filesystem(root, settings.allow_network_fs)
+    catalog_path = root / CATALOG
+    dir_mode = 0o2770 if settings.shared else 0o700
+    folders = [root, root / "blobs", root / "tmp", root / "tmp" / "locks"]
+    read_only = os.path.isdir(root) and not _writable([*folders, catalog_path])
+    if read_only and not catalog_path.is_file():
+        raise StoreError(f"store root {root} is not writable")
+    blobs = BlobStore(root, dir_mode=dir_mode, durable=settings.durable, read_only=read_only)
+    if read_only:
+        log.info("store root %s is not writable: opened read-only", root)
+    _check_not_emptied(catalog_path, blobs)
+    catalog = Catalog(catalog_path, blobs.locks_dir / "setup.lock", durable=settings.durable,
+                      read_only=read_only)
+    return blobs, catalog
+
+
+def _check_not_emptied(catalog_path: Path, blobs: BlobStore) -> None:
+    # A crash while a catalog is first created leaves it empty too, but then blobs/ is empty:
+    # nothing can be stored before the catalog exists.
+    try:
+        empty = os.stat(catalog_path).st_size == 0  # stat, never open: SQLite's locks
+    except FileNotFoundError:
+        return
+    if empty and blobs.has_any():
+        raise CatalogError(damaged_catalog(catalog_path, "it is empty, but blobs/ holds files"))
