@@ -97,3 +97,24 @@ CREATE TABLE sources (
 -- The size a named fixture's source must have, when known: a re-fetch fails early on a wrong
 -- Content-Length instead of downloading it all.
 ALTER TABLE names ADD COLUMN expected_size INTEGER CHECK (expected_size IS NULL OR expected_size >= 0);
+
+-- version: 4
+
+-- Verification (issue 6). When each blob's content was last hashed and found right (NULL:
+-- never), and its file's stat signature then ("inode:mtime_ns:ctime_ns"): a budgeted verify
+-- hashes the least recently verified blobs first, and a quick one rehashes only files whose
+-- signature changed since (an edit in place changes mtime or ctime).
+ALTER TABLE blobs ADD COLUMN verified REAL;
+ALTER TABLE blobs ADD COLUMN signature TEXT;
+
+-- Blobs that verify found missing or damaged. Their rows are dropped (a row never outlives its
+-- file) and their names kept, so `cas verify --repair` can fetch them again from a recorded
+-- source later, or a put of the same content restores them. A row goes once the blob is back,
+-- or once no name refers to the digest any more.
+CREATE TABLE damaged (
+    digest      TEXT NOT NULL PRIMARY KEY CHECK (length(digest) = 64),
+    found       REAL NOT NULL,
+    problem     TEXT NOT NULL,
+    -- Where the damaged file was moved, relative to the root; NULL when it was missing.
+    quarantined TEXT
+) WITHOUT ROWID;
