@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import mmap
 import os
 import re
@@ -19,10 +20,10 @@ import shutil
 import stat
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import blake3
 
@@ -34,13 +35,14 @@ CHUNK_SIZE = 1 << 20
 #: Staging files untouched this long belong to no live writer: cleanup removes them.
 STAGING_MAX_AGE = 24 * 3600.0
 _FICLONE = 0x40049409  # linux/fs.h: share the source's extents (reflink) on btrfs, XFS, ...
-#: Files at least this large are hashed through a memory map (no copy through user space), and
-#: from ``PARALLEL_HASH_SIZE`` on with every core on the one file.
+#: Files at least this large are hashed through a memory map (no copy through user space) when
+#: /proc is missing (see ``hash_fd``), and from ``PARALLEL_HASH_SIZE`` on with every core.
 MMAP_MIN_SIZE = 64 * 1024
 PARALLEL_HASH_SIZE = 64 << 20
 _SHARD = re.compile(r"[0-9a-f]{2}")
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 _NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_PROC_FD = os.path.isdir("/proc/self/fd")
 
 
 def hasher(*, parallel: bool = False) -> blake3.blake3:
@@ -66,13 +68,13 @@ class BlobStore:
     """The files of one store: ``blobs/`` for content, ``tmp/`` for staging and locks."""
 
     def __init__(self, root: Path, *, dir_mode: int = 0o700, durable: bool = True,
-                 read_only: bool = False) -> None:
+                 read_only: str | None = None) -> None:
         self.root = root
         self.blobs_dir = root / "blobs"
         self.tmp_dir = root / "tmp"
         self.locks_dir = self.tmp_dir / "locks"
         self.quarantine_dir = root / "quarantine"
-        self.read_only = read_only  #: opened for reading only: staging refuses at once
+        self.read_only = read_only  #: why it is read-only, or None: staging refuses at once
         self._real_shards: set[str] = set()
         self._blobs_prefix = f"{self.blobs_dir}{os.sep}"
         self._shards: dict[str, Path] = {}
@@ -160,23 +162,28 @@ class BlobStore:
     def open(self, digest: str) -> BinaryIO:
         """Open the blob for reading without following a symlink planted in its place or in
         its shard's (OSError ELOOP), nor blocking on a planted FIFO."""
+        return os.fdopen(self._open_fd(digest)[0], "rb")
+
+    def _open_fd(self, digest: str) -> tuple[int, os.stat_result]:
+        """``open`` as a file descriptor, with the file's status."""
         shard = os.open(f"{self._blobs_prefix}{digest[:2]}", _NOFOLLOW_DIR)
         try:
             fd = os.open(digest, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
                          dir_fd=shard)
         finally:
             os.close(shard)
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
             os.close(fd)
             raise FileNotFoundError(errno.ENOENT, "not a regular file", str(self.path_of(digest)))
-        return os.fdopen(fd, "rb")
+        return fd, info
 
     # -- staging -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
     def _staging_file(self, prefix: str) -> Iterator[tuple[int, Path]]:
         if self.read_only:
-            raise StoreError(f"store root {self.root} is not writable (opened read-only)")
+            raise StoreError(f"store root {self.root} is not writable ({self.read_only})")
         # Named by its writer, so that cleanup can remove a killed writer's file at once.
         fd, name = tempfile.mkstemp(prefix=prefix + staging_tag(), dir=self.tmp_dir)
         path = Path(name)
@@ -192,7 +199,7 @@ class BlobStore:
     def stage_stream(self, source: BinaryIO) -> Staged:
         """Copy ``source`` into a staging file, hashing on the way, in bounded memory."""
         with self._staging_file("put-") as (fd, path):
-            digest, size = _copy_hashing(source, fd)
+            digest, size = _copy_hashing(source, fd, write_behind=self.durable)
             self._sync(fd)
             return Staged(path, digest, size)
 
@@ -209,10 +216,11 @@ class BlobStore:
             except OSError:
                 digest, size = _copy_hashing(src, fd)
             else:
-                size = os.fstat(fd).st_size
-                hashing = hasher()
-                if size:
-                    hashing.update_mmap(path)
+                # Read in chunks, not mapped: a mapped 1 GiB file counts 1 GiB of resident set.
+                hashing, size = hasher(), 0
+                while chunk := os.pread(fd, CHUNK_SIZE, size):
+                    hashing.update(chunk)
+                    size += len(chunk)
                 digest = hashing.hexdigest()
             self._sync(fd)
             return Staged(path, digest, size)
@@ -260,15 +268,19 @@ class BlobStore:
 
     def clear_debris(self, older_than: float = STAGING_MAX_AGE) -> int:
         """Remove staging files left by killed processes; return how many went."""
-        removed = 0
-        for entry in self.debris(older_than):
-            with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-                removed += 1
-        return removed
+        return sum(self.remove_debris(entry) for entry in self.debris(older_than))
+
+    @staticmethod
+    def remove_debris(entry: os.DirEntry[str]) -> bool:
+        """Remove one entry of ``debris`` (a symlink itself, never its target); whether it
+        went."""
+        with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            return True
+        return False
 
     def check_removable(self, digests: list[str]) -> None:
         """Raise StoreError if a blob file of ``digests`` could not be unlinked (its shard
@@ -282,8 +294,29 @@ class BlobStore:
 
     def unlink(self, digest: str) -> None:
         """Remove a blob's file, if present."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path_of(digest))
+        self.unlink_many([digest])
+
+    def unlink_many(self, digests: list[str]) -> None:
+        """Remove blobs' files, if present, shard by shard: relative to an open folder, so the
+        kernel does not walk the whole path again for each of many thousands (gc)."""
+        folder_fd, folder = -1, ""
+        try:
+            for digest in sorted(digests):
+                if digest[:2] != folder:
+                    if folder_fd >= 0:
+                        os.close(folder_fd)
+                    folder, folder_fd = digest[:2], -1
+                    with contextlib.suppress(FileNotFoundError):
+                        folder_fd = os.open(
+                            f"{self._blobs_prefix}{folder}",
+                            os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                        )
+                if folder_fd >= 0:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(digest, dir_fd=folder_fd)
+        finally:
+            if folder_fd >= 0:
+                os.close(folder_fd)
 
     # -- verification (issue 6): finding, hashing, and moving aside ------------------------------
 
@@ -330,13 +363,15 @@ class BlobStore:
         Large files are memory-mapped. A file truncated from outside *while* it is hashed would
         raise SIGBUS; cas itself never truncates or rewrites a blob, it renames and unlinks.
         """
-        with self.open(digest) as file:
-            info = os.fstat(file.fileno())
-            return hash_fd(file.fileno(), info.st_size), info
+        fd, info = self._open_fd(digest)
+        try:
+            return hash_fd(fd, info.st_size), info
+        finally:
+            os.close(fd)
 
     def remove_link(self, found: Found) -> bool:
         """Unlink a planted symlink (never its target) if it is still the entry scanned."""
-        if not _unchanged(found):
+        if not unchanged(found):
             return False
         os.unlink(found.path)
         return True
@@ -344,7 +379,7 @@ class BlobStore:
     def quarantine(self, found: Found) -> Path | None:
         """Move an entry of ``blobs/`` to ``quarantine/`` if it is still the entry scanned;
         return where it went. Damaged content is kept for a person to look at, never deleted."""
-        if not _unchanged(found):
+        if not unchanged(found):
             return None
         self._make_dir(self.quarantine_dir)
         label = found.path.relative_to(self.blobs_dir).as_posix().replace("/", "-")
@@ -356,12 +391,13 @@ class BlobStore:
             _fsync_dir(self.quarantine_dir)
         return target
 
-    def fix_mode(self, found: Found) -> bool:
-        """Make a blob file read-only (0444) again if it is still the entry scanned."""
-        if not _unchanged(found):
-            return False
+    def fix_mode(self, found: Found) -> os.stat_result | None:
+        """Make a blob file read-only (0444) again if it is still the entry scanned; return
+        its new status."""
+        if not unchanged(found):
+            return None
         os.chmod(found.path, 0o444, follow_symlinks=False)  # refuses a symlink, never follows
-        return True
+        return os.lstat(found.path)
 
 
 @dataclass(frozen=True)
@@ -389,7 +425,7 @@ def signature(info: os.stat_result) -> str:
     return f"{info.st_ino}:{info.st_mtime_ns}:{info.st_ctime_ns}"
 
 
-def _unchanged(found: Found) -> bool:
+def unchanged(found: Found) -> bool:
     """Whether ``found.path`` is still the very entry the scan saw (or hashing fstat-ed)."""
     try:
         now = os.lstat(found.path)
@@ -400,9 +436,17 @@ def _unchanged(found: Found) -> bool:
 
 
 def hash_fd(fd: int, size: int) -> str:
-    """The BLAKE3 digest of the first ``size`` bytes of the open file ``fd``."""
+    """The BLAKE3 digest of the open file ``fd``, whose size is ``size``.
+
+    Through ``/proc/self/fd``, blake3 maps and hashes the very file already opened (no path is
+    resolved again, so no symlink can be swapped in) without holding the GIL at all: threads
+    hashing many files then run in parallel (1.3x faster than Python's mmap here). Elsewhere
+    Python maps the file itself; small files are read.
+    """
     digest = hasher(parallel=size >= PARALLEL_HASH_SIZE)
-    if size >= MMAP_MIN_SIZE:
+    if size and _PROC_FD:
+        digest.update_mmap(f"/proc/self/fd/{fd}")
+    elif size >= MMAP_MIN_SIZE:
         with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as view:
             digest.update(view)
     elif size:
@@ -414,13 +458,27 @@ def hash_fd(fd: int, size: int) -> str:
 
 
 def open_lock(path: Path) -> BinaryIO:
-    """Open (creating, 0600) a lock file without following a symlink planted in its place."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    """Open (creating, 0600) a lock file without following a symlink planted in its place.
+
+    Raises StoreError for a symlink there ("Too many levels of symbolic links").
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        if error.errno != errno.ELOOP:
+            raise
+        raise StoreError(f"{path} is a symbolic link, which cas never follows; remove it"
+                         ) from error
     return os.fdopen(fd, "r+b")
 
 
-def _copy_hashing(source: BinaryIO, fd: int) -> tuple[str, int]:
-    """Copy ``source`` to ``fd`` in chunks, returning the BLAKE3 digest and the size."""
+def _copy_hashing(source: BinaryIO, fd: int, *, write_behind: bool = False) -> tuple[str, int]:
+    """Copy ``source`` to ``fd`` in chunks, returning the BLAKE3 digest and the size.
+
+    With ``write_behind`` (the copy will be fsynced), the kernel is asked to start writing every
+    ``WRITE_BEHIND`` bytes, so that the fsync waits for the tail only.
+    """
+    written = 0  # bytes handed to the kernel's writeback so far
     digest = hasher()
     buffer = bytearray(CHUNK_SIZE)
     view = memoryview(buffer)
@@ -442,6 +500,39 @@ def _copy_hashing(source: BinaryIO, fd: int) -> tuple[str, int]:
         digest.update(chunk)
         _write_all(fd, chunk)
         size += len(chunk)
+        if write_behind and size - written >= WRITE_BEHIND:
+            start_writeback(fd, written, size - written)
+            written = size
+
+
+# -- write-behind (issue 8) --------------------------------------------------------------------
+#: A durable staging copy starts the writeback of every this many bytes as it goes. Left to the
+#: kernel, nothing is written before the fsync (dirty_background_ratio is GiBs of memory), so a
+#: 1 GiB pull from the remote tier spent 0.4 s, a tenth of its time, waiting in that fsync.
+WRITE_BEHIND = 32 << 20
+_SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of the range's dirty pages, no wait
+
+
+@functools.cache
+def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    """libc's sync_file_range (Linux), or None where there is none."""
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.restype = ctypes.c_int
+    return cast("Callable[[int, int, int, int], int]", function)
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range of ``fd`` (a hint: the fsync still decides)."""
+    function = _sync_file_range()
+    if function is not None:
+        function(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+# -- end of write-behind -------------------------------------------------------------------------
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:

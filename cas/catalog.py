@@ -195,10 +195,10 @@ class Catalog:
     """One store's catalog.db: a connection pool plus the write and read protocols."""
 
     def __init__(self, path: Path, setup_lock: Path, *, durable: bool = True,
-                 read_only: bool = False) -> None:
+                 read_only: str | None = None) -> None:
         self.path = path
-        #: Opened for reading only (a read-only filesystem or folder): writes raise StoreError,
-        #: and reads record no last access and no counts.
+        #: Why the catalog was opened for reading only (a read-only filesystem or folder, a full
+        #: disk), or None: writes then raise StoreError, and reads record no access or counts.
         self.read_only = read_only
         self._setup_lock = setup_lock
         self._synchronous = "FULL" if durable else "NORMAL"
@@ -298,7 +298,7 @@ class Catalog:
         the catalog was opened read-only.
         """
         if self.read_only:
-            raise StoreError(f"store root {self.path.parent} is not writable (opened read-only)")
+            raise StoreError(f"store root {self.path.parent} is not writable ({self.read_only})")
         self._check_fork()
         deadline = time.monotonic() + WRITE_DEADLINE
         delay = 0.01
@@ -766,6 +766,8 @@ def verify_rows(conn: Connection) -> dict[str, VerifyRow]:
 
 def mark_verified(conn: Connection, checked: list[tuple[str, int, str]], now: float) -> None:
     """Record that each (digest, size, signature) was hashed at ``now`` and found right."""
+    if not checked:
+        return
     conn.exec_driver_sql(
         "UPDATE blobs SET verified = ?, signature = ? WHERE digest = ? AND size = ?",
         [(now, signature, digest, size) for digest, size, signature in checked],
@@ -810,7 +812,8 @@ class DamagedRow(NamedTuple):
 def damaged(conn: Connection) -> list[DamagedRow]:
     """Damaged digests not stored again, with their names and one recorded source.
 
-    Entries whose blob is back (put or fetched again) are cleared first.
+    Entries whose blob is back (put or fetched again) are cleared first: call it inside a
+    write transaction.
     """
     conn.exec_driver_sql(
         "DELETE FROM damaged WHERE digest IN (SELECT digest FROM blobs)"
@@ -827,6 +830,8 @@ def damaged(conn: Connection) -> list[DamagedRow]:
 
 def forget_damaged(conn: Connection, digests: list[str]) -> None:
     """Forget damaged digests that nothing refers to any more (reported once, when found)."""
+    if not digests:
+        return
     conn.exec_driver_sql(
         "DELETE FROM damaged WHERE digest = ? AND NOT EXISTS"
         " (SELECT 1 FROM names n WHERE n.digest = damaged.digest)",

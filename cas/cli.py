@@ -16,15 +16,18 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from . import eviction
-from .errors import CasError, UsageError
+from .errors import CasError, IntegrityError, UsageError
 from .metrics import Counter, Stats, human_size
 from .settings import KEYS, load_config, parse_duration, parse_size, resolve_root
 from .store import Entry, Store
+
+if TYPE_CHECKING:
+    from .tier import TransferReport
 
 log = logging.getLogger("cas")
 
@@ -485,6 +488,87 @@ def sync(context: Context, manifest_path: Path, jobs: int) -> None:
     if report.failed:
         total = len(report.digests) + len(report.failed)
         raise CasError(f"{len(report.failed)} of {total} fixtures failed")
+
+
+# -- verification (issue 6) -----------------------------------------------------------------------
+
+
+@cli.command()
+@click.option("--quick", is_flag=True,
+              help="Check existence, size and mode; rehash only files changed since checked.")
+@click.option("--repair", is_flag=True,
+              help="Fetch damaged or missing named fixtures again from their sources.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("--budget", metavar="DURATION",
+              help="Stop rehashing after this long, e.g. 10m; the next run continues.")
+@pass_context
+def verify(context: Context, quick: bool, repair: bool, as_json: bool,
+           budget: str | None) -> None:
+    """Check every blob against the catalog; fix what loses nothing, report the rest.
+
+    Exits with status 4 when damage remains.
+    """
+    from .progress import TransferBar
+
+    seconds = _parse("--budget", budget, parse_duration)
+    bar = TransferBar("verify") if sys.stderr.isatty() else None
+    try:
+        report = context.store().verify(full=not quick, repair=repair, budget=seconds,
+                                        progress=bar)
+    finally:
+        if bar is not None:
+            bar.close()
+    if as_json:
+        click.echo(json.dumps(report.as_dict(), indent=2))
+    else:
+        click.echo(report.summary())
+        for finding in report.findings:
+            state = "REMAINS" if finding.remains else "fixed"
+            names = f" ({', '.join(finding.names)})" if finding.names else ""
+            click.echo(f"  {state:<7}  {finding.kind:<8}  {finding.subject}{names}:"
+                       f" {finding.detail}; {finding.action}")
+    if report.damaged:
+        kinds = sorted({finding.kind for finding in report.remaining})
+        raise IntegrityError(f"damage remains: {len(report.remaining)} finding(s) of kind"
+                             f" {', '.join(kinds)}; see the report")
+
+
+# -- the remote tier (issue 8) ---------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("refs", nargs=-1)
+@pass_context
+def push(context: Context, refs: tuple[str, ...]) -> None:
+    """Copy REF… (default: every named fixture) to the remote tier.
+
+    Prints "<digest>  <ref>" for each; exits 1 if any failed.
+    """
+    _transfer_done("push", context.store().push(list(refs) or None))
+
+
+@cli.command()
+@click.argument("refs", nargs=-1)
+@click.option("--manifest", "manifest_path", metavar="FILE", type=click.Path(path_type=Path),
+              help="Pull every fixture of this manifest.")
+@pass_context
+def pull(context: Context, refs: tuple[str, ...], manifest_path: Path | None) -> None:
+    """Copy REF… (default: every name the remote has) from the remote tier, verified.
+
+    Prints "<digest>  <ref>" for each; exits 1 if any failed.
+    """
+    if refs and manifest_path is not None:
+        raise UsageError("give REFs or --manifest, not both")
+    _transfer_done("pull", context.store().pull(list(refs) or None, manifest=manifest_path))
+
+
+def _transfer_done(command: str, report: TransferReport) -> None:
+    for ref, digest in sorted({**report.present, **report.done}.items()):
+        click.echo(f"{digest}  {ref}")
+    click.echo(f"cas: {command}: {report.summary()}", err=True)
+    if report.failed:
+        total = len(report.done) + len(report.present) + len(report.failed)
+        raise CasError(f"{len(report.failed)} of {total} failed")
 
 
 def main() -> None:

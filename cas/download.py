@@ -25,6 +25,7 @@ work: correctness never rests on it (guarantee 9).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -48,7 +49,7 @@ from urllib3.exceptions import HTTPError, InvalidHeader, MaxRetryError
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
-from .blobs import CHUNK_SIZE, Staged, hasher
+from .blobs import CHUNK_SIZE, WRITE_BEHIND, Staged, hasher, open_lock, start_writeback
 from .errors import DownloadError, IntegrityError, UsageError
 
 log = logging.getLogger("cas")
@@ -208,6 +209,12 @@ class Downloader:
             return self._transfer(part, url, expected, budget, progress)
         except IntegrityError:
             part.discard()  # wrong content is never kept, not even for a resume
+            raise
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                part.discard()  # a partial kept on a full disk would only keep it full
+            else:
+                part.suspend()
             raise
         except BaseException:
             part.suspend()  # interrupted or out of retries: a later attempt may resume
@@ -696,6 +703,7 @@ class _Partial:
         self.blake3 = hasher()
         self.sha256 = hashlib.sha256() if want_sha256 else None
         self.size = 0
+        self.flushed = 0  #: bytes whose writeback was started
         self.transferred = 0
         self.resumed_from = 0  #: where the current body continues the file (0: from scratch)
         self.saved = 0  #: bytes not downloaded again thanks to resumes
@@ -711,7 +719,11 @@ class _Partial:
         path = tmp_dir / f"{_key(url)}-{token}.part"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         part = cls(tmp_dir, url, token, os.fdopen(fd, "r+b", buffering=0), want_sha256)
-        part.save()
+        try:
+            part.save()
+        except BaseException:  # e.g. a full disk: leave nothing behind
+            part.discard()
+            raise
         return part
 
     @classmethod
@@ -737,7 +749,12 @@ class _Partial:
                 os.rename(data_path, mine)  # atomic: of several claimants exactly one wins
             except FileNotFoundError:
                 continue
-            file = open(mine, "r+b", buffering=0)  # noqa: SIM115 - owned by the partial
+            try:  # the claimed name may have been a planted symlink: never follow one
+                fd = os.open(mine, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError:
+                _remove(mine, meta_path)
+                continue
+            file = os.fdopen(fd, "r+b", buffering=0)
             part = cls(tmp_dir, url, token, file, want_sha256)
             part.validator = meta.get("validator")
             part.total = meta.get("total") if isinstance(meta.get("total"), int) else None
@@ -781,11 +798,15 @@ class _Partial:
             view = view[written or 0 :]
         self.size += len(chunk)
         self.transferred += len(chunk)
+        if self.size - self.flushed >= WRITE_BEHIND:  # so that finish's fsync waits for little
+            start_writeback(self.file.fileno(), self.flushed, self.size - self.flushed)
+            self.flushed = self.size
 
     def reset(self) -> None:
         """Back to zero bytes: the partial cannot be continued."""
         self.file.seek(0)
         self.file.truncate()
+        self.flushed = 0
         self.blake3 = hasher()
         self.sha256 = hashlib.sha256() if self.want_sha256 else None
         self.size = 0
@@ -806,7 +827,10 @@ class _Partial:
             "boot": _BOOT,
         }
         scratch = self.meta_path.with_suffix(".json-new")
-        scratch.write_text(json.dumps(record))
+        fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                     | os.O_CLOEXEC, 0o600)  # never write through a planted symlink
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(record))
         os.replace(scratch, self.meta_path)
 
     def sha256_hex(self) -> str | None:
@@ -905,7 +929,7 @@ def _thread_lock(key: str) -> Iterator[None]:
 @contextlib.contextmanager
 def _file_lock(path: Path) -> Iterator[None]:
     """An exclusive flock on ``path``; lock files are never deleted (that would race)."""
-    with open(path, "a+b") as handle:
+    with open_lock(path) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

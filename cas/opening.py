@@ -71,8 +71,20 @@ def check_filesystem(root: Path, allow_network_fs: bool) -> None:
     )
 
 
+#: Below this much free space a disk counts as full: SQLite cannot even create its ``-shm``.
+FULL_DISK = 1 << 20
+
+
 def _writable(paths: list[Path]) -> bool:
     return all(os.access(path, os.W_OK) for path in paths if os.path.lexists(path))
+
+
+def _disk_full(root: Path) -> bool:
+    try:
+        info = os.statvfs(root)
+    except OSError:
+        return False
+    return info.f_bavail * info.f_frsize < FULL_DISK
 
 
 def open_files(root: Path, settings: Settings) -> tuple[BlobStore, Catalog]:
@@ -85,15 +97,24 @@ def open_files(root: Path, settings: Settings) -> tuple[BlobStore, Catalog]:
     catalog_path = root / CATALOG
     dir_mode = 0o2770 if settings.shared else 0o700
     folders = [root, root / "blobs", root / "tmp", root / "tmp" / "locks"]
-    read_only = os.path.isdir(root) and not _writable([*folders, catalog_path])
-    if read_only and not catalog_path.is_file():
-        raise StoreError(f"store root {root} is not writable")
-    blobs = BlobStore(root, dir_mode=dir_mode, durable=settings.durable, read_only=read_only)
-    if read_only:
+    read_only = None
+    if os.path.isdir(root) and not _writable([*folders, catalog_path]):
+        if not catalog_path.is_file():
+            raise StoreError(f"store root {root} is not writable")
+        read_only = "opened read-only"
         log.info("store root %s is not writable: opened read-only", root)
+    blobs = BlobStore(root, dir_mode=dir_mode, durable=settings.durable, read_only=read_only)
     _check_not_emptied(catalog_path, blobs)
-    catalog = Catalog(catalog_path, blobs.locks_dir / "setup.lock", durable=settings.durable,
-                      read_only=read_only)
+    lock = blobs.locks_dir / "setup.lock"
+    try:
+        catalog = Catalog(catalog_path, lock, durable=settings.durable, read_only=read_only)
+    except CatalogError:
+        # A full disk fails even reads: SQLite cannot create the -shm file of WAL mode.
+        if read_only or not catalog_path.is_file() or not _disk_full(root):
+            raise
+        read_only = blobs.read_only = "no space left on the device; opened read-only"
+        log.info("the disk of store root %s is full: opened read-only", root)
+        catalog = Catalog(catalog_path, lock, durable=settings.durable, read_only=read_only)
     return blobs, catalog
 
 

@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -102,7 +103,9 @@ class NameRecord:
                 sha256=(check_digest(value["sha256"], "sha256")
                         if value.get("sha256") is not None else None),
             )  # fmt: skip
-        except (KeyError, ValueError, TypeError, UsageError) as error:
+        except KeyError as error:
+            raise UsageError(f"remote record {where} is not valid: no {error}") from error
+        except (ValueError, TypeError, UsageError) as error:
             raise UsageError(f"remote record {where} is not valid: {error}") from error
         return record
 
@@ -134,6 +137,8 @@ class Remote:
         self.retries = retries
         self.transfer = transfer or Transfer()
         self._client = client
+        self._own_client = client is None
+        self._pid = os.getpid()
         self._lock = threading.Lock()
         self._bucket_seen = False
 
@@ -146,8 +151,10 @@ class Remote:
     def client(self) -> S3Client:
         """The boto3 S3 client, built on first use."""
         with self._lock:
-            if self._client is None:
+            # A forked child must not talk over its parent's pooled connections.
+            if self._own_client and (self._client is None or os.getpid() != self._pid):
                 self._client = self._new_client()
+                self._pid = os.getpid()
             return cast("S3Client", self._client)
 
     def _new_client(self) -> S3Client:
@@ -155,9 +162,10 @@ class Remote:
             import boto3
             from botocore.config import Config
         except ImportError as error:
-            raise UsageError(
-                "the remote tier needs boto3: pip install 'cas[s3]'"
-            ) from error
+            raise RemoteError(
+                f"remote {self.url} needs boto3: pip install 'cas[s3]'",
+                url=self.url, permanent=True,
+            ) from error  # fmt: skip
         from . import __version__
 
         config = Config(
@@ -175,8 +183,9 @@ class Remote:
         answers a bare 404, and a misconfigured remote must not pass for an empty one."""
         if self._bucket_seen:
             return
+        client = self.client
         try:
-            self.client.head_bucket(Bucket=self.bucket)
+            client.head_bucket(Bucket=self.bucket)
         except Exception as error:
             if _missing(error):
                 raise RemoteError(
@@ -186,16 +195,20 @@ class Remote:
             raise _failure(error, "cannot look up the bucket of", self.url) from error
         self._bucket_seen = True
 
-    def _transfer_config(self) -> Any:
-        from boto3.s3.transfer import TransferConfig
+    def _manager(self) -> Any:
+        """A new s3transfer TransferManager for one blob (after the client, so that a missing
+        boto3 is a RemoteError)."""
+        client = self.client
+        from boto3.s3.transfer import TransferConfig, create_transfer_manager
 
-        return TransferConfig(
+        config = TransferConfig(
             multipart_threshold=self.transfer.threshold,
             multipart_chunksize=self.transfer.part_size,
             max_concurrency=self.transfer.concurrency,
             num_download_attempts=self.retries + 1,
             preferred_transfer_client="classic",  # the same code path wherever cas runs
         )
+        return create_transfer_manager(client, config)
 
     # -- layout ----------------------------------------------------------------------------------
 
@@ -225,8 +238,9 @@ class Remote:
     def size_of(self, digest: str) -> int | None:
         """The size of the remote blob, or None when the remote does not have it."""
         key = self.blob_key(digest)
+        client = self.client
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
+            head = client.head_object(Bucket=self.bucket, Key=key)
         except Exception as error:
             if _missing(error):
                 self._miss()
@@ -250,12 +264,10 @@ class Remote:
         ``size`` bytes or ``sha256`` when given; RemoteError when the remote cannot be used.
         ``received(n)`` is told the bytes that came over the network.
         """
-        from boto3.s3.transfer import create_transfer_manager
-
         key = self.blob_key(digest)
         where = self.url_of(key)
         pipe = _Pipe(where, size, sha256 is not None)
-        manager = create_transfer_manager(self.client, self._transfer_config())
+        manager = self._manager()
         failed = True
         try:
             # Typed for files and BaseSubscribers; s3transfer only calls write and on_done.
@@ -271,6 +283,8 @@ class Remote:
         except CasError:
             raise
         except Exception as error:
+            if _local(error):
+                raise  # the store's own disk (ENOSPC, EACCES): not the remote's failure
             if _missing(error):
                 self._miss()
                 return None
@@ -298,13 +312,13 @@ class Remote:
 
         Overwrites what is there: the same content, or damaged content being repaired.
         """
-        from boto3.s3.transfer import create_transfer_manager
-
         key = self.blob_key(digest)
-        manager = create_transfer_manager(self.client, self._transfer_config())
+        manager = self._manager()
         try:
             manager.upload(blob, self.bucket, key).result()
         except Exception as error:
+            if _local(error):
+                raise  # reading the blob here failed, not the remote
             raise _failure(error, "cannot upload to", self.url_of(key)) from error
         finally:
             manager.shutdown()
@@ -365,8 +379,9 @@ class Remote:
         self._put_record(self.alias_key(sha256), json.dumps(record, sort_keys=True).encode())
 
     def _get_record(self, key: str) -> bytes | None:
+        client = self.client
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            response = client.get_object(Bucket=self.bucket, Key=key)
             with contextlib.closing(response["Body"]) as body:
                 data = body.read(RECORD_MAX + 1)
         except Exception as error:
@@ -379,8 +394,9 @@ class Remote:
         return bytes(data)
 
     def _put_record(self, key: str, data: bytes) -> None:
+        client = self.client
         try:
-            self.client.put_object(
+            client.put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentType="application/json"
             )
         except Exception as error:
@@ -496,6 +512,14 @@ def _mismatch(
 
 
 # -- errors: botocore's, translated at this one boundary -------------------------------------------
+
+
+def _local(error: BaseException) -> bool:
+    """Whether ``error`` is an OSError of this machine's files, not of the network (botocore's
+    network errors derive from OSError too, through the requests exceptions it carries)."""
+    from botocore.exceptions import BotoCoreError
+
+    return isinstance(error, OSError) and not isinstance(error, BotoCoreError)
 
 
 def _missing(error: BaseException) -> bool:

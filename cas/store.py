@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, Union
@@ -27,15 +27,24 @@ from . import eviction
 from .blobs import BlobStore, Staged, hasher
 from .catalog import Catalog
 from .download import Downloader, Progress
-from .errors import CasError, IntegrityError, InUse, NotFound, StoreError, UsageError
+from .errors import (
+    CasError,
+    ConfigError,
+    IntegrityError,
+    InUse,
+    NotFound,
+    StoreError,
+    UsageError,
+)
 from .fetch import Fetched, Fetcher
 from .leases import Lease, LeaseKeeper, dead_leases
 from .metrics import Counter, Stats, Usage, staging_debris
 from .opening import open_files
 from .refs import check_name, is_digest
-from .settings import Settings, default_root, load_settings
+from .settings import Settings, default_root, load_settings, parse_duration, parse_size
 
 if TYPE_CHECKING:
+    from .tier import RemoteTier, TransferReport
     from .verify import VerifyReport
 
 log = logging.getLogger("cas")
@@ -88,6 +97,17 @@ class Store:
             blobs.tmp_dir, blobs.locks_dir,
             timeout=settings.download_timeout, retries=settings.retries,
         ))  # fmt: skip
+        # Issue 8: the shared remote tier, when `remote` names one (boto3 loads on first use).
+        self._tier: RemoteTier | None = None
+        if settings.remote is not None:
+            from .remote import Remote
+            from .tier import RemoteTier
+
+            remote = Remote(settings.remote, timeout=settings.download_timeout,
+                            retries=settings.retries)  # fmt: skip
+            self._tier = RemoteTier(remote, blobs, catalog, self._fetcher,
+                                    push=settings.remote_push)  # fmt: skip
+        self._fetcher.tier = self._tier
         self._finalizer = weakref.finalize(self, _close, self._keeper, catalog)
 
     @classmethod
@@ -117,7 +137,7 @@ class Store:
     @property
     def read_only(self) -> bool:
         """Whether the store was opened for reading only (it cannot be written)."""
-        return self._catalog.read_only
+        return self._catalog.read_only is not None
 
     def flush(self) -> None:
         """Write now what waits in memory: access times and counters (close does it too)."""
@@ -273,7 +293,7 @@ class Store:
         if live:
             raise InUse(f"{ref!r} is leased ({live} live lease{'s' * (live > 1)}); use --force")
 
-    def _unlink(self, digests: list[str], chunk: int = 1000) -> None:
+    def _unlink(self, digests: list[str], chunk: int = 4000) -> None:
         """Unlink files whose rows are gone, unless a put brought a row back meanwhile.
 
         Each chunk is checked and unlinked under the write lock, so a concurrent put that saw
@@ -283,8 +303,7 @@ class Store:
             part = digests[start : start + chunk]
 
             def work(conn: Connection, part: list[str] = part) -> None:
-                for digest in q.without_rows(conn, part):
-                    self._blobs.unlink(digest)
+                self._blobs.unlink_many(q.without_rows(conn, part))
 
             try:
                 self._catalog.write(work)
@@ -434,6 +453,43 @@ class Store:
             raise NotFound(f"fixture {ref!r} was fetched again but removed at once; retry")
         return again
 
+    # -- the remote tier (issue 8) -------------------------------------------------------------
+
+    def push(self, refs: str | Sequence[str] | None = None) -> TransferReport:
+        """Copy fixtures to the remote tier: each ref (a name or a digest), by default every
+        name whose blob is stored. Blobs the remote has already are not uploaded again.
+
+        Returns the report (``done``, ``present``, ``failed``, ``summary()``): a failed ref does
+        not stop the others; ``report.raise_for_failures()`` raises if any failed. Raises
+        ConfigError when no remote is configured.
+        """
+        return self._remote_tier().push([refs] if isinstance(refs, str) else refs)
+
+    def pull(
+        self,
+        refs: str | Sequence[str] | None = None,
+        manifest: str | os.PathLike[str] | None = None,
+    ) -> TransferReport:
+        """Copy fixtures from the remote tier, verified: each ref (a name or a digest), each
+        fixture of ``manifest``, or by default every name the remote has. Nothing comes from
+        the fixtures' origins: a fixture the remote lacks fails.
+
+        Returns the report, as ``push`` does. Raises ConfigError when no remote is configured,
+        UsageError for a bad manifest or for both refs and a manifest.
+        """
+        report = self._remote_tier().pull([refs] if isinstance(refs, str) else refs, manifest)
+        if report.stored is not None:
+            self._cleanup_if_needed(report.stored)
+        return report
+
+    def _remote_tier(self) -> RemoteTier:
+        if self._tier is None:
+            raise ConfigError(
+                "no remote is configured: set remote = \"s3://bucket/prefix\" in config.toml,"
+                " or CAS_REMOTE"
+            )
+        return self._tier
+
     # -- metrics (issue 3) ---------------------------------------------------------------------
 
     def stats(self) -> Stats:
@@ -514,13 +570,18 @@ class Store:
             raise UsageError(f"blob {ref} has no name to pin; give it one with `cas tag` first")
 
     def _limits(self, max_size: int | None, max_age: float | None) -> eviction.Limits:
+        """The cleanup policy for these limits; UsageError for a negative or malformed one."""
         settings = self.settings
-        return eviction.Limits(
-            max_size=settings.max_cache_size if max_size is None else max_size,
-            low_water=settings.low_water,
-            max_age=settings.max_age if max_age is None else max_age,
-            grace_period=settings.grace_period,
-        )
+        try:
+            size = settings.max_cache_size if max_size is None else parse_size(max_size)
+        except ValueError as error:
+            raise UsageError(f"max_size {max_size!r}: {error}") from None
+        try:
+            age = settings.max_age if max_age is None else parse_duration(max_age)
+        except ValueError as error:
+            raise UsageError(f"max_age {max_age!r}: {error}") from None
+        return eviction.Limits(max_size=size, low_water=settings.low_water, max_age=age,
+                               grace_period=settings.grace_period)
 
     def gc(self, max_size: int | None = None, max_age: float | None = None,
            dry_run: bool = False) -> eviction.Plan:
@@ -537,13 +598,17 @@ class Store:
             now = time.time()
             dead = dead_leases(conn, now)
             stored, _ = q.stored_totals(conn)
+            started = time.perf_counter()
             plan = eviction.plan(conn, limits, stored, now, dead)
+            plan.timings["choose"] = time.perf_counter() - started
             if not dry_run:
+                started = time.perf_counter()
                 q.delete_leases(conn, dead)
                 q.delete_expired_leases(conn, now)
                 self._blobs.check_removable([item.digest for item in plan.victims])
                 q.evict(conn, [item.digest for item in plan.victims])
                 q.record_cleanup(conn, now)
+                plan.timings["update"] = time.perf_counter() - started
             return plan
 
         if dry_run:
@@ -556,7 +621,9 @@ class Store:
         self._catalog.count(Counter.CLEANUP_RUNS, 1)
         self._catalog.count(Counter.EVICTIONS, len(plan.victims))
         self._catalog.count(Counter.EVICTED_BYTES, plan.freed)
+        started = time.perf_counter()
         self._unlink([item.digest for item in plan.victims])
+        plan.timings["remove"] = time.perf_counter() - started
         self._blobs.clear_debris()
         for item in plan.victims:
             log.info("cleanup removed %s (%d bytes, %s)%s", item.digest, item.size, item.reason,

@@ -3,6 +3,7 @@ nothing already stored is lost."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import sqlite3
@@ -12,11 +13,13 @@ from pathlib import Path
 
 import pytest
 
+import cas
 from cas.catalog import LATEST_VERSION
 
 from .conftest import run_cas
 
 KEPT = b"content stored before the bad input"
+UNNAMED = "76badd64dee45f74c988e2a2e4f9bc50ca9aedfead56d14b17885bb2a6d3384a"  # in ``filled_here``
 
 # Root bypasses file permissions; dropping these capabilities makes permission bits apply.
 _NO_DAC = ["setpriv", "--bounding-set=-dac_override,-dac_read_search",
@@ -71,6 +74,17 @@ CASES: dict[str, tuple[Callable[[Path, Path], list[str]], int, str]] = {
     "unknown command": (lambda root, tmp: ["frobnicate"], 2, "frobnicate"),
     "missing argument": (lambda root, tmp: ["tag", "only-one"], 2, "missing"),
     "name with several files": (lambda root, tmp: ["put", "a", "b", "--name", "x"], 2, "--name"),
+    "verify budget not a duration": (lambda root, tmp: ["verify", "--budget", "soon"], 2,
+                                     "--budget"),
+    "verify budget negative": (lambda root, tmp: ["verify", "--budget", "-5m"], 2, "negative"),
+    "gc size negative": (lambda root, tmp: ["gc", "--max-size", "-1"], 2, "negative"),
+    "gc age with unknown unit": (lambda root, tmp: ["gc", "--max-age", "3y"], 2, "unit"),
+    "fetch of a file URL": (lambda root, tmp: ["fetch", "file:///etc/passwd"], 2, "http"),
+    "fetch with a short blake3": (lambda root, tmp: ["fetch", "http://127.0.0.1:9/x",
+                                                     "--blake3", "abc"], 2, "64 hexadecimal"),
+    "sync of a missing manifest": (lambda root, tmp: ["sync", str(tmp / "none.toml")], 3,
+                                   "does not exist"),
+    "lease without a command": (lambda root, tmp: ["lease", "kept"], 2, "--"),
 }
 
 
@@ -150,3 +164,108 @@ def _cas_command(root: Path) -> list[str]:
     import sys
 
     return [sys.executable, "-m", "cas", "--root", str(root)]
+
+
+# -- the same through the Python API ---------------------------------------------------------------
+
+API_CASES: dict[str, tuple[Callable[[cas.Store, Path], object], type[Exception], str]] = {
+    "put of an int": (lambda s, tmp: s.put(123), cas.UsageError, "cannot put a int"),  # type: ignore[arg-type]
+    "put of a text stream": (lambda s, tmp: s.put(io.StringIO("text")), cas.UsageError,  # type: ignore[arg-type]
+                             "binary mode"),
+    "put of a missing file": (lambda s, tmp: s.put(tmp / "nope"), cas.NotFound, "does not exist"),
+    "put of a folder": (lambda s, tmp: s.put(tmp), cas.UsageError, "folder"),
+    "name not a string": (lambda s, tmp: s.put(b"x", name=5), cas.UsageError, "a string"),  # type: ignore[arg-type]
+    "empty name": (lambda s, tmp: s.put(b"x", name=""), cas.UsageError, "empty"),
+    "name too long": (lambda s, tmp: s.put(b"x", name="n" * 256), cas.UsageError, "at most"),
+    "name with a newline": (lambda s, tmp: s.put(b"x", name="a\nb"), cas.UsageError, "control"),
+    "name of 64 hex digits": (lambda s, tmp: s.tag("ab" * 32, "kept"), cas.UsageError, "64 hex"),
+    "ref that is None": (lambda s, tmp: s.path(None), cas.UsageError, "a ref must be"),  # type: ignore[arg-type]
+    "unknown digest": (lambda s, tmp: s.read_bytes("0" * 64), cas.NotFound, "no blob"),
+    "name that looks like a path": (lambda s, tmp: s.read_bytes("../../etc/passwd"),
+                                    cas.NotFound, "../../etc/passwd"),
+    "tag of an unknown ref": (lambda s, tmp: s.tag("new", "nothing"), cas.NotFound, "nothing"),
+    "untag of an unknown name": (lambda s, tmp: s.untag("nothing"), cas.NotFound, "nothing"),
+    "remove of an unknown ref": (lambda s, tmp: s.remove("nothing"), cas.NotFound, "nothing"),
+    "remove of a leased blob": (lambda s, tmp: (s.lease("kept"), s.remove("kept")), cas.InUse,
+                                "leased"),
+    "lease of an unknown ref": (lambda s, tmp: s.lease("nothing"), cas.NotFound, "nothing"),
+    "pin of a blob without a name": (lambda s, tmp: s.pin(UNNAMED), cas.UsageError,
+                                     "no name to pin"),
+    "fetch of an ftp URL": (lambda s, tmp: s.fetch("ftp://example.org/x"), cas.UsageError,
+                            "http"),
+    "fetch of a file URL": (lambda s, tmp: s.fetch("file:///etc/passwd"), cas.UsageError,
+                            "http"),
+    "fetch with a bad blake3": (lambda s, tmp: s.fetch("http://127.0.0.1:9/x", blake3="zz"),
+                                cas.UsageError, "64 hexadecimal"),
+    "fetch with a bad sha256": (lambda s, tmp: s.fetch("http://127.0.0.1:9/x", sha256="1" * 63),
+                                cas.UsageError, "64 hexadecimal"),
+    "fetch with a negative size": (lambda s, tmp: s.fetch("http://127.0.0.1:9/x", size=-1),
+                                   cas.UsageError, "non-negative"),
+    "gc with a negative size": (lambda s, tmp: s.gc(max_size=-1), cas.UsageError, "negative"),
+    "gc with a bad age": (lambda s, tmp: s.gc(max_age="soon"), cas.UsageError, "duration"),  # type: ignore[arg-type]
+    "verify with a zero budget": (lambda s, tmp: s.verify(budget=0), cas.UsageError, "budget"),
+    "sync of a missing manifest": (lambda s, tmp: s.sync(tmp / "none.toml"), cas.NotFound,
+                                   "does not exist"),
+    "open with a bad setting": (lambda s, tmp: cas.Store.open(tmp / "o", max_cache_size="2XB"),
+                                cas.ConfigError, "2XB"),
+    "open with an unknown setting": (lambda s, tmp: cas.Store.open(tmp / "o", nonsense=1),
+                                     cas.ConfigError, "unknown setting"),
+    "open of a root that is a file": (lambda s, tmp: cas.Store.open(tmp / "kept.bin"),
+                                      cas.StoreError, "not a folder"),
+}
+
+
+def _snapshot(root: Path) -> tuple[list[tuple[object, ...]], list[str]]:
+    """Every catalog row of names and blobs, and every blob file."""
+    db = sqlite3.connect(root / "catalog.db")
+    try:
+        rows = db.execute("SELECT name, digest FROM names ORDER BY name").fetchall()
+        rows += db.execute("SELECT digest, size FROM blobs ORDER BY digest").fetchall()
+    finally:
+        db.close()
+    return rows, sorted(p.name for p in (root / "blobs").rglob("*") if p.is_file())
+
+
+@pytest.fixture
+def filled_here(tmp_path: Path) -> Path:
+    """``filled``, made in this process (the API cases need no command line)."""
+    root = tmp_path / "store"
+    (tmp_path / "kept.bin").write_bytes(KEPT)
+    with cas.Store.open(root) as store:
+        store.put(tmp_path / "kept.bin", name="kept")
+        assert store.put(b"a blob without a name") == UNNAMED
+    return root
+
+
+@pytest.mark.parametrize("case", sorted(API_CASES))
+def test_bad_input_through_the_api(filled_here: Path, tmp_path: Path, case: str) -> None:
+    """Each bad call raises its error class with one line naming the problem, and what was
+    stored before is intact."""
+    call, error, mentions = API_CASES[case]
+    before = _snapshot(filled_here)
+    with cas.Store.open(filled_here) as store:
+        with pytest.raises(error) as raised:
+            call(store, tmp_path)
+        message = str(raised.value)
+    assert "\n" not in message and mentions.lower() in message.lower(), message
+    assert _snapshot(filled_here) == before
+    with cas.Store.open(filled_here) as store:
+        assert store.read_bytes("kept") == KEPT
+
+
+def test_names_and_refs_never_reach_outside_the_root(tmp_path: Path) -> None:
+    """Names that look like paths are catalog keys: stored and read inside the root only, and
+    nothing is created outside it (guarantee 7)."""
+    root = tmp_path / "store"
+    outside_before = sorted(p.name for p in tmp_path.iterdir())
+    hostile = ["../../escape", "/etc/passwd", "a/../../b", "..", "~root/.ssh/id", "C:\\x",
+               "blobs/../../catalog.db", "%2e%2e/%2e%2e/x"]
+    with cas.Store.open(root) as store:
+        for index, name in enumerate(hostile):
+            digest = store.put(f"content {index}".encode(), name=name)
+            path = store.path(name)
+            assert path.resolve().is_relative_to((root / "blobs").resolve()), path
+            assert path.name == digest
+            assert store.read_bytes(name) == f"content {index}".encode()
+        assert sorted(entry.name for entry in store.entries() if entry.name) == sorted(hostile)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*outside_before, "store"])

@@ -44,8 +44,10 @@ def test_quick_run_writes_every_suites_rows(tmp_path: Path) -> None:
         ("put-large", "peak RSS of the 64 MiB put", "—"),
         ("small", "put of 1,000 named 4 KiB blobs", "diskcache Cache.set"),
         ("small", "look-up of 1,000 names", "diskcache Cache.get"),
+        ("verify", "full verify of 65 MiB in 64 blobs", "b3sum"),
         ("cli", "`cas path NAME`, whole process", "`python -c pass`"),
         ("cli", "`python -c 'import cas'`", "`python -c 'import sqlalchemy'`"),
+        ("s3-pull", "pull of a 64 MiB blob from a local S3 server", "boto3 download_file"),
     ]
     for suite, metric, peer in expected:
         assert any(

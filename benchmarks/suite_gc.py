@@ -1,0 +1,136 @@
+"""gc: cleanup of catalogs of 100,000 and 1,000,000 blobs freeing 20 %, phase by phase.
+
+The catalog and the files are made directly (rows inserted in one transaction, empty files
+created under blobs/), since a million puts would take far longer than the cleanup measured.
+Every blob has the same nominal size and a distinct last access, so freeing 20 % of the bytes
+removes exactly the 20 % least recently used. The gc runs in a child process, which reports the
+phase timings that ``Store.gc`` records and its own peak RSS; the peer removes a second tree
+holding the same 20 % of files with ``xargs -0 rm -f``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+from harness import Context, Row, SuiteResult, Target, median, peak_rss
+from harness import remove as remove_path
+
+import cas
+
+SIZES = (100_000, 1_000_000)
+QUICK_SIZES = (10_000, 50_000)
+BLOB_SIZE = 1000  # nominal bytes per row; the files themselves are empty
+SHARE = 0.2
+
+GC_CHILD = """
+import json, sys, cas
+with cas.Store.open(sys.argv[1]) as store:
+    plan = store.gc(max_size=int(sys.argv[2]))
+print(json.dumps({"victims": len(plan.victims), **plan.timings}))
+"""
+
+
+def _digest(index: int) -> str:
+    return f"{index:064x}"
+
+
+def _build(root: Path, count: int, ctx: Context) -> list[str]:
+    """A store of ``count`` rows and files; return the paths of the oldest 20 %."""
+    cas.Store.open(root).close()
+    now = time.time() - count - 3600  # every access older than the grace period
+    db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    db.executemany(
+        "INSERT INTO blobs (digest, size, created, last_access) VALUES (?, ?, ?, ?)",
+        ((_digest(i), BLOB_SIZE, now, now + i) for i in range(count)),
+    )
+    db.execute("COMMIT")
+    db.close()
+    blobs = root / "blobs"
+    for shard in range(256):
+        (blobs / f"{shard:02x}").mkdir(exist_ok=True)
+    for index in range(count):
+        digest = _digest(index)
+        os.close(os.open(blobs / digest[:2] / digest, os.O_CREAT | os.O_WRONLY, 0o444))
+    # max_size is one byte below the total, so low water frees one blob more than 20 %.
+    victims = int(count * SHARE) + 1
+    ctx.log(f"  built {count:,} blobs in {root}")
+    return [str(blobs / _digest(i)[:2] / _digest(i)) for i in range(victims)]
+
+
+def _peer_tree(folder: Path, victims: list[str], store_root: Path) -> list[str]:
+    """The same victim files, in the same layout, under another folder."""
+    copies = []
+    for path in victims:
+        relative = Path(path).relative_to(store_root)
+        copy = folder / relative
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(copy, os.O_CREAT | os.O_WRONLY, 0o444))
+        copies.append(str(copy))
+    return copies
+
+
+def _rm(paths: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(["xargs", "-0", "rm", "-f"], input="\0".join(paths).encode(), check=True)
+    return time.perf_counter() - start
+
+
+def run(ctx: Context) -> SuiteResult:
+    sizes = QUICK_SIZES if ctx.quick else SIZES
+    rows: list[Row] = []
+    measured: dict[int, dict[str, float]] = {}
+    for count in sizes:
+        folder = ctx.scratch / f"gc-{count}"
+        remove_path(folder)
+        folder.mkdir(parents=True)
+        root = folder / "store"
+        victims = _build(root, count, ctx)
+        copies = _peer_tree(folder / "peer", victims, root)
+        time.sleep(2)  # let the file creation settle before timing removals
+        # max_size just below the total: low water (0.8) of it frees 20 %.
+        peak, output = peak_rss(ctx.python, GC_CHILD, [str(root), str(count * BLOB_SIZE - 1)])
+        timings = json.loads(output.splitlines()[-1])
+        rm_time = _rm(copies)
+        assert timings["victims"] == len(victims), timings
+        left = sum(1 for _ in (root / "blobs").rglob("*") if _.is_file())
+        assert left == count - len(victims), left
+        measured[count] = {**timings, "rm": rm_time, "rss": peak}
+        label = f"{count:,} blobs"
+        rows += [
+            Row(f"gc of {label}: choose {len(victims):,} victims", "s", timings["choose"],
+                target=Target("<", 0.5, on="value") if count == 1_000_000 else None),
+            Row(f"gc of {label}: update the catalog", "s", timings["update"],
+                target=Target("<", 3.0, on="value") if count == 1_000_000 else None),
+            Row(f"gc of {label}: remove the files", "s", timings["remove"],
+                peer="xargs -0 rm -f", peer_value=rm_time,
+                target=Target("<=", 1.2) if count == 1_000_000 else None),
+            Row(f"gc of {label}: peak RSS of the gc process", "bytes", peak),
+        ]
+        remove_path(folder)
+    small, large = sizes
+    growth = large / small
+    for phase in ("choose", "update", "remove"):
+        ratio = measured[large][phase] / measured[small][phase]
+        rows.append(Row(f"gc growth {small:,} -> {large:,} blobs: {phase}", "x", ratio,
+                        target=Target("<=", growth * 1.25, on="value"),
+                        note=f"linear would be {growth:g}x"))
+    rows.append(Row(f"gc growth {small:,} -> {large:,} blobs: peak RSS", "x",
+                    measured[large]["rss"] / measured[small]["rss"],
+                    note="the plan holds every victim (20 % of the catalog) in memory"))
+    notes = [
+        "Rows are inserted and empty files created directly, then `Store.gc(max_size=...)` runs "
+        "in a child process; its phase timings come from `Plan.timings`.",
+        "`remove the files` is cas's unlink phase: chunks of 1,000 files, each checked under "
+        "the catalog's write lock to have no row before it is unlinked (a concurrent put of "
+        "the same content keeps its file). The peer removes the same files, in the same "
+        "layout, with `xargs -0 rm -f`.",
+        f"One round per size (building a million files takes a minute); median not applicable. "
+        f"Median of phases: {median([m['choose'] for m in measured.values()]):.3f}s choose.",
+    ]
+    return SuiteResult(rows, notes)

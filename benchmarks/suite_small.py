@@ -1,0 +1,271 @@
+"""small: many named 4 KiB blobs: ``Store.put`` and ``Store.path`` against diskcache's set and get.
+
+Both libraries get the same names and bytes, a fresh folder each round, and the same shuffled
+look-up order. A cProfile pass over cas's side shows where its time goes.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import os
+import pstats
+import random
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import diskcache  # type: ignore[import-untyped]
+from harness import Context, Row, SuiteResult, Target, median, round_order
+from harness import remove as remove_path
+
+import cas
+
+COUNT = 10_000
+QUICK_COUNT = 1_000
+BLOB_SIZE = 4096
+ROUNDS = 3
+PROFILE_COUNT = 1_000
+
+
+def _rate(count: int, work: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    work()
+    return count / (time.perf_counter() - start)
+
+
+#: Contenders of the put phase: cas, the peer with the target, and two for context.
+PUTTERS = ("cas", "diskcache", "diskcache FULL", "plain files")
+#: Contenders of the look-up phase.
+READERS = ("cas", "diskcache")
+
+
+class _Round:
+    """One round's fresh stores, filled and read with the same names, bytes and order."""
+
+    def __init__(self, folder: Path, names: list[str], blobs: list[bytes]) -> None:
+        self.names = names
+        self.blobs = blobs
+        self.lookups = random.Random(len(names)).sample(names, len(names))
+        self.folder = folder
+        self.store = cas.Store.open(folder / "cas")
+        self.cache = diskcache.Cache(str(folder / "diskcache"))
+        # As durable as cas's catalog: every commit fsyncs the WAL.
+        self.durable_cache = diskcache.Cache(str(folder / "diskcache-full"), sqlite_synchronous=2)
+
+    def put(self, contender: str) -> float:
+        """Store every blob under its name; return operations per second."""
+        count = len(self.names)
+        if contender == "cas":
+            put = self.store.put
+            return _rate(count, lambda: [put(b, name=n) for n, b in self._pairs()])
+        if contender == "plain files":
+            return _rate(count, lambda: _write_files(self.folder / "files", self.blobs))
+        cache = self.cache if contender == "diskcache" else self.durable_cache
+        cache_set = cache.set
+        return _rate(count, lambda: [cache_set(n, b) for n, b in self._pairs()])
+
+    def look_up(self, contender: str) -> float:
+        """Look every name up in shuffled order; return operations per second."""
+        if contender == "cas":
+            path = self.store.path
+            return _rate(len(self.names), lambda: [path(n) for n in self.lookups])
+        get = self.cache.get
+        return _rate(len(self.names), lambda: [get(n) for n in self.lookups])
+
+    def check(self) -> None:
+        """Every store gives back the right bytes (untimed)."""
+        name, blob = self.names[-1], self.blobs[-1]
+        found = [
+            self.store.path(name).read_bytes(),
+            self.cache.get(name),
+            self.durable_cache.get(name),
+        ]
+        if any(content != blob for content in found):
+            raise AssertionError(f"a look-up of {name!r} returned the wrong content")
+
+    def close(self) -> None:
+        self.store.close()
+        self.cache.close()
+        self.durable_cache.close()
+
+    def _pairs(self) -> Iterable[tuple[str, bytes]]:
+        return zip(self.names, self.blobs, strict=True)
+
+
+def _write_files(folder: Path, blobs: list[bytes]) -> None:
+    """Create, write and rename one file per blob, without fsync: the filesystem's floor."""
+    staging, final = folder / "tmp", folder / "blobs"
+    staging.mkdir(parents=True)
+    final.mkdir()
+    for index, blob in enumerate(blobs):
+        name = f"{index:05d}"
+        fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, blob)
+        finally:
+            os.close(fd)
+        os.rename(staging / name, final / name)
+
+
+def run(ctx: Context) -> SuiteResult:
+    """Interleave puts, then look-ups, round by round; then profile cas's side."""
+    count = QUICK_COUNT if ctx.quick else COUNT
+    rounds = ctx.rounds_or(ROUNDS)
+    names = [f"bench/blob-{index:05d}.bin" for index in range(count)]
+    blobs = [os.urandom(BLOB_SIZE) for _ in names]
+    # Folders are never deleted between rounds: creating files right after deleting thousands
+    # is slow on ext4, so every round has a folder of its own and all go at the end.
+    remove_path(ctx.scratch)
+    ctx.scratch.mkdir(parents=True)
+    os.sync()
+    time.sleep(1)
+
+    warm = max(100, count // 10)
+    ctx.log(f"small: warm-up with {warm} blobs, then {rounds} rounds of {count}")
+    warmup = _Round(ctx.scratch / "warm-up", names[:warm], blobs[:warm])
+    for contender in PUTTERS:
+        warmup.put(contender)
+    for contender in READERS:
+        warmup.look_up(contender)
+    warmup.close()
+
+    puts: dict[str, list[float]] = {contender: [] for contender in PUTTERS}
+    gets: dict[str, list[float]] = {contender: [] for contender in READERS}
+    for index in range(rounds):
+        trial = _Round(ctx.scratch / f"round-{index}", names, blobs)
+        for contender in round_order(PUTTERS, index):
+            puts[contender].append(trial.put(contender))
+        for contender in round_order(READERS, index + 1):
+            gets[contender].append(trial.look_up(contender))
+        trial.check()
+        trial.close()
+        ctx.log(
+            f"  round {index + 1}/{rounds}: puts "
+            + ", ".join(f"{name} {puts[name][-1]:,.0f}/s" for name in PUTTERS)
+            + "; look-ups "
+            + ", ".join(f"{name} {gets[name][-1]:,.0f}/s" for name in READERS)
+        )
+
+    profile_count = min(count, PROFILE_COUNT)
+    ctx.log(f"small: profiling {profile_count} cas puts and look-ups")
+    details = _profile(ctx.scratch / "profile", names[:profile_count], blobs[:profile_count])
+    remove_path(ctx.scratch)
+
+    def put_row(peer: str, label: str, target: Target | None = None, note: str = "") -> Row:
+        return Row(
+            f"put of {count:,} named {BLOB_SIZE // 1024} KiB blobs",
+            "ops/s",
+            median(puts["cas"]),
+            label,
+            median(puts[peer]),
+            target,
+            note=note,
+            cas_samples=tuple(puts["cas"]),
+            peer_samples=tuple(puts[peer]),
+        )
+
+    rows = [
+        put_row("diskcache", "diskcache Cache.set", Target(">=", 0.5)),
+        put_row(
+            "diskcache FULL",
+            "diskcache Cache.set, synchronous=FULL",
+            note="context: diskcache with cas's catalog durability (an fsync per commit)",
+        ),
+        put_row(
+            "plain files",
+            "create + write + rename of plain files",
+            note="context: one 4 KiB file per blob, no fsync, no catalog: the floor of "
+            "one-file-per-blob storage on this filesystem",
+        ),
+        Row(
+            f"look-up of {count:,} names (Store.path)",
+            "ops/s",
+            median(gets["cas"]),
+            "diskcache Cache.get",
+            median(gets["diskcache"]),
+            Target(">=", 1.0),
+            cas_samples=tuple(gets["cas"]),
+            peer_samples=tuple(gets["diskcache"]),
+        ),
+    ]
+    notes = [
+        f"{count:,} distinct random blobs of {BLOB_SIZE:,} bytes named `bench/blob-NNNNN.bin`, "
+        "given as bytes; look-ups by name in one shuffled order, the same for both.",
+        "Each round opens new stores. diskcache runs with its defaults (values under 32 KiB "
+        "live inside its SQLite file; WAL with synchronous=NORMAL, so no fsync per set) and, "
+        "for context, with synchronous=FULL. cas writes one file per blob and fsyncs it, its "
+        "folder, and the catalog's WAL (synchronous=FULL): three fsyncs per new blob.",
+        "The order of contenders is reversed every round, after an untimed warm-up of a tenth "
+        "of the count; folders are not deleted between rounds (file creation is slow right "
+        "after mass deletion), only at the end.",
+    ]
+    return SuiteResult(rows, notes, details)
+
+
+# -- where cas's time goes -----------------------------------------------------------------------
+
+_GROUPS: list[tuple[str, Callable[[str, str], bool]]] = [
+    ("os.fsync", lambda file, func: "fsync" in func),
+    ("sqlite3 (C calls, COMMIT included)", lambda file, func: "sqlite3." in func),
+    ("other system calls (os.*)", lambda file, func: "posix." in func or "built-in method" in func),
+    ("SQLAlchemy (Python)", lambda file, func: "/sqlalchemy/" in file),
+    ("cas (Python)", lambda file, func: f"{os.sep}cas{os.sep}" in file),
+]
+
+
+def _group(file: str, func: str) -> str:
+    for label, matches in _GROUPS:
+        if matches(file, func):
+            return label
+    return "other Python"
+
+
+def _profile(folder: Path, names: list[str], blobs: list[bytes]) -> str:
+    """cProfile of cas's puts and look-ups, summed by layer, plus the top functions."""
+    sections = ["### Where cas's time goes (cProfile)", ""]
+    sections.append(
+        f"{len(names):,} puts and {len(names):,} look-ups in a new store, under cProfile (which "
+        "inflates Python-heavy code, so read shares, not absolute times)."
+    )
+    with cas.Store.open(folder) as store:
+        for title, work in (
+            ("put", lambda: [store.put(b, name=n) for n, b in zip(names, blobs, strict=True)]),
+            ("path", lambda: [store.path(n) for n in names]),
+        ):
+            profiler = cProfile.Profile()
+            start = time.perf_counter()
+            profiler.runcall(work)
+            wall = time.perf_counter() - start
+            sections += ["", *_profile_tables(title, pstats.Stats(profiler), wall, len(names))]
+    return "\n".join(sections)
+
+
+def _profile_tables(title: str, stats: pstats.Stats, wall: float, count: int) -> list[str]:
+    entries = stats.stats  # type: ignore[attr-defined]
+    total = sum(entry[2] for entry in entries.values()) or 1.0
+    by_group: dict[str, float] = {}
+    for (file, _line, func), (_cc, _nc, tottime, _ct, _callers) in entries.items():
+        label = _group(file, func)
+        by_group[label] = by_group.get(label, 0.0) + tottime
+    lines = [
+        f"`{title}`: {wall / count * 1e6:,.0f} µs per call under the profiler.",
+        "",
+        "| layer | share of time |",
+        "| --- | ---: |",
+    ]
+    for label, seconds in sorted(by_group.items(), key=lambda item: -item[1]):
+        lines.append(f"| {label} | {seconds / total:.0%} |")
+    lines += ["", "| function (own time) | calls | share |", "| --- | ---: | ---: |"]
+    top = sorted(entries.items(), key=lambda item: -item[1][2])[:8]
+    for (file, line, func), (_cc, calls, tottime, _ct, _callers) in top:
+        where = func if file == "~" else f"{_short(file)}:{line} {func}"
+        lines.append(f"| `{where}` | {calls:,} | {tottime / total:.0%} |")
+    return lines
+
+
+def _short(file: str) -> str:
+    if "site-packages/" in file:
+        return file.split("site-packages/", 1)[1]
+    if "/cas/" in file:
+        return "cas/" + file.rsplit("/cas/", 1)[1]
+    return os.path.basename(file)

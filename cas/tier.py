@@ -1,0 +1,376 @@
+"""The remote tier's policy (issue 8): read-through, push after the origin, push and pull.
+
+A store whose ``remote`` setting names an ``s3://bucket/prefix`` shares fixtures with every other
+store that names it. cas/remote.py moves and verifies the bytes; this module decides when:
+
+- Read-through. A fetch that misses locally and knows the content it expects (a BLAKE3 digest,
+  or a SHA-256 that the store or the remote maps to one) tries the remote before the origin
+  URL. That covers ``fetch`` with an expected digest, ``path(name)`` of an evicted fixture and
+  ``sync``. Without an expected digest the origin stays the authority and is asked directly.
+- Push after the origin. What a fetch downloaded from its origin is pushed (blob, then the
+  name's record and the SHA-256 alias), when ``remote_push`` is on, so the next store finds it.
+- ``push`` and ``pull`` of named fixtures, digests, a manifest, or everything.
+
+The remote is a cache that may fail or lie: a damaged object is refused (nothing of it is
+stored) and the fetch falls back to the origin; a remote that is down or misconfigured is
+reported by one warning, and skipped for ``PAUSE`` seconds, so that a sync of many fixtures
+does not wait out every retry again for each of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, NamedTuple
+
+from sqlalchemy import Connection
+
+from . import catalog as q
+from .blobs import BlobStore
+from .catalog import Catalog
+from .download import Expected
+from .errors import (
+    CasError,
+    IntegrityError,
+    NotFound,
+    RemoteError,
+    StoreError,
+    UsageError,
+)
+from .fetch import Fetched, Fetcher
+from .metrics import Counter
+from .refs import check_name, is_digest
+from .remote import NameRecord, Remote
+
+if TYPE_CHECKING:
+    from .manifest import Fixture
+
+log = logging.getLogger("cas")
+
+#: After the remote failed, fetches go straight to the origin for this many seconds.
+PAUSE = 60.0
+#: Fixtures pushed or pulled at once (each large blob moves in parallel parts besides).
+JOBS = 4
+
+
+@dataclass
+class TransferReport:
+    """What a push or a pull did, ref by ref."""
+
+    verb: str  #: "pushed" or "pulled"
+    place: str  #: where "already" means: "in the remote" or "in the store"
+    done: dict[str, str] = field(default_factory=dict)  #: ref -> digest, transferred
+    present: dict[str, str] = field(default_factory=dict)  #: ref -> digest, there already
+    failed: dict[str, CasError] = field(default_factory=dict)
+    stored: int | None = None  #: bytes the store held after the last blob a pull recorded
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.done)} {self.verb}, {len(self.present)} already {self.place},"
+            f" {len(self.failed)} failed"
+        )
+
+    def raise_for_failures(self) -> None:
+        """Raise a CasError naming every failed ref, if any failed."""
+        if not self.failed:
+            return
+        total = len(self.done) + len(self.present) + len(self.failed)
+        details = "; ".join(f"{ref}: {error}" for ref, error in sorted(self.failed.items()))
+        first = next(iter(self.failed.values()))
+        raise CasError(f"{len(self.failed)} of {total} failed: {details}") from first
+
+
+class _Moved(NamedTuple):
+    """What one push or pull did."""
+
+    digest: str
+    transferred: bool
+    stored: int | None = None  #: bytes the store holds after a pull recorded a blob
+
+
+#: One ref's work in a push or a pull.
+_Item = tuple[str, Callable[[], _Moved]]
+
+
+@dataclass(frozen=True)
+class _Local:
+    """A ref to push, as the catalog knows it."""
+
+    digest: str
+    size: int | None  #: None when its blob is not stored here (an evicted fixture)
+    name: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+
+
+class RemoteTier:
+    """The remote tier of one store: its Remote, and the store's blobs, catalog and fetcher."""
+
+    def __init__(
+        self, remote: Remote, blobs: BlobStore, catalog: Catalog, fetcher: Fetcher,
+        *, push: bool = True,
+    ) -> None:  # fmt: skip
+        self.remote = remote
+        self.push_enabled = push
+        self._blobs = blobs
+        self._catalog = catalog
+        self._fetcher = fetcher
+        self._lock = threading.Lock()
+        self._paused_until = 0.0
+        self._damaged: set[str] = set()  # digests whose remote object failed verification
+
+    # -- read-through ------------------------------------------------------------------------------
+
+    def read_through(self, url: str, name: str | None, expected: Expected) -> Fetched | None:
+        """The content a fetch expects, from the remote and verified, recorded as the fetch
+        would record it; None when the remote does not have it or cannot be used now."""
+        if self._paused():
+            return None
+        digest = expected.blake3
+        try:
+            if digest is None and expected.sha256 is not None:
+                digest = self._local_alias(expected.sha256) or self.remote.get_alias(
+                    expected.sha256
+                )
+            if digest is None:
+                return None
+            pulled = self.remote.get(
+                digest, self._blobs, size=expected.size, sha256=expected.sha256,
+                received=self._received,
+            )  # fmt: skip
+        except (IntegrityError, UsageError) as error:  # damaged blob, invalid record
+            if digest is not None:
+                self._damaged.add(digest)
+            log.warning("%s; fetching %s from its origin instead", error, url)
+            return None
+        except RemoteError as error:
+            self._down(error, f"fetching {url} from its origin instead")
+            return None
+        if pulled is None:
+            log.debug("%s is not in the remote %s", digest, self.remote.url)
+            return None
+        return self._fetcher.keep(
+            pulled, url=url, name=name, expected=expected,
+            via=self.remote.url_of(self.remote.blob_key(digest)),
+        )  # fmt: skip
+
+    def offer(self, fetched: Fetched, url: str, name: str | None, expected: Expected) -> None:
+        """Push what a fetch downloaded from its origin, when ``remote_push`` is on. A failure
+        is a warning: the fetch itself succeeded."""
+        if not self.push_enabled or not fetched.downloaded or self._paused():
+            return
+        local = _Local(fetched.digest, fetched.size, name, url, expected.sha256)
+        try:
+            self._push(local)
+        except RemoteError as error:
+            self._down(error, f"{url} stays in this store only")
+        except (CasError, OSError) as error:  # evicted, damaged or unreadable: nothing to push
+            log.warning("cannot push %s to the remote: %s", fetched.digest, error)
+
+    # -- push --------------------------------------------------------------------------------------
+
+    def push(self, refs: Sequence[str] | None) -> TransferReport:
+        """Copy each ref (a name or a digest; default every name) to the remote: the blob
+        unless the remote has it, then the name's record and SHA-256 alias."""
+        report = TransferReport("pushed", "in the remote")
+        with self._catalog.read() as conn:
+            if refs is None:
+                refs = sorted({row.name for row in q.entries(conn) if row.name is not None})
+            items: list[_Item] = []
+            for ref in refs:
+                try:
+                    local = self._resolve(conn, ref)
+                except CasError as error:
+                    report.failed[ref] = error
+                    continue
+                items.append((ref, partial(self._push, local)))
+        self._run(items, report)
+        return report
+
+    def _resolve(self, conn: Connection, ref: str) -> _Local:
+        if not isinstance(ref, str):
+            raise UsageError(f"a ref must be a digest or a name, not {type(ref).__name__}")
+        if is_digest(ref):
+            row = q.find_blob(conn, ref.lower())
+            if row is None:
+                raise NotFound(f"no blob {ref.lower()} in the store")
+            return _Local(row.digest, row.size)
+        named = q.find_name(conn, check_name(ref))
+        if named is None:
+            raise NotFound(f"no name {ref!r} in the store")
+        return _Local(named.digest, named.size, ref, named.url, named.sha256)
+
+    def _push(self, local: _Local) -> _Moved:
+        """Blob first, then records: a record never names a blob the remote lacks."""
+        remote_size = self.remote.size_of(local.digest)
+        size = local.size
+        uploaded = False
+        if size is None or not self._blobs.has(local.digest, size):
+            if remote_size is None:
+                raise NotFound(f"blob {local.digest} is not stored here nor in the remote")
+            size = remote_size  # an evicted fixture the remote has: its record can go up
+        elif remote_size != size or local.digest in self._damaged:
+            try:
+                blob = self._blobs.open(local.digest)
+            except OSError as error:
+                raise NotFound(f"blob {local.digest} is not stored here") from error
+            with blob:
+                if os.fstat(blob.fileno()).st_size != size:
+                    raise IntegrityError(
+                        f"blob {local.digest} is damaged here; run `cas verify`",
+                        expected=size, found=os.fstat(blob.fileno()).st_size,
+                    )  # fmt: skip
+                self.remote.put(local.digest, blob)
+            uploaded = True
+            self._damaged.discard(local.digest)
+        if local.name is not None:
+            self.remote.put_name(
+                NameRecord(local.name, local.digest, size, local.url, local.sha256)
+            )
+        if local.sha256 is not None:
+            self.remote.put_alias(local.sha256, local.digest)
+        log.info("%s %s (%d bytes)%s", "pushed" if uploaded else "published", local.digest,
+                 size, f" as {local.name!r}" if local.name else "")
+        return _Moved(local.digest, uploaded)
+
+    # -- pull --------------------------------------------------------------------------------------
+
+    def pull(
+        self, refs: Sequence[str] | None, manifest: str | os.PathLike[str] | None = None
+    ) -> TransferReport:
+        """Copy each ref (a name or a digest) from the remote, each fixture of ``manifest``,
+        or, with neither, every name the remote has; verified, as any download."""
+        if refs is not None and manifest is not None:
+            raise UsageError("pull either refs or a manifest, not both")
+        report = TransferReport("pulled", "in the store")
+        items: list[_Item] = []
+        if manifest is not None:
+            from . import manifest as manifests
+
+            for fixture in manifests.load(manifest):
+                items.append((fixture.name, partial(self._pull_fixture, fixture)))
+        else:
+            for ref in refs if refs is not None else list(self.remote.names()):
+                items.append((ref, partial(self._pull_ref, ref)))
+        self._run(items, report)
+        return report
+
+    def _pull_ref(self, ref: str) -> _Moved:
+        if not isinstance(ref, str):
+            raise UsageError(f"a ref must be a digest or a name, not {type(ref).__name__}")
+        if is_digest(ref):
+            return self._pull(ref.lower())
+        record = self.remote.get_name(check_name(ref))
+        if record is None:
+            raise NotFound(f"no name {ref!r} in the remote {self.remote.url}")
+        return self._pull(record.digest, record.size, ref, record.url, record.sha256)
+
+    def _pull_fixture(self, fixture: Fixture) -> _Moved:
+        digest, sha256 = fixture.blake3, fixture.sha256
+        if digest is None and sha256 is not None:
+            digest = self._local_alias(sha256) or self.remote.get_alias(sha256)
+        if digest is None:
+            raise NotFound(
+                f"fixture {fixture.name!r} is not in the remote (its sha256 is unknown there)"
+            )
+        return self._pull(digest, fixture.size, fixture.name, fixture.url, sha256)
+
+    def _pull(
+        self, digest: str, size: int | None = None, name: str | None = None,
+        url: str | None = None, sha256: str | None = None,
+    ) -> _Moved:  # fmt: skip
+        """Pull one blob unless it is stored, and name it."""
+        keys = [f"blake3:{digest}"] + ([f"sha256:{sha256}"] if sha256 else [])
+        expected = Expected(blake3=digest, sha256=sha256, size=size)
+        # The fetch's single-flight locks: one transfer however many pull or fetch it at once.
+        with self._fetcher.downloader.single_flight(keys):
+            if self._name_if_stored(digest, size, name, url, sha256):
+                return _Moved(digest, False)
+            pulled = self.remote.get(digest, self._blobs, size=size, sha256=sha256,
+                                     received=self._received)  # fmt: skip
+            if pulled is None:
+                raise NotFound(f"blob {digest} is not in the remote {self.remote.url}")
+            fetched = self._fetcher.keep(
+                pulled, url=url, name=name, expected=expected,
+                via=self.remote.url_of(self.remote.blob_key(digest)), source=False,
+            )  # fmt: skip
+        return _Moved(digest, True, fetched.stored)
+
+    def _name_if_stored(
+        self, digest: str, size: int | None, name: str | None, url: str | None,
+        sha256: str | None,
+    ) -> bool:  # fmt: skip
+        """If the blob is stored here, point ``name`` at it; whether it was."""
+        with self._catalog.read() as conn:
+            row = q.find_blob(conn, digest)
+        if row is None or not self._blobs.has(digest, row.size):
+            return False
+        if size is not None and row.size != size:
+            raise IntegrityError(
+                f"content {digest} is {row.size} bytes here, not the expected {size}",
+                expected=size, found=row.size,
+            )  # fmt: skip
+        if name is None:
+            return True
+
+        def work(conn: Connection) -> bool:
+            if q.find_blob(conn, digest) is None:  # removed meanwhile: pull it after all
+                return False
+            q.set_name(conn, name, digest, time.time(), url=url, sha256=sha256,
+                       expected_size=row.size)  # fmt: skip
+            return True
+
+        return self._catalog.write(work)
+
+    # -- shared ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _run(items: Iterable[_Item], report: TransferReport) -> None:
+        """Run each item, ``JOBS`` at a time; a failure does not stop the others."""
+        with ThreadPoolExecutor(max_workers=JOBS, thread_name_prefix="cas-remote") as pool:
+            futures = {pool.submit(work): ref for ref, work in items}
+            for future in as_completed(futures):
+                ref = futures[future]
+                try:
+                    moved = future.result()
+                except OSError as error:  # this store's disk: full, read-only, ...
+                    failure: CasError = StoreError(
+                        f"cannot store {ref!r}: {error.strerror or error}"
+                    )
+                    log.error("%s failed: %s", ref, failure)
+                    report.failed[ref] = failure
+                    continue
+                except CasError as error:
+                    log.error("%s failed: %s", ref, error)
+                    report.failed[ref] = error
+                    continue
+                (report.done if moved.transferred else report.present)[ref] = moved.digest
+                if moved.stored is not None:
+                    report.stored = moved.stored
+
+    def _local_alias(self, sha256: str) -> str | None:
+        with self._catalog.read() as conn:
+            return q.find_alias(conn, "sha256", sha256)
+
+    def _received(self, amount: int) -> None:
+        self._catalog.count(Counter.DOWNLOADED_BYTES, amount)
+
+    def _paused(self) -> bool:
+        return time.monotonic() < self._paused_until
+
+    def _down(self, error: RemoteError, then: str) -> None:
+        """Note that the remote failed: one warning, then ``PAUSE`` seconds without it."""
+        with self._lock:
+            first = not self._paused()
+            self._paused_until = time.monotonic() + PAUSE
+        if first:
+            log.warning("remote %s cannot be used (%s); %s, and the remote is skipped for %.0fs",
+                        self.remote.url, error, then, PAUSE)  # fmt: skip
+        else:
+            log.debug("remote %s failed again: %s", self.remote.url, error)
