@@ -237,12 +237,7 @@ class Downloader:
                 self._attempt(part, url, expected, budget, progress)
             except _Interrupted as error:
                 if budget.remaining <= 0:
-                    raise DownloadError(
-                        f"download of {url} failed after {budget.attempts} attempts: {error}",
-                        url=url,
-                        status=budget.status,
-                        attempts=budget.attempts,
-                    ) from error
+                    raise budget.exhausted(url, error) from error
                 budget.used += 1
                 delay = _backoff(budget.used, self.backoff_factor, self.backoff_max)
                 how = f"resuming at byte {part.size}" if part.resumable else "restarting"
@@ -255,12 +250,7 @@ class Downloader:
             except _Restart as why:
                 part.reset()
                 if budget.remaining <= 0:
-                    raise DownloadError(
-                        f"download of {url} failed after {budget.attempts} attempts: {why}",
-                        url=url,
-                        status=budget.status,
-                        attempts=budget.attempts,
-                    ) from None
+                    raise budget.exhausted(url, why) from None
                 budget.used += 1
                 log.warning("download of %s restarts from zero: %s", url, why)
                 continue
@@ -467,6 +457,13 @@ class _Budget:
     @property
     def attempts(self) -> int:
         return self.used + 1
+
+    def exhausted(self, url: str, why: BaseException) -> DownloadError:
+        """The error for a download whose retries are spent."""
+        return DownloadError(
+            f"download of {url} failed after {self.attempts} attempts: {why}",
+            url=url, status=self.status, attempts=self.attempts,
+        )  # fmt: skip
 
 
 class _Interrupted(Exception):
