@@ -117,6 +117,7 @@ def plan(conn: Connection, limits: Limits, stored: int, now: float, dead_leases:
     # On the DBAPI cursor of the same transaction: SQLAlchemy's per-row result handling would
     # cost more than SQLite's own work for a million-blob catalog.
     rows = conn.connection.driver_connection.execute(VICTIMS_SQL, params)  # type: ignore[union-attr]
+    add = result.victims.append  # a tight loop: it may run for hundreds of thousands of rows
     for digest, size, last_access, upto, names in rows:
         if upto - size < excess:
             reason = "size"
@@ -124,7 +125,7 @@ def plan(conn: Connection, limits: Limits, stored: int, now: float, dead_leases:
             reason = "age"
         else:
             break  # past the prefix of victims: the rest is never computed
-        result.victims.append(Item(digest, size, last_access, reason, _names(names)))
+        add(Item(digest, size, last_access, reason, tuple(names.split("\n")) if names else ()))
     rows.close()
     # Kept blobs older than the newest victim would have gone; all would, if the target was missed.
     reached = result.freed >= excess
