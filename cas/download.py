@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import random
 import re
 import socket
@@ -685,6 +686,47 @@ def _key(url: str) -> str:
     return "dl-" + hashlib.sha256(url.encode()).hexdigest()[:32]
 
 
+class _Hashers:
+    """BLAKE3 (and SHA-256 when one is expected) of a download, computed in a thread of their
+    own: hashing then overlaps receiving and writing instead of following each chunk."""
+
+    def __init__(self, want_sha256: bool) -> None:
+        self._blake3 = hasher()
+        self._sha256 = hashlib.sha256() if want_sha256 else None
+        self._chunks: queue.Queue[bytes | None] | None = None
+        self._thread: threading.Thread | None = None
+
+    def update(self, chunk: bytes) -> None:
+        if self._thread is None:
+            self._chunks = queue.Queue(maxsize=16)  # bounded: at most 16 chunks wait
+            self._thread = threading.Thread(target=self._run, name="cas-hash", daemon=True)
+            self._thread.start()
+        assert self._chunks is not None
+        self._chunks.put(chunk)
+
+    def _run(self) -> None:
+        assert self._chunks is not None
+        while (chunk := self._chunks.get()) is not None:
+            self._blake3.update(chunk)
+            if self._sha256 is not None:
+                self._sha256.update(chunk)
+
+    def wait(self) -> None:
+        """Hash what was handed over so far, and end the thread."""
+        if self._thread is not None and self._chunks is not None:
+            self._chunks.put(None)
+            self._thread.join()
+            self._thread = self._chunks = None
+
+    def blake3(self) -> str:
+        self.wait()
+        return str(self._blake3.hexdigest())
+
+    def sha256(self) -> str | None:
+        self.wait()
+        return self._sha256.hexdigest() if self._sha256 is not None else None
+
+
 class _Partial:
     """A staging file being downloaded, with its hashers and its sidecar record."""
 
@@ -697,8 +739,7 @@ class _Partial:
         self.meta_path = self.path.with_suffix(".json")
         self.file = file
         self.want_sha256 = want_sha256
-        self.blake3 = hasher()
-        self.sha256 = hashlib.sha256() if want_sha256 else None
+        self.hashes = _Hashers(want_sha256)
         self.size = 0
         self.flushed = 0  #: bytes whose writeback was started
         self.transferred = 0
@@ -766,9 +807,7 @@ class _Partial:
         self.file.seek(0)
         self.size = 0
         while chunk := self.file.read(CHUNK_SIZE):
-            self.blake3.update(chunk)
-            if self.sha256 is not None:
-                self.sha256.update(chunk)
+            self.hashes.update(chunk)
             self.size += len(chunk)
         if self.total is not None and self.size > self.total:
             self.reset()
@@ -786,9 +825,7 @@ class _Partial:
         self.save()
 
     def append(self, chunk: bytes) -> None:
-        self.blake3.update(chunk)
-        if self.sha256 is not None:
-            self.sha256.update(chunk)
+        self.hashes.update(chunk)
         view = memoryview(chunk)
         while view:
             written = self.file.write(view)
@@ -804,8 +841,8 @@ class _Partial:
         self.file.seek(0)
         self.file.truncate()
         self.flushed = 0
-        self.blake3 = hasher()
-        self.sha256 = hashlib.sha256() if self.want_sha256 else None
+        self.hashes.wait()
+        self.hashes = _Hashers(self.want_sha256)
         self.size = 0
         self.resumed_from = 0
         self.saved = 0
@@ -831,7 +868,7 @@ class _Partial:
         os.replace(scratch, self.meta_path)
 
     def sha256_hex(self) -> str | None:
-        return self.sha256.hexdigest() if self.sha256 is not None else None
+        return self.hashes.sha256()
 
     def verify(self, url: str, expected: Expected) -> None:
         """Raise IntegrityError unless the content matches every expected value."""
@@ -844,7 +881,7 @@ class _Partial:
                 expected=expected.size,
                 found=self.size,
             )
-        digest = self.blake3.hexdigest()
+        digest = self.hashes.blake3()
         if expected.blake3 is not None and digest != expected.blake3:
             raise IntegrityError(
                 f"{url} has BLAKE3 {digest}, expected {expected.blake3}{note}",
@@ -865,16 +902,18 @@ class _Partial:
         self.file.close()
         _remove(self.meta_path)
         self._release()
-        return Staged(self.path, self.blake3.hexdigest(), self.size)
+        return Staged(self.path, self.hashes.blake3(), self.size)
 
     def suspend(self) -> None:
         """Keep a resumable partial for a later attempt; remove one that cannot be resumed."""
+        self.hashes.wait()
         self.file.close()
         self._release()
         if not (self.size and self.resumable):
             _remove(self.path, self.meta_path)
 
     def discard(self) -> None:
+        self.hashes.wait()
         if not self.file.closed:
             self.file.close()
         self._release()
