@@ -271,7 +271,11 @@ class Catalog:
         except queue.Empty:
             raw = self.engine.raw_connection()
         try:
-            row = raw.driver_connection.execute(sql, params).fetchone()
+            cursor = raw.driver_connection.execute(sql, params)
+            row = cursor.fetchone()
+            # Close at once: a statement left unfinished keeps its read snapshot open, and the
+            # next look-up on this connection would not see what others committed since.
+            cursor.close()
         except sqlite3.DatabaseError as error:
             raw.invalidate()
             raise _translate(exc.DBAPIError(sql, params, error), self.path) from error

@@ -23,6 +23,7 @@ import cas
 SECONDS = float(os.environ.get("STRESS_SECONDS", "30"))
 WORKERS = int(os.environ.get("STRESS_WORKERS", "6"))
 LIMIT = 200_000  # bytes; each worker alone writes megabytes
+GRACE = min(20.0, SECONDS / 2)  # seconds; blobs older than this are evicted as the run goes
 SHARED = [os.urandom(random.Random(i).randint(100, 20_000)) for i in range(30)]
 
 
@@ -31,8 +32,10 @@ def _worker(root: str, seed: int, until: float, results: multiprocessing.Queue) 
     counts: Counter[str] = Counter()
     violations: list[str] = []
     try:
-        store = cas.Store.open(root, max_cache_size=LIMIT, grace_period=5, cleanup_interval=1,
-                               lease_ttl=30)
+        # The grace period must outlast a wait for the write lock, which reaches seconds with
+        # six processes writing flat out: a blob put, then leased, must still be there.
+        store = cas.Store.open(root, max_cache_size=LIMIT, grace_period=GRACE,
+                               cleanup_interval=1, lease_ttl=60)
         held: list[tuple[cas.leases.Lease, bytes]] = []
         while time.time() < until:
             action = rng.choice(["put", "put", "lease", "read", "read", "release", "gc",
@@ -130,9 +133,11 @@ def test_stress_many_processes_one_small_store(tmp_path: Path) -> None:
     with cas.Store.open(root) as store:
         stored = sum(entry.size or 0 for entry in store.entries() if entry.name is None
                      or entry.present)
+        evicted = store.stats().counters["evictions"]
     print(f"\nstress: {WORKERS} workers, {SECONDS:.0f}s: {dict(sorted(totals.items()))}; "
-          f"{len(violations)} violations, {len(errors)} errors; {stored} bytes left "
-          f"(limit {LIMIT})")
+          f"{len(violations)} violations, {len(errors)} errors; {evicted} blobs evicted, "
+          f"{stored} bytes left (limit {LIMIT})")
     assert errors == [], errors[0]
     assert violations == []
     assert totals["gc"] > 0 and totals["in_use"] > 0 and totals["read"] > 0
+    assert evicted > 0
