@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection
 
-from . import catalog as q
+from . import queries as q
 from .blobs import BlobStore
 from .catalog import Catalog
 from .download import Download, Downloader, Expected, Progress, check_url

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import catalog as q
+from . import queries as q
 from .holders import Holder, is_dead, this_process
 
 if TYPE_CHECKING:

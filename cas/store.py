@@ -22,8 +22,8 @@ from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, Union
 
 from sqlalchemy import Connection
 
-from . import catalog as q
 from . import eviction
+from . import queries as q
 from .blobs import BlobStore, Staged, hasher
 from .catalog import Catalog
 from .download import Downloader, Progress

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 from sqlalchemy import Connection
 
-from . import catalog as q
+from . import queries as q
 from .blobs import BlobStore
 from .catalog import Catalog
 from .download import Expected

@@ -50,7 +50,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from . import catalog as q
+from . import queries as q
 from .blobs import BlobStore, Found, signature, unchanged
 from .catalog import Catalog, damaged_catalog
 from .download import Progress
