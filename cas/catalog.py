@@ -73,10 +73,7 @@ def schema_versions() -> list[tuple[int, list[str]]]:
         pending += line
         if sqlite3.complete_statement(pending):
             statement = pending.strip()
-            if statement.strip(";").strip() and not all(
-                part.strip().startswith("--") or not part.strip()
-                for part in statement.splitlines()
-            ):
+            if statement.strip(";").strip():
                 versions[-1][1].append(statement)
             pending = ""
     numbers = [number for number, _ in versions]

@@ -318,14 +318,7 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
 
 
 def _human_size(size: int | None) -> str:
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    return "-" if size is None else human_size(size)
 
 
 def _when(stamp: float | None) -> str:

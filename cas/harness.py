@@ -96,10 +96,6 @@ class FixtureSession:
             )
         return lease
 
-    def declared(self) -> list[str]:
-        """The names the manifest declares."""
-        return sorted(self._declared)
-
     def close(self) -> None:
         """Release every lease (and close the store if this session opened it)."""
         with self._lock:

@@ -9,7 +9,6 @@ import re
 
 from .errors import UsageError
 
-DIGEST_LENGTH = 64
 MAX_NAME_LENGTH = 255
 _DIGEST = re.compile(r"[0-9a-fA-F]{64}")
 
