@@ -18,7 +18,6 @@ import re
 import secrets
 import shutil
 import stat
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ PARALLEL_HASH_SIZE = 64 << 20
 _SHARD = re.compile(r"[0-9a-f]{2}")
 _BLOB_NAME = re.compile(r"[0-9a-f]{64}")
 _NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_NEW_FILE = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _PROC_FD = os.path.isdir("/proc/self/fd")
 
 
@@ -53,15 +53,18 @@ def hasher(*, parallel: bool = False) -> blake3.blake3:
 
 @dataclass
 class Staged:
-    """A complete, hashed, fsynced file under ``tmp/`` waiting to be published."""
+    """A complete, hashed file under ``tmp/`` waiting to be published (fsynced, unless its
+    writer syncs a whole batch at once: ``BlobStore.sync_filesystem``)."""
 
     path: Path
     digest: str
     size: int
+    published: bool = False
 
     def discard(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
+        if not self.published:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
 
 
 class BlobStore:
@@ -155,9 +158,18 @@ class BlobStore:
         return info if stat.S_ISREG(info.st_mode) else None
 
     def has(self, digest: str, size: int) -> bool:
-        """Whether a regular file of the right size stands at the blob's place."""
-        info = self.stat(digest)
-        return info is not None and info.st_size == size
+        """Whether a regular file of the right size stands at the blob's place.
+
+        On the hot path of every look-up, hence ``stat`` written out.
+        """
+        shard = digest[:2]
+        if shard not in self._real_shards and not self._real_shard(digest):
+            return False
+        try:
+            info = os.lstat(f"{self._blobs_prefix}{shard}{os.sep}{digest}")
+        except FileNotFoundError:
+            return False
+        return info.st_size == size and stat.S_ISREG(info.st_mode)
 
     def open(self, digest: str) -> BinaryIO:
         """Open the blob for reading without following a symlink planted in its place or in
@@ -184,9 +196,11 @@ class BlobStore:
     def _staging_file(self, prefix: str) -> Iterator[tuple[int, Path]]:
         if self.read_only:
             raise StoreError(f"store root {self.root} is not writable ({self.read_only})")
-        # Named by its writer, so that cleanup can remove a killed writer's file at once.
-        fd, name = tempfile.mkstemp(prefix=prefix + staging_tag(), dir=self.tmp_dir)
-        path = Path(name)
+        # Named by its writer, so that cleanup can remove a killed writer's file at once; 64
+        # random bits make the name unique (O_EXCL would refuse a collision).
+        name = f"{prefix}{staging_tag()}{secrets.token_hex(8)}"
+        path = self.tmp_dir / name
+        fd = os.open(path, _NEW_FILE, 0o600)
         try:
             yield fd, path
         except BaseException:
@@ -196,14 +210,18 @@ class BlobStore:
         finally:
             os.close(fd)
 
-    def stage_stream(self, source: BinaryIO) -> Staged:
-        """Copy ``source`` into a staging file, hashing on the way, in bounded memory."""
+    def stage_stream(self, source: BinaryIO, *, sync: bool = True) -> Staged:
+        """Copy ``source`` into a staging file, hashing on the way, in bounded memory.
+
+        ``sync=False`` leaves the fsync to the caller (``sync_filesystem``), as for every
+        ``stage_*`` method.
+        """
         with self._staging_file("put-") as (fd, path):
-            digest, size = _copy_hashing(source, fd, write_behind=self.durable)
-            self._sync(fd)
+            digest, size = _copy_hashing(source, fd, write_behind=self.durable and sync)
+            self._sync(fd, sync)
             return Staged(path, digest, size)
 
-    def stage_file(self, source: Path) -> Staged:
+    def stage_file(self, source: Path, *, sync: bool = True) -> Staged:
         """Copy a local file into staging with the fastest safe copy the filesystem offers.
 
         A reflink (FICLONE) shares extents copy-on-write, so later changes to the source cannot
@@ -222,29 +240,51 @@ class BlobStore:
                     hashing.update(chunk)
                     size += len(chunk)
                 digest = hashing.hexdigest()
-            self._sync(fd)
+            self._sync(fd, sync)
             return Staged(path, digest, size)
 
-    def stage_bytes(self, data: bytes | bytearray | memoryview, digest: str) -> Staged:
+    def stage_bytes(self, data: bytes | bytearray | memoryview, digest: str, *,
+                    sync: bool = True) -> Staged:
         """Write ``data``, whose digest the caller computed, into a staging file."""
         with self._staging_file("put-") as (fd, path):
             _write_all(fd, data)
-            self._sync(fd)
+            self._sync(fd, sync)
             return Staged(path, digest, len(data))
 
-    def _sync(self, fd: int) -> None:
-        if self.durable:
+    def _sync(self, fd: int, sync: bool) -> None:
+        if self.durable and sync:
             os.fsync(fd)
+
+    def sync_filesystem(self) -> None:
+        """Flush every pending write of the store's filesystem to disk, when durable.
+
+        One syncfs(2) makes a whole batch of staged files, or of renames, durable for about the
+        cost of one fsync; an fsync of each costs a journal commit apiece (200 µs each here,
+        against 7 µs per file for a batch of 1,000). It also waits for other writers' dirty data
+        on the same filesystem, so single puts keep their own fsyncs.
+        """
+        if not self.durable:
+            return
+        fd = os.open(self.blobs_dir, _NOFOLLOW_DIR)
+        try:
+            _syncfs(fd)
+        finally:
+            os.close(fd)
 
     # -- publishing and removal ----------------------------------------------------------------
 
-    def publish(self, staged: Staged) -> None:
-        """Move a staged file to its blob path, read-only, replacing any damaged file there."""
+    def publish(self, staged: Staged, *, sync: bool = True) -> None:
+        """Move a staged file to its blob path, read-only, replacing any damaged file there.
+
+        ``sync=False`` leaves the folder's fsync to the caller (``sync_filesystem``).
+        """
         target = self.path_of(staged.digest)
-        self._make_dir(target.parent)
+        if not self._real_shard(staged.digest):
+            self._make_dir(target.parent)
         os.chmod(staged.path, 0o444)
         os.rename(staged.path, target)
-        if self.durable:
+        staged.published = True
+        if self.durable and sync:
             _fsync_dir(target.parent)
 
     def debris(self, older_than: float = STAGING_MAX_AGE) -> list[os.DirEntry[str]]:
@@ -533,6 +573,33 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     if function is not None:
         function(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 # -- end of write-behind -------------------------------------------------------------------------
+
+
+@functools.cache
+def _libc_syncfs() -> Callable[[int], int] | None:
+    """libc's syncfs (Linux), or None where there is none. Python's os module has only sync."""
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int]
+    function.restype = ctypes.c_int
+    return cast("Callable[[int], int]", function)
+
+
+def _syncfs(fd: int) -> None:
+    """Flush the filesystem holding ``fd``; every filesystem where syncfs is missing."""
+    function = _libc_syncfs()
+    if function is None:
+        os.sync()
+        return
+    if function(fd) != 0:
+        import ctypes
+
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:

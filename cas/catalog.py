@@ -1,6 +1,12 @@
-"""The SQLite catalog, reached through SQLAlchemy: transactions, schema versions, and queries.
+"""The SQLite catalog, reached through SQLAlchemy: connections, transactions, schema versions.
 
-Transactions: the DBAPI's own transaction handling is switched off and every transaction emits
+SQLAlchemy's engine owns the connections: it opens them (with the pragmas below), pools them,
+and disposes of them after a fork. Statements run on the DBAPI (sqlite3) connection it hands out:
+SQLAlchemy's Connection and Result layer cost about 135 µs per transaction here, twice the
+transaction itself (benchmarks/RESULTS.md), and cas's statements are hand-written SQL anyway
+(cas/queries.py).
+
+Transactions: the driver's own transaction handling is switched off and every transaction emits
 its own BEGIN, so a read-then-write is one transaction. Transactions that may write begin
 IMMEDIATE (a deferred one that reads then writes fails at once with SQLITE_BUSY_SNAPSHOT when
 another process committed meanwhile, whatever the busy timeout), stay short, and are retried as a
@@ -27,10 +33,10 @@ import time
 from collections.abc import Callable, Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import quote
 
-from sqlalchemy import Connection, create_engine, event, exc
+from sqlalchemy import create_engine, event, exc
 from sqlalchemy.pool import QueuePool
 
 from .blobs import open_lock
@@ -48,8 +54,25 @@ ACCESS_GRANULARITY = 60.0
 BUSY_TIMEOUT = 30.0
 #: How long a write transaction is retried as a whole before the error reaches the caller.
 WRITE_DEADLINE = 300.0
-#: DBAPI connections kept aside for lone reads (``Catalog.lookup``); the pool holds the rest.
-READERS = 2
+#: DBAPI connections kept checked out of the pool between transactions, for speed.
+KEPT_CONNECTIONS = 4
+
+#: What a transaction function receives: the DBAPI connection, inside its transaction.
+Connection = sqlite3.Connection
+
+
+class _Forks:
+    """How many times this process's lineage forked: a child must not reuse its parent's
+    connections, and comparing a number is cheaper than a getpid() per look-up."""
+
+    count = 0
+
+    @classmethod
+    def forked(cls) -> None:
+        cls.count += 1
+
+
+os.register_at_fork(after_in_child=_Forks.forked)
 
 
 def _schema_text() -> str:
@@ -87,12 +110,12 @@ LATEST_VERSION = SCHEMA_VERSIONS[-1][0]
 
 
 def _is_locked(error: BaseException) -> bool:
-    text = str(getattr(error, "orig", error))
+    text = str(error)
     return "database is locked" in text or "database table is locked" in text
 
 
-def _translate(error: exc.DBAPIError, path: Path) -> CatalogError:
-    reason = str(error.orig)
+def _translate(error: sqlite3.Error, path: Path) -> CatalogError:
+    reason = str(error)
     if "file is not a database" in reason or "malformed" in reason:
         return CatalogError(damaged_catalog(path, reason))
     if "disk is full" in reason:
@@ -151,12 +174,12 @@ class _Pending:
     @staticmethod
     def apply(conn: Connection, touches: dict[str, float], counts: dict[str, int]) -> None:
         if touches:
-            conn.exec_driver_sql(
+            conn.executemany(
                 "UPDATE blobs SET last_access = max(last_access, ?) WHERE digest = ?",
                 [(when, digest) for digest, when in touches.items()],
             )
         if counts:
-            conn.exec_driver_sql(
+            conn.executemany(
                 "INSERT INTO counters (name, value) VALUES (?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
                 list(counts.items()),
@@ -199,57 +222,92 @@ class Catalog:
         self.read_only = read_only
         self._setup_lock = setup_lock
         self._synchronous = "FULL" if durable else "NORMAL"
-        self._readers: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._kept: queue.SimpleQueue[tuple[Any, sqlite3.Connection]] = queue.SimpleQueue()
         connect_args: dict[str, Any] = {"timeout": BUSY_TIMEOUT, "check_same_thread": False}
         if hasattr(sqlite3, "LEGACY_TRANSACTION_CONTROL"):  # Python 3.12+
             connect_args["autocommit"] = sqlite3.LEGACY_TRANSACTION_CONTROL
         if read_only:
             uri = _read_only_uri(path)
             self.engine = create_engine(
-                "sqlite://", poolclass=QueuePool, pool_size=4,
+                "sqlite://", poolclass=QueuePool, pool_size=KEPT_CONNECTIONS,
                 creator=lambda: sqlite3.connect(uri, uri=True, **connect_args),
             )  # fmt: skip
         else:
-            self.engine = create_engine(
-                f"sqlite:///{path}", connect_args=connect_args, poolclass=QueuePool, pool_size=4
-            )
+            self.engine = create_engine(f"sqlite:///{path}", connect_args=connect_args,
+                                        poolclass=QueuePool, pool_size=KEPT_CONNECTIONS)
         event.listen(self.engine, "connect", self._on_connect)
-        event.listen(self.engine, "begin", self._on_begin)
-        self._writer = self.engine.execution_options(cas_immediate=True)
         self._pending = _Pending()
-        self._pid = os.getpid()
+        self._forks = _Forks.count
         self._setup()
 
     # -- connections and transactions ----------------------------------------------------------
 
     def _on_connect(self, dbapi_connection: sqlite3.Connection, _record: object) -> None:
-        # Take transaction control away from the driver; _on_begin emits BEGIN itself.
+        # Take transaction control away from the driver: every transaction emits its own BEGIN.
         dbapi_connection.isolation_level = None
         for pragma in ("foreign_keys = ON", f"synchronous = {self._synchronous}",
                        "mmap_size = 0"):
             dbapi_connection.execute(f"PRAGMA {pragma}")
 
-    @staticmethod
-    def _on_begin(connection: Connection) -> None:
-        immediate = connection.get_execution_options().get("cas_immediate", False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+    def _take(self) -> tuple[Any, sqlite3.Connection]:
+        """A connection out of the kept ones, or from SQLAlchemy's pool: the pool's own entry
+        and its DBAPI connection (looked up once: SQLAlchemy's accessors cost on a hot path).
 
-    def _check_fork(self) -> None:
-        # A child process must not reuse the parent's pooled connections.
-        if os.getpid() != self._pid:
+        Up to ``KEPT_CONNECTIONS`` stay checked out of the pool between uses, so a look-up or a
+        put does not pay for the pool's checkout and reset each time.
+        """
+        if _Forks.count != self._forks:  # a child must not reuse the parent's connections
             self.engine.dispose(close=False)
-            self._readers = queue.SimpleQueue()  # the parent's, left for the parent to close
-            self._pid = os.getpid()
+            self._kept = queue.SimpleQueue()  # the parent's, left for the parent to close
+            self._forks = _Forks.count
             self._pending.clear()  # the parent's, which the parent writes
+        try:
+            return self._kept.get_nowait()
+        except queue.Empty:
+            pass
+        try:
+            pooled = self.engine.raw_connection()
+        except exc.DBAPIError as error:
+            raise _translate(error.orig, self.path) from error  # type: ignore[arg-type]
+        return pooled, cast(sqlite3.Connection, pooled.driver_connection)
+
+    def _give_back(self, kept: tuple[Any, sqlite3.Connection]) -> None:
+        if self._kept.qsize() < KEPT_CONNECTIONS:
+            self._kept.put(kept)
+        else:
+            kept[0].close()
 
     @contextlib.contextmanager
-    def read(self) -> Iterator[Connection]:
-        """A deferred (read) transaction."""
-        self._check_fork()
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """A DBAPI connection, outside any transaction, for the duration of the block."""
+        kept = self._take()
+        pooled, conn = kept
         try:
-            with self.engine.begin() as conn:
+            yield conn
+        except BaseException as error:
+            try:
+                if conn.in_transaction:
+                    conn.rollback()
+            except sqlite3.Error:
+                pooled.invalidate()
+            if isinstance(error, sqlite3.Error) and not isinstance(error, sqlite3.OperationalError):
+                pooled.invalidate()  # a damaged file or a misuse: this connection is not reused
+            raise
+        finally:
+            if pooled.is_valid:
+                if conn.in_transaction:
+                    conn.rollback()
+                self._give_back(kept)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A deferred (read) transaction."""
+        try:
+            with self._connection() as conn:
+                conn.execute("BEGIN")
                 yield conn
-        except exc.DBAPIError as error:
+                conn.execute("COMMIT")
+        except sqlite3.Error as error:
             raise _translate(error, self.path) from error
         if self._pending.due():
             self.flush()
@@ -258,40 +316,32 @@ class Catalog:
         """The first row of one SELECT, run alone outside any transaction.
 
         The hot read path (``path()`` of a name or digest): a single statement is its own
-        consistent snapshot in SQLite, so it needs no BEGIN, and running it on a DBAPI
-        connection kept from SQLAlchemy's pool, without SQLAlchemy's connection, transaction
-        and result objects, makes a look-up about ten times cheaper (benchmarks/RESULTS.md).
+        consistent snapshot in SQLite, so it needs no BEGIN and no COMMIT. Written out rather
+        than through ``_connection``, whose generator costs a fifth of a look-up.
         """
-        self._check_fork()
+        kept = self._take()
         try:
-            raw = self._readers.get_nowait()
-        except queue.Empty:
-            raw = self.engine.raw_connection()
-        try:
-            cursor = raw.driver_connection.execute(sql, params)
+            cursor = kept[1].execute(sql, params)
             row = cursor.fetchone()
             # Close at once: a statement left unfinished keeps its read snapshot open, and the
             # next look-up on this connection would not see what others committed since.
             cursor.close()
-        except sqlite3.DatabaseError as error:
-            raw.invalidate()
-            raise _translate(exc.DBAPIError(sql, params, error), self.path) from error
-        if self._readers.qsize() < READERS:
-            self._readers.put(raw)
-        else:
-            raw.close()
+        except sqlite3.Error as error:
+            kept[0].invalidate()
+            raise _translate(error, self.path) from error
+        self._give_back(kept)
         if self._pending.due():
             self.flush()
         return row
 
-    def _close_readers(self) -> None:
+    def _close_kept(self) -> None:
         while True:
             try:
-                self._readers.get_nowait().close()
+                self._kept.get_nowait()[0].close()
             except queue.Empty:
                 return
 
-    def write(self, work: Callable[[Connection], T]) -> T:
+    def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in one IMMEDIATE transaction, retried as a whole while the lock is busy.
 
         ``work`` must be safe to run again after a rollback. Waiting touches and counts ride
@@ -300,23 +350,24 @@ class Catalog:
         """
         if self.read_only:
             raise StoreError(f"store root {self.path.parent} is not writable ({self.read_only})")
-        self._check_fork()
         deadline = time.monotonic() + WRITE_DEADLINE
         delay = 0.01
         while True:
             touches, counts, taken = self._pending.take()
             try:
-                with self._writer.begin() as conn:
+                with self._connection() as conn:
+                    conn.execute("BEGIN IMMEDIATE")
                     self._pending.apply(conn, touches, counts)
                     result = work(conn)
-            except exc.OperationalError as error:
+                    conn.execute("COMMIT")
+            except sqlite3.OperationalError as error:
                 if _is_locked(error) and time.monotonic() < deadline:
                     log.debug("catalog busy, retrying the transaction in %.2fs", delay)
                     time.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 1.0)
                     continue
                 raise _translate(error, self.path) from error
-            except exc.DBAPIError as error:
+            except sqlite3.Error as error:
                 raise _translate(error, self.path) from error
             self._pending.written(touches, counts, taken)
             return result
@@ -334,7 +385,8 @@ class Catalog:
 
         Raises ValueError for a name that is not a ``Counter``.
         """
-        counter = Counter(name)  # ValueError for a misspelt name, before it reaches the table
+        # ValueError for a misspelt name, before it reaches the table
+        counter = name if type(name) is Counter else Counter(name)
         if amount and not self.read_only:
             self._pending.count(counter.value, amount)
 
@@ -346,22 +398,23 @@ class Catalog:
     def close(self) -> None:
         """Flush waiting touches and counts and close every pooled connection."""
         try:
-            if os.getpid() == self._pid:
+            if _Forks.count == self._forks:
                 self.flush()
         finally:
-            if os.getpid() == self._pid:
-                self._close_readers()
-            self.engine.dispose()
+            self.close_connections()
+
+    def close_connections(self) -> None:
+        """Close every connection, kept or pooled (a forked child leaves the parent's alone)."""
+        if _Forks.count == self._forks:
+            self._close_kept()
+        self.engine.dispose(close=_Forks.count == self._forks)
 
     # -- schema --------------------------------------------------------------------------------
 
     def _version(self) -> tuple[int, str]:
-        raw = self.engine.raw_connection()
-        try:
-            version = raw.execute("PRAGMA user_version").fetchone()[0]
-            mode = raw.execute("PRAGMA journal_mode").fetchone()[0]
-        finally:
-            raw.close()
+        with self._connection() as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
         return int(version), str(mode)
 
     def _setup(self) -> None:
@@ -387,26 +440,19 @@ class Catalog:
                 version, mode = self._version()
                 self._check_not_newer(version)
                 if mode != "wal":
-                    raw = self.engine.raw_connection()
-                    try:
-                        raw.execute("PRAGMA journal_mode = WAL")
-                    finally:
-                        raw.close()
+                    with self._connection() as conn:
+                        conn.execute("PRAGMA journal_mode = WAL")
                 if version < LATEST_VERSION:
                     self.write(lambda conn: self._migrate(conn, version))
-        except exc.DBAPIError as error:
-            self.engine.dispose()
+        except sqlite3.Error as error:
+            self.close_connections()
             raise _translate(error, self.path) from error
-        except sqlite3.DatabaseError as error:
-            self.engine.dispose()
-            raise _translate(exc.DBAPIError(None, None, error), self.path) from error
         except BaseException:
-            self.engine.dispose()
+            self.close_connections()
             raise
 
     def _check_not_newer(self, version: int) -> None:
         if version > LATEST_VERSION:
-            self.engine.dispose()
             raise CatalogError(
                 f"{self.path} has schema version {version}, newer than the {LATEST_VERSION} "
                 "this cas knows; upgrade cas to use this store"
@@ -419,23 +465,23 @@ class Catalog:
         """
         try:
             with self.read() as conn:
-                rows = [str(row[0]) for row in conn.exec_driver_sql("PRAGMA quick_check")]
+                rows = [str(row[0]) for row in conn.execute("PRAGMA quick_check")]
         except CatalogError as error:
             return [str(error)]
         return [] if rows == ["ok"] else rows
 
     @staticmethod
     def _migrate(conn: Connection, current: int) -> None:
-        if current == 0 and conn.exec_driver_sql(
+        if current == 0 and conn.execute(
             "SELECT count(*) FROM sqlite_schema WHERE name = 'blobs'"
-        ).scalar():
+        ).fetchone()[0]:
             raise CatalogError("catalog has tables but no schema version; it was not made by cas")
         for number, statements in SCHEMA_VERSIONS:
             if number > current:
                 log.info("catalog: applying schema version %d", number)
                 for statement in statements:
-                    conn.exec_driver_sql(statement)
-        conn.exec_driver_sql(f"PRAGMA user_version = {LATEST_VERSION}")
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {LATEST_VERSION}")
 
 
 def _read_only_uri(path: Path) -> str:

@@ -138,8 +138,11 @@ def put(context: Context, files: tuple[str, ...], name: str | None) -> None:
     if name is not None and len(files) != 1:
         raise UsageError("--name needs exactly one file")
     store = context.store()
-    for file in files:
-        digest = store.put(sys.stdin.buffer if file == "-" else Path(file), name=name)
+    sources = [sys.stdin.buffer if file == "-" else Path(file) for file in files]
+    # Several files go in batches (Store.put_many): shared syncs, and a bad file stores none
+    # of its batch.
+    digests = store.put_many(sources) if len(sources) > 1 else [store.put(sources[0], name=name)]
+    for digest, file in zip(digests, files, strict=True):
         click.echo(f"{digest}  {file}")
 
 

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from sqlalchemy import Connection
+from .catalog import Connection
 
 # Parameters: :now, :grace_cutoff, :age_cutoff, :dead (JSON array of lease ids whose holder is
 # known dead: they protect nothing). The protected set is small (leased or pinned blobs), so it
@@ -114,9 +114,7 @@ def plan(conn: Connection, limits: Limits, stored: int, now: float, dead_leases:
         "dead": json.dumps(dead_leases),
     }
     result = Plan(stored, target)
-    # On the DBAPI cursor of the same transaction: SQLAlchemy's per-row result handling would
-    # cost more than SQLite's own work for a million-blob catalog.
-    rows = conn.connection.driver_connection.execute(VICTIMS_SQL, params)  # type: ignore[union-attr]
+    rows = conn.execute(VICTIMS_SQL, params)
     add = result.victims.append  # a tight loop: it may run for hundreds of thousands of rows
     for digest, size, last_access, upto, names in rows:
         if upto - size < excess:
@@ -130,7 +128,7 @@ def plan(conn: Connection, limits: Limits, stored: int, now: float, dead_leases:
     # Kept blobs older than the newest victim would have gone; all would, if the target was missed.
     reached = result.freed >= excess
     horizon = max((item.last_access for item in result.victims), default=0.0) if reached else now
-    rows = conn.exec_driver_sql(KEPT_SQL, {**params, "horizon": horizon, "limit": kept_limit})
+    rows = conn.execute(KEPT_SQL, {**params, "horizon": horizon, "limit": kept_limit})
     result.kept = [Item(r[0], r[1], r[2], r[3], _names(r[4])) for r in rows]
     return result
 

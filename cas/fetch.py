@@ -16,11 +16,9 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection
-
 from . import queries as q
 from .blobs import BlobStore
-from .catalog import Catalog
+from .catalog import Catalog, Connection
 from .download import Download, Downloader, Expected, Progress, check_url
 from .errors import DownloadError, IntegrityError, StoreError, UsageError
 from .metrics import Counter
@@ -233,7 +231,7 @@ class Fetcher:
         if not known:
             self._blobs.publish(staged)
         now = time.time()
-        q.record_blob(conn, staged.digest, staged.size, now)
+        q.record_blobs(conn, [(staged.digest, staged.size)], now)
         if result.sha256 is not None:
             q.record_alias(conn, "sha256", result.sha256, staged.digest)
         if source and url is not None:

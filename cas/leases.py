@@ -18,9 +18,7 @@ from . import queries as q
 from .holders import Holder, is_dead, this_process
 
 if TYPE_CHECKING:
-    from sqlalchemy import Connection
-
-    from .catalog import Catalog
+    from .catalog import Catalog, Connection
 
 log = logging.getLogger("cas")
 

@@ -1,18 +1,17 @@
 """Every SQL statement about blobs, names, leases, counters, downloads and verification.
 
-Each function takes the caller's transaction (a SQLAlchemy Connection from ``Catalog.write`` or
-``Catalog.read``) and runs its statements through it; ``find_blob`` and ``find_name`` also take
-the Catalog itself, for a lone read outside any transaction (``Catalog.lookup``). The tables
-are defined in schema.sql.
+Each function takes the caller's transaction (the DBAPI connection that ``Catalog.write`` or
+``Catalog.read`` hands out) and runs its statements through it; ``find_blob`` and
+``find_name`` also take the Catalog itself, for a lone read outside any transaction
+(``Catalog.lookup``). The tables are defined in schema.sql.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection
-
-from .catalog import Catalog
+from .catalog import Catalog, Connection
+from .refs import is_digest
 
 # -- queries: every statement about blobs and names lives here ------------------------------------
 
@@ -38,7 +37,7 @@ def _one(source: Connection | Catalog, sql: str, params: tuple[Any, ...]) -> Any
     """One row of ``sql``: inside the caller's transaction, or a lone read on the catalog."""
     if isinstance(source, Catalog):
         return source.lookup(sql, params)
-    return source.exec_driver_sql(sql, params).first()
+    return source.execute(sql, params).fetchone()
 
 
 def find_blob(source: Connection | Catalog, digest: str) -> BlobRow | None:
@@ -58,13 +57,37 @@ def find_name(source: Connection | Catalog, name: str) -> NameRow | None:
     return None if row is None else NameRow._make(row)
 
 
-def record_blob(conn: Connection, digest: str, size: int, now: float) -> None:
-    """Insert the blob's row, or mark an existing one as just accessed."""
-    conn.exec_driver_sql(
+_BLOB_BY_NAME = (
+    "SELECT b.digest, b.size, b.last_access FROM names n JOIN blobs b ON b.digest = n.digest"
+    " WHERE n.name = ?"
+)
+_BLOB_BY_DIGEST = "SELECT digest, size, last_access FROM blobs WHERE digest = ?"
+
+
+def stored_blob(catalog: Catalog, ref: str) -> tuple[str, int, float] | None:
+    """(digest, size, last_access) of the stored blob a name or a digest refers to, or None:
+    the hot path of look-ups, one lone SELECT."""
+    if len(ref) == 64 and is_digest(ref):
+        return catalog.lookup(_BLOB_BY_DIGEST, (ref.lower(),))  # type: ignore[no-any-return]
+    return catalog.lookup(_BLOB_BY_NAME, (ref,))  # type: ignore[no-any-return]
+
+
+def record_blobs(conn: Connection, blobs: list[tuple[str, int]], now: float) -> None:
+    """Insert the rows of (digest, size) blobs, or mark existing ones as just accessed."""
+    conn.executemany(
         "INSERT INTO blobs (digest, size, created, last_access) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (digest) DO UPDATE SET last_access = max(last_access, excluded.last_access)",
-        (digest, size, now, now),
+        [(digest, size, now, now) for digest, size in blobs],
     )
+
+
+_SET_NAME = (
+    "INSERT INTO names (name, digest, url, sha256, expected_size, created, updated)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, url = excluded.url,"
+    " sha256 = excluded.sha256, expected_size = excluded.expected_size,"
+    " updated = excluded.updated"
+)
 
 
 def set_name(
@@ -78,39 +101,46 @@ def set_name(
     expected_size: int | None = None,
 ) -> None:
     """Point ``name`` at ``digest`` with the given source; a pin is kept."""
-    conn.exec_driver_sql(
-        "INSERT INTO names (name, digest, url, sha256, expected_size, created, updated)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, url = excluded.url,"
-        " sha256 = excluded.sha256, expected_size = excluded.expected_size,"
-        " updated = excluded.updated",
-        (name, digest, url, sha256, expected_size, now, now),
+    conn.execute(_SET_NAME, (name, digest, url, sha256, expected_size, now, now))
+
+
+def set_names(conn: Connection, names: list[tuple[str, str]], now: float) -> None:
+    """Point each (name, digest) name at its digest, without a source; pins are kept."""
+    conn.executemany(
+        _SET_NAME, [(name, digest, None, None, None, now, now) for name, digest in names]
     )
 
 
 def delete_name(conn: Connection, name: str) -> bool:
     """Delete a name; whether it existed."""
-    return conn.exec_driver_sql("DELETE FROM names WHERE name = ?", (name,)).rowcount > 0
+    return conn.execute("DELETE FROM names WHERE name = ?", (name,)).rowcount > 0
 
 
 def names_of(conn: Connection, digest: str) -> list[str]:
     """Every name pointing at ``digest``."""
-    return list(
-        conn.exec_driver_sql(
-            "SELECT name FROM names WHERE digest = ? ORDER BY name", (digest,)
-        ).scalars()
-    )
+    return [name for (name,) in conn.execute(
+        "SELECT name FROM names WHERE digest = ? ORDER BY name", (digest,)
+    )]
 
 
 def delete_blob(conn: Connection, digest: str) -> bool:
     """Delete a blob's row; whether it existed. Its file goes later (``unlinkable``)."""
-    return conn.exec_driver_sql("DELETE FROM blobs WHERE digest = ?", (digest,)).rowcount > 0
+    return conn.execute("DELETE FROM blobs WHERE digest = ?", (digest,)).rowcount > 0
 
 
-def entries(conn: Connection) -> list[Any]:
+class EntryRow(NamedTuple):
+    name: str | None
+    digest: str
+    size: int | None
+    last_access: float | None
+    pinned: int
+    url: str | None
+
+
+def entries(conn: Connection) -> list[EntryRow]:
     """Every name with its blob, then every blob without a name, for listings."""
-    return list(
-        conn.exec_driver_sql(
+    return list(map(EntryRow._make,
+        conn.execute(
             "SELECT n.name, n.digest, b.size, b.last_access, n.pinned, n.url"
             " FROM names n LEFT JOIN blobs b ON b.digest = n.digest"
             " UNION ALL"
@@ -118,7 +148,7 @@ def entries(conn: Connection) -> list[Any]:
             " WHERE NOT EXISTS (SELECT 1 FROM names n WHERE n.digest = b.digest)"
             " ORDER BY 1 NULLS LAST, 2"
         )
-    )
+    ))
 
 
 # -- leases and pins -------------------------------------------------------------------------------
@@ -127,12 +157,13 @@ def entries(conn: Connection) -> list[Any]:
 def insert_lease(conn: Connection, digest: str, host: str, pid: int, started: float,
                  now: float, expires: float) -> int:
     """Record a lease on ``digest``; return its id."""
-    cursor = conn.exec_driver_sql(
+    cursor = conn.execute(
         "INSERT INTO leases (digest, host, pid, started, created, expires)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         (digest, host, pid, started, now, expires),
     )
-    return int(cursor.lastrowid)
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
 
 
 def renew_leases(conn: Connection, ids: list[int], expires: float) -> set[int]:
@@ -140,9 +171,10 @@ def renew_leases(conn: Connection, ids: list[int], expires: float) -> set[int]:
     if not ids:
         return set()
     marks = ",".join("?" * len(ids))
-    conn.exec_driver_sql(f"UPDATE leases SET expires = ? WHERE id IN ({marks})", (expires, *ids))
-    return set(conn.exec_driver_sql(f"SELECT id FROM leases WHERE id IN ({marks})",
-                                    tuple(ids)).scalars())
+    conn.execute(f"UPDATE leases SET expires = ? WHERE id IN ({marks})", (expires, *ids))
+    return {lease_id for (lease_id,) in conn.execute(
+        f"SELECT id FROM leases WHERE id IN ({marks})", tuple(ids)
+    )}
 
 
 def delete_leases(conn: Connection, ids: list[int]) -> int:
@@ -150,30 +182,36 @@ def delete_leases(conn: Connection, ids: list[int]) -> int:
     if not ids:
         return 0
     marks = ",".join("?" * len(ids))
-    return conn.exec_driver_sql(f"DELETE FROM leases WHERE id IN ({marks})", tuple(ids)).rowcount
+    return conn.execute(f"DELETE FROM leases WHERE id IN ({marks})", tuple(ids)).rowcount
 
 
 def delete_leases_of(conn: Connection, digest: str) -> int:
     """Delete every lease on ``digest``; return how many went."""
-    return conn.exec_driver_sql("DELETE FROM leases WHERE digest = ?", (digest,)).rowcount
+    return conn.execute("DELETE FROM leases WHERE digest = ?", (digest,)).rowcount
 
 
 def delete_expired_leases(conn: Connection, now: float) -> int:
     """Delete every lease past its expiry; return how many went."""
-    return conn.exec_driver_sql("DELETE FROM leases WHERE expires <= ?", (now,)).rowcount
+    return conn.execute("DELETE FROM leases WHERE expires <= ?", (now,)).rowcount
 
 
-def leases_of_host(conn: Connection, host: str, now: float) -> list[Any]:
-    """Unexpired leases held by processes of ``host``: (id, pid, started)."""
-    return list(conn.exec_driver_sql(
+class LeaseRow(NamedTuple):
+    id: int
+    pid: int
+    started: float
+
+
+def leases_of_host(conn: Connection, host: str, now: float) -> list[LeaseRow]:
+    """Unexpired leases held by processes of ``host``."""
+    return list(map(LeaseRow._make, conn.execute(
         "SELECT id, pid, started FROM leases WHERE host = ? AND expires > ?", (host, now)
-    ))
+    )))
 
 
 def live_leases(conn: Connection, digest: str, now: float, dead: list[int]) -> int:
     """How many unexpired leases not known dead hold ``digest``."""
     return sum(
-        1 for (lease_id,) in conn.exec_driver_sql(
+        1 for (lease_id,) in conn.execute(
             "SELECT id FROM leases WHERE digest = ? AND expires > ?", (digest, now)
         ) if lease_id not in dead
     )
@@ -182,19 +220,19 @@ def live_leases(conn: Connection, digest: str, now: float, dead: list[int]) -> i
 def set_pinned(conn: Connection, digest: str, name: str | None, pinned: bool) -> int:
     """Pin or unpin ``name``, or every name of ``digest`` when name is None; return the count."""
     if name is not None:
-        return conn.exec_driver_sql(
+        return conn.execute(
             "UPDATE names SET pinned = ? WHERE name = ?", (int(pinned), name)
         ).rowcount
-    return conn.exec_driver_sql(
+    return conn.execute(
         "UPDATE names SET pinned = ? WHERE digest = ?", (int(pinned), digest)
     ).rowcount
 
 
 def stored_totals(conn: Connection) -> tuple[int, int]:
     """Bytes and blobs stored, kept exact by triggers (schema.sql)."""
-    values: dict[str, int] = dict(conn.exec_driver_sql(
+    values: dict[str, int] = dict(conn.execute(
         "SELECT name, value FROM counters WHERE name IN ('stored_bytes', 'stored_blobs')"
-    ).all())
+    ).fetchall())
     return int(values.get("stored_bytes", 0)), int(values.get("stored_blobs", 0))
 
 
@@ -205,16 +243,16 @@ def evict(conn: Connection, digests: list[str]) -> None:
     """
     if not digests:
         return
-    conn.exec_driver_sql("CREATE TEMP TABLE IF NOT EXISTS evicting (digest TEXT PRIMARY KEY)")
-    conn.exec_driver_sql("DELETE FROM temp.evicting")
-    conn.exec_driver_sql(
+    conn.execute("CREATE TEMP TABLE IF NOT EXISTS evicting (digest TEXT PRIMARY KEY)")
+    conn.execute("DELETE FROM temp.evicting")
+    conn.executemany(
         "INSERT INTO temp.evicting (digest) VALUES (?)", [(digest,) for digest in digests]
     )
-    conn.exec_driver_sql(
+    conn.execute(
         "DELETE FROM names WHERE url IS NULL AND digest IN (SELECT digest FROM temp.evicting)"
     )
-    conn.exec_driver_sql("DELETE FROM blobs WHERE digest IN (SELECT digest FROM temp.evicting)")
-    conn.exec_driver_sql("DELETE FROM temp.evicting")
+    conn.execute("DELETE FROM blobs WHERE digest IN (SELECT digest FROM temp.evicting)")
+    conn.execute("DELETE FROM temp.evicting")
 
 
 def without_rows(conn: Connection, digests: list[str]) -> list[str]:
@@ -223,9 +261,9 @@ def without_rows(conn: Connection, digests: list[str]) -> list[str]:
     if not digests:
         return []
     marks = ",".join("?" * len(digests))
-    present = set(conn.exec_driver_sql(
+    present = {digest for (digest,) in conn.execute(
         f"SELECT digest FROM blobs WHERE digest IN ({marks})", tuple(digests)
-    ).scalars())
+    )}
     return [digest for digest in digests if digest not in present]
 
 
@@ -236,24 +274,31 @@ def counter_values(conn: Connection) -> dict[str, int]:
     """Every row of the counters table: name -> value."""
     return {
         str(name): int(value)
-        for name, value in conn.exec_driver_sql("SELECT name, value FROM counters")
+        for name, value in conn.execute("SELECT name, value FROM counters")
     }
 
 
-def usage(conn: Connection, now: float) -> Any:
+class UsageRow(NamedTuple):
+    bytes: int
+    blobs: int
+    names: int
+    live_leases: int
+
+
+def usage(conn: Connection, now: float) -> UsageRow:
     """Stored bytes and blobs, names, and leases not expired at ``now``, in one row."""
-    return conn.exec_driver_sql(
+    return UsageRow._make(conn.execute(
         "SELECT (SELECT coalesce(sum(size), 0) FROM blobs) AS bytes,"
         " (SELECT count(*) FROM blobs) AS blobs,"
         " (SELECT count(*) FROM names) AS names,"
         " (SELECT count(*) FROM leases WHERE expires > ?) AS live_leases",
         (now,),
-    ).one()
+    ).fetchone())
 
 
 def record_cleanup(conn: Connection, now: float) -> None:
     """Note that a cleanup ran at ``now``."""
-    conn.exec_driver_sql(
+    conn.execute(
         "INSERT INTO counters (name, value) VALUES ('last_cleanup_at', ?)"
         " ON CONFLICT (name) DO UPDATE SET value = excluded.value",
         (int(now),),
@@ -262,10 +307,8 @@ def record_cleanup(conn: Connection, now: float) -> None:
 
 def last_cleanup(conn: Connection) -> float:
     """When cleanup last ran (Unix seconds), 0 if never."""
-    value = conn.exec_driver_sql(
-        "SELECT value FROM counters WHERE name = 'last_cleanup_at'"
-    ).scalar()
-    return float(value or 0)
+    row = conn.execute("SELECT value FROM counters WHERE name = 'last_cleanup_at'").fetchone()
+    return float(row[0] or 0) if row else 0.0
 
 
 # -- queries for downloads (issue 4) ---------------------------------------------------------------
@@ -273,15 +316,15 @@ def last_cleanup(conn: Connection) -> float:
 
 def find_alias(conn: Connection, algorithm: str, value: str) -> str | None:
     """The BLAKE3 digest of the content whose ``algorithm`` checksum is ``value``, if seen."""
-    found = conn.exec_driver_sql(
+    row = conn.execute(
         "SELECT digest FROM aliases WHERE algorithm = ? AND value = ?", (algorithm, value)
-    ).scalar()
-    return str(found) if found is not None else None
+    ).fetchone()
+    return str(row[0]) if row is not None else None
 
 
 def record_alias(conn: Connection, algorithm: str, value: str, digest: str) -> None:
     """Remember that the content ``digest`` has the ``algorithm`` checksum ``value``."""
-    conn.exec_driver_sql(
+    conn.execute(
         "INSERT INTO aliases (algorithm, value, digest) VALUES (?, ?, ?)"
         " ON CONFLICT (algorithm, value) DO UPDATE SET digest = excluded.digest",
         (algorithm, value, digest),
@@ -290,13 +333,13 @@ def record_alias(conn: Connection, algorithm: str, value: str, digest: str) -> N
 
 def find_source(conn: Connection, url: str) -> str | None:
     """The digest last fetched from ``url``, if any."""
-    found = conn.exec_driver_sql("SELECT digest FROM sources WHERE url = ?", (url,)).scalar()
-    return str(found) if found is not None else None
+    row = conn.execute("SELECT digest FROM sources WHERE url = ?", (url,)).fetchone()
+    return str(row[0]) if row is not None else None
 
 
 def record_source(conn: Connection, url: str, digest: str, now: float) -> None:
     """Remember that ``url`` gave the content ``digest``."""
-    conn.exec_driver_sql(
+    conn.execute(
         "INSERT INTO sources (url, digest, fetched) VALUES (?, ?, ?)"
         " ON CONFLICT (url) DO UPDATE SET digest = excluded.digest, fetched = excluded.fetched",
         (url, digest, now),
@@ -317,7 +360,7 @@ def verify_rows(conn: Connection) -> dict[str, VerifyRow]:
     """Every blob row with its last verification."""
     return {
         row[0]: VerifyRow._make(row)
-        for row in conn.exec_driver_sql("SELECT digest, size, verified, signature FROM blobs")
+        for row in conn.execute("SELECT digest, size, verified, signature FROM blobs")
     }
 
 
@@ -325,7 +368,7 @@ def mark_verified(conn: Connection, checked: list[tuple[str, int, str]], now: fl
     """Record that each (digest, size, signature) was hashed at ``now`` and found right."""
     if not checked:
         return
-    conn.exec_driver_sql(
+    conn.executemany(
         "UPDATE blobs SET verified = ?, signature = ? WHERE digest = ? AND size = ?",
         [(now, signature, digest, size) for digest, size, signature in checked],
     )
@@ -335,7 +378,7 @@ def adopt_blob(conn: Connection, digest: str, size: int, since: float, signature
                now: float) -> bool:
     """Give a right file without a row its row, as accessed at ``since`` (its file's mtime, so
     cleanup takes it in its turn); whether a row was added."""
-    return conn.exec_driver_sql(
+    return conn.execute(
         "INSERT INTO blobs (digest, size, created, last_access, verified, signature)"
         " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING",
         (digest, size, since, since, now, signature),
@@ -345,8 +388,8 @@ def adopt_blob(conn: Connection, digest: str, size: int, since: float, signature
 def record_damaged(conn: Connection, digest: str, problem: str, quarantined: str | None,
                    now: float) -> None:
     """Drop a missing or damaged blob's row and remember the digest (names stay)."""
-    conn.exec_driver_sql("DELETE FROM blobs WHERE digest = ?", (digest,))
-    conn.exec_driver_sql(
+    conn.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
+    conn.execute(
         "INSERT INTO damaged (digest, found, problem, quarantined) VALUES (?, ?, ?, ?)"
         " ON CONFLICT (digest) DO UPDATE SET found = excluded.found,"
         " problem = excluded.problem, quarantined = excluded.quarantined",
@@ -372,10 +415,10 @@ def damaged(conn: Connection) -> list[DamagedRow]:
     Entries whose blob is back (put or fetched again) are cleared first: call it inside a
     write transaction.
     """
-    conn.exec_driver_sql(
+    conn.execute(
         "DELETE FROM damaged WHERE digest IN (SELECT digest FROM blobs)"
     )
-    return [DamagedRow._make(row) for row in conn.exec_driver_sql(
+    return [DamagedRow._make(row) for row in conn.execute(
         "SELECT d.digest, d.found, d.problem, d.quarantined,"
         " (SELECT group_concat(name, char(10)) FROM names n WHERE n.digest = d.digest),"
         " s.url, s.name, s.sha256, s.expected_size"
@@ -389,7 +432,7 @@ def forget_damaged(conn: Connection, digests: list[str]) -> None:
     """Forget damaged digests that nothing refers to any more (reported once, when found)."""
     if not digests:
         return
-    conn.exec_driver_sql(
+    conn.executemany(
         "DELETE FROM damaged WHERE digest = ? AND NOT EXISTS"
         " (SELECT 1 FROM names n WHERE n.digest = damaged.digest)",
         [(digest,) for digest in digests],
@@ -399,7 +442,7 @@ def forget_damaged(conn: Connection, digests: list[str]) -> None:
 def dangling_names(conn: Connection) -> list[tuple[str, str]]:
     """(name, digest) of names whose blob is not stored, that have no source to fetch it from,
     and that verify did not explain as damaged: no cas operation leaves one (guarantee 5)."""
-    return [(str(name), str(digest)) for name, digest in conn.exec_driver_sql(
+    return [(str(name), str(digest)) for name, digest in conn.execute(
         "SELECT name, digest FROM names n WHERE url IS NULL"
         " AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = n.digest)"
         " AND NOT EXISTS (SELECT 1 FROM damaged d WHERE d.digest = n.digest) ORDER BY name"

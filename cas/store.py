@@ -15,17 +15,15 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, Union
 
-from sqlalchemy import Connection
-
 from . import eviction
 from . import queries as q
 from .blobs import BlobStore, Staged, hasher
-from .catalog import Catalog
+from .catalog import Catalog, Connection
 from .download import Downloader, Progress
 from .errors import (
     CasError,
@@ -79,7 +77,11 @@ class _Target(NamedTuple):
 
 
 class _Restage(Exception):
-    """The blob vanished between the check and the transaction: stage it after all."""
+    """Blobs vanished between the check and the transaction: stage them after all."""
+
+    def __init__(self, indices: list[int]) -> None:
+        super().__init__(indices)
+        self.indices = indices
 
 
 class Store:
@@ -166,43 +168,100 @@ class Store:
         Content already stored is not written again. Raises NotFound for a missing source
         file, UsageError for a folder or a bad name.
         """
-        if name is not None:
-            check_name(name)
-        staged: Staged | None = None
+        return self._put_batch([(name, source)])[0]
+
+    def put_many(self, sources: Mapping[str, Source] | Iterable[Source]) -> list[str]:
+        """Store many contents at once; return their digests, in order.
+
+        A mapping stores each content under its name (``{"fixtures/a.bin": b"...", ...}``);
+        any other iterable stores them unnamed. The same guarantees as ``put``, for a fraction
+        of the cost per item when items are small: each batch of up to ``PUT_BATCH`` items is
+        one transaction, and its files are made durable by two filesystem syncs instead of two
+        fsyncs per file. A bad item raises before its batch is recorded; earlier batches stay.
+        """
+        items: Iterable[tuple[str | None, Source]]
+        if isinstance(sources, Mapping):
+            items = sources.items()
+        elif isinstance(sources, str | bytes | bytearray | memoryview | os.PathLike):
+            raise UsageError("put_many takes a collection of sources; use put for one")
+        else:
+            items = ((None, source) for source in sources)
+        digests: list[str] = []
+        batch: list[tuple[str | None, Source]] = []
+        for item in items:
+            batch.append(item)
+            if len(batch) == PUT_BATCH:
+                digests += self._put_batch(batch)
+                batch = []
+        if batch:
+            digests += self._put_batch(batch)
+        return digests
+
+    def _put_batch(self, batch: list[tuple[str | None, Source]]) -> list[str]:
+        """Stage, sync, publish and record ``batch`` as one transaction.
+
+        One item is synced with its own fsyncs; more share one syncfs for the staged files and
+        one for the renames (``BlobStore.sync_filesystem``), both before the commit: a row is
+        never durable before its file (docs/architecture.md).
+        """
+        for name, _ in batch:
+            if name is not None:
+                check_name(name)
+        alone = len(batch) == 1
+        staged: list[Staged | None] = []
         try:
-            if isinstance(source, bytes | bytearray | memoryview):
-                digest, size = _digest_of(source), len(source)
-                if not self._blobs.has(digest, size):
-                    staged = self._blobs.stage_bytes(source, digest)
-            else:
-                staged = self._stage(source)
-                digest, size = staged.digest, staged.size
-            try:
-                known, stored = self._catalog.write(
-                    lambda conn: self._record(conn, staged, digest, size, name)
-                )
-            except _Restage:
-                assert isinstance(source, bytes | bytearray | memoryview)
-                staged = self._blobs.stage_bytes(source, digest)
-                known, stored = self._catalog.write(
-                    lambda conn: self._record(conn, staged, digest, size, name)
-                )
+            items = [self._stage_item(source, staged, sync=alone) for _, source in batch]
+            if not alone:
+                self._blobs.sync_filesystem()
+            while True:
+                try:
+                    known, stored = self._catalog.write(
+                        lambda conn: self._record(conn, batch, items, staged, sync=alone)
+                    )
+                    break
+                except _Restage as missing:  # removed since it was found: stage it again
+                    for index in missing.indices:
+                        source = batch[index][1]
+                        if not isinstance(source, bytes | bytearray | memoryview):
+                            raise StoreError(f"blob {items[index][0]} was removed by a"
+                                             " concurrent cleanup while being stored; put it"
+                                             " again") from None
+                        staged[index] = self._blobs.stage_bytes(source, items[index][0],
+                                                                sync=alone)
+                    if not alone:
+                        self._blobs.sync_filesystem()
         except OSError as error:
             raise _os_error(error, "cannot store the content") from error
         finally:
-            if staged is not None:
-                staged.discard()
+            for each in staged:
+                if each is not None:
+                    each.discard()
         if known:
-            self._catalog.count(Counter.DEDUP_SAVED_BYTES, size)
-        log.debug("put %s (%d bytes)%s", digest, size, f" as {name!r}" if name else "")
+            self._catalog.count(Counter.DEDUP_SAVED_BYTES, known)
+        for (name, _), (digest, size) in zip(batch, items, strict=True):
+            log.debug("put %s (%d bytes)%s", digest, size, f" as {name!r}" if name else "")
         self._cleanup_if_needed(stored)
-        return digest
+        return [digest for digest, _ in items]
 
-    def _stage(self, source: Any) -> Staged:
+    def _stage_item(self, source: Source, staged: list[Staged | None], *,
+                    sync: bool) -> tuple[str, int]:
+        """Stage one source unless it is bytes already stored; append what was staged."""
+        if isinstance(source, bytes | bytearray | memoryview):
+            digest, size = _digest_of(source), len(source)
+            staged.append(
+                None if self._blobs.has(digest, size)
+                else self._blobs.stage_bytes(source, digest, sync=sync)
+            )
+            return digest, size
+        file = self._stage(source, sync=sync)
+        staged.append(file)
+        return file.digest, file.size
+
+    def _stage(self, source: Any, *, sync: bool = True) -> Staged:
         if isinstance(source, str | os.PathLike):
             path = Path(source)
             try:
-                return self._blobs.stage_file(path)
+                return self._blobs.stage_file(path, sync=sync)
             except FileNotFoundError as error:
                 raise NotFound(f"source file {str(path)!r} does not exist") from error
             except IsADirectoryError as error:
@@ -211,27 +270,44 @@ class Store:
                 raise CasError(f"cannot read {str(path)!r}: permission denied") from error
         if hasattr(source, "read"):
             try:
-                return self._blobs.stage_stream(source)
+                return self._blobs.stage_stream(source, sync=sync)
             except TypeError as error:
                 raise UsageError(str(error)) from error
         raise UsageError(
             f"cannot put a {type(source).__name__}: give a path, bytes or a binary file"
         )
 
-    def _record(
-        self, conn: Connection, staged: Staged | None, digest: str, size: int, name: str | None
-    ) -> tuple[bool, int]:
-        """Publish if needed and record the row, under the write lock; return whether the
-        content was already stored, and the bytes the store now holds."""
-        known = self._blobs.has(digest, size)
-        if not known:
-            if staged is None or not staged.path.exists():
-                raise _Restage()
-            self._blobs.publish(staged)
+    def _record(self, conn: Connection, batch: list[tuple[str | None, Source]],
+                items: list[tuple[str, int]], staged: list[Staged | None], *,
+                sync: bool) -> tuple[int, int]:
+        """Publish what is not stored yet and record the rows, under the write lock; return
+        the bytes that were already stored, and the bytes the store now holds."""
+        known = 0
+        missing = []
+        publishing = []
+        seen = set()
+        for index, (digest, size) in enumerate(items):
+            if digest in seen:
+                continue
+            seen.add(digest)
+            file = staged[index]
+            if self._blobs.has(digest, size):
+                if file is None or not file.published:  # not by a rolled-back try of this one
+                    known += size
+            elif file is None or file.published or not file.path.exists():
+                missing.append(index)
+            else:
+                publishing.append(file)
+        if missing:
+            raise _Restage(missing)
+        for file in publishing:
+            self._blobs.publish(file, sync=sync)
+        if publishing and not sync:
+            self._blobs.sync_filesystem()
         now = time.time()
-        q.record_blob(conn, digest, size, now)
-        if name is not None:
-            q.set_name(conn, name, digest, now)
+        q.record_blobs(conn, items, now)
+        named = zip((name for name, _ in batch), (digest for digest, _ in items), strict=True)
+        q.set_names(conn, [(name, digest) for name, digest in named if name is not None], now)
         return known, q.stored_totals(conn)[0]
 
     def tag(self, name: str, ref: str) -> str:
@@ -331,8 +407,19 @@ class Store:
             raise NotFound(f"no name {ref!r} in the store")
         return _Target(named.digest, ref, named.size, named.last_access)
 
-    def _locate(self, ref: str) -> _Target:
-        # Hits and misses are counted in memory (cas/metrics.py): no write per read.
+    def _locate(self, ref: str) -> str:
+        """The digest of the whole, stored blob ``ref`` names, fetched again if it was evicted.
+
+        Hits and misses are counted in memory (cas/metrics.py): no write per read. The first
+        lines are the hot path of every look-up, one SELECT and one lstat; anything unusual
+        (a bad or unknown ref, an evicted or damaged blob) takes the full path below.
+        """
+        if type(ref) is str:
+            row = q.stored_blob(self._catalog, ref)
+            if row is not None and self._blobs.has(row[0], row[1]):
+                self._catalog.touch(row[0], row[2])
+                self._catalog.count(Counter.HITS)
+                return str(row[0])
         try:
             target = self._resolve(self._catalog, ref)
         except NotFound:
@@ -355,20 +442,20 @@ class Store:
         self._catalog.touch(target.digest, target.last_access)
         if not missed:
             self._catalog.count(Counter.HITS)
-        return target
+        return target.digest
 
     def path(self, ref: str) -> Path:
         """The read-only path of the blob ``ref`` names. Raises NotFound for an unknown ref."""
-        return self._blobs.path_of(self._locate(ref).digest)
+        return self._blobs.path_of(self._locate(ref))
 
     def open_blob(self, ref: str) -> BinaryIO:
         """An open binary file of the blob's content."""
-        target = self._locate(ref)
+        digest = self._locate(ref)
         try:
-            return self._blobs.open(target.digest)
+            return self._blobs.open(digest)
         except OSError as error:
             raise IntegrityError(
-                f"cannot open blob {target.digest}: {error.strerror}; run `cas verify`"
+                f"cannot open blob {digest}: {error.strerror}; run `cas verify`"
             ) from error
 
     def read_bytes(self, ref: str) -> bytes:
@@ -540,9 +627,9 @@ class Store:
         The lease is renewed while this store stays open, and reclaimed if this process dies.
         """
         while True:
-            target = self._locate(ref)
+            located = self._locate(ref)
 
-            def work(conn: Connection, digest: str = target.digest) -> int | None:
+            def work(conn: Connection, digest: str = located) -> int | None:
                 if q.find_blob(conn, digest) is None:
                     return None  # removed since it was located: locate it again
                 return self._keeper.acquire(conn, digest)
@@ -550,8 +637,7 @@ class Store:
             lease_id = self._catalog.write(work)
             if lease_id is not None:
                 self._keeper.track(lease_id)
-                return Lease(self._keeper, lease_id, target.digest,
-                             self._blobs.path_of(target.digest))
+                return Lease(self._keeper, lease_id, located, self._blobs.path_of(located))
 
     def pin(self, ref: str) -> None:
         """Pin a name (or every name of a digest): its blob is never removed by cleanup."""
@@ -696,6 +782,9 @@ def _close(keeper: LeaseKeeper, catalog: Catalog) -> None:
 
 #: A store this far past its limit is cleaned up at once, whenever it last was.
 AUTO_CLEANUP_MARGIN = 1.2
+#: Items per transaction of ``put_many``: the write lock is held for a few milliseconds, and
+#: that many staged files at most wait in ``tmp/``.
+PUT_BATCH = 1000
 
 
 def _digest_of(data: bytes | bytearray | memoryview) -> str:

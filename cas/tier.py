@@ -29,11 +29,9 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
-from sqlalchemy import Connection
-
 from . import queries as q
 from .blobs import BlobStore
-from .catalog import Catalog
+from .catalog import Catalog, Connection
 from .download import Expected
 from .errors import (
     CasError,

@@ -48,11 +48,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import Connection
-
 from . import queries as q
 from .blobs import BlobStore, Found, signature, unchanged
-from .catalog import Catalog, damaged_catalog
+from .catalog import Catalog, Connection, damaged_catalog
 from .download import Progress
 from .errors import CasError, StoreError, UsageError
 from .leases import dead_leases

@@ -29,8 +29,11 @@ def _putter(root: str, worker: int, results: multiprocessing.Queue) -> None:  # 
                 # Half the contents are shared by every worker, half belong to this one.
                 shared = _content(step % 10)
                 own = _content(1000 + worker * ROUNDS + step)
-                store.put(shared, name=f"shared/{step % 10}")
-                store.put(own, name=f"own/{worker}/{step}")
+                if step % 2:
+                    store.put(shared, name=f"shared/{step % 10}")
+                    store.put(own, name=f"own/{worker}/{step}")
+                else:  # a batch: one transaction and shared syncs for both
+                    store.put_many({f"shared/{step % 10}": shared, f"own/{worker}/{step}": own})
                 assert store.read_bytes(f"shared/{step % 10}") == shared
         results.put(("ok", worker))
     except BaseException:
@@ -38,7 +41,8 @@ def _putter(root: str, worker: int, results: multiprocessing.Queue) -> None:  # 
 
 
 def test_processes_putting_same_and_different_content(tmp_path: Path) -> None:
-    """6 processes put shared and private contents at once: one file and row per content."""
+    """6 processes put shared and private contents at once, one by one and in batches: one
+    file and row per content."""
     root = tmp_path / "store"
     context = multiprocessing.get_context("spawn")
     results = context.Queue()

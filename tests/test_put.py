@@ -114,3 +114,72 @@ def test_default_root_is_cas_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         assert store.root == tmp_path / "home"
         store.put(b"x")
     assert (tmp_path / "home" / "catalog.db").exists()
+
+
+# -- put_many: batches share one transaction and two filesystem syncs ----------------------------
+
+
+@given(
+    items=st.lists(
+        st.tuples(contents(), st.sampled_from(["bytes", "path", "file"])), max_size=12
+    ),
+    named=st.booleans(),
+)
+def test_put_many_equals_put_one_by_one(store: cas.Store, tmp_path: Path,
+                                        items: list[tuple[bytes, str]], named: bool) -> None:
+    """put_many gives the digests put would, in order, and every content reads back, named or
+    not, with repeats inside one batch stored once."""
+    sources: list[cas.store.Source] = []
+    for index, (data, kind) in enumerate(items):
+        if kind == "bytes":
+            sources.append(data)
+        elif kind == "path":
+            source = tmp_path / f"source-{index}"
+            source.write_bytes(data)
+            sources.append(source)
+        else:
+            sources.append(io.BytesIO(data))
+    keys = [f"batch/{index}" for index in range(len(items))]
+    digests = store.put_many(dict(zip(keys, sources, strict=True)) if named else sources)
+    assert digests == [_b3(data) for data, _ in items]
+    for key, digest, (data, _) in zip(keys, digests, items, strict=True):
+        assert store.read_bytes(digest) == data
+        if named:
+            assert store.read_bytes(key) == data
+    files = [path.name for path in blob_files(store.root)]  # the store outlives one example
+    assert set(digests) <= set(files) and len(files) == len(set(files))
+    assert [p for p in (store.root / "tmp").iterdir() if p.name != "locks"] == []
+
+
+def test_put_many_batches_larger_than_one_transaction(store: cas.Store,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Items beyond one batch go in further transactions, in order, none lost."""
+    monkeypatch.setattr(cas.store, "PUT_BATCH", 7)
+    blobs = {f"many/{index}": b"blob %d" % index for index in range(30)}
+    digests = store.put_many(blobs)
+    assert digests == [_b3(data) for data in blobs.values()]
+    assert {entry.name for entry in store.entries()} == set(blobs)
+
+
+def test_put_many_bad_item_records_nothing_of_its_batch(store: cas.Store,
+                                                        tmp_path: Path) -> None:
+    """A missing file or a bad name fails the batch before it is recorded, with the usual
+    error; what was stored before stays, and staging is left empty."""
+    kept = store.put(b"stored before", name="kept")
+    with pytest.raises(cas.NotFound, match="does not exist"):
+        store.put_many({"a": b"first", "b": tmp_path / "missing"})
+    with pytest.raises(cas.UsageError, match=r"64 hex|hexadecimal|digest"):
+        store.put_many({"c": b"third", "f" * 64: b"fourth"})
+    assert [(entry.name, entry.digest) for entry in store.entries()] == [("kept", kept)]
+    assert [path.name for path in blob_files(store.root)] == [kept]
+    assert [p for p in (store.root / "tmp").iterdir() if p.name != "locks"] == []
+    with pytest.raises(cas.UsageError, match="put_many takes a collection"):
+        store.put_many(b"not a collection")
+
+
+def test_put_many_of_stored_content_writes_nothing(store: cas.Store) -> None:
+    """Known bytes in a batch are not staged again: their files keep their inodes."""
+    digest = store.put(b"known")
+    inode = store.path(digest).stat().st_ino
+    assert store.put_many([b"known", b"new"])[0] == digest
+    assert store.path(digest).stat().st_ino == inode
