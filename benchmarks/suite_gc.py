@@ -31,7 +31,7 @@ GC_CHILD = """
 import json, sys, cas
 with cas.Store.open(sys.argv[1]) as store:
     plan = store.gc(max_size=int(sys.argv[2]))
-print(json.dumps({"victims": len(plan.victims), **plan.timings}))
+print(json.dumps({"victims": plan.removed, **plan.timings}))
 """
 
 
@@ -122,7 +122,10 @@ def run(ctx: Context) -> SuiteResult:
                         note=f"linear would be {growth:g}x"))
     rows.append(Row(f"gc growth {small:,} -> {large:,} blobs: peak RSS", "x",
                     measured[large]["rss"] / measured[small]["rss"],
-                    note="the plan holds every victim (20 % of the catalog) in memory"))
+                    target=Target("<=", 1.25, on="value"),
+                    note="memory not growing with the catalog: victims go in batches of "
+                    f"{cas.store.GC_BATCH:,} and the report lists the first "
+                    f"{cas.eviction.REPORT_LIMIT:,} by name"))
     notes = [
         "Rows are inserted and empty files created directly, then `Store.gc(max_size=...)` runs "
         "in a child process; its phase timings come from `Plan.timings`.",

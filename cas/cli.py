@@ -246,6 +246,9 @@ def _plan_json(plan: eviction.Plan, dry_run: bool) -> dict[str, Any]:
         "stored_after": plan.stored_after,
         "low_water": plan.target,
         "freed_bytes": plan.freed,
+        "removed_count": plan.removed,
+        # The first REPORT_LIMIT of each, oldest first: a report of a cleanup of a million
+        # blobs does not hold them all in memory.
         "removed": [item(victim) for victim in plan.victims],
         "kept": [item(kept) for kept in plan.kept],
     }
@@ -273,12 +276,14 @@ def gc(context: Context, max_size: str | None, max_age: str | None, dry_run: boo
         return
     verb = "would free" if dry_run else "freed"
     click.echo(
-        f"{verb} {len(plan.victims)} blobs, {_human_size(plan.freed)}: "
+        f"{verb} {plan.removed} blobs, {_human_size(plan.freed)}: "
         f"{_human_size(plan.stored_before)} -> {_human_size(plan.stored_after)} "
         f"(low water {_human_size(plan.target)})"
     )
     for victim in plan.victims:
         click.echo(f"  {'would remove' if dry_run else 'removed'}  {_describe(victim)}")
+    if plan.removed > len(plan.victims):
+        click.echo(f"  ... and {plan.removed - len(plan.victims)} more")
     if plan.kept:
         click.echo(f"kept {len(plan.kept)} blobs that cleanup would otherwise have removed:")
         for kept in plan.kept:

@@ -4,16 +4,22 @@ A blob is protected while a live lease holds it, while a pinned name points at i
 the grace period after its last access (guarantee 3). Among the rest, size-based cleanup takes
 the least recently accessed blobs until the store is down to ``low_water`` of ``max_size``, and
 age-based cleanup takes those not accessed for ``max_age``. Choosing is one query (a running sum
-over last-access order); applying the plan is the store's business.
+over last-access order), read in batches; applying them is the store's business. The report
+keeps totals and the first ``REPORT_LIMIT`` blobs with their names, so that the memory of a
+cleanup does not grow with the catalog.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .catalog import Connection
+
+#: Blobs listed by name in a report (each of removed and kept); the rest are only counted.
+REPORT_LIMIT = 1000
 
 # Parameters: :now, :grace_cutoff, :age_cutoff, :dead (JSON array of lease ids whose holder is
 # known dead: they protect nothing). The protected set is small (leased or pinned blobs), so it
@@ -30,17 +36,16 @@ _NAMES = "(SELECT group_concat(name, char(10)) FROM names n WHERE n.digest = b.d
 
 # Every evictable blob in last-access order, with the running sum of sizes. Victims are a prefix
 # of it (the size-based ones and the age-based ones are each the oldest), so the caller stops
-# reading at the first row that is neither: the window streams over the last-access index
-# (which holds the digest too, as blobs has no rowid), and the rows after that prefix are never
-# computed.
+# reading at the first row that is neither: the window streams over the index on (last_access,
+# size), which holds the digest too (blobs has no rowid) and so covers the query, and the rows
+# after that prefix are never computed.
 VICTIMS_SQL = f"""
 WITH {_PROTECTED}
 SELECT b.digest, b.size, b.last_access,
-       sum(b.size) OVER (ORDER BY b.last_access, b.digest ROWS UNBOUNDED PRECEDING) AS upto,
-       {_NAMES}
+       sum(b.size) OVER (ORDER BY b.last_access, b.size, b.digest ROWS UNBOUNDED PRECEDING)
 FROM blobs b
 WHERE b.last_access < :grace_cutoff AND b.digest NOT IN (SELECT digest FROM protected)
-ORDER BY b.last_access, b.digest
+ORDER BY b.last_access, b.size, b.digest
 """
 
 # Protected blobs that the policy would otherwise have taken (older than the newest victim, or
@@ -60,6 +65,8 @@ ORDER BY 3
 LIMIT :limit
 """
 
+_NAMES_OF = "SELECT digest, name FROM names WHERE digest IN ({marks}) ORDER BY name"
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -69,6 +76,18 @@ class Limits:
     low_water: float
     max_age: float
     grace_period: float
+
+    @property
+    def low_water_bytes(self) -> int:
+        return int(self.max_size * self.low_water)
+
+    def excess(self, stored: int, shrinking: bool = False) -> int:
+        """The bytes size-based cleanup frees from a store holding ``stored`` bytes: none at
+        or below ``max_size``, unless the cleanup is ``shrinking`` already (one that started
+        above it goes on down to low water, batch after batch)."""
+        if stored <= self.max_size and not shrinking:
+            return 0
+        return max(0, stored - self.low_water_bytes)
 
 
 class Item(NamedTuple):
@@ -83,55 +102,88 @@ class Item(NamedTuple):
 
 @dataclass
 class Plan:
-    """What cleanup removes and keeps, decided in one transaction."""
+    """What a cleanup removed (or would remove) and kept, and why.
+
+    ``victims`` lists the first ``REPORT_LIMIT`` removed blobs, oldest first; ``removed`` and
+    ``freed`` count them all.
+    """
 
     stored_before: int
     target: int
     victims: list[Item] = field(default_factory=list)
     kept: list[Item] = field(default_factory=list)
+    removed: int = 0
+    freed: int = 0
     #: Seconds spent choosing the victims, updating the catalog and removing the files.
     timings: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def freed(self) -> int:
-        return sum(item.size for item in self.victims)
 
     @property
     def stored_after(self) -> int:
         return self.stored_before - self.freed
 
+    @property
+    def room(self) -> int:
+        """How many more victims the report lists by name."""
+        return REPORT_LIMIT - len(self.victims)
 
-def plan(conn: Connection, limits: Limits, stored: int, now: float, dead_leases: list[int],
-         kept_limit: int = 1000) -> Plan:
-    """Choose the victims of a cleanup of a store holding ``stored`` bytes."""
-    target = int(limits.max_size * limits.low_water)
-    excess = stored - target if stored > limits.max_size else 0
+    def add(self, batch: list[Victim], listed: list[Item]) -> None:
+        """Count a batch of victims; ``listed`` are its first ones with their names."""
+        self.removed += len(batch)
+        self.freed += sum(victim[1] for victim in batch)
+        self.victims += listed[: self.room]
+
+
+#: A victim as the victim query gives it: digest, size, last access, reason ("size" or "age").
+#: A plain tuple: a cleanup may make hundreds of thousands, and an Item costs seven times more.
+Victim = tuple[str, int, float, str]
+
+
+def victims(conn: Connection, limits: Limits, excess: int, now: float,
+            dead_leases: list[int]) -> Iterator[Victim]:
+    """The victims of a cleanup that frees ``excess`` bytes by size, oldest first; stop
+    reading where enough were read (the query stops with the reader)."""
     age_cutoff = now - limits.max_age
-    params = {
+    rows = conn.execute(VICTIMS_SQL, _params(limits, now, dead_leases))
+    try:
+        for digest, size, last_access, upto in rows:
+            if upto - size < excess:
+                yield digest, size, last_access, "size"
+            elif last_access < age_cutoff:
+                yield digest, size, last_access, "age"
+            else:
+                return  # past the prefix of victims: the rest is never computed
+    finally:
+        rows.close()
+
+
+def kept(conn: Connection, limits: Limits, now: float, dead_leases: list[int],
+         horizon: float) -> list[Item]:
+    """Protected blobs that cleanup would otherwise have removed: not accessed since
+    ``horizon`` (the newest victim's last access, or now if the target was missed) or older
+    than the age limit."""
+    rows = conn.execute(
+        KEPT_SQL,
+        {**_params(limits, now, dead_leases), "horizon": horizon, "limit": REPORT_LIMIT},
+    )
+    return [Item(r[0], r[1], r[2], r[3], tuple(r[4].split("\n")) if r[4] else ()) for r in rows]
+
+
+def with_names(conn: Connection, victims: list[Victim]) -> list[Item]:
+    """``victims`` as report items, with the names that point at each (read before their rows
+    go)."""
+    if not victims:
+        return []
+    names: dict[str, list[str]] = {}
+    marks = ",".join("?" * len(victims))
+    for digest, name in conn.execute(_NAMES_OF.format(marks=marks), [v[0] for v in victims]):
+        names.setdefault(digest, []).append(name)
+    return [Item(*victim, names=tuple(names.get(victim[0], ()))) for victim in victims]
+
+
+def _params(limits: Limits, now: float, dead_leases: list[int]) -> dict[str, object]:
+    return {
         "now": now,
         "grace_cutoff": now - limits.grace_period,
-        "age_cutoff": age_cutoff,
+        "age_cutoff": now - limits.max_age,
         "dead": json.dumps(dead_leases),
     }
-    result = Plan(stored, target)
-    rows = conn.execute(VICTIMS_SQL, params)
-    add = result.victims.append  # a tight loop: it may run for hundreds of thousands of rows
-    for digest, size, last_access, upto, names in rows:
-        if upto - size < excess:
-            reason = "size"
-        elif last_access < age_cutoff:
-            reason = "age"
-        else:
-            break  # past the prefix of victims: the rest is never computed
-        add(Item(digest, size, last_access, reason, tuple(names.split("\n")) if names else ()))
-    rows.close()
-    # Kept blobs older than the newest victim would have gone; all would, if the target was missed.
-    reached = result.freed >= excess
-    horizon = max((item.last_access for item in result.victims), default=0.0) if reached else now
-    rows = conn.execute(KEPT_SQL, {**params, "horizon": horizon, "limit": kept_limit})
-    result.kept = [Item(r[0], r[1], r[2], r[3], _names(r[4])) for r in rows]
-    return result
-
-
-def _names(joined: str | None) -> tuple[str, ...]:
-    return tuple(joined.split("\n")) if joined else ()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import os
 import threading
@@ -74,6 +75,14 @@ class _Target(NamedTuple):
     name: str | None
     size: int | None
     last_access: float | None
+
+
+class _EvictedBatch(NamedTuple):
+    stored: int  #: bytes the store held before the batch
+    victims: list[eviction.Victim]
+    listed: list[eviction.Item]  #: the first victims, with names, for the report
+    kept: list[eviction.Item] | None  #: on the last batch: what cleanup kept, and why
+    timings: dict[str, float]
 
 
 class _Restage(Exception):
@@ -679,41 +688,89 @@ class Store:
         dead holders' leases, and staging debris, are cleaned too.
         """
         limits = self._limits(max_size, max_age)
-
-        def choose(conn: Connection) -> eviction.Plan:
-            now = time.time()
-            dead = dead_leases(conn, now)
-            stored, _ = q.stored_totals(conn)
-            started = time.perf_counter()
-            plan = eviction.plan(conn, limits, stored, now, dead)
-            plan.timings["choose"] = time.perf_counter() - started
-            if not dry_run:
-                started = time.perf_counter()
-                q.delete_leases(conn, dead)
-                q.delete_expired_leases(conn, now)
-                self._blobs.check_removable([item.digest for item in plan.victims])
-                q.evict(conn, [item.digest for item in plan.victims])
-                q.record_cleanup(conn, now)
-                plan.timings["update"] = time.perf_counter() - started
-            return plan
-
         if dry_run:
             self._catalog.flush()  # accesses waiting in memory count, as in a real run
             with self._catalog.read() as conn:
-                plan = choose(conn)
-            return plan
-        plan = self._catalog.write(choose)
-        # Counted after the commit: a transaction retried as a whole must not count twice.
+                return self._survey(conn, limits)
+        plan: eviction.Plan | None = None
+        newest = 0.0
+        while True:  # in batches, so that memory does not grow with the catalog
+            room = eviction.REPORT_LIMIT if plan is None else plan.room
+            shrinking = plan is not None and limits.excess(plan.stored_before) > 0
+            batch = self._catalog.write(
+                lambda conn: self._evict_batch(conn, limits, room, newest, shrinking)  # noqa: B023
+            )
+            if plan is None:
+                plan = eviction.Plan(batch.stored, limits.low_water_bytes)
+            plan.add(batch.victims, batch.listed)
+            for key, seconds in batch.timings.items():
+                plan.timings[key] = plan.timings.get(key, 0.0) + seconds
+            freed = sum(victim[1] for victim in batch.victims)
+            if batch.victims:
+                newest = batch.victims[-1][2]
+                log.info("cleanup removed %d blobs (%d bytes)", len(batch.victims), freed)
+            # Counted after the commit: a transaction retried as a whole must not count twice.
+            self._catalog.count(Counter.EVICTIONS, len(batch.victims))
+            self._catalog.count(Counter.EVICTED_BYTES, freed)
+            started = time.perf_counter()
+            self._unlink([victim[0] for victim in batch.victims])
+            plan.timings["remove"] = plan.timings.get("remove", 0.0) + time.perf_counter() - started
+            if batch.kept is not None:
+                plan.kept = batch.kept
+                break
         self._catalog.count(Counter.CLEANUP_RUNS, 1)
-        self._catalog.count(Counter.EVICTIONS, len(plan.victims))
-        self._catalog.count(Counter.EVICTED_BYTES, plan.freed)
-        started = time.perf_counter()
-        self._unlink([item.digest for item in plan.victims])
-        plan.timings["remove"] = time.perf_counter() - started
         self._blobs.clear_debris()
         for item in plan.victims:
-            log.info("cleanup removed %s (%d bytes, %s)%s", item.digest, item.size, item.reason,
-                     f" named {', '.join(item.names)}" if item.names else "")
+            log.debug("cleanup removed %s (%d bytes, %s)%s", item.digest, item.size, item.reason,
+                      f" named {', '.join(item.names)}" if item.names else "")
+        return plan
+
+    def _evict_batch(self, conn: Connection, limits: eviction.Limits, room: int,
+                     newest: float, shrinking: bool) -> _EvictedBatch:
+        """Choose up to ``GC_BATCH`` victims and delete their rows (their files go after the
+        commit); the last batch also says what was kept. ``newest`` is the last access of the
+        newest victim of the batches before, ``shrinking`` whether they freed space by size."""
+        now = time.time()
+        dead = dead_leases(conn, now)
+        stored, _ = q.stored_totals(conn)
+        excess = limits.excess(stored, shrinking)
+        started = time.perf_counter()
+        victims = list(itertools.islice(
+            eviction.victims(conn, limits, excess, now, dead), GC_BATCH
+        ))
+        listed = eviction.with_names(conn, victims[:room])
+        kept = None
+        if len(victims) < GC_BATCH:  # the last batch
+            if victims:
+                newest = victims[-1][2]
+            reached = sum(victim[1] for victim in victims) >= excess
+            kept = eviction.kept(conn, limits, now, dead, newest if reached else now)
+        chosen = time.perf_counter()
+        q.delete_leases(conn, dead)
+        q.delete_expired_leases(conn, now)
+        digests = [victim[0] for victim in victims]
+        self._blobs.check_removable(digests)
+        q.evict(conn, digests)
+        q.record_cleanup(conn, now)
+        timings = {"choose": chosen - started, "update": time.perf_counter() - chosen}
+        return _EvictedBatch(stored, victims, listed, kept, timings)
+
+    def _survey(self, conn: Connection, limits: eviction.Limits) -> eviction.Plan:
+        """What a cleanup would remove and keep now (a dry run), read in one transaction."""
+        now = time.time()
+        dead = dead_leases(conn, now)
+        stored, _ = q.stored_totals(conn)
+        started = time.perf_counter()
+        plan = eviction.Plan(stored, limits.low_water_bytes)
+        excess = limits.excess(stored)
+        victims = eviction.victims(conn, limits, excess, now, dead)
+        newest = 0.0
+        while batch := list(itertools.islice(victims, GC_BATCH)):
+            plan.add(batch, eviction.with_names(conn, batch[: plan.room]))
+            newest = batch[-1][2]
+        reached = plan.freed >= excess
+        plan.kept = eviction.kept(conn, limits, now, dead, newest if reached else now)
+        plan.timings["choose"] = time.perf_counter() - started
         return plan
 
     def _cleanup_if_needed(self, stored: int) -> None:
@@ -782,6 +839,8 @@ def _close(keeper: LeaseKeeper, catalog: Catalog) -> None:
 
 #: A store this far past its limit is cleaned up at once, whenever it last was.
 AUTO_CLEANUP_MARGIN = 1.2
+#: Victims per transaction of ``gc``: the write lock is held briefly, and memory stays flat.
+GC_BATCH = 20_000
 #: Items per transaction of ``put_many``: the write lock is held for a few milliseconds, and
 #: that many staged files at most wait in ``tmp/``.
 PUT_BATCH = 1000
