@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -90,6 +91,38 @@ def test_dry_run_removes_nothing_and_matches(aged: tuple[cas.Store, list[str]]) 
     assert len(blob_files(store.root)) == 10 and len(store.entries()) == 10
     real = store.gc(max_size=5000)
     assert dry.victims == real.victims
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_batches_and_a_bounded_report(aged: tuple[cas.Store, list[str]],
+                                      monkeypatch: pytest.MonkeyPatch, dry_run: bool) -> None:
+    """A cleanup goes in batches down to low water, though the store is under max_size after
+    the first; the report lists the first victims by name and counts them all."""
+    monkeypatch.setattr(cas.store, "GC_BATCH", 2)
+    monkeypatch.setattr(cas.eviction, "REPORT_LIMIT", 3)
+    store, digests = aged
+    store.pin("b9")
+    plan = store.gc(max_size=9500, dry_run=dry_run)  # low water 7600 bytes: 3 blobs go
+    assert plan.removed == 3 and plan.freed == 3000 and plan.stored_after == 7000
+    assert [(item.digest, item.names) for item in plan.victims] == [
+        (digests[i], (f"b{i}",)) for i in range(3)
+    ]
+    left = 10 if dry_run else 7
+    assert len(blob_files(store.root)) == left
+    plan = store.gc(max_size=0, dry_run=dry_run)
+    assert plan.removed == left - 1 and len(plan.victims) == 3
+    assert [item.reason for item in plan.kept] == ["pinned"]
+
+
+def test_cli_gc_says_how_many_more_than_listed(aged: tuple[cas.Store, list[str]]) -> None:
+    """`cas gc` counts every removed blob, in text and in JSON."""
+    store, _ = aged
+    store.close()
+    done = run_cas("gc", "--max-size", "0", "--dry-run", "--json", root=store.root)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["removed_count"] == len(report["removed"]) == 10
+    assert report["freed_bytes"] == 10000
 
 
 def test_named_source_survives_eviction_unsourced_name_goes(root: Path) -> None:
