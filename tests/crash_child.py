@@ -65,15 +65,22 @@ def _work(root: str, base_url: str, focus: str, phase: int, seed: int) -> None:
                 digest = blake3.blake3(data).hexdigest()
                 name = put_name(digest, n) if rng.random() < 0.6 else None
                 how = rng.random()
-                if how < 0.4:
+                if how < 0.3:
                     store.put(data, name=name)
-                elif how < 0.8:
+                elif how < 0.6:
                     scratch.write_bytes(data)
                     store.put(scratch, name=name)
-                else:
+                elif how < 0.8:
                     scratch.write_bytes(data)
                     with scratch.open("rb") as stream:
                         store.put(stream, name=name)
+                else:  # a batch: one transaction, two syncfs
+                    batch = [data] + [rng.randbytes(rng.randint(0, 8 * 1024))
+                                      for _ in range(rng.randint(1, 7))]
+                    store.put_many({
+                        put_name(blake3.blake3(item).hexdigest(), n * 10 + index): item
+                        for index, item in enumerate(batch)
+                    })
             elif op == "fetch":
                 k = rng.randrange(RESOURCES)
                 expect = blake3.blake3(resource(k)).hexdigest() if rng.random() < 0.3 else None

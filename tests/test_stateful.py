@@ -14,8 +14,10 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
+    MultipleResults,
     RuleBasedStateMachine,
     invariant,
+    multiple,
     precondition,
     rule,
 )
@@ -81,6 +83,16 @@ class StoreMachine(RuleBasedStateMachine):
         if name is not None:
             self.names[name] = digest
         return digest
+
+    @rule(target=digests, batch=st.dictionaries(names, contents, min_size=1, max_size=4))
+    def put_many(self, batch: dict[str, bytes]) -> MultipleResults[str]:
+        stored = self.store.put_many(batch)
+        assert stored == [blake3.blake3(data).hexdigest() for data in batch.values()]
+        for (name, data), digest in zip(batch.items(), stored, strict=True):
+            self.blobs[digest] = data
+            self.aged.pop(digest, None)
+            self.names[name] = digest
+        return multiple(*stored)
 
     @rule(name=names, digest=digests)
     def tag(self, name: str, digest: str) -> None:
