@@ -200,8 +200,8 @@ def run(ctx: Context) -> SuiteResult:
         put_row("cas", "diskcache", "diskcache Cache.set", Target(">=", 0.5),
                 note="one put per call, fsynced: three fsyncs per new blob, none for diskcache"),
         put_row("cas put_many", "diskcache", "diskcache Cache.set",
-                note="context: the same puts as one put_many call: a transaction and two "
-                "syncfs per 1,000 blobs, as durable as one put each"),
+                note="context: the same puts as one put_many call: per 1,000 blobs a "
+                "transaction, a syncfs and an fsync per shard folder, as durable as put"),
         put_row("cas durable=false", "diskcache", "diskcache Cache.set",
                 note="context: cas without fsyncs (synchronous=NORMAL), diskcache's own "
                 "durability"),
@@ -238,7 +238,8 @@ def run(ctx: Context) -> SuiteResult:
         "live inside its SQLite file; WAL with synchronous=NORMAL, so no fsync per set) and, "
         "for context, with synchronous=FULL. cas writes one file per blob and fsyncs it, its "
         "folder, and the catalog's WAL (synchronous=FULL): three fsyncs per new blob; "
-        "put_many syncs the filesystem twice per batch of 1,000 (syncfs) and commits once.",
+        "put_many syncs the filesystem once per batch of 1,000 (syncfs), fsyncs each shard "
+        "folder it renamed into, and commits once.",
         "The order of contenders is reversed every round, after an untimed warm-up of a tenth "
         "of the count; folders are not deleted between rounds (file creation is slow right "
         "after mass deletion), only at the end.",

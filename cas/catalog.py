@@ -204,12 +204,6 @@ class _Pending:
                 [*self._touches.values(), *([taken] if self._counts else [])], default=None
             )
 
-    def clear(self) -> None:
-        with self._lock:
-            self._touches.clear()
-            self._counts.clear()
-            self._since = None
-
 
 class Catalog:
     """One store's catalog.db: a connection pool plus the write and read protocols."""
@@ -249,6 +243,16 @@ class Catalog:
                        "mmap_size = 0"):
             dbapi_connection.execute(f"PRAGMA {pragma}")
 
+    def _check_fork(self) -> None:
+        """In a forked child, forget the parent's connections and waiting writes, which the
+        parent closes and writes itself."""
+        if _Forks.count != self._forks:
+            self.engine.dispose(close=False)
+            self._kept = queue.SimpleQueue()
+            # A new one rather than clear(): another thread may have held its lock at the fork.
+            self._pending = _Pending()
+            self._forks = _Forks.count
+
     def _take(self) -> tuple[Any, sqlite3.Connection]:
         """A connection out of the kept ones, or from SQLAlchemy's pool: the pool's own entry
         and its DBAPI connection (looked up once: SQLAlchemy's accessors cost on a hot path).
@@ -256,11 +260,7 @@ class Catalog:
         Up to ``KEPT_CONNECTIONS`` stay checked out of the pool between uses, so a look-up or a
         put does not pay for the pool's checkout and reset each time.
         """
-        if _Forks.count != self._forks:  # a child must not reuse the parent's connections
-            self.engine.dispose(close=False)
-            self._kept = queue.SimpleQueue()  # the parent's, left for the parent to close
-            self._forks = _Forks.count
-            self._pending.clear()  # the parent's, which the parent writes
+        self._check_fork()
         try:
             return self._kept.get_nowait()
         except queue.Empty:
@@ -269,6 +269,8 @@ class Catalog:
             pooled = self.engine.raw_connection()
         except exc.DBAPIError as error:
             raise _translate(error.orig, self.path) from error  # type: ignore[arg-type]
+        except sqlite3.Error as error:  # SQLAlchemy 2 hands the pool's errors on unwrapped
+            raise _translate(error, self.path) from error
         return pooled, cast(sqlite3.Connection, pooled.driver_connection)
 
     def _give_back(self, kept: tuple[Any, sqlite3.Connection]) -> None:
@@ -350,6 +352,7 @@ class Catalog:
         """
         if self.read_only:
             raise StoreError(f"store root {self.path.parent} is not writable ({self.read_only})")
+        self._check_fork()  # before taking the waiting writes: a child's are not the parent's
         deadline = time.monotonic() + WRITE_DEADLINE
         delay = 0.01
         while True:
@@ -378,6 +381,7 @@ class Catalog:
         """Note a read of ``digest`` whose stored last access is ``last_access``."""
         now = time.time()
         if now - last_access >= ACCESS_GRANULARITY and not self.read_only:
+            self._check_fork()
             self._pending.touch(digest, now)
 
     def count(self, name: Counter, amount: int = 1) -> None:
@@ -388,26 +392,27 @@ class Catalog:
         # ValueError for a misspelt name, before it reaches the table
         counter = name if type(name) is Counter else Counter(name)
         if amount and not self.read_only:
+            self._check_fork()
             self._pending.count(counter.value, amount)
 
     def flush(self) -> None:
         """Write waiting touches and counts now."""
+        self._check_fork()
         if self._pending:
             self.write(lambda conn: None)
 
     def close(self) -> None:
         """Flush waiting touches and counts and close every pooled connection."""
         try:
-            if _Forks.count == self._forks:
-                self.flush()
+            self.flush()
         finally:
             self.close_connections()
 
     def close_connections(self) -> None:
         """Close every connection, kept or pooled (a forked child leaves the parent's alone)."""
-        if _Forks.count == self._forks:
-            self._close_kept()
-        self.engine.dispose(close=_Forks.count == self._forks)
+        self._check_fork()
+        self._close_kept()
+        self.engine.dispose()
 
     # -- schema --------------------------------------------------------------------------------
 

@@ -185,20 +185,24 @@ class Store:
         A mapping stores each content under its name (``{"fixtures/a.bin": b"...", ...}``);
         any other iterable stores them unnamed. The same guarantees as ``put``, for a fraction
         of the cost per item when items are small: each batch of up to ``PUT_BATCH`` items is
-        one transaction, and its files are made durable by two filesystem syncs instead of two
-        fsyncs per file. A bad item raises before its batch is recorded; earlier batches stay.
+        one transaction, and its staged files are made durable by one filesystem sync instead
+        of an fsync each. A bad item raises before its batch is recorded; earlier batches stay.
         """
         items: Iterable[tuple[str | None, Source]]
         if isinstance(sources, Mapping):
             items = sources.items()
-        elif isinstance(sources, str | bytes | bytearray | memoryview | os.PathLike):
+        elif isinstance(sources, str | bytes | bytearray | memoryview | os.PathLike) or hasattr(
+            sources, "read"
+        ):
             raise UsageError("put_many takes a collection of sources; use put for one")
         else:
             items = ((None, source) for source in sources)
         digests: list[str] = []
         batch: list[tuple[str | None, Source]] = []
-        for item in items:
-            batch.append(item)
+        for name, source in items:
+            if isinstance(source, bytearray | memoryview):
+                source = bytes(source)  # a buffer the caller reuses must not change meanwhile
+            batch.append((name, source))
             if len(batch) == PUT_BATCH:
                 digests += self._put_batch(batch)
                 batch = []
@@ -209,9 +213,10 @@ class Store:
     def _put_batch(self, batch: list[tuple[str | None, Source]]) -> list[str]:
         """Stage, sync, publish and record ``batch`` as one transaction.
 
-        One item is synced with its own fsyncs; more share one syncfs for the staged files and
-        one for the renames (``BlobStore.sync_filesystem``), both before the commit: a row is
-        never durable before its file (docs/architecture.md).
+        One item is synced with its own fsyncs. More share one syncfs for the staged files,
+        outside the write lock, and an fsync of each shard folder they are renamed into, under
+        it; both before the commit, so a row is never durable before its file
+        (docs/architecture.md).
         """
         for name, _ in batch:
             if name is not None:
@@ -219,26 +224,28 @@ class Store:
         alone = len(batch) == 1
         staged: list[Staged | None] = []
         try:
-            items = [self._stage_item(source, staged, sync=alone) for _, source in batch]
-            if not alone:
-                self._blobs.sync_filesystem()
-            while True:
-                try:
-                    known, stored = self._catalog.write(
-                        lambda conn: self._record(conn, batch, items, staged, sync=alone)
-                    )
-                    break
-                except _Restage as missing:  # removed since it was found: stage it again
-                    for index in missing.indices:
-                        source = batch[index][1]
-                        if not isinstance(source, bytes | bytearray | memoryview):
-                            raise StoreError(f"blob {items[index][0]} was removed by a"
-                                             " concurrent cleanup while being stored; put it"
-                                             " again") from None
-                        staged[index] = self._blobs.stage_bytes(source, items[index][0],
-                                                                sync=alone)
-                    if not alone:
-                        self._blobs.sync_filesystem()
+            with self._blobs.batch_sync() as sync_staged:
+                items = [self._stage_item(source, staged, sync=alone) for _, source in batch]
+                if not alone:
+                    sync_staged()
+                while True:
+                    try:
+                        known, stored = self._catalog.write(
+                            lambda conn: self._record(conn, batch, items, staged, sync=alone)
+                        )
+                        break
+                    except _Restage as missing:  # removed since it was found: stage it again
+                        for index in missing.indices:
+                            source = batch[index][1]
+                            if not isinstance(source, bytes | bytearray | memoryview):
+                                raise StoreError(
+                                    f"blob {items[index][0]} was removed by a concurrent"
+                                    " cleanup while being stored; put it again"
+                                ) from None
+                            staged[index] = self._blobs.stage_bytes(source, items[index][0],
+                                                                    sync=alone)
+                        if not alone:
+                            sync_staged()
         except OSError as error:
             raise _os_error(error, "cannot store the content") from error
         finally:
@@ -311,8 +318,8 @@ class Store:
             raise _Restage(missing)
         for file in publishing:
             self._blobs.publish(file, sync=sync)
-        if publishing and not sync:
-            self._blobs.sync_filesystem()
+        if not sync:
+            self._blobs.sync_shards([file.digest for file in publishing])
         now = time.time()
         q.record_blobs(conn, items, now)
         named = zip((name for name, _ in batch), (digest for digest, _ in items), strict=True)
@@ -841,8 +848,8 @@ def _close(keeper: LeaseKeeper, catalog: Catalog) -> None:
 AUTO_CLEANUP_MARGIN = 1.2
 #: Victims per transaction of ``gc``: the write lock is held briefly, and memory stays flat.
 GC_BATCH = 20_000
-#: Items per transaction of ``put_many``: the write lock is held for a few milliseconds, and
-#: that many staged files at most wait in ``tmp/``.
+#: Items per transaction of ``put_many``: the write lock is held for the renames and an fsync
+#: of each shard folder (tens of milliseconds), and that many staged files at most wait in tmp/.
 PUT_BATCH = 1000
 
 

@@ -74,7 +74,7 @@ def _work(root: str, base_url: str, focus: str, phase: int, seed: int) -> None:
                     scratch.write_bytes(data)
                     with scratch.open("rb") as stream:
                         store.put(stream, name=name)
-                else:  # a batch: one transaction, two syncfs
+                else:  # a batch: one transaction, one syncfs
                     batch = [data] + [rng.randbytes(rng.randint(0, 8 * 1024))
                                       for _ in range(rng.randint(1, 7))]
                     store.put_many({

@@ -137,6 +137,28 @@ def test_counts_ride_along_the_next_write(root: Path) -> None:
             watcher.close()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_write_its_parents_counts(root: Path) -> None:
+    """Counts waiting in the parent at a fork are the parent's: a child that writes and then
+    exits at once (as multiprocessing's fork workers do) does not count them a second time."""
+    with cas.Store.open(root) as store:
+        store.put(b"content", name="n")
+        for _ in range(5):
+            store.path("n")
+        pid = os.fork()
+        if pid == 0:  # the child: one write of its own, then an exit without cleanup
+            status = 0
+            try:
+                store.put(b"the child's")
+            except BaseException:
+                status = 1
+            os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    with cas.Store.open(root) as store:
+        assert store.stats().counters[Counter.HITS] == 5
+
+
 def test_counts_are_written_at_exit_without_close(root: Path) -> None:
     """A process that never closes its store still writes its counts when it exits."""
     cas.Store.open(root).close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import blake3
@@ -116,7 +117,7 @@ def test_default_root_is_cas_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert (tmp_path / "home" / "catalog.db").exists()
 
 
-# -- put_many: batches share one transaction and two filesystem syncs ----------------------------
+# -- put_many: batches share one transaction and one filesystem sync ------------------------------
 
 
 @given(
@@ -183,3 +184,21 @@ def test_put_many_of_stored_content_writes_nothing(store: cas.Store) -> None:
     inode = store.path(digest).stat().st_ino
     assert store.put_many([b"known", b"new"])[0] == digest
     assert store.path(digest).stat().st_ino == inode
+
+
+def test_put_many_copies_buffers_a_generator_reuses(store: cas.Store, tmp_path: Path) -> None:
+    """Items are read when their batch is stored: a reused buffer still stores each content,
+    and an open file is refused rather than stored line by line."""
+    buffer = bytearray(3)
+
+    def contents() -> Iterator[bytearray]:
+        for index in range(5):
+            buffer[:] = b"%03d" % index
+            yield buffer
+
+    digests = store.put_many(contents())
+    assert [store.read_bytes(digest) for digest in digests] == [b"%03d" % i for i in range(5)]
+    source = tmp_path / "lines.txt"
+    source.write_bytes(b"one\ntwo\n")
+    with source.open("rb") as stream, pytest.raises(cas.UsageError, match="use put for one"):
+        store.put_many(stream)  # type: ignore[arg-type]
