@@ -11,6 +11,7 @@ import cProfile
 import os
 import pstats
 import random
+import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -39,8 +40,8 @@ def _rate(count: int, work: Callable[[], object]) -> float:
 #: peer with the target, and two for context.
 PUTTERS = ("cas", "cas durable=false", "cas put_many", "cas put_many durable=false",
            "diskcache", "diskcache FULL", "plain files")
-#: Contenders of the look-up phase.
-READERS = ("cas", "diskcache")
+#: Contenders of the look-up phase: the floor is the same work as Store.path, written inline.
+READERS = ("cas", "diskcache", "floor")
 
 
 class _Round:
@@ -81,12 +82,34 @@ class _Round:
         The untimed pass reads each store's files back into the page cache: this VM evicts
         page cache left idle for a while, and the puts of the other contenders take that long.
         """
-        look: Callable[[str], object] = (
-            self.store.path if contender == "cas" else self.cache.get
-        )
+        look: Callable[[str], object] = {
+            "cas": self.store.path, "diskcache": self.cache.get, "floor": self._floor()
+        }[contender]
         for name in self.lookups:
             look(name)
         return _rate(len(self.names), lambda: [look(n) for n in self.lookups])
+
+    def _floor(self) -> Callable[[str], Path]:
+        """What ``Store.path`` must do at the least, inline, on a connection of its own: the
+        SELECT that joins the name to its blob row, an lstat of the file, and the Path."""
+        db = sqlite3.connect(self.folder / "cas" / "catalog.db", isolation_level=None)
+        self._floor_db = db
+        shards = {f"{i:02x}": self.folder / "cas" / "blobs" / f"{i:02x}" for i in range(256)}
+        select = (
+            "SELECT b.digest, b.size FROM names n JOIN blobs b ON b.digest = n.digest"
+            " WHERE n.name = ?"
+        )
+
+        def look(name: str) -> Path:
+            cursor = db.execute(select, (name,))
+            digest, size = cursor.fetchone()
+            cursor.close()
+            path = shards[digest[:2]] / digest
+            if os.lstat(path).st_size != size:
+                raise AssertionError(path)
+            return path
+
+        return look
 
     def check(self) -> None:
         """Every store gives back the right bytes (untimed)."""
@@ -107,6 +130,8 @@ class _Round:
         self.fast_batch_store.close()
         self.cache.close()
         self.durable_cache.close()
+        if hasattr(self, "_floor_db"):
+            self._floor_db.close()
 
     def _pairs(self) -> Iterable[tuple[str, bytes]]:
         return zip(self.names, self.blobs, strict=True)
@@ -228,6 +253,27 @@ def run(ctx: Context) -> SuiteResult:
             median(gets["diskcache"]),
             Target(">=", 1.0),
             cas_samples=tuple(gets["cas"]),
+            peer_samples=tuple(gets["diskcache"]),
+        ),
+        Row(
+            f"look-up of {count:,} names (Store.path)",
+            "ops/s",
+            median(gets["cas"]),
+            "floor: the same SELECT, lstat and Path inline",
+            median(gets["floor"]),
+            note="context: the least work a look-up that checks its file does in Python, on "
+            "a connection of its own, with no counting and no access time",
+            cas_samples=tuple(gets["cas"]),
+            peer_samples=tuple(gets["floor"]),
+        ),
+        Row(
+            "look-up floor (the same SELECT, lstat and Path inline)",
+            "ops/s",
+            median(gets["floor"]),
+            "diskcache Cache.get",
+            median(gets["diskcache"]),
+            note="context: the floor against diskcache",
+            cas_samples=tuple(gets["floor"]),
             peer_samples=tuple(gets["diskcache"]),
         ),
     ]
