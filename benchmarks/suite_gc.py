@@ -136,7 +136,7 @@ def run(ctx: Context) -> SuiteResult:
             Row(f"gc of {label}: update the catalog", "s", timings["update"],
                 peer="sqlite3: the same DELETEs, one transaction", peer_value=delete_time,
                 note="context: cas deletes in batches of "
-                f"{cas.store.GC_BATCH:,} victims, each its own transaction"),
+                f"{cas.cleanup.GC_BATCH:,} victims, each its own transaction"),
             Row(f"gc of {label}: remove the files", "s", timings["remove"],
                 peer="xargs -0 rm -f", peer_value=rm_time,
                 target=Target("<=", 1.2) if count == 1_000_000 else None),
@@ -162,7 +162,7 @@ def run(ctx: Context) -> SuiteResult:
                     measured[large]["rss"] / measured[small]["rss"],
                     target=Target("<=", 1.25, on="value"),
                     note="memory not growing with the catalog: victims go in batches of "
-                    f"{cas.store.GC_BATCH:,} and the report lists the first "
+                    f"{cas.cleanup.GC_BATCH:,} and the report lists the first "
                     f"{cas.eviction.REPORT_LIMIT:,} by name"))
     notes = [
         "Rows are inserted and empty files created directly, then `Store.gc(max_size=...)` runs "

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import itertools
 import logging
 import os
 import threading
@@ -25,6 +24,7 @@ from . import eviction
 from . import queries as q
 from .blobs import BlobStore, Staged, hasher
 from .catalog import Catalog, Connection
+from .cleanup import Cleaner
 from .download import Downloader, Progress
 from .errors import (
     CasError,
@@ -77,14 +77,6 @@ class _Target(NamedTuple):
     last_access: float | None
 
 
-class _EvictedBatch(NamedTuple):
-    stored: int  #: bytes the store held before the batch
-    victims: list[eviction.Victim]
-    listed: list[eviction.Item]  #: the first victims, with names, for the report
-    kept: list[eviction.Item] | None  #: on the last batch: what cleanup kept, and why
-    timings: dict[str, float]
-
-
 class _Restage(Exception):
     """Blobs vanished between the check and the transaction: stage them after all."""
 
@@ -102,6 +94,7 @@ class Store:
         self._blobs = blobs
         self._catalog = catalog
         self._keeper = LeaseKeeper(catalog, settings.lease_ttl)
+        self._cleaner = Cleaner(blobs, catalog)
         self._cleaning: threading.Thread | None = None
         self._cleaning_lock = threading.Lock()
         self._fetcher = Fetcher(blobs, catalog, Downloader(
@@ -376,7 +369,7 @@ class Store:
             return [target.digest] if q.delete_blob(conn, target.digest) else []
 
         doomed = self._catalog.write(work)
-        self._unlink(doomed)
+        self._cleaner.unlink(doomed)
         return doomed
 
     def _check_not_leased(self, conn: Connection, digest: str, ref: str) -> None:
@@ -384,26 +377,6 @@ class Store:
         live = q.live_leases(conn, digest, now, dead_leases(conn, now))
         if live:
             raise InUse(f"{ref!r} is leased ({live} live lease{'s' * (live > 1)}); use --force")
-
-    def _unlink(self, digests: list[str], chunk: int = 4000) -> None:
-        """Unlink files whose rows are gone, unless a put brought a row back meanwhile.
-
-        Each chunk is checked and unlinked under the write lock, so a concurrent put that saw
-        the file and recorded its row cannot lose it; chunks keep the lock held briefly.
-        """
-        for start in range(0, len(digests), chunk):
-            part = digests[start : start + chunk]
-
-            def work(conn: Connection, part: list[str] = part) -> None:
-                self._blobs.unlink_many(q.without_rows(conn, part))
-
-            try:
-                self._catalog.write(work)
-            except OSError as error:  # checked before the rows went; lost a race since
-                raise StoreError(
-                    f"cannot unlink blob files whose rows are gone: {error.strerror}"
-                    f" ({error.filename}); `cas verify` takes them back, a later gc removes them"
-                ) from error
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -697,88 +670,8 @@ class Store:
         limits = self._limits(max_size, max_age)
         if dry_run:
             self._catalog.flush()  # accesses waiting in memory count, as in a real run
-            with self._catalog.read() as conn:
-                return self._survey(conn, limits)
-        plan: eviction.Plan | None = None
-        newest = 0.0
-        while True:  # in batches, so that memory does not grow with the catalog
-            room = eviction.REPORT_LIMIT if plan is None else plan.room
-            shrinking = plan is not None and limits.excess(plan.stored_before) > 0
-            batch = self._catalog.write(
-                lambda conn: self._evict_batch(conn, limits, room, newest, shrinking)  # noqa: B023
-            )
-            if plan is None:
-                plan = eviction.Plan(batch.stored, limits.low_water_bytes)
-            plan.add(batch.victims, batch.listed)
-            for key, seconds in batch.timings.items():
-                plan.timings[key] = plan.timings.get(key, 0.0) + seconds
-            freed = sum(victim[1] for victim in batch.victims)
-            if batch.victims:
-                newest = batch.victims[-1][2]
-                log.info("cleanup removed %d blobs (%d bytes)", len(batch.victims), freed)
-            # Counted after the commit: a transaction retried as a whole must not count twice.
-            self._catalog.count(Counter.EVICTIONS, len(batch.victims))
-            self._catalog.count(Counter.EVICTED_BYTES, freed)
-            started = time.perf_counter()
-            self._unlink([victim[0] for victim in batch.victims])
-            plan.timings["remove"] = plan.timings.get("remove", 0.0) + time.perf_counter() - started
-            if batch.kept is not None:
-                plan.kept = batch.kept
-                break
-        self._catalog.count(Counter.CLEANUP_RUNS, 1)
-        self._blobs.clear_debris()
-        for item in plan.victims:
-            log.debug("cleanup removed %s (%d bytes, %s)%s", item.digest, item.size, item.reason,
-                      f" named {', '.join(item.names)}" if item.names else "")
-        return plan
-
-    def _evict_batch(self, conn: Connection, limits: eviction.Limits, room: int,
-                     newest: float, shrinking: bool) -> _EvictedBatch:
-        """Choose up to ``GC_BATCH`` victims and delete their rows (their files go after the
-        commit); the last batch also says what was kept. ``newest`` is the last access of the
-        newest victim of the batches before, ``shrinking`` whether they freed space by size."""
-        now = time.time()
-        dead = dead_leases(conn, now)
-        stored, _ = q.stored_totals(conn)
-        excess = limits.excess(stored, shrinking)
-        started = time.perf_counter()
-        victims = list(itertools.islice(
-            eviction.victims(conn, limits, excess, now, dead), GC_BATCH
-        ))
-        listed = eviction.with_names(conn, victims[:room])
-        kept = None
-        if len(victims) < GC_BATCH:  # the last batch
-            if victims:
-                newest = victims[-1][2]
-            reached = sum(victim[1] for victim in victims) >= excess
-            kept = eviction.kept(conn, limits, now, dead, newest if reached else now)
-        chosen = time.perf_counter()
-        q.delete_leases(conn, dead)
-        q.delete_expired_leases(conn, now)
-        digests = [victim[0] for victim in victims]
-        self._blobs.check_removable(digests)
-        q.evict(conn, digests)
-        q.record_cleanup(conn, now)
-        timings = {"choose": chosen - started, "update": time.perf_counter() - chosen}
-        return _EvictedBatch(stored, victims, listed, kept, timings)
-
-    def _survey(self, conn: Connection, limits: eviction.Limits) -> eviction.Plan:
-        """What a cleanup would remove and keep now (a dry run), read in one transaction."""
-        now = time.time()
-        dead = dead_leases(conn, now)
-        stored, _ = q.stored_totals(conn)
-        started = time.perf_counter()
-        plan = eviction.Plan(stored, limits.low_water_bytes)
-        excess = limits.excess(stored)
-        victims = eviction.victims(conn, limits, excess, now, dead)
-        newest = 0.0
-        while batch := list(itertools.islice(victims, GC_BATCH)):
-            plan.add(batch, eviction.with_names(conn, batch[: plan.room]))
-            newest = batch[-1][2]
-        reached = plan.freed >= excess
-        plan.kept = eviction.kept(conn, limits, now, dead, newest if reached else now)
-        plan.timings["choose"] = time.perf_counter() - started
-        return plan
+            return self._cleaner.survey(limits)
+        return self._cleaner.run(limits)
 
     def _cleanup_if_needed(self, stored: int) -> None:
         """After a write that left ``stored`` bytes: clean up when over the size limit, at most
@@ -846,8 +739,6 @@ def _close(keeper: LeaseKeeper, catalog: Catalog) -> None:
 
 #: A store this far past its limit is cleaned up at once, whenever it last was.
 AUTO_CLEANUP_MARGIN = 1.2
-#: Victims per transaction of ``gc``: the write lock is held briefly, and memory stays flat.
-GC_BATCH = 20_000
 #: Items per transaction of ``put_many``: the write lock is held for the renames and an fsync
 #: of each shard folder (tens of milliseconds), and that many staged files at most wait in tmp/.
 PUT_BATCH = 1000

@@ -1,0 +1,150 @@
+"""Cleanup as mechanism: applying the eviction policy (cas/eviction.py) to the catalog and files.
+
+A cleanup goes in batches of up to ``GC_BATCH`` victims. Each batch is one write transaction
+that chooses its victims and deletes their rows; their files are unlinked after the commit, in
+chunks checked again under the write lock (docs/architecture.md, "Leases and cleanup"). Memory
+stays flat whatever the size of the catalog: a batch at a time, and a report that lists the
+first victims by name and counts the rest.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from typing import NamedTuple
+
+from . import eviction
+from . import queries as q
+from .blobs import BlobStore
+from .catalog import Catalog, Connection
+from .errors import StoreError
+from .leases import dead_leases
+from .metrics import Counter
+
+log = logging.getLogger("cas")
+
+#: Victims per transaction: the write lock is held briefly, and memory stays flat.
+GC_BATCH = 20_000
+#: Files unlinked per transaction of ``Cleaner.unlink``.
+UNLINK_CHUNK = 4000
+
+
+class _EvictedBatch(NamedTuple):
+    stored: int  #: bytes the store held before the batch
+    victims: list[eviction.Victim]
+    listed: list[eviction.Item]  #: the first victims, with names, for the report
+    kept: list[eviction.Item] | None  #: on the last batch: what cleanup kept, and why
+    timings: dict[str, float]
+
+
+class Cleaner:
+    """Removes blobs from one store's catalog and ``blobs/``, in that order."""
+
+    def __init__(self, blobs: BlobStore, catalog: Catalog) -> None:
+        self._blobs = blobs
+        self._catalog = catalog
+
+    def run(self, limits: eviction.Limits) -> eviction.Plan:
+        """Remove what ``limits`` choose; return what went and what stayed, and why."""
+        plan: eviction.Plan | None = None
+        newest = 0.0
+        while True:
+            room = eviction.REPORT_LIMIT if plan is None else plan.room
+            shrinking = plan is not None and limits.excess(plan.stored_before) > 0
+            batch = self._catalog.write(
+                lambda conn: self._evict_batch(conn, limits, room, newest, shrinking)  # noqa: B023
+            )
+            if plan is None:
+                plan = eviction.Plan(batch.stored, limits.low_water_bytes)
+            plan.add(batch.victims, batch.listed)
+            for key, seconds in batch.timings.items():
+                plan.timings[key] = plan.timings.get(key, 0.0) + seconds
+            freed = sum(victim[1] for victim in batch.victims)
+            if batch.victims:
+                newest = batch.victims[-1][2]
+                log.info("cleanup removed %d blobs (%d bytes)", len(batch.victims), freed)
+            # Counted after the commit: a transaction retried as a whole must not count twice.
+            self._catalog.count(Counter.EVICTIONS, len(batch.victims))
+            self._catalog.count(Counter.EVICTED_BYTES, freed)
+            started = time.perf_counter()
+            self.unlink([victim[0] for victim in batch.victims])
+            plan.timings["remove"] = plan.timings.get("remove", 0.0) + time.perf_counter() - started
+            if batch.kept is not None:
+                plan.kept = batch.kept
+                break
+        self._catalog.count(Counter.CLEANUP_RUNS, 1)
+        self._blobs.clear_debris()
+        for item in plan.victims:
+            log.debug("cleanup removed %s (%d bytes, %s)%s", item.digest, item.size, item.reason,
+                      f" named {', '.join(item.names)}" if item.names else "")
+        return plan
+
+    def survey(self, limits: eviction.Limits) -> eviction.Plan:
+        """What a cleanup would remove and keep now (a dry run), read in one transaction."""
+        with self._catalog.read() as conn:
+            now = time.time()
+            dead = dead_leases(conn, now)
+            stored, _ = q.stored_totals(conn)
+            started = time.perf_counter()
+            plan = eviction.Plan(stored, limits.low_water_bytes)
+            excess = limits.excess(stored)
+            victims = eviction.victims(conn, limits, excess, now, dead)
+            newest = 0.0
+            while batch := list(itertools.islice(victims, GC_BATCH)):
+                plan.add(batch, eviction.with_names(conn, batch[: plan.room]))
+                newest = batch[-1][2]
+            reached = plan.freed >= excess
+            plan.kept = eviction.kept(conn, limits, now, dead, newest if reached else now)
+            plan.timings["choose"] = time.perf_counter() - started
+        return plan
+
+    def unlink(self, digests: list[str]) -> None:
+        """Unlink files whose rows are gone, unless a put brought a row back meanwhile.
+
+        Each chunk is checked and unlinked under the write lock, so a concurrent put that saw
+        the file and recorded its row cannot lose it; chunks keep the lock held briefly.
+        """
+        for start in range(0, len(digests), UNLINK_CHUNK):
+            part = digests[start : start + UNLINK_CHUNK]
+
+            def work(conn: Connection, part: list[str] = part) -> None:
+                self._blobs.unlink_many(q.without_rows(conn, part))
+
+            try:
+                self._catalog.write(work)
+            except OSError as error:  # checked before the rows went; lost a race since
+                raise StoreError(
+                    f"cannot unlink blob files whose rows are gone: {error.strerror}"
+                    f" ({error.filename}); `cas verify` takes them back, a later gc removes them"
+                ) from error
+
+    def _evict_batch(self, conn: Connection, limits: eviction.Limits, room: int,
+                     newest: float, shrinking: bool) -> _EvictedBatch:
+        """Choose up to ``GC_BATCH`` victims and delete their rows (their files go after the
+        commit); the last batch also says what was kept. ``newest`` is the last access of the
+        newest victim of the batches before, ``shrinking`` whether they freed space by size."""
+        now = time.time()
+        dead = dead_leases(conn, now)
+        stored, _ = q.stored_totals(conn)
+        excess = limits.excess(stored, shrinking)
+        started = time.perf_counter()
+        victims = list(itertools.islice(
+            eviction.victims(conn, limits, excess, now, dead), GC_BATCH
+        ))
+        listed = eviction.with_names(conn, victims[:room])
+        kept = None
+        if len(victims) < GC_BATCH:  # the last batch
+            if victims:
+                newest = victims[-1][2]
+            reached = sum(victim[1] for victim in victims) >= excess
+            kept = eviction.kept(conn, limits, now, dead, newest if reached else now)
+        chosen = time.perf_counter()
+        q.delete_leases(conn, dead)
+        q.delete_expired_leases(conn, now)
+        digests = [victim[0] for victim in victims]
+        self._blobs.check_removable(digests)
+        q.evict(conn, digests)
+        q.record_cleanup(conn, now)
+        timings = {"choose": chosen - started, "update": time.perf_counter() - chosen}
+        return _EvictedBatch(stored, victims, listed, kept, timings)
