@@ -225,6 +225,16 @@ def run(ctx: Context) -> SuiteResult:
             peer_samples=tuple(puts[peer]),
         )
 
+    def get_row(contender: str, peer: str, label: str, target: Target | None = None,
+                note: str = "") -> Row:
+        metric = {
+            "cas": f"look-up of {count:,} names (Store.path)",
+            "floor": "look-up floor (the same SELECT, lstat and Path inline)",
+        }[contender]
+        return Row(metric, "ops/s", median(gets[contender]), label, median(gets[peer]), target,
+                   note=note, cas_samples=tuple(gets[contender]),
+                   peer_samples=tuple(gets[peer]))
+
     rows = [
         put_row("cas", "diskcache", "diskcache Cache.set", Target(">=", 0.5),
                 note="one put per call, fsynced: three fsyncs per new blob, none for diskcache"),
@@ -249,37 +259,12 @@ def run(ctx: Context) -> SuiteResult:
             note="context: one 4 KiB file per blob, no fsync, no catalog: the floor of "
             "one-file-per-blob storage on this filesystem",
         ),
-        Row(
-            f"look-up of {count:,} names (Store.path)",
-            "ops/s",
-            median(gets["cas"]),
-            "diskcache Cache.get",
-            median(gets["diskcache"]),
-            Target(">=", 1.0),
-            cas_samples=tuple(gets["cas"]),
-            peer_samples=tuple(gets["diskcache"]),
-        ),
-        Row(
-            f"look-up of {count:,} names (Store.path)",
-            "ops/s",
-            median(gets["cas"]),
-            "floor: the same SELECT, lstat and Path inline",
-            median(gets["floor"]),
-            note="context: the least work a look-up that checks its file does in Python, on "
-            "a connection of its own, with no counting and no access time",
-            cas_samples=tuple(gets["cas"]),
-            peer_samples=tuple(gets["floor"]),
-        ),
-        Row(
-            "look-up floor (the same SELECT, lstat and Path inline)",
-            "ops/s",
-            median(gets["floor"]),
-            "diskcache Cache.get",
-            median(gets["diskcache"]),
-            note="context: the floor against diskcache",
-            cas_samples=tuple(gets["floor"]),
-            peer_samples=tuple(gets["diskcache"]),
-        ),
+        get_row("cas", "diskcache", "diskcache Cache.get", Target(">=", 1.0)),
+        get_row("cas", "floor", "floor: the same SELECT, lstat and Path inline",
+                note="context: the least work a look-up that checks its file does in Python, "
+                "on a connection of its own, with no counting and no access time"),
+        get_row("floor", "diskcache", "diskcache Cache.get",
+                note="context: the floor against diskcache"),
     ]
     notes = [
         f"{count:,} distinct random blobs of {BLOB_SIZE:,} bytes named `bench/blob-NNNNN.bin`, "
