@@ -114,6 +114,16 @@ def round_order(names: Sequence[str], round_index: int) -> list[str]:
     return list(names) if round_index % 2 == 0 else list(reversed(names))
 
 
+def add_b3sum(contenders: dict[str, Callable[[], float]], measure: Callable[[], float],
+              notes: list[str]) -> None:
+    """Add ``measure`` as the contender "b3sum" when b3sum is installed; else say so in
+    ``notes`` (the row is then skipped, not failed)."""
+    if shutil.which("b3sum"):
+        contenders["b3sum"] = measure
+    else:
+        notes.append("b3sum is not installed (`apt-get install -y b3sum`): its row is skipped.")
+
+
 def interleave(
     contenders: Mapping[str, Callable[[], float]],
     rounds: int,

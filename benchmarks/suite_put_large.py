@@ -8,12 +8,22 @@ same put is measured in a child process of its own.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
-from harness import Context, GiB, MiB, Row, SuiteResult, Target, interleave, median, peak_rss
+from harness import (
+    Context,
+    GiB,
+    MiB,
+    Row,
+    SuiteResult,
+    Target,
+    add_b3sum,
+    interleave,
+    median,
+    peak_rss,
+)
 from harness import remove as remove_path
 
 import cas
@@ -96,10 +106,7 @@ def run(ctx: Context) -> SuiteResult:
         return time.perf_counter() - start
 
     contenders = {"cas put": put, "cp + sync": cp_sync}
-    if shutil.which("b3sum"):
-        contenders["b3sum"] = b3sum
-    else:
-        notes.append("b3sum is not installed (`apt-get install -y b3sum`): its row is skipped.")
+    add_b3sum(contenders, b3sum, notes)
     ctx.log(f"put-large: {rounds} rounds after a warm-up round")
     samples = interleave(contenders, rounds, ctx.log)
     if len(digests) != 1:

@@ -10,12 +10,11 @@ quick verify (stat only) of the same store is measured for context.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
-from harness import Context, GiB, MiB, Row, SuiteResult, Target, interleave, median
+from harness import Context, GiB, MiB, Row, SuiteResult, Target, add_b3sum, interleave, median
 from harness import remove as remove_path
 
 import cas
@@ -84,10 +83,7 @@ def run(ctx: Context) -> SuiteResult:
         return elapsed
 
     contenders = {"cas verify": full, "cas verify --quick": quick}
-    if shutil.which("b3sum"):
-        contenders["b3sum"] = b3sum
-    else:
-        notes.append("b3sum is not installed (`apt-get install -y b3sum`): its row is skipped.")
+    add_b3sum(contenders, b3sum, notes)
     ctx.log(f"verify: {rounds} rounds after a warm-up round")
     samples = interleave(contenders, rounds, ctx.log)
     bad = [report for report in reports if report.findings or report.damaged]

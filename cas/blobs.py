@@ -158,18 +158,9 @@ class BlobStore:
         return info if stat.S_ISREG(info.st_mode) else None
 
     def has(self, digest: str, size: int) -> bool:
-        """Whether a regular file of the right size stands at the blob's place.
-
-        On the hot path of every look-up, hence ``stat`` written out.
-        """
-        shard = digest[:2]
-        if shard not in self._real_shards and not self._real_shard(digest):
-            return False
-        try:
-            info = os.lstat(f"{self._blobs_prefix}{shard}{os.sep}{digest}")
-        except FileNotFoundError:
-            return False
-        return info.st_size == size and stat.S_ISREG(info.st_mode)
+        """Whether a regular file of the right size stands at the blob's place."""
+        info = self.stat(digest)
+        return info is not None and info.st_size == size
 
     def open(self, digest: str) -> BinaryIO:
         """Open the blob for reading without following a symlink planted in its place or in
@@ -565,44 +556,31 @@ _SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of the range's dirty p
 
 
 @functools.cache
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """libc's sync_file_range (Linux), or None where there is none."""
+def _libc(name: str, *argtypes: str) -> Callable[..., int] | None:
+    """The libc function ``name`` taking ctypes ``argtypes`` (Linux), or None where there is
+    none: Python's os module has neither sync_file_range nor syncfs."""
     try:
         import ctypes
 
-        function = ctypes.CDLL(None, use_errno=True).sync_file_range
+        function = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    function.argtypes = [getattr(ctypes, argtype) for argtype in argtypes]
     function.restype = ctypes.c_int
-    return cast("Callable[[int, int, int, int], int]", function)
+    return cast("Callable[..., int]", function)
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to start writing a range of ``fd`` (a hint: the fsync still decides)."""
-    function = _sync_file_range()
+    function = _libc("sync_file_range", "c_int", "c_int64", "c_int64", "c_uint")
     if function is not None:
         function(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 # -- end of write-behind -------------------------------------------------------------------------
 
 
-@functools.cache
-def _libc_syncfs() -> Callable[[int], int] | None:
-    """libc's syncfs (Linux), or None where there is none. Python's os module has only sync."""
-    try:
-        import ctypes
-
-        function = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int]
-    function.restype = ctypes.c_int
-    return cast("Callable[[int], int]", function)
-
-
 def _syncfs(fd: int) -> None:
     """Flush the filesystem holding ``fd``; every filesystem where syncfs is missing."""
-    function = _libc_syncfs()
+    function = _libc("syncfs", "c_int")
     if function is not None:
         if function(fd) == 0:
             return

@@ -286,20 +286,19 @@ class Catalog:
         pooled, conn = kept
         try:
             yield conn
-        except BaseException as error:
-            try:
-                if conn.in_transaction:
-                    conn.rollback()
-            except sqlite3.Error:
-                pooled.invalidate()
-            if isinstance(error, sqlite3.Error) and not isinstance(error, sqlite3.OperationalError):
+        except sqlite3.Error as error:
+            if not isinstance(error, sqlite3.OperationalError):
                 pooled.invalidate()  # a damaged file or a misuse: this connection is not reused
             raise
         finally:
             if pooled.is_valid:
-                if conn.in_transaction:
-                    conn.rollback()
-                self._give_back(kept)
+                try:
+                    if conn.in_transaction:
+                        conn.rollback()
+                except sqlite3.Error:
+                    pooled.invalidate()
+                else:
+                    self._give_back(kept)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:

@@ -408,7 +408,7 @@ class Store:
             if row is not None and self._blobs.has(row[0], row[1]):
                 self._catalog.touch(row[0], row[2])
                 self._catalog.count(Counter.HITS)
-                return str(row[0])
+                return row[0]
         try:
             target = self._resolve(self._catalog, ref)
         except NotFound:
