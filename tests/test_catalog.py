@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -107,3 +109,59 @@ def test_stale_last_access_is_written_at_close(root: Path) -> None:
         assert db.execute("SELECT last_access FROM blobs").fetchone() == (1000,)
     assert db.execute("SELECT last_access FROM blobs").fetchone()[0] > 1000
     db.close()
+
+
+# -- remembered look-ups: never older than a fresh SELECT -----------------------------------------
+
+_RETAG = """
+import sys, cas
+with cas.Store.open(sys.argv[1]) as store:
+    store.tag("moving", store.put(sys.argv[2].encode()))
+"""
+
+
+def test_look_up_sees_another_process_retag_at_once(store: cas.Store) -> None:
+    """A name moved by another process resolves to its new blob on the very next look-up,
+    however often it was looked up before."""
+    first = store.put(b"first", name="moving")
+    for _ in range(3):
+        assert store.path("moving").name == first
+    for content in ("second", "third"):
+        subprocess.run([sys.executable, "-c", _RETAG, str(store.root), content], check=True,
+                       timeout=60)
+        assert store.path("moving").read_bytes() == content.encode()
+
+
+def test_look_up_sees_a_commit_made_outside_cas(store: cas.Store) -> None:
+    """Any commit to catalog.db, by any connection, is seen by the next look-up."""
+    store.put(b"a", name="a")
+    digest_b = store.put(b"b", name="b")
+    assert store.path("a").read_bytes() == b"a"
+    db = sqlite3.connect(store.root / "catalog.db", isolation_level=None)
+    db.execute("UPDATE names SET digest = ? WHERE name = 'a'", (digest_b,))
+    db.close()
+    assert store.path("a").read_bytes() == b"b"
+
+
+def test_look_up_sees_this_store_own_changes(store: cas.Store) -> None:
+    """Tag, untag and remove through the same store are seen by its next look-up."""
+    one, two = store.put(b"one", name="n"), store.put(b"two")
+    assert store.path("n").name == one
+    store.tag("n", two)
+    assert store.path("n").name == two
+    store.untag("n")
+    with pytest.raises(cas.NotFound):
+        store.path("n")
+    assert store.path(one).name == one
+    store.remove(one)
+    with pytest.raises(cas.NotFound):
+        store.path(one)
+
+
+def test_look_up_of_a_name_added_by_another_store(root: Path) -> None:
+    """A miss is remembered only until the next commit: a name added elsewhere is found."""
+    with cas.Store.open(root) as reader, cas.Store.open(root) as writer:
+        with pytest.raises(cas.NotFound):
+            reader.path("late")
+        writer.put(b"late", name="late")
+        assert reader.path("late").read_bytes() == b"late"
