@@ -53,10 +53,10 @@ def hasher(*, parallel: bool = False) -> blake3.blake3:
 
 @dataclass
 class Staged:
-    """A complete, hashed file under ``tmp/`` waiting to be published (fsynced, unless its
-    writer syncs a whole batch at once: ``BlobStore.batch_sync``)."""
+    """A complete, hashed, read-only file under ``tmp/`` waiting to be published (fsynced,
+    unless its writer syncs a whole batch at once: ``BlobStore.batch_sync``)."""
 
-    path: Path
+    path: str  # not a Path: building one costs more than the rename that publishes the file
     digest: str
     size: int
     published: bool = False
@@ -67,6 +67,8 @@ class Staged:
                 os.unlink(self.path)
 
 
+#: The mode of every blob file: read-only for everyone (the folders decide who may enter).
+BLOB_MODE = 0o444
 #: Blob paths remembered for look-ups; past this many, memory restarts.
 REMEMBERED_PATHS = 20_000
 
@@ -84,6 +86,7 @@ class BlobStore:
         self.read_only = read_only  #: why it is read-only, or None: staging refuses at once
         self._real_shards: set[str] = set()
         self._blobs_prefix = f"{self.blobs_dir}{os.sep}"
+        self._tmp_prefix = f"{self.tmp_dir}{os.sep}"
         self._shards: dict[str, Path] = {}
         self._paths: dict[str, Path] = {}  # recent path_of results: a Path costs 1.5 µs to build
         self.dir_mode = dir_mode
@@ -194,15 +197,16 @@ class BlobStore:
     # -- staging -------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _staging_file(self, prefix: str) -> Iterator[tuple[int, Path]]:
+    def _staging_file(self, prefix: str) -> Iterator[tuple[int, str]]:
         if self.read_only:
             raise StoreError(f"store root {self.root} is not writable ({self.read_only})")
         # Named by its writer, so that cleanup can remove a killed writer's file at once; 64
         # random bits make the name unique (O_EXCL would refuse a collision).
         name = f"{prefix}{staging_tag()}{secrets.token_hex(8)}"
-        path = self.tmp_dir / name
+        path = f"{self._tmp_prefix}{name}"
         fd = os.open(path, _NEW_FILE, 0o600)
         try:
+            os.fchmod(fd, BLOB_MODE)  # exactly, whatever the umask; fd itself still writes
             yield fd, path
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
@@ -290,14 +294,13 @@ class BlobStore:
 
         ``sync=False`` leaves the folder's fsync to the caller (``sync_shards``).
         """
-        target = self.path_of(staged.digest)
+        shard = f"{self._blobs_prefix}{staged.digest[:2]}"
         if not self._real_shard(staged.digest):
-            self._make_dir(target.parent)
-        os.chmod(staged.path, 0o444)
-        os.rename(staged.path, target)
+            self._make_dir(Path(shard))
+        os.rename(staged.path, self.location(staged.digest))
         staged.published = True
         if self.durable and sync:
-            _fsync_dir(target.parent)
+            _fsync_dir(shard)
 
     def debris(self, older_than: float = STAGING_MAX_AGE) -> list[os.DirEntry[str]]:
         """Entries of ``tmp/`` (not its ``locks/``) that no live writer will use: untouched for
@@ -448,7 +451,8 @@ class BlobStore:
         its new status."""
         if not unchanged(found):
             return None
-        os.chmod(found.path, 0o444, follow_symlinks=False)  # refuses a symlink, never follows
+        # refuses a symlink, never follows one
+        os.chmod(found.path, BLOB_MODE, follow_symlinks=False)
         return os.lstat(found.path)
 
 
@@ -609,7 +613,7 @@ def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
-def _fsync_dir(folder: Path) -> None:
+def _fsync_dir(folder: str | Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -50,7 +50,15 @@ from urllib3.exceptions import HTTPError, InvalidHeader, MaxRetryError
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
-from .blobs import CHUNK_SIZE, WRITE_BEHIND, Staged, hasher, open_lock, start_writeback
+from .blobs import (
+    BLOB_MODE,
+    CHUNK_SIZE,
+    WRITE_BEHIND,
+    Staged,
+    hasher,
+    open_lock,
+    start_writeback,
+)
 from .errors import DownloadError, IntegrityError, UsageError
 
 log = logging.getLogger("cas")
@@ -897,12 +905,14 @@ class _Partial:
             )
 
     def finish(self) -> Staged:
-        """Fsync and close; the file becomes a plain staged file with no sidecar."""
+        """Make read-only, fsync and close; the file becomes a plain staged file with no
+        sidecar."""
+        os.fchmod(self.file.fileno(), BLOB_MODE)
         os.fsync(self.file.fileno())
         self.file.close()
         _remove(self.meta_path)
         self._release()
-        return Staged(self.path, self.hashes.blake3(), self.size)
+        return Staged(os.fspath(self.path), self.hashes.blake3(), self.size)
 
     def suspend(self) -> None:
         """Keep a resumable partial for a later attempt; remove one that cannot be resumed."""

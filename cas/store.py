@@ -303,7 +303,7 @@ class Store:
             if self._blobs.has(digest, size):
                 if file is None or not file.published:  # not by a rolled-back try of this one
                     known += size
-            elif file is None or file.published or not file.path.exists():
+            elif file is None or file.published or not os.path.exists(file.path):
                 missing.append(index)
             else:
                 publishing.append(file)

@@ -49,7 +49,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from . import queries as q
-from .blobs import BlobStore, Found, signature, unchanged
+from .blobs import BLOB_MODE, BlobStore, Found, signature, unchanged
 from .catalog import Catalog, Connection, damaged_catalog
 from .download import Progress
 from .errors import CasError, StoreError, UsageError
@@ -274,7 +274,8 @@ class Verifier:
             self._found[digest] = _Damage("missing", "its row has no file")
 
     def _fix_modes(self, report: VerifyReport, files: dict[str, Found]) -> dict[str, Found]:
-        wrong = [found for found in files.values() if stat.S_IMODE(found.info.st_mode) != 0o444]
+        wrong = [found for found in files.values()
+                 if stat.S_IMODE(found.info.st_mode) != BLOB_MODE]
         if not wrong:
             return files
 

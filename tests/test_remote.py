@@ -429,7 +429,7 @@ def test_durable_staging_writes_behind(tmp_path: Path, monkeypatch: pytest.Monke
             io.BytesIO(data)
         )
         assert (staged.digest, staged.size, started) == (_b3(data), len(data), expected)
-        assert staged.path.read_bytes() == data
+        assert Path(staged.path).read_bytes() == data
         staged.discard()
 
 
