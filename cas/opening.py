@@ -120,10 +120,15 @@ def open_files(root: Path, settings: Settings) -> tuple[BlobStore, Catalog]:
 
 def _check_not_emptied(catalog_path: Path, blobs: BlobStore) -> None:
     # A crash while a catalog is first created leaves it empty too, but then blobs/ is empty:
-    # nothing can be stored before the catalog exists.
-    try:
-        empty = os.stat(catalog_path).st_size == 0  # stat, never open: SQLite's locks
-    except FileNotFoundError:
-        return
-    if empty and blobs.has_any():
+    # nothing can be stored before the catalog exists. So the catalog is looked at again after
+    # a blob was found: one that another process has just created is empty at the first look
+    # and may have received its schema and a blob before the scan.
+    if _is_empty(catalog_path) and blobs.has_any() and _is_empty(catalog_path):
         raise CatalogError(damaged_catalog(catalog_path, "it is empty, but blobs/ holds files"))
+
+
+def _is_empty(catalog_path: Path) -> bool:
+    try:
+        return os.stat(catalog_path).st_size == 0  # stat, never open: SQLite's locks
+    except FileNotFoundError:
+        return False
