@@ -7,12 +7,15 @@ look-up order. A cProfile pass over cas's side shows where its time goes.
 
 from __future__ import annotations
 
+import contextlib
 import cProfile
 import os
 import pstats
 import random
+import subprocess
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import diskcache  # type: ignore[import-untyped]
@@ -75,10 +78,10 @@ class _Round:
         cache_set = cache.set
         return _rate(count, lambda: [cache_set(n, b) for n, b in self._pairs()])
 
-    def look_up(self, contender: str) -> tuple[float, float]:
-        """Look every name up in shuffled order, once, then ``LOOKUP_PASSES`` times more;
-        return the rate of the first pass and the median rate of the others, in operations
-        per second.
+    def look_up(self, contender: str) -> tuple[float, float, float]:
+        """Look every name up in shuffled order, once, then ``LOOKUP_PASSES`` times more, then
+        once while another process writes to the same store; return the rates of the first
+        pass, of the others (their median) and of the busy one, in operations per second.
 
         In the first pass nothing is remembered yet (cas reads each name's row afresh, as after
         any commit) and this VM may have evicted the store's pages and inodes from its caches
@@ -87,11 +90,15 @@ class _Round:
         look: Callable[[str], object] = {
             "cas": self.store.path, "diskcache": self.cache.get
         }[contender]
-        first = _rate(len(self.names), lambda: [look(n) for n in self.lookups])
-        return first, median([
-            _rate(len(self.names), lambda: [look(n) for n in self.lookups])
-            for _ in range(LOOKUP_PASSES)
-        ])
+
+        def one_pass() -> float:
+            return _rate(len(self.names), lambda: [look(n) for n in self.lookups])
+
+        first = one_pass()
+        again = median([one_pass() for _ in range(LOOKUP_PASSES)])
+        with _busy_writer(contender, self.folder / ("cas" if contender == "cas" else "diskcache")):
+            busy = one_pass()
+        return first, again, busy
 
     def check(self) -> None:
         """Every store gives back the right bytes (untimed)."""
@@ -115,6 +122,42 @@ class _Round:
 
     def _pairs(self) -> Iterable[tuple[str, bytes]]:
         return zip(self.names, self.blobs, strict=True)
+
+
+#: How the busy writer commits one small write with the library's own API, at the durability
+#: of diskcache's defaults (no fsync), between pauses of ``BUSY_PAUSE`` seconds.
+_BUSY_WRITES = {
+    "cas": (
+        "import cas\n"
+        "store = cas.Store.open(FOLDER, durable=False)\n"
+        "digest = store.put(b'busy')\n"
+        "write = lambda i: store.tag('busy', digest)\n"
+    ),
+    "diskcache": (
+        "import diskcache\n"
+        "cache = diskcache.Cache(FOLDER)\n"
+        "write = lambda i: cache.set('busy', i)\n"
+    ),
+}
+BUSY_PAUSE = 0.0002
+
+
+@contextlib.contextmanager
+def _busy_writer(contender: str, folder: Path) -> Iterator[None]:
+    """Another process committing small writes meanwhile, pausing ``BUSY_PAUSE`` s after each."""
+    script = (
+        _BUSY_WRITES[contender].replace("FOLDER", repr(str(folder)))
+        + "import time\nwrite(0)\nprint('ready', flush=True)\ni = 1"
+        + f"\nwhile True:\n    write(i)\n    i += 1\n    time.sleep({BUSY_PAUSE})\n"
+    )
+    writer = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        if writer.stdout is None or writer.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the busy writer of {contender} did not start")
+        yield
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def _write_files(folder: Path, blobs: list[bytes]) -> None:
@@ -162,22 +205,24 @@ def run(ctx: Context) -> SuiteResult:
     puts: dict[str, list[float]] = {contender: [] for contender in PUTTERS}
     gets: dict[str, list[float]] = {contender: [] for contender in READERS}
     first_gets: dict[str, list[float]] = {contender: [] for contender in READERS}
+    busy_gets: dict[str, list[float]] = {contender: [] for contender in READERS}
     for index in range(rounds):
         trial = _Round(ctx.scratch / f"round-{index}", names, blobs)
         for contender in round_order(PUTTERS, index):
             puts[contender].append(trial.put(contender))
         for contender in round_order(READERS, index + 1):
-            first, again = trial.look_up(contender)
+            first, again, busy = trial.look_up(contender)
             first_gets[contender].append(first)
             gets[contender].append(again)
+            busy_gets[contender].append(busy)
         trial.check()
         trial.close()
         ctx.log(
             f"  round {index + 1}/{rounds}: puts "
             + ", ".join(f"{name} {puts[name][-1]:,.0f}/s" for name in PUTTERS)
             + "; look-ups "
-            + ", ".join(f"{name} {first_gets[name][-1]:,.0f}/s then {gets[name][-1]:,.0f}/s"
-                        for name in READERS)
+            + ", ".join(f"{name} {first_gets[name][-1]:,.0f}/s then {gets[name][-1]:,.0f}/s,"
+                        f" busy {busy_gets[name][-1]:,.0f}/s" for name in READERS)
         )
 
     profile_count = min(count, PROFILE_COUNT)
@@ -240,6 +285,11 @@ def run(ctx: Context) -> SuiteResult:
         ),
         get_row(gets, "", Target(">=", 1.0),
                 note=f"the median of {LOOKUP_PASSES} passes after the first"),
+        get_row(busy_gets, ", another process writing",
+                note="context: one pass while another process commits a small write to the "
+                f"same store, pausing {BUSY_PAUSE * 1e3:.1f} ms after each, through the "
+                "library's API without fsync (cas: a tag; diskcache: a set); each commit makes "
+                "the reader's SQLite page cache start over, and cas's remembered rows too"),
         get_row(first_gets, ", first pass",
                 note="context: the first pass over the names, with nothing remembered"),
     ]
