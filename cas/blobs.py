@@ -56,7 +56,7 @@ class Staged:
     """A complete, hashed, read-only file under ``tmp/`` waiting to be published (fsynced,
     unless its writer syncs a whole batch at once: ``BlobStore.batch_sync``)."""
 
-    path: str  # not a Path: building one costs more than the rename that publishes the file
+    path: str  # not a Path, whose building costs microseconds on every put
     digest: str
     size: int
     published: bool = False
