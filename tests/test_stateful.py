@@ -1,5 +1,6 @@
 """A stateful property test: the store against a simple model, under every sequence of
-put, tag, lease, release, pin, unpin, read, age, gc and remove."""
+put, tag, lease, release, pin, unpin, read, age, gc and remove; and a second store on the same
+root, which tags too and whose look-ups must see every change at once."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from hypothesis.stateful import (
 )
 
 import cas
+from cas import queries
 from cas.leases import Lease
 
 GRACE = 3600.0
@@ -42,6 +44,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.folder = Path(tempfile.mkdtemp(prefix="cas-stateful-"))
         self.root = self.folder / "store"
         self.store = cas.Store.open(self.root, grace_period=GRACE, max_cache_size=10**9)
+        self.other = cas.Store.open(self.root, grace_period=GRACE, max_cache_size=10**9)
         self.db = sqlite3.connect(self.root / "catalog.db", isolation_level=None)
         self.blobs: dict[str, bytes] = {}
         self.names: dict[str, str] = {}
@@ -52,6 +55,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         self.db.close()
+        self.other.close()
         self.store.close()
         shutil.rmtree(self.folder, ignore_errors=True)
 
@@ -94,14 +98,15 @@ class StoreMachine(RuleBasedStateMachine):
             self.names[name] = digest
         return multiple(*stored)
 
-    @rule(name=names, digest=digests)
-    def tag(self, name: str, digest: str) -> None:
+    @rule(name=names, digest=digests, elsewhere=st.booleans())
+    def tag(self, name: str, digest: str, elsewhere: bool) -> None:
+        store = self.other if elsewhere else self.store
         if digest in self.blobs:
-            self.store.tag(name, digest)
+            store.tag(name, digest)
             self.names[name] = digest
         else:
             try:
-                self.store.tag(name, digest)
+                store.tag(name, digest)
                 raise AssertionError("tag of a removed blob succeeded")
             except cas.NotFound:
                 pass
@@ -215,6 +220,18 @@ class StoreMachine(RuleBasedStateMachine):
         stored = dict(self.db.execute("SELECT name, value FROM counters"))
         assert stored["stored_bytes"] == sum(rows.values())
         assert stored["stored_blobs"] == len(rows)
+
+    @invariant()
+    def look_ups_agree(self) -> None:
+        """Both stores' look-ups (remembered while the catalog is unchanged) match the model.
+        Through the catalog's lookup itself: a path() would note accesses, which gc sees."""
+        every_name = {f"n{i}" for i in range(6)} | {"a/b", "deep/er/name"}
+        for store in (self.store, self.other):
+            for name in every_name:
+                row = queries.stored_blob(store._catalog, name)
+                assert (row and row[0]) == self.names.get(name), f"look-up of {name!r}"
+            for digest, data in self.blobs.items():
+                assert queries.stored_blob(store._catalog, digest)[1] == len(data)
 
     @invariant()
     def names_agree(self) -> None:
