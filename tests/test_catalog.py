@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import subprocess
 import sys
@@ -165,3 +166,28 @@ def test_look_up_of_a_name_added_by_another_store(root: Path) -> None:
             reader.path("late")
         writer.put(b"late", name="late")
         assert reader.path("late").read_bytes() == b"late"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_looks_up_on_its_own_connection(store: cas.Store) -> None:
+    """A child forked after look-ups reads the catalog afresh on a connection of its own, and
+    the parent sees the child's change at its next look-up."""
+    old, new = store.put(b"old", name="moving"), store.put(b"new")
+    assert store.path("moving").name == old
+    # SQLite forbids carrying a connection across fork(): the child must open its own.
+    parents = store._catalog._lookups._kept
+    assert parents is not None
+    pid = os.fork()
+    if pid == 0:  # the child: a look-up, a retag, a look-up; then an exit without cleanup
+        status = 1
+        try:
+            if store.path("moving").name == old:
+                store.tag("moving", new)
+                status = 0 if store.path("moving").name == new else 2
+            if store._catalog._lookups._kept[1] is parents[1]:  # type: ignore[index]
+                status = 3
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store.path("moving").name == new
