@@ -179,7 +179,8 @@ def run(ctx: Context) -> SuiteResult:
     notes = [
         "Rows are inserted and empty files created directly, then `Store.gc(max_size=...)` runs "
         "in a child process; its phase timings come from `Plan.timings`.",
-        "`remove the files` is cas's unlink phase: chunks of 1,000 files, each checked under "
+        f"`remove the files` is cas's unlink phase: chunks of {cas.cleanup.UNLINK_CHUNK:,} files,"
+        " each checked under "
         "the catalog's write lock to have no row before it is unlinked (a concurrent put of "
         "the same content keeps its file). The peer removes the same files, in the same "
         "layout, with `xargs -0 rm -f`.",

@@ -87,8 +87,9 @@ class _Round:
         any commit) and this VM may have evicted the store's pages and inodes from its caches
         while the other contenders wrote; the later passes look up what was just read.
         """
-        look: Callable[[str], object] = {
-            "cas": self.store.path, "diskcache": self.cache.get
+        look, folder = {
+            "cas": (self.store.path, self.store.root),
+            "diskcache": (self.cache.get, Path(self.cache.directory)),
         }[contender]
 
         def one_pass() -> float:
@@ -96,7 +97,7 @@ class _Round:
 
         first = one_pass()
         again = median([one_pass() for _ in range(LOOKUP_PASSES)])
-        with _busy_writer(contender, self.folder / ("cas" if contender == "cas" else "diskcache")):
+        with _busy_writer(contender, folder):
             busy = one_pass()
         return first, again, busy
 

@@ -246,7 +246,7 @@ class _Lookups:
                 # the next look-up on this connection would not see what others committed.
                 cursor.close()
             except sqlite3.Error:
-                self._forget()
+                self._drop(invalidate=True)  # a damaged file or a misuse: not reused
                 raise
             if self.enabled:
                 if len(self._rows) >= REMEMBERED_LOOKUPS:
@@ -254,21 +254,20 @@ class _Lookups:
                 self._rows[key] = row
             return row
 
-    def _forget(self) -> None:
-        """Drop the connection (a damaged file or a misuse: it is not reused) and the rows."""
+    def close(self) -> None:
+        with self._lock:
+            self._drop(invalidate=False)
+
+    def _drop(self, *, invalidate: bool) -> None:
+        """Give back (or invalidate) the connection and forget every remembered row."""
         if self._kept is not None:
-            self._kept[0].invalidate()
+            if invalidate:
+                self._kept[0].invalidate()
+            else:
+                self._kept[0].close()
         self._kept = None
         self._version = None
         self._rows.clear()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._kept is not None:
-                self._kept[0].close()
-            self._kept = None
-            self._version = None
-            self._rows.clear()
 
 
 class Catalog:
@@ -318,7 +317,7 @@ class Catalog:
             self._kept = queue.SimpleQueue()
             # New ones rather than clear(): another thread may have held their lock at the fork.
             self._pending = _Pending()
-            self._lookups = _Lookups(self._take, enabled=self._lookups.enabled)
+            self._lookups = _Lookups(self._take, enabled=not self.read_only)
             self._forks = _Forks.count
 
     def _take(self) -> tuple[Any, sqlite3.Connection]:

@@ -94,8 +94,7 @@ class Cleaner:
             while batch := list(itertools.islice(victims, GC_BATCH)):
                 plan.add(batch, eviction.with_names(conn, batch[: plan.room]))
                 newest = batch[-1][2]
-            reached = plan.freed >= excess
-            plan.kept = eviction.kept(conn, limits, now, dead, newest if reached else now)
+            plan.kept = eviction.kept(conn, limits, now, dead, newest, plan.freed >= excess)
             plan.timings["choose"] = time.perf_counter() - started
         return plan
 
@@ -137,8 +136,8 @@ class Cleaner:
         if len(victims) < GC_BATCH:  # the last batch
             if victims:
                 newest = victims[-1][2]
-            reached = sum(victim[1] for victim in victims) >= excess
-            kept = eviction.kept(conn, limits, now, dead, newest if reached else now)
+            freed = sum(victim[1] for victim in victims)
+            kept = eviction.kept(conn, limits, now, dead, newest, freed >= excess)
         chosen = time.perf_counter()
         q.delete_leases(conn, dead)
         q.delete_expired_leases(conn, now)

@@ -157,10 +157,11 @@ def victims(conn: Connection, limits: Limits, excess: int, now: float,
 
 
 def kept(conn: Connection, limits: Limits, now: float, dead_leases: list[int],
-         horizon: float) -> list[Item]:
-    """Protected blobs that cleanup would otherwise have removed: not accessed since
-    ``horizon`` (the newest victim's last access, or now if the target was missed) or older
-    than the age limit."""
+         newest: float, reached: bool) -> list[Item]:
+    """Protected blobs that cleanup would otherwise have removed: older than the age limit,
+    or not accessed since ``newest`` (the newest victim's last access) when the victims
+    ``reached`` the bytes to free, and since now when they fell short."""
+    horizon = newest if reached else now
     rows = conn.execute(
         KEPT_SQL,
         {**_params(limits, now, dead_leases), "horizon": horizon, "limit": REPORT_LIMIT},
