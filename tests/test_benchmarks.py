@@ -39,12 +39,13 @@ def test_quick_run_writes_every_suites_rows(tmp_path: Path) -> None:
     report = run_quick(tmp_path)
 
     rows = summary_rows(report)
+    b3sum_peer = "b3sum" if shutil.which("b3sum") else "—"  # the runner skips a missing b3sum
     expected = [
         ("put-large", "put of a 64 MiB file, wall time", "cp + sync"),
         ("put-large", "peak RSS of the 64 MiB put", "—"),
         ("small", "put of 1,000 named 4 KiB blobs", "diskcache Cache.set"),
         ("small", "look-up of 1,000 names", "diskcache Cache.get"),
-        ("verify", "full verify of 65 MiB in 64 blobs", "b3sum"),
+        ("verify", "full verify of 65 MiB in 64 blobs", b3sum_peer),
         ("cli", "`cas path NAME`, whole process", "`python -c pass`"),
         ("cli", "`python -c 'import cas'`", "`python -c 'import sqlalchemy'`"),
         ("s3-pull", "pull of a 64 MiB blob from a local S3 server", "boto3 download_file"),
