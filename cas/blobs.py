@@ -304,8 +304,8 @@ class BlobStore:
 
     def debris(self, older_than: float = STAGING_MAX_AGE) -> list[os.DirEntry[str]]:
         """Entries of ``tmp/`` (not its ``locks/``) that no live writer will use: untouched for
-        ``older_than`` seconds, staged by a process of this host that is gone (killed), or
-        symlinks (cas makes none, here or in ``locks/``)."""
+        ``older_than`` seconds, staged or partly downloaded by a process that is provably gone
+        (killed; cas/holders.py), or symlinks (cas makes none, here or in ``locks/``)."""
         cutoff = time.time() - older_than
         old = []
         with os.scandir(self.tmp_dir) as entries:
@@ -315,7 +315,7 @@ class BlobStore:
                 with contextlib.suppress(FileNotFoundError):  # finished meanwhile
                     info = entry.stat(follow_symlinks=False)
                     if (info.st_mtime < cutoff or stat.S_ISLNK(info.st_mode)
-                            or written_by_dead_process(entry.name, "put-")):
+                            or written_by_dead_process(entry.name)):
                         old.append(entry)
         with contextlib.suppress(FileNotFoundError), os.scandir(self.locks_dir) as locks:
             old += [entry for entry in locks if entry.is_symlink()]

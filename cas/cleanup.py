@@ -9,6 +9,7 @@ first victims by name and counts the rest.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import time
@@ -20,7 +21,7 @@ from .blobs import BlobStore
 from .catalog import Catalog, Connection
 from .errors import StoreError
 from .leases import dead_leases
-from .metrics import Counter
+from .metrics import Counter, staging_usage
 
 log = logging.getLogger("cas")
 
@@ -49,11 +50,13 @@ class Cleaner:
         """Remove what ``limits`` choose; return what went and what stayed, and why."""
         plan: eviction.Plan | None = None
         newest = 0.0
+        staged = self._staged_bytes()
         while True:
             room = eviction.REPORT_LIMIT if plan is None else plan.room
             shrinking = plan is not None and limits.excess(plan.stored_before) > 0
             batch = self._catalog.write(
-                lambda conn: self._evict_batch(conn, limits, room, newest, shrinking)  # noqa: B023
+                lambda conn: self._evict_batch(conn, limits, room, newest, shrinking,  # noqa: B023
+                                               staged)
             )
             if plan is None:
                 plan = eviction.Plan(batch.stored, limits.low_water_bytes)
@@ -85,7 +88,7 @@ class Cleaner:
         with self._catalog.read() as conn:
             now = time.time()
             dead = dead_leases(conn, now)
-            stored, _ = q.stored_totals(conn)
+            stored = q.stored_totals(conn)[0] + self._staged_bytes()
             started = time.perf_counter()
             plan = eviction.Plan(stored, limits.low_water_bytes)
             excess = limits.excess(stored)
@@ -118,14 +121,25 @@ class Cleaner:
                     f" ({error.filename}); `cas verify` takes them back, a later gc removes them"
                 ) from error
 
+    def _staged_bytes(self) -> int:
+        """Bytes in ``tmp/`` that cleanup cannot reclaim (live writers' partial downloads and
+        puts): they use the cache's disk, so size-based cleanup counts them as stored."""
+        _, total = staging_usage(self._blobs.tmp_dir, self._blobs.locks_dir)
+        for entry in self._blobs.debris():
+            with contextlib.suppress(OSError):
+                if entry.is_file(follow_symlinks=False):
+                    total -= entry.stat(follow_symlinks=False).st_size
+        return max(0, total)
+
     def _evict_batch(self, conn: Connection, limits: eviction.Limits, room: int,
-                     newest: float, shrinking: bool) -> _EvictedBatch:
+                     newest: float, shrinking: bool, staged: int = 0) -> _EvictedBatch:
         """Choose up to ``GC_BATCH`` victims and delete their rows (their files go after the
         commit); the last batch also says what was kept. ``newest`` is the last access of the
-        newest victim of the batches before, ``shrinking`` whether they freed space by size."""
+        newest victim of the batches before, ``shrinking`` whether they freed space by size,
+        ``staged`` the bytes of ``tmp/`` counted as stored."""
         now = time.time()
         dead = dead_leases(conn, now)
-        stored, _ = q.stored_totals(conn)
+        stored = q.stored_totals(conn)[0] + staged
         excess = limits.excess(stored, shrinking)
         started = time.perf_counter()
         victims = list(itertools.islice(

@@ -322,6 +322,8 @@ def _entry_json(entry: Entry) -> dict[str, Any]:
         "pinned": entry.pinned,
         "present": entry.present,
         "source": entry.source,
+        "state": entry.state,
+        "leases": entry.leases,
     }
 
 
@@ -339,13 +341,18 @@ def _when(stamp: float | None) -> str:
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @pass_context
 def list_entries(context: Context, as_json: bool) -> None:
-    """List names and blobs with size, last access, and pin state."""
+    """List names and blobs with size, last access, lease and pin state.
+
+    The state column says ``pinned``, ``leased`` (by a live holder), and ``evicted`` (cleanup
+    removed the blob) or ``damaged`` (its file is missing or of the wrong size; `cas verify`).
+    """
     entries = context.store().entries()
     if as_json:
         click.echo(json.dumps([_entry_json(entry) for entry in entries], indent=2))
         return
     state: Callable[[Entry], str] = lambda e: ",".join(  # noqa: E731
-        flag for flag, on in (("pinned", e.pinned), ("evicted", not e.present)) if on
+        flag for flag, on in (("pinned", e.pinned), ("leased", e.leases > 0),
+                              ("evicted", e.state == "evicted"), ("damaged", e.damaged)) if on
     ) or "-"
     for entry in entries:
         click.echo(
@@ -443,6 +450,7 @@ def _stats_rows(stats: Stats) -> list[tuple[str, str]]:
         ("cleanup runs", str(count[Counter.CLEANUP_RUNS])),
         ("verification failures", str(count[Counter.VERIFICATION_FAILURES])),
         ("staging debris", f"{stats.debris_files} files ({human_size(stats.debris_bytes)})"),
+        ("staging (tmp/)", f"{stats.staging_files} files ({human_size(stats.staging_bytes)})"),
     ]
 
 

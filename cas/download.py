@@ -6,9 +6,10 @@ expected), checks the expected digests and size, and hands back a ``Staged`` fil
 to publish. Nothing here ever writes under ``blobs/`` (guarantee 1).
 
 Resume. A partial download is ``tmp/dl-<key>-<token>.part`` with a JSON sidecar ``….json``
-beside it: URL, validator (strong ETag, else Last-Modified), total length, owner (host, pid,
-process start time) and boot id. A later attempt, in this process or another, claims the partial
-of a dead owner by renaming it to its own name (atomic, so one claimant wins), re-hashes the bytes
+beside it: URL, validator (strong ETag, else Last-Modified), total length and owner; the token
+starts with the owner's staging tag (cas/holders.py owns whether it is alive). A later attempt, in
+this process or another, claims the partial of a provably dead owner (gc and verify remove such
+partials instead) by renaming it to its own name (atomic, so one claimant wins), re-hashes the bytes
 already there, and asks for the rest with ``Range`` + ``If-Range``. A partial is never appended to
 by two writers, even where ``flock`` is ignored (huggingface_hub PR #4306 stored corrupted blobs
 from one partial shared by several processes); a live owner's partial is left alone.
@@ -34,13 +35,12 @@ import os
 import queue
 import random
 import re
-import socket
 import ssl
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Self, TypeVar
 from urllib.parse import urljoin, urlsplit
@@ -60,6 +60,7 @@ from .blobs import (
     start_writeback,
 )
 from .errors import DownloadError, IntegrityError, UsageError
+from .holders import staging_tag, this_process, written_by_dead_process, written_by_this_process
 
 log = logging.getLogger("cas")
 
@@ -635,59 +636,23 @@ def _check_size(part: _Partial, expected: Expected, url: str) -> None:
 
 # -- partial files ---------------------------------------------------------------------------------
 
-_HOST = socket.gethostname()
 _ACTIVE: set[str] = set()  # tokens of partials being written by this process
 _ACTIVE_LOCK = threading.Lock()
 
 
-def _boot_id() -> str:
-    # A partial from before a reboot may hold unsynced garbage at its end: never resume it.
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return ""
+def _new_token() -> str:
+    """A partial's token: its writer's ``staging_tag`` (cas/holders.py) and 64 random bits, so
+    that cleanup and other downloads tell from the name alone whether its writer is gone."""
+    return f"{staging_tag()}{uuid.uuid4().hex[:16]}"
 
 
-_BOOT = _boot_id()
-
-
-def _process_start(pid: int) -> str | None:
-    """The start time of process ``pid`` (so a reused pid is not taken for it); None if dead."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            pass
-        return "?"
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):  # a zombie is dead, though its pid still answers kill(0)
-        return None
-    return fields[19]
-
-
-def _owner() -> dict[str, Any]:
-    return {"host": _HOST, "pid": os.getpid(), "start": _process_start(os.getpid())}
-
-
-def _owner_gone(meta: dict[str, Any]) -> bool:
-    """Whether the partial described by ``meta`` has no live writer (so it may be claimed)."""
-    owner = meta.get("owner") or {}
-    if owner.get("host") != _HOST:
-        return False  # never judge a process on another host
-    pid = owner.get("pid")
-    if not isinstance(pid, int):
-        return True
-    if pid == os.getpid() and owner.get("start") == _process_start(pid):
+def _owner_gone(name: str, meta: dict[str, Any]) -> bool:
+    """Whether the partial named ``name`` has no live writer (so it may be claimed): its writer
+    is provably dead (cas/holders.py), or is this process and no longer writing it."""
+    if written_by_this_process(name):
         with _ACTIVE_LOCK:
             return meta.get("token") not in _ACTIVE
-    start = _process_start(pid)
-    return start is None or start != owner.get("start")
+    return written_by_dead_process(name)
 
 
 def _key(url: str) -> str:
@@ -761,7 +726,7 @@ class _Partial:
 
     @classmethod
     def create(cls, tmp_dir: Path, url: str, want_sha256: bool) -> _Partial:
-        token = uuid.uuid4().hex
+        token = _new_token()
         path = tmp_dir / f"{_key(url)}-{token}.part"
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         part = cls(tmp_dir, url, token, os.fdopen(fd, "r+b", buffering=0), want_sha256)
@@ -778,10 +743,10 @@ class _Partial:
         candidates = []
         for meta_path in tmp_dir.glob(f"{_key(url)}-*.json"):
             meta = _read_json(meta_path)
-            if meta is None or meta.get("url") != url or not _owner_gone(meta):
+            if meta is None or meta.get("url") != url or not _owner_gone(meta_path.name, meta):
                 continue
             data_path = meta_path.with_suffix(".part")
-            if not meta.get("validator") or meta.get("boot") != _BOOT:
+            if not meta.get("validator"):  # (a dead owner's is of this boot: cas/holders.py)
                 _remove(data_path, meta_path)  # not resumable: debris of a dead download
                 continue
             try:
@@ -789,7 +754,7 @@ class _Partial:
             except FileNotFoundError:
                 _remove(meta_path)  # its data was claimed already: the record is stale
         for _, data_path, meta_path, meta in sorted(candidates, key=lambda c: -c[0]):
-            token = uuid.uuid4().hex
+            token = _new_token()
             mine = tmp_dir / f"{_key(url)}-{token}.part"
             try:
                 os.rename(data_path, mine)  # atomic: of several claimants exactly one wins
@@ -865,8 +830,7 @@ class _Partial:
             "token": self.token,
             "validator": self.validator if self.resumable else None,
             "total": self.total,
-            "owner": _owner(),
-            "boot": _BOOT,
+            "owner": asdict(this_process()),
         }
         scratch = self.meta_path.with_suffix(".json-new")
         fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from .catalog import Connection
+from .queries import LIVE_LEASE
 
 #: Blobs listed by name in a report (each of removed and kept); the rest are only counted.
 REPORT_LIMIT = 1000
@@ -25,10 +26,9 @@ REPORT_LIMIT = 1000
 # known dead: they protect nothing). The protected set is small (leased or pinned blobs), so it
 # is built once and each blob checked against it, instead of probing leases and names for every
 # one of a million rows.
-_PROTECTED = """
+_PROTECTED = f"""
 protected (digest, reason) AS (
-    SELECT digest, 'leased' FROM leases
-    WHERE expires > :now AND id NOT IN (SELECT value FROM json_each(:dead))
+    SELECT digest, 'leased' FROM leases WHERE {LIVE_LEASE}
     UNION ALL SELECT digest, 'pinned' FROM names WHERE pinned
 )
 """

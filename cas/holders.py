@@ -1,7 +1,19 @@
-"""Who holds a lease: a process, named by host, pid and start time.
+"""Is a process alive? The one answer for leases, staging files and partial downloads.
 
-A pid alone is fooled by reuse, so the process's start time is recorded too; and a process on
-another host is never judged dead, only left to let its leases expire.
+A holder is a process, named by its *place*, its pid and its start time. The place says where
+that pid means something: the host name, the boot id and the PID namespace. Two containers
+with host networking share a host name, yet a pid of one names a different process (or none) in
+the other; a pid from before a reboot names nothing now. So a holder is judged dead only when it
+is provably of this place (same host name, boot and PID namespace, and a ``/proc`` of that
+namespace to look in) and its pid now runs no process started when it did, or a zombie. Any
+other holder is never judged dead: its leases expire and its staging files age out instead.
+
+The start time guards against pid reuse. A zombie has exited: it holds nothing (issue 13, item
+10: two owners of this fact once answered differently for a zombie).
+
+The on-disk records stay those of version 2 of the schema: a lease's ``host`` column holds the
+place (``<host name>/<boot id>/<PID namespace>``), which an older cas compares with its bare
+host name, finds different, and so leaves to expiry, which is safe.
 """
 
 from __future__ import annotations
@@ -16,7 +28,9 @@ from functools import cache
 
 @dataclass(frozen=True)
 class Holder:
-    host: str
+    """A process: where its pid is meaningful (``place()``), its pid, and when it started."""
+
+    place: str
     pid: int
     started: float
 
@@ -30,30 +44,93 @@ def _boot_time() -> float:
     return 0.0
 
 
-def start_time(pid: int) -> float | None:
-    """When process ``pid`` started (Unix seconds), or None if there is no such process."""
+def _read(path: str) -> str:
+    """The text of a small /proc or /sys file, or "" where it does not exist (not Linux)."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            fields = stat.read().rpartition(")")[2].split()
+        with open(path, encoding="ascii", errors="replace") as file:
+            return file.read().strip()
+    except OSError:
+        return ""
+
+
+def _namespace() -> str:
+    """This process's PID namespace (``pid:[4026531836]``), or "" without /proc."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+@cache
+def _place_of(pid: int) -> str:
+    # Per pid: a child forked after unshare(CLONE_NEWPID) lives in another namespace.
+    boot = _read("/proc/sys/kernel/random/boot_id")
+    return f"{socket.gethostname()}/{boot}/{_namespace()}"
+
+
+def place() -> str:
+    """Where this process's pids mean something: ``<host name>/<boot id>/<PID namespace>``."""
+    return _place_of(os.getpid())
+
+
+@cache
+def _proc_state(pid: int) -> bool | None:
+    """For process ``pid`` (this one): True if ``/proc`` shows this PID namespace's processes,
+    False if it shows another's (a new namespace without its own /proc mount), None without
+    ``/proc``."""
+    try:
+        return os.readlink("/proc/self") == str(pid)
     except FileNotFoundError:
         return None
     except OSError:
-        return 0.0  # /proc unreadable: treat the process as alive, with an unknown start
+        return False
+
+
+def _stat_fields(name: str) -> list[str] | None:
+    """The fields of ``/proc/<name>/stat`` after the command name; None if no such process."""
+    try:
+        with open(f"/proc/{name}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return None
+
+
+def _start_of(fields: list[str]) -> float | None:
+    if fields[0] in ("Z", "X"):  # exited (a zombie or dying): it holds nothing any more
+        return None
     # Field 22 of stat (index 19 after the command name) is the start time in clock ticks.
     return _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
 
 
+def start_time(pid: int) -> float | None:
+    """When process ``pid`` started (Unix seconds), or None if there is no such process or it
+    has exited (a zombie). 0.0 when /proc cannot be read: alive, with an unknown start."""
+    try:
+        fields = _stat_fields(str(pid))
+    except OSError:
+        return 0.0
+    return None if fields is None else _start_of(fields)
+
+
 def this_process() -> Holder:
-    """The current process as a lease holder."""
-    pid = os.getpid()
-    return Holder(socket.gethostname(), pid, start_time(pid) or 0.0)
+    """The current process as a holder."""
+    try:  # /proc/self: right even when /proc is another namespace's
+        fields = _stat_fields("self")
+    except OSError:
+        fields = None
+    started = _start_of(fields) if fields else None
+    return Holder(place(), os.getpid(), started or 0.0)
 
 
 def is_dead(holder: Holder) -> bool:
-    """Whether ``holder`` is known to be gone: a process of this host that no longer runs."""
-    if holder.host != socket.gethostname():
+    """Whether ``holder`` is provably gone: a process of this place (host, boot and PID
+    namespace) that no longer runs, or that exited and is a zombie. Any other is alive."""
+    if holder.place != place():
         return False
-    if not os.path.exists("/proc/self/stat"):
+    proc = _proc_state(os.getpid())
+    if proc is False:  # pids in /proc are another namespace's: nothing can be proven
+        return False
+    if proc is None:  # no /proc (not Linux): the pid alone, with kill(0)
         try:
             os.kill(holder.pid, 0)
         except ProcessLookupError:
@@ -70,30 +147,38 @@ def is_dead(holder: Holder) -> bool:
 
 # -- staging files named by their writer (issue 6) ----------------------------------------------
 # A staging file's name says which process writes it, so that cleanup removes a killed writer's
-# files at once instead of after a day, and never a live writer's.
+# files at once instead of after a day, and never a live writer's. Partial downloads are named
+# so too (``dl-<key>-<tag><random>.part`` and its sidecar).
 
-_TAG = re.compile(r"([0-9a-f]{8})\.(\d+)\.(\d+)-")
+_TAG = re.compile(r"(?:^|-)([0-9a-f]{16})\.(\d+)\.(\d+)-")
 
 
-def _host_hash(host: str) -> str:
-    return hashlib.blake2s(host.encode(), digest_size=4).hexdigest()
+def _place_hash(where: str) -> str:
+    return hashlib.blake2s(where.encode(), digest_size=8).hexdigest()
 
 
 @cache
 def _tag_of(pid: int) -> str:
     holder = this_process()
-    return f"{_host_hash(holder.host)}.{holder.pid}.{int(holder.started)}-"
+    return f"{_place_hash(holder.place)}.{holder.pid}.{int(holder.started)}-"
 
 
 def staging_tag() -> str:
-    """This process as the start of a file name: ``<host hash>.<pid>.<start time>-``."""
+    """This process as part of a file name: ``<place hash>.<pid>.<start time>-``."""
     return _tag_of(os.getpid())
 
 
-def written_by_dead_process(name: str, prefix: str) -> bool:
-    """Whether ``name`` (``prefix`` + a ``staging_tag``) was written by a process of this host
-    that is gone. Unknown or foreign names are never judged dead."""
-    match = _TAG.match(name, len(prefix)) if name.startswith(prefix) else None
-    if match is None or match[1] != _host_hash(socket.gethostname()):
+def written_by_dead_process(name: str) -> bool:
+    """Whether the file ``name``, which carries a ``staging_tag`` after its prefix (``put-``,
+    ``dl-<key>-``), was written by a process that ``is_dead``. Names without a tag, or with
+    the tag of another place (an older cas, another PID namespace, host or boot), never are."""
+    match = _TAG.search(name)
+    if match is None or match[1] != _place_hash(place()):
         return False
-    return is_dead(Holder(socket.gethostname(), int(match[2]), float(match[3])))
+    return is_dead(Holder(place(), int(match[2]), float(match[3])))
+
+
+def written_by_this_process(name: str) -> bool:
+    """Whether the file ``name`` carries this process's ``staging_tag``."""
+    match = _TAG.search(name)
+    return match is not None and match.group(0).lstrip("-") == staging_tag()

@@ -1,9 +1,11 @@
 """Leases: explicit "in use" records that eviction respects (guarantee 3).
 
-A lease names its holder (this process: host, pid, start time) and an expiry. While the store
-is open, a keeper thread renews this process's leases every third of ``lease_ttl``, so a live
-holder never loses one; a dead holder's leases on this host are reclaimed at once by the next
-cleanup, and any other's simply expire.
+A lease names its holder (this process: its place, pid and start time, cas/holders.py) and an
+expiry. While the store is open, a keeper thread renews this process's leases every third of
+``lease_ttl``, so a live holder never loses one; a holder provably dead (of this host, boot and
+PID namespace) loses its leases at once, and any other's simply expire. ``dead_leases`` is the
+one answer to "which unexpired leases protect nothing": cleanup, ``rm``, verify, ``stats`` and
+``ls`` all take it, with ``queries.LIVE_LEASE``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import queries as q
-from .holders import Holder, is_dead, this_process
+from .holders import Holder, is_dead, place, this_process
 
 if TYPE_CHECKING:
     from .catalog import Catalog, Connection
@@ -70,7 +72,7 @@ class LeaseKeeper:
         """Record a new lease on ``digest`` inside the caller's write transaction."""
         holder = self._current_holder()
         now = time.time()
-        return q.insert_lease(conn, digest, holder.host, holder.pid, holder.started, now,
+        return q.insert_lease(conn, digest, holder.place, holder.pid, holder.started, now,
                               now + self.ttl)
 
     def track(self, lease_id: int) -> None:
@@ -128,9 +130,9 @@ class LeaseKeeper:
 
 
 def dead_leases(conn: Connection, now: float) -> list[int]:
-    """Ids of unexpired leases whose holder, a process of this host, is gone."""
-    host = this_process().host
+    """Ids of unexpired leases whose holder, a process of this place, is gone."""
+    where = place()
     return [
-        row.id for row in q.leases_of_host(conn, host, now)
-        if is_dead(Holder(host, row.pid, row.started))
+        row.id for row in q.leases_of_host(conn, where, now)
+        if is_dead(Holder(where, row.pid, row.started))
     ]

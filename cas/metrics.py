@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -83,10 +83,15 @@ class Stats:
     low_water_bytes: int
     debris_files: int
     debris_bytes: int
+    #: Every file in tmp/ now: partial downloads (a killed fetch's too, until gc or verify
+    #: reclaims it) and puts in progress. Size-based cleanup counts these bytes as stored.
+    staging_files: int = 0
+    staging_bytes: int = 0
 
     @classmethod
     def build(
-        cls, counts: Mapping[str, int], usage: Usage, settings: Settings, debris: tuple[int, int]
+        cls, counts: Mapping[str, int], usage: Usage, settings: Settings, debris: tuple[int, int],
+        staging: tuple[int, int] = (0, 0),
     ) -> Stats:
         """Stats from the catalog's counter rows (unknown names ignored, missing ones 0)."""
         return cls(
@@ -96,6 +101,8 @@ class Stats:
             low_water_bytes=settings.low_water_bytes,
             debris_files=debris[0],
             debris_bytes=debris[1],
+            staging_files=staging[0],
+            staging_bytes=staging[1],
         )
 
     @property
@@ -151,6 +158,7 @@ class Stats:
             "hit_ratio": self.hit_ratio,
             "download_success_rate": self.download_success_rate,
             "staging_debris": {"files": self.debris_files, "bytes": self.debris_bytes},
+            "staging": {"files": self.staging_files, "bytes": self.staging_bytes},
             "problems": self.problems(),
         }
 
@@ -170,7 +178,8 @@ class Stats:
         metric("cas_storage_bytes", "gauge", "Bytes of the stored blobs.", usage.bytes)
         metric("cas_storage_blobs", "gauge", "Stored blobs.", usage.blobs)
         metric("cas_names", "gauge", "Names in the catalog.", usage.names)
-        metric("cas_live_leases", "gauge", "Leases not yet expired.", usage.live_leases)
+        metric("cas_live_leases", "gauge", "Leases not expired whose holder is not known dead.",
+               usage.live_leases)
         metric(
             "cas_storage_usage_ratio", "gauge", "Stored bytes over max_cache_size.",
             self.usage_ratio,
@@ -190,6 +199,14 @@ class Stats:
             "cas_staging_debris_bytes", "gauge", "Bytes of staging files older than a day.",
             self.debris_bytes,
         )  # fmt: skip
+        metric(
+            "cas_staging_files", "gauge", "Files in tmp/: partial downloads and puts.",
+            self.staging_files,
+        )  # fmt: skip
+        metric(
+            "cas_staging_bytes", "gauge", "Bytes of the files in tmp/, counted as stored by gc.",
+            self.staging_bytes,
+        )  # fmt: skip
         return "\n".join(lines) + "\n"
 
 
@@ -206,17 +223,32 @@ def staging_debris(
     """
     cutoff = (time.time() if now is None else now) - age
     files = size = 0
+    for info in _staged(tmp_dir, skip):
+        if info.st_mtime < cutoff:
+            files += 1
+            size += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return files, size
+
+
+def staging_usage(tmp_dir: Path, skip: Path) -> tuple[int, int]:
+    """Count and bytes of every file under ``tmp_dir`` (but not ``skip``): the disk that
+    partial downloads and puts in progress use beside the blobs (issue 13, item 15)."""
+    files = size = 0
+    for info in _staged(tmp_dir, skip):
+        files += 1
+        size += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return files, size
+
+
+def _staged(tmp_dir: Path, skip: Path) -> Iterator[os.stat_result]:
+    """The lstat of each file under ``tmp_dir``, not under ``skip``; symlinks never followed."""
     for folder, subfolders, names in os.walk(tmp_dir):
         subfolders[:] = [sub for sub in subfolders if Path(folder, sub) != skip]
         for name in names:
             try:
-                info = os.lstat(os.path.join(folder, name))
+                yield os.lstat(os.path.join(folder, name))
             except FileNotFoundError:
                 continue  # a writer finished meanwhile
-            if info.st_mtime < cutoff:
-                files += 1
-                size += info.st_size if stat.S_ISREG(info.st_mode) else 0
-    return files, size
 
 
 def human_size(size: int) -> str:

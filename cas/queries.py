@@ -8,6 +8,7 @@ Each function takes the caller's transaction (the DBAPI connection that ``Catalo
 
 from __future__ import annotations
 
+import json
 from typing import Any, NamedTuple
 
 from .catalog import Catalog, Connection
@@ -201,20 +202,47 @@ class LeaseRow(NamedTuple):
     started: float
 
 
-def leases_of_host(conn: Connection, host: str, now: float) -> list[LeaseRow]:
-    """Unexpired leases held by processes of ``host``."""
+def leases_of_host(conn: Connection, place: str, now: float) -> list[LeaseRow]:
+    """Unexpired leases held by processes of ``place`` (the ``host`` column holds a holder's
+    place, cas/holders.py)."""
     return list(map(LeaseRow._make, conn.execute(
-        "SELECT id, pid, started FROM leases WHERE host = ? AND expires > ?", (host, now)
+        "SELECT id, pid, started FROM leases WHERE host = ? AND expires > ?", (place, now)
     )))
 
 
+#: The one definition of a live lease, as SQL over ``leases``: not expired at ``:now``, and not
+#: among ``:dead`` (a JSON array of the ids of leases whose holder is provably gone, from
+#: ``leases.dead_leases``). Cleanup, ``rm``, ``stats`` and ``ls`` all count leases with it.
+LIVE_LEASE = "expires > :now AND id NOT IN (SELECT value FROM json_each(:dead))"
+
+
+def _live(now: float, dead: list[int]) -> dict[str, object]:
+    return {"now": now, "dead": json.dumps(dead)}
+
+
 def live_leases(conn: Connection, digest: str, now: float, dead: list[int]) -> int:
-    """How many unexpired leases not known dead hold ``digest``."""
-    return sum(
-        1 for (lease_id,) in conn.execute(
-            "SELECT id FROM leases WHERE digest = ? AND expires > ?", (digest, now)
-        ) if lease_id not in dead
-    )
+    """How many live leases (``LIVE_LEASE``) hold ``digest``."""
+    row = conn.execute(
+        f"SELECT count(*) FROM leases WHERE digest = :digest AND {LIVE_LEASE}",
+        {"digest": digest, **_live(now, dead)},
+    ).fetchone()
+    return int(row[0])
+
+
+def live_lease_counts(conn: Connection, now: float, dead: list[int]) -> dict[str, int]:
+    """digest -> how many live leases (``LIVE_LEASE``) hold it, for the leased blobs only."""
+    return {str(digest): int(count) for digest, count in conn.execute(
+        f"SELECT digest, count(*) FROM leases WHERE {LIVE_LEASE} GROUP BY digest",
+        _live(now, dead),
+    )}
+
+
+def damaged_digests(conn: Connection) -> set[str]:
+    """Digests that verify found missing or damaged and that are not stored again."""
+    return {str(digest) for (digest,) in conn.execute(
+        "SELECT digest FROM damaged d WHERE NOT EXISTS"
+        " (SELECT 1 FROM blobs b WHERE b.digest = d.digest)"
+    )}
 
 
 def set_pinned(conn: Connection, digest: str, name: str | None, pinned: bool) -> int:
@@ -285,14 +313,14 @@ class UsageRow(NamedTuple):
     live_leases: int
 
 
-def usage(conn: Connection, now: float) -> UsageRow:
-    """Stored bytes and blobs, names, and leases not expired at ``now``, in one row."""
+def usage(conn: Connection, now: float, dead: list[int]) -> UsageRow:
+    """Stored bytes and blobs, names, and live leases (``LIVE_LEASE``), in one row."""
     return UsageRow._make(conn.execute(
         "SELECT (SELECT coalesce(sum(size), 0) FROM blobs) AS bytes,"
         " (SELECT count(*) FROM blobs) AS blobs,"
         " (SELECT count(*) FROM names) AS names,"
-        " (SELECT count(*) FROM leases WHERE expires > ?) AS live_leases",
-        (now,),
+        f" (SELECT count(*) FROM leases WHERE {LIVE_LEASE}) AS live_leases",
+        _live(now, dead),
     ).fetchone())
 
 

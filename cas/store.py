@@ -37,7 +37,7 @@ from .errors import (
 )
 from .fetch import Fetched, Fetcher
 from .leases import Lease, LeaseKeeper, dead_leases
-from .metrics import Counter, Stats, Usage, staging_debris
+from .metrics import Counter, Stats, Usage, staging_debris, staging_usage
 from .opening import open_files
 from .refs import check_name, is_digest
 from .settings import Settings, default_root, load_settings, parse_duration, parse_size
@@ -61,11 +61,22 @@ class Entry:
     last_access: float | None
     pinned: bool
     source: str | None
+    leases: int = 0  #: live leases on the blob (SPEC: ``ls`` shows lease state)
+    damaged: bool = False  #: its file is missing or of the wrong size, or verify found it so
 
     @property
     def present(self) -> bool:
         """Whether the blob is in the store (a named fixture's may have been evicted)."""
         return self.size is not None
+
+    @property
+    def state(self) -> str:
+        """``stored``; ``damaged`` (its row is there but its file is missing or of the wrong
+        size, or verify found it damaged and dropped the row); or ``evicted`` (cleanup removed
+        it; a named fixture with a source comes back when used)."""
+        if self.damaged:
+            return "damaged"
+        return "stored" if self.present else "evicted"
 
 
 class _Target(NamedTuple):
@@ -453,11 +464,22 @@ class Store:
             return blob.read()
 
     def entries(self) -> list[Entry]:
-        """Every name with its blob, then every blob that has no name."""
+        """Every name with its blob, then every blob that has no name, with their live leases
+        and whether a stored blob's file is missing or damaged (checked by size, not hashed)."""
         with self._catalog.read() as conn:
             rows = q.entries(conn)
+            now = time.time()
+            leases = q.live_lease_counts(conn, now, dead_leases(conn, now))
+            damaged = q.damaged_digests(conn)
+
+        def is_damaged(row: q.EntryRow) -> bool:
+            if row.size is None:  # evicted, or dropped by verify as damaged
+                return row.digest in damaged
+            return not self._blobs.has(row.digest, row.size)
+
         return [
-            Entry(row.name, row.digest, row.size, row.last_access, bool(row.pinned), row.url)
+            Entry(row.name, row.digest, row.size, row.last_access, bool(row.pinned), row.url,
+                  leases.get(row.digest, 0), is_damaged(row))
             for row in rows
         ]
 
@@ -577,10 +599,11 @@ class Store:
         now = time.time()
         with self._catalog.read() as conn:
             counts = q.counter_values(conn)
-            row = q.usage(conn, now)
+            row = q.usage(conn, now, dead_leases(conn, now))
         debris = staging_debris(self._blobs.tmp_dir, self._blobs.locks_dir, now)
+        staging = staging_usage(self._blobs.tmp_dir, self._blobs.locks_dir)
         usage = Usage(row.bytes, row.blobs, row.names, row.live_leases)
-        return Stats.build(counts, usage, self.settings, debris)
+        return Stats.build(counts, usage, self.settings, debris, staging)
 
 
     # -- verification (issue 6) ----------------------------------------------------------------
