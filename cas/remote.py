@@ -5,6 +5,7 @@ to read through, what to push) is cas/tier.py. Layout under ``s3://bucket/prefix
 
     <prefix>/blobs/ab/<digest>           the content, keyed by its BLAKE3 digest
     <prefix>/names/<quoted name>.json    a ``NameRecord``: digest, size, source URL, sha256
+    <prefix>/names/#<sha256 of name>.json  the same, for a name whose quoted form is long
     <prefix>/sha256/<sha256>.json        an ``Alias``: the BLAKE3 digest of an upstream checksum
 
 Blob keys are content addresses and records are idempotent, so any number of stores on any
@@ -20,8 +21,11 @@ pays for it). Endpoint, region and credentials come from the standard AWS source
 variables including ``AWS_ENDPOINT_URL``, and the shared config and credentials files. Objects
 above ``Transfer.threshold`` move by multipart transfer, ``Transfer.concurrency`` parts at once.
 Transient errors (connection failures, timeouts, throttling, 5xx) are retried by botocore's
-standard retry mode with the store's ``retries`` budget; permanent ones (403, NoSuchBucket, bad or
-missing credentials) are not, and become a ``RemoteError`` with ``permanent`` set.
+standard retry mode with the store's ``retries`` budget, but only within ``RETRY_WINDOW`` seconds
+of a request's first attempt: the remote is a cache, and a store that takes 13 s to answer 500
+must cost one such answer, not six, before the origin is asked. Permanent errors (403,
+NoSuchBucket, bad or missing credentials) are not retried, and become a ``RemoteError`` with
+``permanent`` set; a refused access says which bucket and that the credentials may be wrong.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -40,7 +45,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from .blobs import BlobStore
 from .download import Download, check_url
-from .errors import CasError, IntegrityError, RemoteError, UsageError
+from .errors import CasError, IntegrityError, NotFound, RemoteError, UsageError
 from .refs import check_digest, check_name
 
 if TYPE_CHECKING:
@@ -51,9 +56,17 @@ log = logging.getLogger("cas")
 MiB = 1 << 20
 #: Largest metadata object read: records are a few hundred bytes; anything bigger is not ours.
 RECORD_MAX = 64 * 1024
-#: Longest key part a quoted name may take (S3 keys are at most 1024 bytes); longer names are
-#: keyed by their SHA-256 instead (``#`` never appears in a quoted name).
-NAME_KEY_MAX = 512
+#: Longest quoted name used as a key as it is; longer names are keyed by their SHA-256 instead
+#: (``#`` never appears in a quoted name). With ``.json`` the key's last segment stays under the
+#: 255 bytes that SeaweedFS (and most file systems behind S3 gateways) allow a segment.
+NAME_KEY_MAX = 240
+#: The limit of the first layout (before issue 13): quoted names up to 512 characters were keys.
+#: Such records are still read, and listed once.
+LEGACY_NAME_KEY_MAX = 512
+#: Seconds after a request's first attempt within which a failed attempt is retried.
+RETRY_WINDOW = 5.0
+#: Further downloads of a blob after its body stream broke (each request retries besides).
+STREAM_RETRIES = 1
 #: Error codes no retry can fix.
 PERMANENT_CODES = frozenset({
     "AccessDenied", "AllAccessDisabled", "InvalidAccessKeyId", "SignatureDoesNotMatch",
@@ -110,12 +123,21 @@ class NameRecord:
         return record
 
 
+@dataclass(frozen=True)
+class Listed:
+    """One record found by listing the remote's names: the name, or why it is none."""
+
+    where: str  #: the record's s3:// URL
+    name: str | None = None
+    error: CasError | None = None
+
+
 class Remote:
     """One ``s3://bucket/prefix``: has, get and put of blobs by digest, and of small records.
 
     ``timeout`` bounds each connect and read; ``retries`` further attempts follow a transient
-    failure. ``client`` replaces the boto3 client built from the AWS sources (a test seam).
-    Safe to share between threads.
+    failure, within ``retry_window`` seconds of the first. ``client`` replaces the boto3 client
+    built from the AWS sources (a test seam). Safe to share between threads.
     """
 
     def __init__(
@@ -124,6 +146,7 @@ class Remote:
         *,
         timeout: float = 300.0,
         retries: int = 5,
+        retry_window: float = RETRY_WINDOW,
         transfer: Transfer | None = None,
         client: Any = None,
     ) -> None:
@@ -135,6 +158,7 @@ class Remote:
         self.prefix = prefix.strip("/")
         self.timeout = timeout
         self.retries = retries
+        self.retry_window = retry_window
         self.transfer = transfer or Transfer()
         self._client = client
         self._own_client = client is None
@@ -176,7 +200,9 @@ class Remote:
             user_agent_extra=f"cas/{__version__}",
         )
         # A session of its own: boto3's default session is not thread-safe to create clients.
-        return boto3.session.Session().client("s3", config=config)
+        client = boto3.session.Session().client("s3", config=config)
+        _RetryWindow(self.retry_window).install(client)
+        return client
 
     def _miss(self) -> None:
         """Make sure a 404 means a missing object, not a missing bucket: a HEAD of either
@@ -192,8 +218,11 @@ class Remote:
                     f"remote {self.url}: bucket {self.bucket!r} does not exist (NoSuchBucket)",
                     url=self.url, status=404, attempts=1, permanent=True,
                 ) from error  # fmt: skip
-            raise _failure(error, "cannot look up the bucket of", self.url) from error
+            raise self._failure(error, "cannot look up the bucket of", self.url) from error
         self._bucket_seen = True
+
+    def _failure(self, error: BaseException, doing: str, url: str) -> RemoteError:
+        return _failure(error, doing, url, self.bucket)
 
     def _manager(self) -> Any:
         """A new s3transfer TransferManager for one blob (after the client, so that a missing
@@ -205,7 +234,7 @@ class Remote:
             multipart_threshold=self.transfer.threshold,
             multipart_chunksize=self.transfer.part_size,
             max_concurrency=self.transfer.concurrency,
-            num_download_attempts=self.retries + 1,
+            num_download_attempts=min(self.retries, STREAM_RETRIES) + 1,
             preferred_transfer_client="classic",  # the same code path wherever cas runs
         )
         return create_transfer_manager(client, config)
@@ -220,11 +249,20 @@ class Remote:
         return self._key("blobs", digest[:2], digest)
 
     def name_key(self, name: str) -> str:
-        """The key of a name's record: the name URL-quoted (``/`` too), or hashed if long."""
+        """The key of a name's record: the name URL-quoted (``/`` too), or hashed if long, so
+        that no segment of the key reaches 255 bytes, whatever the name."""
         quoted = quote(name, safe="")
         if len(quoted) > NAME_KEY_MAX:
             quoted = "#" + hashlib.sha256(name.encode()).hexdigest()
         return self._key("names", quoted + ".json")
+
+    def legacy_name_key(self, name: str) -> str | None:
+        """Where the first layout kept the record of ``name``, when that differs from
+        ``name_key``: quoted names of ``NAME_KEY_MAX`` to ``LEGACY_NAME_KEY_MAX`` characters."""
+        quoted = quote(name, safe="")
+        if NAME_KEY_MAX < len(quoted) <= LEGACY_NAME_KEY_MAX:
+            return self._key("names", quoted + ".json")
+        return None
 
     def alias_key(self, sha256: str) -> str:
         """The key of the record that maps an upstream SHA-256 to a BLAKE3 digest."""
@@ -234,6 +272,25 @@ class Remote:
         return f"s3://{self.bucket}/{key}"
 
     # -- blobs -----------------------------------------------------------------------------------
+
+    def readable(self, digest: str) -> bool:
+        """Whether the remote serves the first byte of a blob it has (a HEAD answers from
+        metadata alone, so an object whose content was lost still looks present). False when
+        the store answers a server error; other failures raise RemoteError."""
+        key = self.blob_key(digest)
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key, Range="bytes=0-0")
+            with contextlib.closing(response["Body"]) as body:
+                body.read()
+        except Exception as error:
+            if _missing(error):
+                return False
+            failure = self._failure(error, "cannot read", self.url_of(key))
+            if failure.status is not None and failure.status >= 500:
+                log.debug("%s", failure)
+                return False
+            raise failure from error
+        return True
 
     def size_of(self, digest: str) -> int | None:
         """The size of the remote blob, or None when the remote does not have it."""
@@ -245,7 +302,7 @@ class Remote:
             if _missing(error):
                 self._miss()
                 return None
-            raise _failure(error, "cannot look up", self.url_of(key)) from error
+            raise self._failure(error, "cannot look up", self.url_of(key)) from error
         return int(head["ContentLength"])
 
     def get(
@@ -288,7 +345,7 @@ class Remote:
             if _missing(error):
                 self._miss()
                 return None
-            raise _failure(error, "cannot download", where) from error
+            raise self._failure(error, "cannot download", where) from error
         finally:
             manager.shutdown(cancel=failed)
             if received is not None and pipe.count:
@@ -319,7 +376,7 @@ class Remote:
         except Exception as error:
             if _local(error):
                 raise  # reading the blob here failed, not the remote
-            raise _failure(error, "cannot upload to", self.url_of(key)) from error
+            raise self._failure(error, "cannot upload to", self.url_of(key)) from error
         finally:
             manager.shutdown()
 
@@ -329,6 +386,9 @@ class Remote:
         """The remote's record of ``name``, or None. Raises UsageError for an invalid record."""
         key = self.name_key(name)
         data = self._get_record(key)
+        legacy = self.legacy_name_key(name)
+        if data is None and legacy is not None:
+            key, data = legacy, self._get_record(legacy)
         if data is None:
             return None
         record = NameRecord.from_json(data, self.url_of(key))
@@ -342,23 +402,51 @@ class Remote:
         self._put_record(self.name_key(record.name), record.to_json())
 
     def names(self) -> Iterator[str]:
-        """Every name the remote has a record of (long names, keyed by hash, are read)."""
+        """Every name the remote has a valid record of, once each (see ``listing``)."""
+        for entry in self.listing():
+            if entry.name is not None:
+                yield entry.name
+
+    def listing(self) -> Iterator[Listed]:
+        """Each record under ``names/``: its name, or why it cannot be one (a key that is not
+        a quoted name, a hash-keyed record that is invalid or cannot be read). A name kept
+        under both layouts is listed once. Raises RemoteError when the listing itself fails."""
         folder = self._key("names") + "/"
         paginator = self.client.get_paginator("list_objects_v2")
+        seen: set[str] = set()
         try:
             for page in paginator.paginate(Bucket=self.bucket, Prefix=folder):
                 for item in page.get("Contents", []):
-                    stem = item["Key"][len(folder) :].removesuffix(".json")
-                    if stem.startswith("#"):
-                        data = self._get_record(item["Key"])
-                        if data is not None:
-                            yield NameRecord.from_json(data, self.url_of(item["Key"])).name
-                    else:
-                        yield unquote(stem)
+                    entry = self._entry(item["Key"], item["Key"][len(folder) :])
+                    if entry.name is None or entry.name not in seen:
+                        seen.update([entry.name] if entry.name is not None else [])
+                        yield entry
         except CasError:
             raise
         except Exception as error:
-            raise _failure(error, "cannot list", self.url_of(folder)) from error
+            raise self._failure(error, "cannot list", self.url_of(folder)) from error
+
+    def _entry(self, key: str, leaf: str) -> Listed:
+        """What the record at ``key`` (``leaf`` below ``names/``) names."""
+        where = self.url_of(key)
+        try:
+            if not leaf.endswith(".json") or "/" in leaf:
+                raise UsageError(f"remote record {where} is not valid: not <name>.json")
+            stem = leaf.removesuffix(".json")
+            if not stem.startswith("#"):
+                name = unquote(stem, errors="strict")
+                try:
+                    return Listed(where, check_name(name))
+                except UsageError as error:
+                    raise UsageError(f"remote record {where} is not valid: {error}") from error
+            data = self._get_record(key)
+            if data is None:  # deleted since the listing
+                raise NotFound(f"remote record {where} is gone")
+            return Listed(where, NameRecord.from_json(data, where).name)
+        except UnicodeDecodeError as error:
+            return Listed(where, error=UsageError(f"remote record {where} is not valid: {error}"))
+        except CasError as error:
+            return Listed(where, error=error)
 
     def get_alias(self, sha256: str) -> str | None:
         """The BLAKE3 digest the remote maps an upstream SHA-256 to, or None."""
@@ -388,7 +476,7 @@ class Remote:
             if _missing(error):
                 self._miss()
                 return None
-            raise _failure(error, "cannot read", self.url_of(key)) from error
+            raise self._failure(error, "cannot read", self.url_of(key)) from error
         if len(data) > RECORD_MAX:
             raise UsageError(f"remote record {self.url_of(key)} is larger than {RECORD_MAX} bytes")
         return bytes(data)
@@ -400,7 +488,7 @@ class Remote:
                 Bucket=self.bucket, Key=key, Body=data, ContentType="application/json"
             )
         except Exception as error:
-            raise _failure(error, "cannot write", self.url_of(key)) from error
+            raise self._failure(error, "cannot write", self.url_of(key)) from error
 
 
 # -- streaming a download into staging -------------------------------------------------------------
@@ -532,7 +620,15 @@ def _missing(error: BaseException) -> bool:
     return False
 
 
-def _failure(error: BaseException, doing: str, url: str) -> RemoteError:
+#: Error codes that mean the credentials were refused or lack a permission (HEAD answers a bare
+#: "403" with no body, so its code is the status).
+DENIED_CODES = frozenset({
+    "403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+    "InvalidToken", "AllAccessDisabled", "AccountProblem",
+})  # fmt: skip
+
+
+def _failure(error: BaseException, doing: str, url: str, bucket: str) -> RemoteError:
     """A one-line RemoteError for a botocore or s3transfer error, permanent or not."""
     from botocore.exceptions import (
         ClientError,
@@ -552,6 +648,14 @@ def _failure(error: BaseException, doing: str, url: str) -> RemoteError:
             status is not None and 400 <= status < 500 and status not in (408, 429)
         )
         message = " ".join(str(info.get("Message", "")).split())
+        if status == 403 or code in DENIED_CODES:
+            return RemoteError(
+                f"{doing} {url}: access denied to bucket {bucket!r} (HTTP 403"
+                + ("" if code == "403" else f" {code}") + "):"
+                " the credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the AWS"
+                " profile) may be wrong or lack permission",
+                url=url, status=status, attempts=attempts, permanent=True,
+            )  # fmt: skip
         return RemoteError(
             f"{doing} {url}: {code}" + (f" ({message})" if message else "")
             + (f" after {attempts} attempts" if attempts > 1 else ""),
@@ -567,3 +671,48 @@ def _failure(error: BaseException, doing: str, url: str) -> RemoteError:
         text = " ".join(str(error).split()) or type(error).__name__
     return RemoteError(f"{doing} {url}: {text}", url=url, permanent=permanent)
 
+
+
+class _RetryWindow:
+    """Stops botocore's retries once ``seconds`` have passed since a request's first attempt.
+
+    botocore's standard mode bounds attempts, not time: a store that needs 13 s to answer 500
+    to a GET cost 6 x 13 s before the origin was asked (issue 13). Installed as the first
+    ``needs-retry`` handler, this one raises the failure itself when the window has closed, so
+    the standard handler is not asked for another attempt. Uploads keep the whole budget: a
+    part may take longer than the window to send, and a push has no origin to fall back on.
+    """
+
+    KEY = "cas_first_attempt"
+    UPLOADS = frozenset({"PutObject", "UploadPart"})
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def install(self, client: Any) -> None:
+        events = client.meta.events
+        events.register_first("before-call.s3", self.started)
+        events.register_first("needs-retry.s3", self.check)
+
+    def started(self, context: dict[str, Any], **_: Any) -> None:
+        context[self.KEY] = time.monotonic()
+
+    def check(
+        self, request_dict: dict[str, Any], operation: Any, response: Any = None,
+        caught_exception: BaseException | None = None, **_: Any,
+    ) -> None:  # fmt: skip
+        context = request_dict.get("context", {})
+        started = context.get(self.KEY)
+        if (started is None or operation.name in self.UPLOADS
+                or time.monotonic() - started < self.seconds):  # fmt: skip
+            return  # within the window: the standard handler decides
+        if caught_exception is not None:
+            raise caught_exception
+        if response is not None and response[0].status_code >= 300:
+            from botocore.exceptions import ClientError
+
+            parsed = response[1]
+            override = context.get("error_code_override")
+            if override:
+                parsed.setdefault("Error", {})["Code"] = override
+            raise ClientError(parsed, operation.name)

