@@ -126,6 +126,8 @@ class Cleaner:
         now = time.time()
         dead = dead_leases(conn, now)
         stored, _ = q.stored_totals(conn)
+        if eviction.clamp_future(conn, now):
+            log.info("cleanup: last accesses later than now (the clock went back) set to now")
         excess = limits.excess(stored, shrinking)
         started = time.perf_counter()
         victims = list(itertools.islice(
