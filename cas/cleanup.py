@@ -9,9 +9,14 @@ first victims by name and counts the rest.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
+import shutil
+import stat
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 from . import eviction
@@ -28,6 +33,9 @@ log = logging.getLogger("cas")
 GC_BATCH = 20_000
 #: Files unlinked per transaction of ``Cleaner.unlink``.
 UNLINK_CHUNK = 4000
+#: Entries of ``quarantine/`` that have been there this long are removed by cleanup: long enough
+#: for a person to look at what verify moved aside, short enough that it does not pile up.
+QUARANTINE_MAX_AGE = 30 * 86400.0
 
 
 class _EvictedBatch(NamedTuple):
@@ -75,6 +83,9 @@ class Cleaner:
                 break
         self._catalog.count(Counter.CLEANUP_RUNS, 1)
         self._blobs.clear_debris()
+        if gone := clear_quarantine(self._blobs.quarantine_dir, time.time()):
+            log.info("cleanup removed %d entries of quarantine/ older than %.0f days", gone,
+                     QUARANTINE_MAX_AGE / 86400)
         for item in plan.victims:
             log.debug("cleanup removed %s (%d bytes, %s)%s", item.digest, item.size, item.reason,
                       f" named {', '.join(item.names)}" if item.names else "")
@@ -149,3 +160,33 @@ class Cleaner:
         q.record_cleanup(conn, now)
         timings = {"choose": chosen - started, "update": time.perf_counter() - chosen}
         return _EvictedBatch(stored, victims, listed, kept, timings)
+
+
+def clear_quarantine(folder: Path, now: float) -> int:
+    """Remove the entries of ``folder`` (``quarantine/``) moved there ``QUARANTINE_MAX_AGE``
+    or longer before ``now``; return how many went.
+
+    The age is the entry's status-change time, which the move into quarantine sets. Everything
+    happens relative to the folder opened without following a link, and a link among its
+    entries is removed itself, never followed (guarantee 7).
+    """
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:  # none yet, or not a real folder (a planted link): nothing of ours
+        return 0
+    cutoff = now - QUARANTINE_MAX_AGE
+    removed = 0
+    try:
+        for name in os.listdir(folder_fd):
+            with contextlib.suppress(FileNotFoundError):
+                info = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+                if info.st_ctime > cutoff:
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    shutil.rmtree(name, dir_fd=folder_fd)
+                else:
+                    os.unlink(name, dir_fd=folder_fd)
+                removed += 1
+    finally:
+        os.close(folder_fd)
+    return removed

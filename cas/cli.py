@@ -443,6 +443,7 @@ def _stats_rows(stats: Stats) -> list[tuple[str, str]]:
         ("cleanup runs", str(count[Counter.CLEANUP_RUNS])),
         ("verification failures", str(count[Counter.VERIFICATION_FAILURES])),
         ("staging debris", f"{stats.debris_files} files ({human_size(stats.debris_bytes)})"),
+        ("quarantine", f"{stats.quarantine_files} files ({human_size(stats.quarantine_bytes)})"),
     ]
 
 

@@ -83,10 +83,14 @@ class Stats:
     low_water_bytes: int
     debris_files: int
     debris_bytes: int
+    #: What verify moved to ``quarantine/`` and cleanup has not yet removed (cas/cleanup.py).
+    quarantine_files: int = 0
+    quarantine_bytes: int = 0
 
     @classmethod
     def build(
-        cls, counts: Mapping[str, int], usage: Usage, settings: Settings, debris: tuple[int, int]
+        cls, counts: Mapping[str, int], usage: Usage, settings: Settings, debris: tuple[int, int],
+        quarantine: tuple[int, int] = (0, 0),
     ) -> Stats:
         """Stats from the catalog's counter rows (unknown names ignored, missing ones 0)."""
         return cls(
@@ -96,6 +100,8 @@ class Stats:
             low_water_bytes=settings.low_water_bytes,
             debris_files=debris[0],
             debris_bytes=debris[1],
+            quarantine_files=quarantine[0],
+            quarantine_bytes=quarantine[1],
         )
 
     @property
@@ -151,6 +157,7 @@ class Stats:
             "hit_ratio": self.hit_ratio,
             "download_success_rate": self.download_success_rate,
             "staging_debris": {"files": self.debris_files, "bytes": self.debris_bytes},
+            "quarantine": {"files": self.quarantine_files, "bytes": self.quarantine_bytes},
             "problems": self.problems(),
         }
 
@@ -190,6 +197,14 @@ class Stats:
             "cas_staging_debris_bytes", "gauge", "Bytes of staging files older than a day.",
             self.debris_bytes,
         )  # fmt: skip
+        metric(
+            "cas_quarantine_files", "gauge", "Files verify moved to quarantine/, not yet removed.",
+            self.quarantine_files,
+        )  # fmt: skip
+        metric(
+            "cas_quarantine_bytes", "gauge", "Bytes of the files in quarantine/.",
+            self.quarantine_bytes,
+        )  # fmt: skip
         return "\n".join(lines) + "\n"
 
 
@@ -216,6 +231,26 @@ def staging_debris(
             if info.st_mtime < cutoff:
                 files += 1
                 size += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return files, size
+
+
+def quarantined(folder: Path) -> tuple[int, int]:
+    """Count and bytes of the files under ``folder`` (``quarantine/``), at any depth: a stray
+    folder verify moved there keeps its contents. Symlinks are counted, never followed, and a
+    ``folder`` that is itself a symlink counts nothing (guarantee 7)."""
+    files = size = 0
+    if not os.path.isdir(folder):
+        return files, size  # none yet (verify makes it when it first moves something)
+    for _, subfolders, names, folder_fd in os.fwalk(folder, follow_symlinks=False):
+        for name in [*names, *subfolders]:
+            try:
+                info = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            files += 1
+            size += info.st_size if stat.S_ISREG(info.st_mode) else 0
     return files, size
 
 

@@ -37,7 +37,7 @@ from .errors import (
 )
 from .fetch import Fetched, Fetcher
 from .leases import Lease, LeaseKeeper, dead_leases
-from .metrics import Counter, Stats, Usage, staging_debris
+from .metrics import Counter, Stats, Usage, quarantined, staging_debris
 from .opening import open_files
 from .refs import check_name, is_digest
 from .settings import Settings, default_root, load_settings, parse_duration, parse_size
@@ -580,7 +580,8 @@ class Store:
             row = q.usage(conn, now)
         debris = staging_debris(self._blobs.tmp_dir, self._blobs.locks_dir, now)
         usage = Usage(row.bytes, row.blobs, row.names, row.live_leases)
-        return Stats.build(counts, usage, self.settings, debris)
+        quarantine = quarantined(self._blobs.quarantine_dir)
+        return Stats.build(counts, usage, self.settings, debris, quarantine)
 
 
     # -- verification (issue 6) ----------------------------------------------------------------
