@@ -503,9 +503,9 @@ class Catalog:
     def _flush_if_due(self) -> None:
         """After a read: write what waited ``ACCESS_GRANULARITY`` if the lock is free now;
         after finding it busy, try again only ``FLUSH_RETRY`` later."""
-        if self._pending.due() and time.monotonic() >= self._next_flush:
-            if not self.flush_if_free():
-                self._next_flush = time.monotonic() + FLUSH_RETRY
+        due = self._pending.due() and time.monotonic() >= self._next_flush
+        if due and not self.flush_if_free():
+            self._next_flush = time.monotonic() + FLUSH_RETRY
 
     def close(self) -> None:
         """Write waiting touches and counts, and close every pooled connection.

@@ -2,12 +2,12 @@
 
 A blob is protected while a live lease holds it, while a pinned name points at it, and within
 the grace period after its last access (guarantee 3); a last access in the future (the clock
-went back) counts as now, and cleanup writes it so (``clamp_future``), so that the blob ages. Among the rest, size-based cleanup takes
-the least recently accessed blobs until the store is down to ``low_water`` of ``max_size``, and
-age-based cleanup takes those not accessed for ``max_age``. Choosing is one query (a running sum
-over last-access order), read in batches; applying them is the store's business. The report
-keeps totals and the first ``REPORT_LIMIT`` blobs with their names, so that the memory of a
-cleanup does not grow with the catalog.
+went back) counts as now, and cleanup writes it so (``clamp_future``), so that the blob ages.
+Among the rest, size-based cleanup takes the least recently accessed blobs until the store is
+down to ``low_water`` of ``max_size``, and age-based cleanup takes those not accessed for
+``max_age``. Choosing is one query (a running sum over last-access order), read in batches;
+applying them is the store's business. The report keeps totals and the first ``REPORT_LIMIT``
+blobs with their names, so that the memory of a cleanup does not grow with the catalog.
 """
 
 from __future__ import annotations
