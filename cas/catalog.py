@@ -33,7 +33,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -191,12 +191,7 @@ class _Pending:
                 "UPDATE blobs SET last_access = max(min(last_access, ?), ?) WHERE digest = ?",
                 [(now, when, digest) for digest, when in touches.items()],
             )
-        if counts:
-            conn.executemany(
-                "INSERT INTO counters (name, value) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                list(counts.items()),
-            )
+        add_counts(conn, counts)
 
     def written(self, touches: dict[str, float], counts: dict[str, int], taken: float) -> None:
         """Forget a committed snapshot, keeping what arrived after it was taken."""
@@ -216,6 +211,17 @@ class _Pending:
             self._since = min(
                 [*self._touches.values(), *([taken] if self._counts else [])], default=None
             )
+
+
+def add_counts(conn: Connection, counts: Mapping[str, int]) -> None:
+    """Add ``counts`` to their counters inside ``conn``'s write transaction: for a writer whose
+    counts belong to what that transaction does (and go if it is rolled back)."""
+    if counts:
+        conn.executemany(
+            "INSERT INTO counters (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            list(counts.items()),
+        )
 
 
 class _Lookups:

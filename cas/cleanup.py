@@ -1,8 +1,9 @@
 """Cleanup as mechanism: applying the eviction policy (cas/eviction.py) to the catalog and files.
 
 A cleanup goes in batches of up to ``GC_BATCH`` victims. Each batch is one write transaction
-that chooses its victims and deletes their rows; their files are unlinked after the commit, in
-chunks checked again under the write lock (docs/architecture.md, "Leases and cleanup"). Memory
+that chooses its victims, deletes their rows and counts them; their files are unlinked after the
+commit, in short chunks checked again under the write lock (docs/architecture.md, "Leases and
+cleanup"). Memory
 stays flat whatever the size of the catalog: a batch at a time, and a report that lists the
 first victims by name and counts the rest.
 """
@@ -22,7 +23,7 @@ from typing import NamedTuple
 from . import eviction
 from . import queries as q
 from .blobs import BlobStore
-from .catalog import Catalog, Connection
+from .catalog import Catalog, Connection, add_counts
 from .errors import StoreError
 from .leases import dead_leases
 from .metrics import Counter
@@ -31,8 +32,13 @@ log = logging.getLogger("cas")
 
 #: Victims per transaction: the write lock is held briefly, and memory stays flat.
 GC_BATCH = 20_000
-#: Files unlinked per transaction of ``Cleaner.unlink``.
+#: Files unlinked per transaction of ``Cleaner.unlink`` at most, checked for rows in slices of
+#: ``UNLINK_SLICE``; a transaction also ends once it has held the write lock ``UNLINK_HOLD``
+#: seconds: removing a file that holds data costs the filesystem 20-100 µs (more on a busy
+#: disk), ten times an empty one, so a count alone does not keep the lock brief.
 UNLINK_CHUNK = 4000
+UNLINK_SLICE = 250
+UNLINK_HOLD = 0.05
 #: Entries of ``quarantine/`` that have been there this long are removed by cleanup: long enough
 #: for a person to look at what verify moved aside, short enough that it does not pile up.
 QUARANTINE_MAX_AGE = 30 * 86400.0
@@ -68,13 +74,10 @@ class Cleaner:
             plan.add(batch.victims, batch.listed)
             for key, seconds in batch.timings.items():
                 plan.timings[key] = plan.timings.get(key, 0.0) + seconds
-            freed = sum(victim[1] for victim in batch.victims)
             if batch.victims:
                 newest = batch.victims[-1][2]
-                log.info("cleanup removed %d blobs (%d bytes)", len(batch.victims), freed)
-            # Counted after the commit: a transaction retried as a whole must not count twice.
-            self._catalog.count(Counter.EVICTIONS, len(batch.victims))
-            self._catalog.count(Counter.EVICTED_BYTES, freed)
+                log.info("cleanup removed %d blobs (%d bytes)", len(batch.victims),
+                         sum(victim[1] for victim in batch.victims))
             started = time.perf_counter()
             self.unlink([victim[0] for victim in batch.victims])
             plan.timings["remove"] = plan.timings.get("remove", 0.0) + time.perf_counter() - started
@@ -113,21 +116,34 @@ class Cleaner:
         """Unlink files whose rows are gone, unless a put brought a row back meanwhile.
 
         Each chunk is checked and unlinked under the write lock, so a concurrent put that saw
-        the file and recorded its row cannot lose it; chunks keep the lock held briefly.
+        the file and recorded its row cannot lose it. A chunk ends after ``UNLINK_CHUNK`` files
+        or ``UNLINK_HOLD`` seconds, so the lock is held briefly whatever a removal costs; the
+        digests go in order, so that each slice stays within a few shard folders.
         """
-        for start in range(0, len(digests), UNLINK_CHUNK):
-            part = digests[start : start + UNLINK_CHUNK]
-
-            def work(conn: Connection, part: list[str] = part) -> None:
-                self._blobs.unlink_many(q.without_rows(conn, part))
-
+        ordered = sorted(digests)
+        done = 0
+        while done < len(ordered):
             try:
-                self._catalog.write(work)
+                done = self._catalog.write(
+                    lambda conn: self._unlink_chunk(conn, ordered, done)  # noqa: B023
+                )
             except OSError as error:  # checked before the rows went; lost a race since
                 raise StoreError(
                     f"cannot unlink blob files whose rows are gone: {error.strerror}"
                     f" ({error.filename}); `cas verify` takes them back, a later gc removes them"
                 ) from error
+
+    def _unlink_chunk(self, conn: Connection, ordered: list[str], start: int) -> int:
+        """Inside a write transaction, unlink the files of ``ordered[start:]`` that have no
+        row, slice by slice, until a chunk's count or time is used; return where it stopped."""
+        began = time.monotonic()
+        end = min(len(ordered), start + UNLINK_CHUNK)
+        position = start
+        while position < end and (position == start or time.monotonic() - began < UNLINK_HOLD):
+            part = ordered[position : min(end, position + UNLINK_SLICE)]
+            self._blobs.unlink_many(q.without_rows(conn, part))
+            position += len(part)
+        return position
 
     def _evict_batch(self, conn: Connection, limits: eviction.Limits, room: int,
                      newest: float, shrinking: bool) -> _EvictedBatch:
@@ -158,6 +174,10 @@ class Cleaner:
         self._blobs.check_removable(digests)
         q.evict(conn, digests)
         q.record_cleanup(conn, now)
+        # Counted in the transaction that deletes the rows (undone with it if it is retried),
+        # so the unlinks that follow commit nothing and sync nothing.
+        add_counts(conn, {Counter.EVICTIONS: len(victims),
+                          Counter.EVICTED_BYTES: sum(victim[1] for victim in victims)})
         timings = {"choose": chosen - started, "update": time.perf_counter() - chosen}
         return _EvictedBatch(stored, victims, listed, kept, timings)
 
