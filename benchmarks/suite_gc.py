@@ -266,7 +266,11 @@ def _real_puts(ctx: Context) -> tuple[list[Row], list[str]]:
         "removes copies of the same files with `xargs -0 rm -f`. Everything is synced and "
         "left to settle for a second before each contender, whose order alternates; medians.",
         f"The target allows gc 1.5x of the peer's time plus {CATALOG_ALLOWANCE} s, the catalog "
-        "work that the rows on inserted rows and empty files measure for the same gc.",
+        "work that the rows on inserted rows and empty files measure for the same gc. Removing "
+        "a file whose data has been written out frees its block (here ext4 mounted with "
+        "`discard`): 75-110 µs a file on this machine when quiet, against 4-5 µs for an empty "
+        "file or one whose data is still only in the page cache, which is why these stores "
+        "are synced before every contender.",
     ]
     return rows, notes
 
@@ -319,8 +323,8 @@ def run(ctx: Context) -> SuiteResult:
     notes = [
         "Rows are inserted and empty files created directly, then `Store.gc(max_size=...)` runs "
         "in a child process; its phase timings come from `Plan.timings`.",
-        f"`remove the files` is cas's unlink phase: chunks of {cas.cleanup.UNLINK_CHUNK:,} files,"
-        " each checked under "
+        f"`remove the files` is cas's unlink phase: chunks of up to {cas.cleanup.UNLINK_CHUNK:,}"
+        f" files or {cas.cleanup.UNLINK_HOLD * 1000:g} ms, each checked under "
         "the catalog's write lock to have no row before it is unlinked (a concurrent put of "
         "the same content keeps its file). The peer removes the same files, in the same "
         "layout, with `xargs -0 rm -f`.",
