@@ -11,6 +11,7 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -40,9 +41,9 @@ def _last_access(root: Path, digest: str) -> float | None:
 @hsettings(max_examples=10)
 @given(ahead=st.floats(min_value=1.0, max_value=100 * YEAR))
 def test_cleanup_clamps_a_future_last_access_and_then_evicts_it(
-    tmp_path_factory: object, ahead: float
+    tmp_path_factory: pytest.TempPathFactory, ahead: float
 ) -> None:
-    root = tmp_path_factory.mktemp("future") / "store"  # type: ignore[attr-defined]
+    root = tmp_path_factory.mktemp("future") / "store"
     with cas.Store.open(root, grace_period=0) as store:
         digest = store.put(b"written before the clock went back")
         _set_last_access(root, digest, time.time() + ahead)
