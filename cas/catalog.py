@@ -13,10 +13,13 @@ another process committed meanwhile, whatever the busy timeout), stay short, and
 whole on "database is locked". Reads stay deferred; in WAL mode they never wait for a writer.
 
 Last access is coarse (guarantee 6): a read records a touch only when the stored time is older
-than ``ACCESS_GRANULARITY``, and touches wait in memory until a write transaction happens anyway,
-the store closes, or the oldest waiting touch is itself older than the granularity. Counter
-increments (cas/metrics.py) wait and ride along the same way, so counting a read costs no
-transaction of its own.
+than ``ACCESS_GRANULARITY`` (or in the future: the clock went back), and touches wait in memory
+until a write transaction happens anyway, the store closes, or the oldest waiting touch is itself
+older than the granularity. Counter increments (cas/metrics.py) wait and ride along the same way,
+so counting a read costs no transaction of its own. A read never waits for the write lock: the
+flush a read makes takes the lock only if it is free; when another process holds it, what waits
+stays for a later write, and the close of a catalog that never wrote drops it after
+``FLUSH_WAIT``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -54,6 +57,11 @@ ACCESS_GRANULARITY = 60.0
 BUSY_TIMEOUT = 30.0
 #: How long a write transaction is retried as a whole before the error reaches the caller.
 WRITE_DEADLINE = 300.0
+#: How long the flush of a closing store waits for the write lock before it drops what it would
+#: write (last-access times and counters): a read never waits behind another process's writes.
+FLUSH_WAIT = 0.1
+#: After a read found the write lock busy, how long before reads try to flush again.
+FLUSH_RETRY = 1.0
 #: DBAPI connections kept checked out of the pool between transactions, for speed.
 KEPT_CONNECTIONS = 4
 #: Look-up results remembered while the catalog is unchanged; past this many, memory restarts.
@@ -174,18 +182,16 @@ class _Pending:
             return dict(self._touches), dict(self._counts), time.time()
 
     @staticmethod
-    def apply(conn: Connection, touches: dict[str, float], counts: dict[str, int]) -> None:
+    def apply(conn: Connection, touches: dict[str, float], counts: dict[str, int],
+              now: float) -> None:
+        """Write a snapshot inside ``conn``'s transaction. A stored last access later than
+        ``now`` (written before the clock went back) is clamped to ``now``, so it ages again."""
         if touches:
             conn.executemany(
-                "UPDATE blobs SET last_access = max(last_access, ?) WHERE digest = ?",
-                [(when, digest) for digest, when in touches.items()],
+                "UPDATE blobs SET last_access = max(min(last_access, ?), ?) WHERE digest = ?",
+                [(now, when, digest) for digest, when in touches.items()],
             )
-        if counts:
-            conn.executemany(
-                "INSERT INTO counters (name, value) VALUES (?, ?)"
-                " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                list(counts.items()),
-            )
+        add_counts(conn, counts)
 
     def written(self, touches: dict[str, float], counts: dict[str, int], taken: float) -> None:
         """Forget a committed snapshot, keeping what arrived after it was taken."""
@@ -205,6 +211,17 @@ class _Pending:
             self._since = min(
                 [*self._touches.values(), *([taken] if self._counts else [])], default=None
             )
+
+
+def add_counts(conn: Connection, counts: Mapping[str, int]) -> None:
+    """Add ``counts`` to their counters inside ``conn``'s write transaction: for a writer whose
+    counts belong to what that transaction does (and go if it is rolled back)."""
+    if counts:
+        conn.executemany(
+            "INSERT INTO counters (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            list(counts.items()),
+        )
 
 
 class _Lookups:
@@ -298,6 +315,8 @@ class Catalog:
         self._pending = _Pending()
         self._forks = _Forks.count
         self._lookups = _Lookups(self._take, enabled=not read_only)
+        self._next_flush = 0.0  # monotonic time before which reads do not try to flush
+        self._wrote = False  # whether a write transaction of this catalog committed
         self._setup()
 
     # -- connections and transactions ----------------------------------------------------------
@@ -377,8 +396,7 @@ class Catalog:
                 conn.execute("COMMIT")
         except sqlite3.Error as error:
             raise _translate(error, self.path) from error
-        if self._pending.due():
-            self.flush()
+        self._flush_if_due()
 
     def lookup(self, sql: str, params: tuple[Any, ...]) -> Any:
         """The first row of one SELECT, run alone outside any transaction: the hot read path
@@ -389,8 +407,7 @@ class Catalog:
             row = self._lookups.first_row(sql, params)
         except sqlite3.Error as error:
             raise _translate(error, self.path) from error
-        if self._pending.due():
-            self.flush()
+        self._flush_if_due()
         return row
 
     def _close_kept(self) -> None:
@@ -417,7 +434,7 @@ class Catalog:
             try:
                 with self._connection() as conn:
                     conn.execute("BEGIN IMMEDIATE")
-                    self._pending.apply(conn, touches, counts)
+                    self._pending.apply(conn, touches, counts, max(taken, time.time()))
                     result = work(conn)
                     conn.execute("COMMIT")
             except sqlite3.OperationalError as error:
@@ -430,14 +447,17 @@ class Catalog:
             except sqlite3.Error as error:
                 raise _translate(error, self.path) from error
             self._pending.written(touches, counts, taken)
+            self._wrote = True
             return result
 
     # -- last access and counters: batched, never a transaction of their own -------------------
 
     def touch(self, digest: str, last_access: float) -> None:
-        """Note a read of ``digest`` whose stored last access is ``last_access``."""
+        """Note a read of ``digest`` whose stored last access is ``last_access``: when that is
+        older than the granularity, or in the future (written before the clock went back)."""
         now = time.time()
-        if now - last_access >= ACCESS_GRANULARITY and not self.read_only:
+        stale = now - last_access >= ACCESS_GRANULARITY or last_access > now
+        if stale and not self.read_only:
             self._check_fork()
             self._pending.touch(digest, now)
 
@@ -453,15 +473,58 @@ class Catalog:
             self._pending.count(name, amount)  # a Counter is its name (a StrEnum)
 
     def flush(self) -> None:
-        """Write waiting touches and counts now."""
+        """Write waiting touches and counts now, waiting for the write lock if need be."""
         self._check_fork()
         if self._pending:
             self.write(lambda conn: None)
 
-    def close(self) -> None:
-        """Flush waiting touches and counts and close every pooled connection."""
+    def flush_if_free(self, wait: float = 0.0) -> bool:
+        """Write waiting touches and counts if the write lock is free within ``wait`` seconds;
+        whether nothing is left waiting. When another process holds the lock they stay waiting
+        (for a later write of this process), and this returns at once: a read never waits for
+        a writer (guarantee 6)."""
+        self._check_fork()
+        if not self._pending or self.read_only:
+            return not self._pending
+        touches, counts, taken = self._pending.take()
         try:
-            self.flush()
+            with self._connection() as conn:
+                conn.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    self._pending.apply(conn, touches, counts, taken)
+                    conn.execute("COMMIT")
+                finally:
+                    conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
+        except sqlite3.OperationalError as error:
+            if _is_locked(error):
+                log.debug("catalog busy: access times and counters wait for a later write")
+                return False
+            raise _translate(error, self.path) from error
+        except sqlite3.Error as error:
+            raise _translate(error, self.path) from error
+        self._pending.written(touches, counts, taken)
+        return not self._pending
+
+    def _flush_if_due(self) -> None:
+        """After a read: write what waited ``ACCESS_GRANULARITY`` if the lock is free now;
+        after finding it busy, try again only ``FLUSH_RETRY`` later."""
+        due = self._pending.due() and time.monotonic() >= self._next_flush
+        if due and not self.flush_if_free():
+            self._next_flush = time.monotonic() + FLUSH_RETRY
+
+    def close(self) -> None:
+        """Write waiting touches and counts, and close every pooled connection.
+
+        A catalog that only read writes them if the write lock is free within ``FLUSH_WAIT``
+        and else drops them: a reader's exit never waits for another process's writes. One
+        that wrote waits for the lock as its writes did, so a writer's counts add up exactly.
+        """
+        try:
+            if self._wrote:
+                self.flush()
+            elif not self.flush_if_free(FLUSH_WAIT):
+                log.debug("catalog busy at close: last-access times and counters dropped")
         finally:
             self.close_connections()
 

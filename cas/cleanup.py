@@ -1,8 +1,9 @@
 """Cleanup as mechanism: applying the eviction policy (cas/eviction.py) to the catalog and files.
 
 A cleanup goes in batches of up to ``GC_BATCH`` victims. Each batch is one write transaction
-that chooses its victims and deletes their rows; their files are unlinked after the commit, in
-chunks checked again under the write lock (docs/architecture.md, "Leases and cleanup"). Memory
+that chooses its victims, deletes their rows and counts them; their files are unlinked after the
+commit, in short chunks checked again under the write lock (docs/architecture.md, "Leases and
+cleanup"). Memory
 stays flat whatever the size of the catalog: a batch at a time, and a report that lists the
 first victims by name and counts the rest.
 """
@@ -12,13 +13,17 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
+import shutil
+import stat
 import time
+from pathlib import Path
 from typing import NamedTuple
 
 from . import eviction
 from . import queries as q
 from .blobs import BlobStore
-from .catalog import Catalog, Connection
+from .catalog import Catalog, Connection, add_counts
 from .errors import StoreError
 from .leases import dead_leases
 from .metrics import Counter, staging_usage
@@ -27,8 +32,16 @@ log = logging.getLogger("cas")
 
 #: Victims per transaction: the write lock is held briefly, and memory stays flat.
 GC_BATCH = 20_000
-#: Files unlinked per transaction of ``Cleaner.unlink``.
+#: Files unlinked per transaction of ``Cleaner.unlink`` at most, checked for rows in slices of
+#: ``UNLINK_SLICE``; a transaction also ends once it has held the write lock ``UNLINK_HOLD``
+#: seconds: removing a file that holds data costs the filesystem 20-100 µs (more on a busy
+#: disk), ten times an empty one, so a count alone does not keep the lock brief.
 UNLINK_CHUNK = 4000
+UNLINK_SLICE = 250
+UNLINK_HOLD = 0.05
+#: Entries of ``quarantine/`` that have been there this long are removed by cleanup: long enough
+#: for a person to look at what verify moved aside, short enough that it does not pile up.
+QUARANTINE_MAX_AGE = 30 * 86400.0
 
 
 class _EvictedBatch(NamedTuple):
@@ -63,13 +76,10 @@ class Cleaner:
             plan.add(batch.victims, batch.listed)
             for key, seconds in batch.timings.items():
                 plan.timings[key] = plan.timings.get(key, 0.0) + seconds
-            freed = sum(victim[1] for victim in batch.victims)
             if batch.victims:
                 newest = batch.victims[-1][2]
-                log.info("cleanup removed %d blobs (%d bytes)", len(batch.victims), freed)
-            # Counted after the commit: a transaction retried as a whole must not count twice.
-            self._catalog.count(Counter.EVICTIONS, len(batch.victims))
-            self._catalog.count(Counter.EVICTED_BYTES, freed)
+                log.info("cleanup removed %d blobs (%d bytes)", len(batch.victims),
+                         sum(victim[1] for victim in batch.victims))
             started = time.perf_counter()
             self.unlink([victim[0] for victim in batch.victims])
             plan.timings["remove"] = plan.timings.get("remove", 0.0) + time.perf_counter() - started
@@ -78,6 +88,9 @@ class Cleaner:
                 break
         self._catalog.count(Counter.CLEANUP_RUNS, 1)
         self._blobs.clear_debris()
+        if gone := clear_quarantine(self._blobs.quarantine_dir, time.time()):
+            log.info("cleanup removed %d entries of quarantine/ older than %.0f days", gone,
+                     QUARANTINE_MAX_AGE / 86400)
         for item in plan.victims:
             log.debug("cleanup removed %s (%d bytes, %s)%s", item.digest, item.size, item.reason,
                       f" named {', '.join(item.names)}" if item.names else "")
@@ -105,16 +118,17 @@ class Cleaner:
         """Unlink files whose rows are gone, unless a put brought a row back meanwhile.
 
         Each chunk is checked and unlinked under the write lock, so a concurrent put that saw
-        the file and recorded its row cannot lose it; chunks keep the lock held briefly.
+        the file and recorded its row cannot lose it. A chunk ends after ``UNLINK_CHUNK`` files
+        or ``UNLINK_HOLD`` seconds, so the lock is held briefly whatever a removal costs; the
+        digests go in order, so that each slice stays within a few shard folders.
         """
-        for start in range(0, len(digests), UNLINK_CHUNK):
-            part = digests[start : start + UNLINK_CHUNK]
-
-            def work(conn: Connection, part: list[str] = part) -> None:
-                self._blobs.unlink_many(q.without_rows(conn, part))
-
+        ordered = sorted(digests)
+        done = 0
+        while done < len(ordered):
             try:
-                self._catalog.write(work)
+                done = self._catalog.write(
+                    lambda conn: self._unlink_chunk(conn, ordered, done)  # noqa: B023
+                )
             except OSError as error:  # checked before the rows went; lost a race since
                 raise StoreError(
                     f"cannot unlink blob files whose rows are gone: {error.strerror}"
@@ -130,6 +144,17 @@ class Cleaner:
                 if entry.is_file(follow_symlinks=False):
                     total -= entry.stat(follow_symlinks=False).st_size
         return max(0, total)
+    def _unlink_chunk(self, conn: Connection, ordered: list[str], start: int) -> int:
+        """Inside a write transaction, unlink the files of ``ordered[start:]`` that have no
+        row, slice by slice, until a chunk's count or time is used; return where it stopped."""
+        began = time.monotonic()
+        end = min(len(ordered), start + UNLINK_CHUNK)
+        position = start
+        while position < end and (position == start or time.monotonic() - began < UNLINK_HOLD):
+            part = ordered[position : min(end, position + UNLINK_SLICE)]
+            self._blobs.unlink_many(q.without_rows(conn, part))
+            position += len(part)
+        return position
 
     def _evict_batch(self, conn: Connection, limits: eviction.Limits, room: int,
                      newest: float, shrinking: bool, staged: int = 0) -> _EvictedBatch:
@@ -140,6 +165,8 @@ class Cleaner:
         now = time.time()
         dead = dead_leases(conn, now)
         stored = q.stored_totals(conn)[0] + staged
+        if eviction.clamp_future(conn, now):
+            log.info("cleanup: last accesses later than now (the clock went back) set to now")
         excess = limits.excess(stored, shrinking)
         started = time.perf_counter()
         victims = list(itertools.islice(
@@ -159,5 +186,39 @@ class Cleaner:
         self._blobs.check_removable(digests)
         q.evict(conn, digests)
         q.record_cleanup(conn, now)
+        # Counted in the transaction that deletes the rows (undone with it if it is retried),
+        # so the unlinks that follow commit nothing and sync nothing.
+        add_counts(conn, {Counter.EVICTIONS: len(victims),
+                          Counter.EVICTED_BYTES: sum(victim[1] for victim in victims)})
         timings = {"choose": chosen - started, "update": time.perf_counter() - chosen}
         return _EvictedBatch(stored, victims, listed, kept, timings)
+
+
+def clear_quarantine(folder: Path, now: float) -> int:
+    """Remove the entries of ``folder`` (``quarantine/``) moved there ``QUARANTINE_MAX_AGE``
+    or longer before ``now``; return how many went.
+
+    The age is the entry's status-change time, which the move into quarantine sets. Everything
+    happens relative to the folder opened without following a link, and a link among its
+    entries is removed itself, never followed (guarantee 7).
+    """
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:  # none yet, or not a real folder (a planted link): nothing of ours
+        return 0
+    cutoff = now - QUARANTINE_MAX_AGE
+    removed = 0
+    try:
+        for name in os.listdir(folder_fd):
+            with contextlib.suppress(FileNotFoundError):
+                info = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+                if info.st_ctime > cutoff:
+                    continue
+                if stat.S_ISDIR(info.st_mode):
+                    shutil.rmtree(name, dir_fd=folder_fd)
+                else:
+                    os.unlink(name, dir_fd=folder_fd)
+                removed += 1
+    finally:
+        os.close(folder_fd)
+    return removed

@@ -451,6 +451,7 @@ def _stats_rows(stats: Stats) -> list[tuple[str, str]]:
         ("verification failures", str(count[Counter.VERIFICATION_FAILURES])),
         ("staging debris", f"{stats.debris_files} files ({human_size(stats.debris_bytes)})"),
         ("staging (tmp/)", f"{stats.staging_files} files ({human_size(stats.staging_bytes)})"),
+        ("quarantine", f"{stats.quarantine_files} files ({human_size(stats.quarantine_bytes)})"),
     ]
 
 

@@ -1,12 +1,13 @@
 """Eviction policy: which blobs cleanup removes, as data (SQL) rather than branches.
 
 A blob is protected while a live lease holds it, while a pinned name points at it, and within
-the grace period after its last access (guarantee 3). Among the rest, size-based cleanup takes
-the least recently accessed blobs until the store is down to ``low_water`` of ``max_size``, and
-age-based cleanup takes those not accessed for ``max_age``. Choosing is one query (a running sum
-over last-access order), read in batches; applying them is the store's business. The report
-keeps totals and the first ``REPORT_LIMIT`` blobs with their names, so that the memory of a
-cleanup does not grow with the catalog.
+the grace period after its last access (guarantee 3); a last access in the future (the clock
+went back) counts as now, and cleanup writes it so (``clamp_future``), so that the blob ages.
+Among the rest, size-based cleanup takes the least recently accessed blobs until the store is
+down to ``low_water`` of ``max_size``, and age-based cleanup takes those not accessed for
+``max_age``. Choosing is one query (a running sum over last-access order), read in batches;
+applying them is the store's business. The report keeps totals and the first ``REPORT_LIMIT``
+blobs with their names, so that the memory of a cleanup does not grow with the catalog.
 """
 
 from __future__ import annotations
@@ -49,21 +50,27 @@ ORDER BY b.last_access, b.size, b.digest
 """
 
 # Protected blobs that the policy would otherwise have taken (older than the newest victim, or
-# past the age limit), so that a store left above its low-water mark surprises no one.
+# past the age limit), so that a store left above its low-water mark surprises no one. A last
+# access in the future counts as now (a dry run reads; a real cleanup clamped it already).
 KEPT_SQL = f"""
 WITH {_PROTECTED}
-SELECT b.digest, b.size, b.last_access, min(p.reason), {_NAMES}
+SELECT b.digest, b.size, min(b.last_access, :now), min(p.reason), {_NAMES}
 FROM protected p JOIN blobs b ON b.digest = p.digest
-WHERE b.last_access <= :horizon OR b.last_access < :age_cutoff
+WHERE min(b.last_access, :now) <= :horizon OR b.last_access < :age_cutoff
 GROUP BY b.digest
 UNION ALL
-SELECT b.digest, b.size, b.last_access, 'recent', {_NAMES}
+SELECT b.digest, b.size, min(b.last_access, :now), 'recent', {_NAMES}
 FROM blobs b
-WHERE b.last_access >= :grace_cutoff AND (b.last_access <= :horizon OR b.last_access < :age_cutoff)
+WHERE b.last_access >= :grace_cutoff
+  AND (min(b.last_access, :now) <= :horizon OR b.last_access < :age_cutoff)
   AND b.digest NOT IN (SELECT digest FROM protected)
 ORDER BY 3
 LIMIT :limit
 """
+
+# Last accesses recorded before the clock went back: set to now, so that they age from here
+# (otherwise such a blob is never old enough to go). A range on the index of last access.
+_CLAMP_SQL = "UPDATE blobs SET last_access = :now WHERE last_access > :now"
 
 _NAMES_OF = "SELECT digest, name FROM names WHERE digest IN ({marks}) ORDER BY name"
 
@@ -167,6 +174,12 @@ def kept(conn: Connection, limits: Limits, now: float, dead_leases: list[int],
         {**_params(limits, now, dead_leases), "horizon": horizon, "limit": REPORT_LIMIT},
     )
     return [Item(r[0], r[1], r[2], r[3], tuple(r[4].split("\n")) if r[4] else ()) for r in rows]
+
+
+def clamp_future(conn: Connection, now: float) -> int:
+    """Set every last access later than ``now`` (the clock went back since it was recorded)
+    to ``now``, inside a cleanup's write transaction; return how many were."""
+    return conn.execute(_CLAMP_SQL, {"now": now}).rowcount
 
 
 def with_names(conn: Connection, victims: list[Victim]) -> list[Item]:

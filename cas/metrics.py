@@ -87,11 +87,15 @@ class Stats:
     #: reclaims it) and puts in progress. Size-based cleanup counts these bytes as stored.
     staging_files: int = 0
     staging_bytes: int = 0
+    #: What verify moved to ``quarantine/`` and cleanup has not yet removed (cas/cleanup.py).
+    quarantine_files: int = 0
+    quarantine_bytes: int = 0
 
     @classmethod
     def build(
         cls, counts: Mapping[str, int], usage: Usage, settings: Settings, debris: tuple[int, int],
         staging: tuple[int, int] = (0, 0),
+        quarantine: tuple[int, int] = (0, 0),
     ) -> Stats:
         """Stats from the catalog's counter rows (unknown names ignored, missing ones 0)."""
         return cls(
@@ -103,6 +107,8 @@ class Stats:
             debris_bytes=debris[1],
             staging_files=staging[0],
             staging_bytes=staging[1],
+            quarantine_files=quarantine[0],
+            quarantine_bytes=quarantine[1],
         )
 
     @property
@@ -159,6 +165,7 @@ class Stats:
             "download_success_rate": self.download_success_rate,
             "staging_debris": {"files": self.debris_files, "bytes": self.debris_bytes},
             "staging": {"files": self.staging_files, "bytes": self.staging_bytes},
+            "quarantine": {"files": self.quarantine_files, "bytes": self.quarantine_bytes},
             "problems": self.problems(),
         }
 
@@ -207,6 +214,14 @@ class Stats:
             "cas_staging_bytes", "gauge", "Bytes of the files in tmp/, counted as stored by gc.",
             self.staging_bytes,
         )  # fmt: skip
+        metric(
+            "cas_quarantine_files", "gauge", "Files verify moved to quarantine/, not yet removed.",
+            self.quarantine_files,
+        )  # fmt: skip
+        metric(
+            "cas_quarantine_bytes", "gauge", "Bytes of the files in quarantine/.",
+            self.quarantine_bytes,
+        )  # fmt: skip
         return "\n".join(lines) + "\n"
 
 
@@ -249,6 +264,26 @@ def _staged(tmp_dir: Path, skip: Path) -> Iterator[os.stat_result]:
                 yield os.lstat(os.path.join(folder, name))
             except FileNotFoundError:
                 continue  # a writer finished meanwhile
+
+
+def quarantined(folder: Path) -> tuple[int, int]:
+    """Count and bytes of the files under ``folder`` (``quarantine/``), at any depth: a stray
+    folder verify moved there keeps its contents. Symlinks are counted, never followed, and a
+    ``folder`` that is itself a symlink counts nothing (guarantee 7)."""
+    files = size = 0
+    if not os.path.isdir(folder):
+        return files, size  # none yet (verify makes it when it first moves something)
+    for _, subfolders, names, folder_fd in os.fwalk(folder, follow_symlinks=False):
+        for name in [*names, *subfolders]:
+            try:
+                info = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed meanwhile
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            files += 1
+            size += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return files, size
 
 
 def human_size(size: int) -> str:

@@ -74,10 +74,11 @@ def stored_blob(catalog: Catalog, ref: str) -> tuple[str, int, float] | None:
 
 
 def record_blobs(conn: Connection, blobs: list[tuple[str, int]], now: float) -> None:
-    """Insert the rows of (digest, size) blobs, or mark existing ones as just accessed."""
+    """Insert the rows of (digest, size) blobs, or mark existing ones as just accessed (at
+    ``now``, also when the stored time is later: written before the clock went back)."""
     conn.executemany(
         "INSERT INTO blobs (digest, size, created, last_access) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (digest) DO UPDATE SET last_access = max(last_access, excluded.last_access)",
+        " ON CONFLICT (digest) DO UPDATE SET last_access = excluded.last_access",
         [(digest, size, now, now) for digest, size in blobs],
     )
 

@@ -37,7 +37,7 @@ from .errors import (
 )
 from .fetch import Fetched, Fetcher
 from .leases import Lease, LeaseKeeper, dead_leases
-from .metrics import Counter, Stats, Usage, staging_debris, staging_usage
+from .metrics import Counter, Stats, Usage, quarantined, staging_debris, staging_usage
 from .opening import open_files
 from .refs import check_name, is_digest
 from .settings import Settings, default_root, load_settings, parse_duration, parse_size
@@ -603,7 +603,8 @@ class Store:
         debris = staging_debris(self._blobs.tmp_dir, self._blobs.locks_dir, now)
         staging = staging_usage(self._blobs.tmp_dir, self._blobs.locks_dir)
         usage = Usage(row.bytes, row.blobs, row.names, row.live_leases)
-        return Stats.build(counts, usage, self.settings, debris, staging)
+        quarantine = quarantined(self._blobs.quarantine_dir)
+        return Stats.build(counts, usage, self.settings, debris, staging, quarantine)
 
 
     # -- verification (issue 6) ----------------------------------------------------------------

@@ -6,7 +6,8 @@ What is found (a ``Finding`` kind) and what is done about it (`cas verify`, SPEC
     missing   a blob row without its file: the row goes (a row never outlives its file), the
               names stay, and the digest is recorded as damaged
     corrupt   a file whose content or size is not what its name and row say: the file moves to
-              ``quarantine/`` (never deleted), then as for a missing one
+              ``quarantine/`` (kept 30 days for a person to look at, then removed by
+              cleanup: cas/cleanup.py), then as for a missing one
     orphan    a file without a row whose content matches its name: adopted (a row is added)
     stray     a file without a row that does not match, or any other entry under ``blobs/``:
               moved to ``quarantine/``

@@ -312,6 +312,8 @@ def test_prometheus_reads_back_as_json(busy_root: Path) -> None:
         "cas_staging_debris_bytes": debris["bytes"],
         "cas_staging_files": document["staging"]["files"],
         "cas_staging_bytes": document["staging"]["bytes"],
+        "cas_quarantine_files": document["quarantine"]["files"],
+        "cas_quarantine_bytes": document["quarantine"]["bytes"],
     }
     parsed, kinds = {}, {}
     for family in text_string_to_metric_families(as_text.stdout.decode()):
