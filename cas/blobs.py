@@ -18,7 +18,6 @@ import re
 import secrets
 import shutil
 import stat
-import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -109,7 +108,6 @@ class Folder:
         self._path = os.fspath(path)
         self._held: tuple[int, int, int] | None = None  # descriptor, device, inode
         self._checked = 0.0  # time.monotonic() of the last check that the name still holds it
-        self._lock = threading.Lock()
         self._opened: list[int] = []  # every descriptor opened, closed when the object goes
         weakref.finalize(self, _close_all, self._opened)
 
@@ -132,26 +130,29 @@ class Folder:
         return self._open()
 
     def _open(self) -> int:
-        with self._lock:
-            parent = self.parent.fd() if self.parent is not None else None
-            try:
-                fd = os.open(self._name, _NOFOLLOW_DIR, dir_fd=parent)
-            except FileNotFoundError:
-                if self.mode is None:
-                    raise
-                made = self._make(parent)
-                fd = os.open(self._name, _NOFOLLOW_DIR, dir_fd=parent)
-                if made:
-                    self._settle(fd, parent)
-            except OSError as error:
-                if error.errno not in (errno.ENOTDIR, errno.ELOOP):
-                    raise
-                raise StoreError(self._refusal()) from error
+        # No lock: two threads opening at once each keep a descriptor of the same folder, and
+        # a lock held by another thread at a fork would never be released in the child.
+        parent = self.parent.fd() if self.parent is not None else None
+        try:
+            fd = os.open(self._name, _NOFOLLOW_DIR, dir_fd=parent)
+        except FileNotFoundError:
+            if self.mode is None:
+                raise
+            made = self._make(parent)
+            fd = os.open(self._name, _NOFOLLOW_DIR, dir_fd=parent)
             self._opened.append(fd)
-            info = os.fstat(fd)
-            self._held = (fd, info.st_dev, info.st_ino)
-            self._checked = time.monotonic()
-            return fd
+            if made:
+                self._settle(fd, parent)
+        except OSError as error:
+            if error.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise
+            raise StoreError(self._refusal()) from error
+        else:
+            self._opened.append(fd)
+        info = os.fstat(fd)
+        self._held = (fd, info.st_dev, info.st_ino)
+        self._checked = time.monotonic()
+        return fd
 
     def _make(self, parent: int | None) -> bool:
         """Make the missing folder; whether this call made it."""
@@ -183,6 +184,8 @@ class Folder:
             link = stat.S_ISLNK(os.lstat(self._path).st_mode)
         except OSError:
             link = False
+        if link and self.parent is None:
+            return f"store root {self.path} is a symbolic link; give the folder it points to"
         if link:
             return (f"{self.path} is a symbolic link, which cas never follows inside a store;"
                     " remove the link (cas makes the folder again)")
@@ -262,23 +265,30 @@ class BlobStore:
         real shard folder: a symlink planted as ``blobs/`` or a shard is not followed).
 
         Look-ups are hot: the folders' checks are trusted for ``READ_RECHECK`` seconds, and
-        checked again at once when the file is not found (a folder made again since).
+        ``blobs/`` is checked again at once when the file is not found (made again since?).
         """
-        info = self._stat(digest, READ_RECHECK)
-        return info if info is not None else self._stat(digest, 0.0)
+        try:
+            blobs = self.blobs.fd(max_age=READ_RECHECK)
+            info = self._stat_in(blobs, digest)
+            if info is None and (checked := self.blobs.fd()) != blobs:
+                info = self._stat_in(checked, digest)
+        except (FileNotFoundError, StoreError):
+            return None
+        return info
 
-    def _stat(self, digest: str, max_age: float) -> os.stat_result | None:
+    def _stat_in(self, blobs: int, digest: str) -> os.stat_result | None:
+        """``stat`` relative to the descriptor ``blobs``; the shard's own check (a real folder,
+        not a link) trusted for ``READ_RECHECK`` seconds."""
         shard = digest[:2]
         try:
-            blobs = self.blobs.fd(max_age=max_age)
             checked = self._real_shards.get(shard)
             now = time.monotonic()
-            if checked is None or now - checked >= max_age:
+            if checked is None or now - checked >= READ_RECHECK:
                 if not stat.S_ISDIR(os.stat(shard, dir_fd=blobs, follow_symlinks=False).st_mode):
                     return None
                 self._real_shards[shard] = now
             info = os.stat(f"{shard}{os.sep}{digest}", dir_fd=blobs, follow_symlinks=False)
-        except (FileNotFoundError, NotADirectoryError, StoreError):
+        except (FileNotFoundError, NotADirectoryError):
             return None
         return info if stat.S_ISREG(info.st_mode) else None
 
