@@ -21,7 +21,7 @@ import stat
 import time
 import weakref
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -61,9 +61,11 @@ class Staged:
     digest: str
     size: int
     published: bool = False
-    #: The descriptor of the folder it was made in (``Folder``): renamed and unlinked relative to
-    #: it, so a ``tmp/`` swapped meanwhile is never followed. None: by ``path``.
+    #: The descriptor of the folder it was made in: renamed and unlinked relative to it, so a
+    #: ``tmp/`` swapped meanwhile is never followed. None: by ``path``.
     dir_fd: int | None = None
+    #: The Folder that opened ``dir_fd``, which keeps it open as long as this lives.
+    folder: Folder | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -355,7 +357,7 @@ class BlobStore:
         fd = os.open(name, _NEW_FILE, 0o600, dir_fd=tmp)
         try:
             os.fchmod(fd, BLOB_MODE)  # exactly, whatever the umask; fd itself still writes
-            yield fd, Staged(f"{self._tmp_prefix}{name}", "", 0, dir_fd=tmp)
+            yield fd, Staged(f"{self._tmp_prefix}{name}", "", 0, dir_fd=tmp, folder=self.tmp)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=tmp)

@@ -751,6 +751,7 @@ class _Partial:
         self.url = url
         self.token = token
         self.path = tmp.path / f"{_key(url)}-{token}.part"
+        self.tmp = tmp  # keeps dir_fd open
         self.dir_fd = tmp.fd()  # its folder, where its sidecar is written and it is staged
         self.meta_path = self.path.with_suffix(".json")
         self.file = file
@@ -923,7 +924,7 @@ class _Partial:
         _remove(self.meta_path)
         self._release()
         return Staged(os.fspath(self.path), self.hashes.blake3(), self.size,
-                      dir_fd=self.dir_fd)
+                      dir_fd=self.dir_fd, folder=self.tmp)
 
     def suspend(self) -> None:
         """Keep a resumable partial for a later attempt; remove one that cannot be resumed."""
