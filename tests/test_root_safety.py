@@ -267,3 +267,22 @@ def test_config_toml_may_be_a_symlink(tmp_path: Path) -> None:
         assert store.settings.max_cache_size == 123 << 20
         store.put(b"content")
     assert (dotfiles / "cas.toml").read_text() == 'max_cache_size = "123MiB"\n'
+
+
+def test_quarantine_swapped_for_a_symlink_is_not_written_through(tmp_path: Path) -> None:
+    """verify moves a stray aside only into the real quarantine/ folder: with a symlink in its
+    place it fails in one clear error and the stray stays where it was."""
+    root, outside = tmp_path / "store", _outside(tmp_path)
+    with cas.Store.open(root) as store:
+        digest = store.put(b"kept", name="kept")
+        stray = root / "blobs" / digest[:2] / "not-a-blob"
+        stray.write_bytes(b"stray")
+        (root / "quarantine").symlink_to(outside, target_is_directory=True)
+        with pytest.raises(cas.StoreError, match="symbolic link"):
+            store.verify()
+        assert _files_under(outside) == []
+        assert stray.read_bytes() == b"stray"
+        (root / "quarantine").unlink()
+        report = store.verify()
+        assert report.counts["stray"] == 1
+        assert not stray.exists() and len(os.listdir(root / "quarantine")) == 1
