@@ -240,6 +240,9 @@ class BlobStore:
         for folder in (self.root_folder, self.blobs, self.tmp, self.locks):
             with contextlib.suppress(FileNotFoundError):  # read-only: missing is nothing stored
                 folder.fd()
+        # The root is made only now: one moved or deleted later is an error, not a fresh root
+        # beside a catalog that lives on elsewhere.
+        self.root_folder.mode = None
 
     # -- layout --------------------------------------------------------------------------------
 

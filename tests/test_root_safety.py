@@ -286,3 +286,16 @@ def test_quarantine_swapped_for_a_symlink_is_not_written_through(tmp_path: Path)
         report = store.verify()
         assert report.counts["stray"] == 1
         assert not stray.exists() and len(os.listdir(root / "quarantine")) == 1
+
+
+def test_root_moved_away_while_open_is_not_made_again(tmp_path: Path) -> None:
+    """A root moved away while a store stays open is not silently made again (its catalog
+    lives on elsewhere): the put fails, and nothing appears at the old place."""
+    root = tmp_path / "store"
+    with cas.Store.open(root) as store:
+        store.put(b"kept", name="kept")
+        os.rename(root, tmp_path / "moved")
+        with pytest.raises(cas.CasError):
+            store.put(b"new content", name="new")
+        assert not root.exists()
+        os.rename(tmp_path / "moved", root)
