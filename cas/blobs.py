@@ -4,6 +4,9 @@ The write protocol, written once: stage into a private file under ``tmp/`` while
 it, then rename it to ``blobs/ab/<digest>`` (read-only) and fsync the folder. Nothing partial or
 unverified ever has a name under ``blobs/`` (guarantee 1). This module knows nothing of the
 catalog; the store decides when to publish and when to unlink (docs/architecture.md).
+
+Every file operation is made relative to a folder descriptor opened without following links
+(``Folder``), never through a path a planted symlink could redirect (guarantee 7).
 """
 
 from __future__ import annotations
