@@ -31,6 +31,7 @@ import os
 import queue
 import random
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -42,7 +43,7 @@ from urllib.parse import quote
 from sqlalchemy import create_engine, event, exc
 from sqlalchemy.pool import QueuePool
 
-from .blobs import open_lock
+from .blobs import Folder, open_lock
 from .errors import CatalogError, StoreError
 from .metrics import Counter
 
@@ -291,8 +292,9 @@ class Catalog:
     """One store's catalog.db: a connection pool plus the write and read protocols."""
 
     def __init__(self, path: Path, setup_lock: Path, *, durable: bool = True,
-                 read_only: str | None = None) -> None:
+                 read_only: str | None = None, locks: Folder | None = None) -> None:
         self.path = path
+        self._locks = locks  # the Folder of setup_lock's folder, opened without following links
         #: Why the catalog was opened for reading only (a read-only filesystem or folder, a full
         #: disk), or None: writes then raise StoreError, and reads record no access or counts.
         self.read_only = read_only
@@ -302,15 +304,13 @@ class Catalog:
         connect_args: dict[str, Any] = {"timeout": BUSY_TIMEOUT, "check_same_thread": False}
         if hasattr(sqlite3, "LEGACY_TRANSACTION_CONTROL"):  # Python 3.12+
             connect_args["autocommit"] = sqlite3.LEGACY_TRANSACTION_CONTROL
-        if read_only:
-            uri = _read_only_uri(path)
-            self.engine = create_engine(
-                "sqlite://", poolclass=QueuePool, pool_size=KEPT_CONNECTIONS,
-                creator=lambda: sqlite3.connect(uri, uri=True, **connect_args),
-            )  # fmt: skip
-        else:
-            self.engine = create_engine(f"sqlite:///{path}", connect_args=connect_args,
-                                        poolclass=QueuePool, pool_size=KEPT_CONNECTIONS)
+        # Connections are made here, never from a URL of SQLAlchemy's: the path must reach
+        # SQLite exactly, and in a URL a `?` or `#` of the root's path would start its query.
+        query = _read_only_query(path) if read_only else None
+        self.engine = create_engine(
+            "sqlite://", poolclass=QueuePool, pool_size=KEPT_CONNECTIONS,
+            creator=lambda: connect(path, query, **connect_args),
+        )  # fmt: skip
         event.listen(self.engine, "connect", self._on_connect)
         self._pending = _Pending()
         self._forks = _Forks.count
@@ -561,7 +561,7 @@ class Catalog:
                     f" {LATEST_VERSION}; migrating needs write access: open the store once"
                     " with write access"
                 )
-            with open_lock(self._setup_lock) as lock:
+            with open_lock(self._setup_lock, self._locks) as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)
                 version, mode = self._version()
                 self._check_not_newer(version)
@@ -610,21 +610,66 @@ class Catalog:
         conn.execute(f"PRAGMA user_version = {LATEST_VERSION}")
 
 
-def _read_only_uri(path: Path) -> str:
-    """How to open ``path`` for reading only.
+def _read_only_query(path: Path) -> str:
+    """The URI query that opens ``path`` for reading only.
 
     ``mode=ro`` shares WAL readers' locks, but SQLite needs the ``-shm`` file for it, which it
     cannot create on a read-only filesystem or folder. Without one no process has the catalog
     open, and ``immutable=1`` reads the file as it is (what a later writer adds to the WAL stays
     unseen until it is checkpointed, which a short read does not miss).
     """
-    base = f"file:{quote(str(path))}"
     try:
-        probe = sqlite3.connect(f"{base}?mode=ro", uri=True)
-        try:
-            probe.execute("PRAGMA user_version").fetchone()
-        finally:
-            probe.close()
+        connect(path, "mode=ro").close()
     except sqlite3.OperationalError:
-        return f"{base}?immutable=1"
-    return f"{base}?mode=ro"
+        return "immutable=1"
+    return "mode=ro"
+
+
+#: The files SQLite opens beside the catalog, each by following a symlink planted there.
+_COMPANIONS = ("", "-wal", "-shm", "-journal")
+
+
+def connect(path: Path, query: str | None = None, **connect_args: Any) -> sqlite3.Connection:
+    """A sqlite3 connection to the catalog file ``path``, refusing a symlink (guarantee 7).
+
+    The path reaches SQLite exactly: as a plain file name (never parsed as a URI), or, with a
+    URI ``query`` such as ``mode=ro``, percent-encoded byte by byte. SQLite follows a symlink
+    planted as ``catalog.db`` or beside it (``-wal``, ``-shm``), and has no way to be told not
+    to from Python; so none may stand there before the connection is made, and the file SQLite
+    opened must be the one in the root (``PRAGMA database_list`` names the file it resolved),
+    which catches a link swapped in between. Raises CatalogError for a link, or a probe that
+    fails (sqlite3.Error) when it is not the catalog.
+    """
+    name = os.path.abspath(path)
+    refuse_links(path)
+    conn: sqlite3.Connection
+    if query is None:
+        conn = sqlite3.connect(name, **connect_args)
+    else:
+        uri = f"file:{quote(os.fsencode(name))}?{query}"
+        conn = sqlite3.connect(uri, uri=True, **connect_args)
+    try:  # as bytes: a path need not be UTF-8
+        opened = conn.execute("SELECT CAST(file AS BLOB) FROM pragma_database_list"
+                              " WHERE name = 'main'").fetchone()[0]
+    except BaseException:
+        conn.close()
+        raise
+    folder = os.path.realpath(os.path.dirname(name))
+    if opened != os.fsencode(os.path.join(folder, os.path.basename(name))):
+        conn.close()
+        raise CatalogError(_link_refusal(path))
+    return conn
+
+
+def refuse_links(path: Path) -> None:
+    """Raise CatalogError if a symlink stands as the catalog ``path`` or one of the files
+    SQLite keeps beside it."""
+    for suffix in _COMPANIONS:
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISLNK(os.lstat(f"{path}{suffix}").st_mode):
+                raise CatalogError(_link_refusal(Path(f"{path}{suffix}")))
+
+
+def _link_refusal(path: Path) -> str:
+    return (f"{path} is a symbolic link, which cas never follows inside a store; put the"
+            " catalog file itself there")

@@ -54,6 +54,7 @@ from .blobs import (
     BLOB_MODE,
     CHUNK_SIZE,
     WRITE_BEHIND,
+    Folder,
     Staged,
     hasher,
     open_lock,
@@ -120,8 +121,8 @@ class Downloader:
 
     def __init__(
         self,
-        tmp_dir: Path,
-        locks_dir: Path,
+        tmp_dir: Path | Folder,
+        locks_dir: Path | Folder,
         *,
         timeout: float = 300.0,
         retries: int = 5,
@@ -137,8 +138,14 @@ class Downloader:
             from . import __version__  # here, not at import: cas/__init__ imports this module
 
             user_agent = f"cas/{__version__}"
-        self.tmp_dir = tmp_dir
-        self.locks_dir = locks_dir
+        # Partials, sidecars and locks are made relative to these folders' descriptors, opened
+        # without following links (cas/blobs.py): a tmp/ swapped for a symlink is not written.
+        # The store hands over its own Folders (which make a deleted folder again).
+        self._tmp = tmp_dir if isinstance(tmp_dir, Folder) else Folder(tmp_dir, mode=None)
+        self._locks = (locks_dir if isinstance(locks_dir, Folder)
+                       else Folder(locks_dir, self._tmp, mode=None))
+        self.tmp_dir = self._tmp.path
+        self.locks_dir = self._locks.path
         self.retries = retries
         self.backoff_factor = backoff_factor
         self.backoff_max = backoff_max
@@ -187,7 +194,7 @@ class Downloader:
             for name in names:
                 path = self.locks_dir / f"{name}.lock"
                 held.enter_context(_thread_lock(str(path)))
-                held.enter_context(_file_lock(path))
+                held.enter_context(_file_lock(path, self._locks))
             yield
 
     # -- one download ----------------------------------------------------------------------------
@@ -210,9 +217,9 @@ class Downloader:
         self._check_fork()
         expected = expected or Expected()
         budget = _Budget(self.retries)
-        part = _Partial.claim(self.tmp_dir, url, expected.sha256 is not None)
+        part = _Partial.claim(self._tmp, url, expected.sha256 is not None)
         if part is None:
-            part = _Partial.create(self.tmp_dir, url, expected.sha256 is not None)
+            part = _Partial.create(self._tmp, url, expected.sha256 is not None)
         elif part.size:
             log.info("resuming %s at byte %d of a partial download", url, part.size)
         try:
@@ -704,11 +711,13 @@ class _Partial:
     """A staging file being downloaded, with its hashers and its sidecar record."""
 
     def __init__(
-        self, tmp_dir: Path, url: str, token: str, file: BinaryIO, want_sha256: bool
+        self, tmp: Folder, url: str, token: str, file: BinaryIO, want_sha256: bool
     ) -> None:
         self.url = url
         self.token = token
-        self.path = tmp_dir / f"{_key(url)}-{token}.part"
+        self.path = tmp.path / f"{_key(url)}-{token}.part"
+        self.tmp = tmp  # keeps dir_fd open
+        self.dir_fd = tmp.fd()  # its folder, where its sidecar is written and it is staged
         self.meta_path = self.path.with_suffix(".json")
         self.file = file
         self.want_sha256 = want_sha256
@@ -725,11 +734,11 @@ class _Partial:
             _ACTIVE.add(token)
 
     @classmethod
-    def create(cls, tmp_dir: Path, url: str, want_sha256: bool) -> _Partial:
+    def create(cls, tmp: Folder, url: str, want_sha256: bool) -> _Partial:
         token = _new_token()
-        path = tmp_dir / f"{_key(url)}-{token}.part"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        part = cls(tmp_dir, url, token, os.fdopen(fd, "r+b", buffering=0), want_sha256)
+        fd = os.open(f"{_key(url)}-{token}.part", os.O_RDWR | os.O_CREAT | os.O_EXCL
+                     | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=tmp.fd())
+        part = cls(tmp, url, token, os.fdopen(fd, "r+b", buffering=0), want_sha256)
         try:
             part.save()
         except BaseException:  # e.g. a full disk: leave nothing behind
@@ -738,9 +747,10 @@ class _Partial:
         return part
 
     @classmethod
-    def claim(cls, tmp_dir: Path, url: str, want_sha256: bool) -> _Partial | None:
+    def claim(cls, tmp: Folder, url: str, want_sha256: bool) -> _Partial | None:
         """Take over the largest resumable partial of ``url`` left by a dead owner, if any."""
         candidates = []
+        tmp_dir = tmp.path
         for meta_path in tmp_dir.glob(f"{_key(url)}-*.json"):
             meta = _read_json(meta_path)
             if meta is None or meta.get("url") != url or not _owner_gone(meta_path.name, meta):
@@ -766,7 +776,7 @@ class _Partial:
                 _remove(mine, meta_path)
                 continue
             file = os.fdopen(fd, "r+b", buffering=0)
-            part = cls(tmp_dir, url, token, file, want_sha256)
+            part = cls(tmp, url, token, file, want_sha256)
             part.validator = meta.get("validator")
             part.total = meta.get("total") if isinstance(meta.get("total"), int) else None
             part.save()
@@ -832,12 +842,13 @@ class _Partial:
             "total": self.total,
             "owner": asdict(this_process()),
         }
-        scratch = self.meta_path.with_suffix(".json-new")
+        scratch = self.meta_path.with_suffix(".json-new").name
         fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
-                     | os.O_CLOEXEC, 0o600)  # never write through a planted symlink
+                     | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)  # never through a symlink
         with os.fdopen(fd, "w") as out:
             out.write(json.dumps(record))
-        os.replace(scratch, self.meta_path)
+        os.replace(scratch, self.meta_path.name, src_dir_fd=self.dir_fd,
+                   dst_dir_fd=self.dir_fd)
 
     def sha256_hex(self) -> str | None:
         return self.hashes.sha256()
@@ -876,7 +887,8 @@ class _Partial:
         self.file.close()
         _remove(self.meta_path)
         self._release()
-        return Staged(os.fspath(self.path), self.hashes.blake3(), self.size)
+        return Staged(os.fspath(self.path), self.hashes.blake3(), self.size,
+                      dir_fd=self.dir_fd, folder=self.tmp)
 
     def suspend(self) -> None:
         """Keep a resumable partial for a later attempt; remove one that cannot be resumed."""
@@ -937,9 +949,9 @@ def _thread_lock(key: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def _file_lock(path: Path, folder: Folder | None = None) -> Iterator[None]:
     """An exclusive flock on ``path``; lock files are never deleted (that would race)."""
-    with open_lock(path) as handle:
+    with open_lock(path, folder) as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

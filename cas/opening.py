@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 from .blobs import BlobStore
-from .catalog import Catalog, damaged_catalog
+from .catalog import Catalog, damaged_catalog, refuse_links
 from .errors import CatalogError, StoreError
 from .settings import Settings
 
@@ -95,6 +95,7 @@ def open_files(root: Path, settings: Settings) -> tuple[BlobStore, Catalog]:
     """
     check_filesystem(root, settings.allow_network_fs)
     catalog_path = root / CATALOG
+    refuse_links(catalog_path)  # before the checks below follow it
     dir_mode = 0o2770 if settings.shared else 0o700
     folders = [root, root / "blobs", root / "tmp", root / "tmp" / "locks"]
     read_only = None
@@ -107,14 +108,16 @@ def open_files(root: Path, settings: Settings) -> tuple[BlobStore, Catalog]:
     _check_not_emptied(catalog_path, blobs)
     lock = blobs.locks_dir / "setup.lock"
     try:
-        catalog = Catalog(catalog_path, lock, durable=settings.durable, read_only=read_only)
+        catalog = Catalog(catalog_path, lock, durable=settings.durable, read_only=read_only,
+                          locks=blobs.locks)
     except CatalogError:
         # A full disk fails even reads: SQLite cannot create the -shm file of WAL mode.
         if read_only or not catalog_path.is_file() or not _disk_full(root):
             raise
         read_only = blobs.read_only = "no space left on the device; opened read-only"
         log.info("the disk of store root %s is full: opened read-only", root)
-        catalog = Catalog(catalog_path, lock, durable=settings.durable, read_only=read_only)
+        catalog = Catalog(catalog_path, lock, durable=settings.durable, read_only=read_only,
+                          locks=blobs.locks)
     return blobs, catalog
 
 

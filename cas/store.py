@@ -109,7 +109,7 @@ class Store:
         self._cleaning: threading.Thread | None = None
         self._cleaning_lock = threading.Lock()
         self._fetcher = Fetcher(blobs, catalog, Downloader(
-            blobs.tmp_dir, blobs.locks_dir,
+            blobs.tmp, blobs.locks,
             timeout=settings.download_timeout, retries=settings.retries,
         ))  # fmt: skip
         # Issue 8: the shared remote tier, when `remote` names one (boto3 loads on first use).
