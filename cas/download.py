@@ -689,17 +689,46 @@ class _CutHeaders(http.client.HTTPException):
     """The connection ended inside the response headers (no blank line closed them)."""
 
 
-class _LastLine:
-    """A response's socket file that remembers the last line read, so that the end of the
-    header block can be told from the end of the connection."""
+class _HeaderReader:
+    """A response's socket file, read line by line for the status line and headers, which
+    remembers the last line (so that the end of the header block can be told from the end of
+    the connection) and bounds the whole header block by one deadline: each receive waits at
+    most the time left, so a server trickling its headers a byte a second cannot make every
+    read succeed for ever."""
 
-    def __init__(self, raw: Any) -> None:
+    def __init__(self, raw: Any, sock: socket.socket) -> None:
         self.raw = raw
+        self.sock = sock
         self.last = b""
+        self.timeout = sock.gettimeout()  # the read timeout urllib3 set: download_timeout
+        self.deadline = time.monotonic() + self.timeout if self.timeout else None
 
     def readline(self, limit: int = -1) -> bytes:
-        self.last = self.raw.readline(limit)
-        return bytes(self.last)
+        line = bytearray()
+        while limit < 0 or len(line) < limit:
+            self._shorten()
+            data = self.raw.peek(1)  # what is buffered, else at most one receive
+            if not data:
+                break  # the end of the connection
+            want = len(data) if limit < 0 else min(len(data), limit - len(line))
+            end = data.find(b"\n", 0, want)
+            line += self.raw.read(end + 1 if end >= 0 else want)
+            if end >= 0:
+                break
+        self.last = bytes(line)
+        return self.last
+
+    def _shorten(self) -> None:
+        if self.deadline is None:
+            return
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the response headers took more than {self.timeout:g}s")
+        self.sock.settimeout(min(left, self.timeout or left))
+
+    def restore(self) -> None:
+        """Give the socket back its own read timeout, for the body."""
+        self.sock.settimeout(self.timeout)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.raw, name)
@@ -709,18 +738,25 @@ class _WholeHeaders(http.client.HTTPResponse):
     """http.client's response, except that a header block cut by the end of the connection is
     an error, never a response: http.client takes EOF for the blank line that ends the headers
     (so a server dying after "HTTP/1.1 200 OK" gave an empty body that was stored as content).
-    urllib3 turns the error into a connection error, retried like any other."""
+    The header block also gets one deadline (``_HeaderReader``). urllib3 turns either error into
+    a connection error or a read timeout, retried like any other."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self._socket = sock
 
     def begin(self) -> None:
         if self.headers is not None:
             return
-        watched = self.fp = _LastLine(self.fp)
+        reader = self.fp = _HeaderReader(self.fp, self._socket)
         try:
             super().begin()
         finally:
-            if self.fp is watched:
-                self.fp = watched.raw  # the body is read from the socket file itself
-        if watched.last not in (b"\r\n", b"\n"):
+            if self.fp is reader:
+                self.fp = reader.raw  # the body is read from the socket file itself
+            with contextlib.suppress(OSError):
+                reader.restore()
+        if reader.last not in (b"\r\n", b"\n"):
             self._close_conn()
             raise _CutHeaders("the connection closed inside the response headers")
 

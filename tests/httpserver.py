@@ -37,6 +37,7 @@ class Reply:
     range_start: int | None = None  #: answer a Range with a 206 starting here instead
     after: Callable[[], None] | None = None  #: run once this reply is sent
     raw: bytes | None = None  #: write exactly these bytes as the whole response, then close
+    drip: float = 0.0  #: write ``raw`` one byte at a time, this many seconds apart
     endless: bool = False  #: a 200 without Content-Length whose body repeats until the client quits
 
 
@@ -84,7 +85,7 @@ class _Handler(BaseHTTPRequestHandler):
         if resource is None:
             self._status(seen, Reply(status=404, body=b"no such path"))
         elif reply.raw is not None:
-            self._raw(seen, reply.raw)
+            self._raw(seen, reply.raw, reply.drip)
         elif reply.endless:
             self._endless(seen, resource)
         elif reply.status is not None:
@@ -104,12 +105,18 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self._write(seen, reply.body, Resource(b""), reply)
 
-    def _raw(self, seen: Seen, data: bytes) -> None:
+    def _raw(self, seen: Seen, data: bytes, drip: float) -> None:
         """A server that dies part-way: these bytes (a cut header block, a cut chunked body, an
-        HTTP/1.0 answer), then a clean close."""
+        HTTP/1.0 answer), then a clean close; with ``drip``, a byte at a time."""
         seen.status = int(data.split(b" ", 2)[1]) if data.count(b" ") >= 2 else 0
         self.close_connection = True
-        self.wfile.write(data)
+        try:
+            for start in range(0, len(data), 1 if drip else len(data) or 1):
+                self.wfile.write(data[start : start + 1] if drip else data)
+                if drip and self.server.stopping.wait(drip):
+                    break
+        except OSError:  # the client gave up
+            pass
 
     def _endless(self, seen: Seen, resource: Resource) -> None:
         """A 200 with no declared length whose body never ends (read until close)."""

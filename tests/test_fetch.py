@@ -377,6 +377,19 @@ def test_a_trickling_server_fails_within_the_download_timeout(root: Path,
     assert info.value.attempts == 2 and server.sent("/trickle") < len(body)
 
 
+def test_headers_trickling_in_fail_within_the_download_timeout(root: Path,
+                                                               server: Server) -> None:
+    """A header block sent a byte every 0.05 s (each read succeeds) still times out: the whole
+    block must arrive within download_timeout."""
+    slow = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"p" * 40 + b"\r\nContent-Length: 2\r\n\r\nok"
+    url = server.add("/drip", b"ok", Reply(raw=slow, drip=0.05), Reply(raw=slow, drip=0.05))
+    with (cas.Store.open(root, download_timeout="0.5s", retries=1) as store,
+          pytest.raises(cas.DownloadError, match=r"after 2 attempts.*timed out")):
+        store.fetch(url)
+    assert server.requests("/drip") == 2
+    assert_holds(root)
+
+
 def test_an_endless_body_is_bounded_by_the_cache_size(root: Path, server: Server) -> None:
     """A server that never stops sending, with no length, is cut at max_cache_size with a clear
     error; nothing is kept, not even a partial."""
