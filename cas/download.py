@@ -1309,8 +1309,8 @@ def _wait(attempt: Callable[[float], bool], watch: _Watch) -> bool:
     while not attempt(pause):
         if watch.stalled():
             log.warning(
-                "another process has held the download of the same thing for %gs without"
-                " progress (stopped?); downloading separately", watch.stall,
+                "the download of the same thing has shown no progress for %gs (its process"
+                " stopped or hung?); downloading separately", watch.stall,
             )  # fmt: skip
             return False
         pause = min(max(pause * 2, 0.005), _POLL)
