@@ -18,9 +18,18 @@ Retries. Failures before the body (connection errors, timeouts, 408/429/5xx) go 
 ``Retry``; errors while streaming the body are not retried by urllib3 (urllib3 #2751), so
 ``download`` has its own resume loop. Both draw on one budget: ``retries`` further attempts.
 
+Complete responses only. A header block cut by the end of the connection is an error, never a
+response (``_WholeHeaders``); a body is complete at its declared length, or at its last chunk;
+one with neither ends at a clean close, and not right after the headers (docs/architecture.md).
+
+Bounds. ``timeout`` (``download_timeout``) bounds every wait without progress: a read, a body
+slower than ``MIN_RATE``, the wait for a stalled single-flight holder; ``max_size``
+(``max_cache_size``) bounds a body whose size is not expected.
+
 Single flight. ``single_flight(keys)`` holds an in-process lock plus an ``flock`` on
-``tmp/locks/dl-<hash>.lock`` per key (the kernel drops it when its holder dies). It only saves
-work: correctness never rests on it (guarantee 9).
+``tmp/locks/dl-<hash>.lock`` per key (the kernel drops it when its holder dies; the holder
+unlinks it when done). It only saves work: correctness never rests on it (guarantee 9), so a
+waiter whose holder shows no progress goes on without it.
 """
 
 from __future__ import annotations
@@ -28,13 +37,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
+import http.client
 import json
 import logging
 import os
 import queue
 import random
 import re
+import socket
 import ssl
 import threading
 import time
@@ -46,6 +58,8 @@ from typing import Any, BinaryIO, Self, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import HTTPError, InvalidHeader, MaxRetryError
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
@@ -73,6 +87,10 @@ Progress = Callable[[int, int | None], None]
 #: Statuses worth another attempt. 400, 401, 403, 404 and 410 are permanent and never retried.
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 SCHEMES = ("http", "https")
+
+#: The slowest a body may arrive, in bytes per second, averaged over each ``download_timeout``:
+#: slower is a stall (a 1 byte/s trickle would otherwise never time out, as each read succeeds).
+MIN_RATE = 1024
 
 
 def check_url(url: str) -> str:
@@ -111,7 +129,10 @@ class Download:
 class Downloader:
     """One store's HTTP client: a urllib3 PoolManager plus the resume and retry policy.
 
-    ``timeout`` bounds each connect and each read of one attempt. ``retries`` further attempts
+    ``timeout`` bounds each connect and each read of one attempt, the time a body may take to
+    bring ``MIN_RATE * timeout`` bytes, and the wait for another downloader of the same thing
+    that shows no progress (``single_flight``). ``max_size`` bounds a download that has no
+    expected size (the store passes ``max_cache_size``). ``retries`` further attempts
     follow a failed one, with exponential backoff (``backoff_factor * 2**(n-1)`` plus jitter, at
     most ``backoff_max``); ``Retry-After`` on 429/503 is obeyed up to ``retry_after_max``
     seconds (urllib3 would wait up to 6 hours). ``ca_bundle`` replaces the system trust store.
@@ -130,6 +151,7 @@ class Downloader:
         backoff_max: float = 30.0,
         retry_after_max: int = 120,
         max_redirects: int = 10,
+        max_size: int | None = None,
         ca_bundle: str | os.PathLike[str] | None = None,
         lock: bool = True,
         user_agent: str | None = None,
@@ -151,6 +173,8 @@ class Downloader:
         self.backoff_max = backoff_max
         self.retry_after_max = retry_after_max
         self.max_redirects = max_redirects
+        self.max_size = max_size
+        self.timeout = timeout
         self.lock = lock
         # Sent with every request (urlopen's headers= replaces the pool's, so they are merged).
         # Identity: with gzip, Content-Length is the encoded size and Range offsets are
@@ -162,9 +186,11 @@ class Downloader:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> urllib3.PoolManager:
-        return urllib3.PoolManager(
+        pool = urllib3.PoolManager(
             num_pools=16, maxsize=8, cert_reqs="CERT_REQUIRED", ca_certs=self._ca_certs
         )
+        pool.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}  # whole headers only
+        return pool
 
     def _check_fork(self) -> None:
         # A forked child must not talk over its parent's pooled keep-alive sockets.
@@ -184,18 +210,30 @@ class Downloader:
 
         Threads of this process queue on a threading lock, processes on an ``flock`` that the
         kernel releases when its holder dies, so a killed downloader never blocks the others.
-        The caller re-checks the store after getting the locks.
+        A holder shows progress by touching its lock files as its body arrives; a waiter that
+        sees none for ``timeout`` seconds (a stopped or hung holder) stops waiting and goes on
+        without the lock, on its own staging file (guarantee 9). The caller re-checks the store
+        after getting the locks.
         """
         if not self.lock:
             yield
             return
         names = sorted({"dl-" + hashlib.sha256(key.encode()).hexdigest()[:32] for key in keys})
         with contextlib.ExitStack() as held:
+            handles = []
             for name in names:
-                path = self.locks_dir / f"{name}.lock"
-                held.enter_context(_thread_lock(str(path)))
-                held.enter_context(_file_lock(path, self._locks))
-            yield
+                handle = held.enter_context(
+                    _flight_lock(self.locks_dir / f"{name}.lock", self.timeout, self._locks)
+                )
+                if handle is None:
+                    break  # a stalled holder: download without waiting for the others either
+                handles.append(handle)
+            outer = getattr(_HELD, "beat", None)
+            _HELD.beat = _Heartbeat(handles, min(1.0, self.timeout / 4))
+            try:
+                yield
+            finally:
+                _HELD.beat = outer
 
     # -- one download ----------------------------------------------------------------------------
 
@@ -224,8 +262,8 @@ class Downloader:
             log.info("resuming %s at byte %d of a partial download", url, part.size)
         try:
             return self._transfer(part, url, expected, budget, progress)
-        except IntegrityError:
-            part.discard()  # wrong content is never kept, not even for a resume
+        except (IntegrityError, _TooLarge):
+            part.discard()  # wrong or unwanted content is never kept, not even for a resume
             raise
         except OSError as error:
             if error.errno == errno.ENOSPC:
@@ -302,6 +340,7 @@ class Downloader:
         progress: Progress | None,
     ) -> None:
         """One request: interpret its status and headers, then stream the body into ``part``."""
+        _heartbeat()
         headers: dict[str, str] = {}
         ranged = part.size > 0 and part.resumable
         if ranged:
@@ -336,9 +375,10 @@ class Downloader:
                     attempts=budget.attempts,
                 )
             _check_size(part, expected, url)
+            self._check_bound(part.total, expected, url, budget)
             if progress is not None:
                 progress(part.size, part.total)
-            self._stream(response, part, expected, url, progress)
+            self._stream(response, part, expected, url, progress, budget)
             response.release_conn()
         finally:
             # A response abandoned before its end must not go back to the pool half-read.
@@ -353,7 +393,10 @@ class Downloader:
         expected: Expected,
         url: str,
         progress: Progress | None,
+        budget: _Budget,
     ) -> None:
+        pace = _Pace(self.timeout)
+        start = part.size
         while True:
             try:
                 chunk = response.read1(CHUNK_SIZE, decode_content=False)
@@ -368,11 +411,34 @@ class Downloader:
                     expected=expected.size,
                     found=part.size + len(chunk),
                 )
+            self._check_bound(part.size + len(chunk), expected, url, budget)
             part.append(chunk)
+            _heartbeat()
+            pace.advance(len(chunk))
             if progress is not None:
                 progress(part.size, part.total)
         if part.total is not None and part.size < part.total:
             raise _Interrupted(f"short body: {part.size} of {part.total} bytes")
+        if part.size == start and _undeclared(response, part):
+            # No length, no chunks, and the connection closed right after the headers: what a
+            # server that dies there looks like. Every server sends an empty file with a length.
+            raise _Interrupted("the connection closed after the headers: no body, no length")
+        if _undeclared(response, part) and expected == Expected():
+            log.warning("%s sent no Content-Length: its end is where the connection closed,"
+                        " which cas cannot check; give a size or digest to verify it", url)
+
+    def _check_bound(self, size: int | None, expected: Expected, url: str, budget: _Budget) -> None:
+        """Refuse a download without an expected size that outgrows the cache (``max_size``):
+        a server that never stops sending must not fill the disk."""
+        if expected.size is not None or self.max_size is None or size is None:
+            return
+        if size > self.max_size:
+            raise _TooLarge(
+                f"{url} is larger than the cache's max_cache_size ({self.max_size} bytes);"
+                " not downloaded (give its expected size, or raise max_cache_size)",
+                url=url,
+                attempts=budget.attempts,
+            )
 
     def _open(self, url: str, headers: dict[str, str], budget: _Budget) -> BaseHTTPResponse:
         """GET ``url``, following http(s) redirects here so other schemes get a clear error.
@@ -391,6 +457,14 @@ class Downloader:
             if urlsplit(target).scheme.lower() not in SCHEMES:
                 raise DownloadError(
                     f"{url} redirects to {target}; only http and https are followed",
+                    url=url,
+                    status=response.status,
+                    attempts=budget.attempts,
+                )
+            if _downgrade(current, target):
+                raise DownloadError(
+                    f"{url} redirects from https to plain http ({target}); not followed, since"
+                    " the content would come unprotected: use an http URL to allow it",
                     url=url,
                     status=response.status,
                     attempts=budget.attempts,
@@ -491,6 +565,33 @@ class _Restart(Exception):
     """The server's answer cannot continue the partial: start again from zero at once."""
 
 
+class _TooLarge(DownloadError):
+    """A download without an expected size outgrew the cache: not retried, nothing kept."""
+
+
+class _Pace:
+    """The minimum rate of a body: each ``window`` seconds must bring ``MIN_RATE`` bytes a
+    second on average. Checked as chunks arrive; a read that brings nothing at all times out
+    by itself, so a trickle fails within about two windows however its bytes are spaced."""
+
+    def __init__(self, window: float) -> None:
+        self.window = window
+        self.start = time.monotonic()
+        self.bytes = 0
+
+    def advance(self, amount: int) -> None:
+        """Count ``amount`` bytes received; raise _Interrupted when a window was too slow."""
+        self.bytes += amount
+        elapsed = time.monotonic() - self.start
+        if elapsed < self.window:
+            return
+        if self.bytes < MIN_RATE * elapsed:
+            raise _Interrupted(
+                f"too slow: {self.bytes} bytes in {elapsed:.1f}s, under {MIN_RATE} bytes/s"
+            )
+        self.start, self.bytes = time.monotonic(), 0
+
+
 class _Refused(MaxRetryError):
     """A permanent error (an untrusted TLS certificate) that must not be retried."""
 
@@ -584,11 +685,106 @@ def _describe(error: BaseException | None) -> str:
         error = error.reason
     # urllib3 puts its message first and the wrapped exception after it: keep the message.
     text = error.args[0] if error.args and isinstance(error.args[0], str) else str(error)
+    inner = error.args[1] if len(error.args) > 1 else None
+    if isinstance(inner, BaseException) and str(inner) and str(inner) not in text:
+        text = f"{text.rstrip('.')}: {inner}"  # ("Connection aborted.", why): say why
     text = re.sub(r"<urllib3\.[^>]*>:?\s*", "", " ".join(text.split()))
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 # -- responses -----------------------------------------------------------------------------------
+
+class _CutHeaders(http.client.HTTPException):
+    """The connection ended inside the response headers (no blank line closed them)."""
+
+
+class _HeaderReader:
+    """A response's socket file, read line by line for the status line and headers, which
+    remembers the last line (so that the end of the header block can be told from the end of
+    the connection) and bounds the whole header block by one deadline: each receive waits at
+    most the time left, so a server trickling its headers a byte a second cannot make every
+    read succeed for ever."""
+
+    def __init__(self, raw: Any, sock: socket.socket) -> None:
+        self.raw = raw
+        self.sock = sock
+        self.last = b""
+        self.timeout = sock.gettimeout()  # the read timeout urllib3 set: download_timeout
+        self.deadline = time.monotonic() + self.timeout if self.timeout else None
+
+    def readline(self, limit: int = -1) -> bytes:
+        line = bytearray()
+        while limit < 0 or len(line) < limit:
+            self._shorten()
+            data = self.raw.peek(1)  # what is buffered, else at most one receive
+            if not data:
+                break  # the end of the connection
+            want = len(data) if limit < 0 else min(len(data), limit - len(line))
+            end = data.find(b"\n", 0, want)
+            line += self.raw.read(end + 1 if end >= 0 else want)
+            if end >= 0:
+                break
+        self.last = bytes(line)
+        return self.last
+
+    def _shorten(self) -> None:
+        if self.deadline is None:
+            return
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError(f"the response headers took more than {self.timeout:g}s")
+        self.sock.settimeout(min(left, self.timeout or left))
+
+    def restore(self) -> None:
+        """Give the socket back its own read timeout, for the body."""
+        self.sock.settimeout(self.timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+class _WholeHeaders(http.client.HTTPResponse):
+    """http.client's response, except that a header block cut by the end of the connection is
+    an error, never a response: http.client takes EOF for the blank line that ends the headers
+    (so a server dying after "HTTP/1.1 200 OK" gave an empty body that was stored as content).
+    The header block also gets one deadline (``_HeaderReader``). urllib3 turns either error into
+    a connection error or a read timeout, retried like any other."""
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        self._socket = sock
+
+    def begin(self) -> None:
+        if self.headers is not None:
+            return
+        reader = self.fp = _HeaderReader(self.fp, self._socket)
+        try:
+            super().begin()
+        finally:
+            if self.fp is reader:
+                self.fp = reader.raw  # the body is read from the socket file itself
+            with contextlib.suppress(OSError):
+                reader.restore()
+        if reader.last not in (b"\r\n", b"\n"):
+            self._close_conn()
+            raise _CutHeaders("the connection closed inside the response headers")
+
+
+class _Connection(HTTPConnection):
+    response_class = _WholeHeaders
+
+
+class _TLSConnection(HTTPSConnection):
+    response_class = _WholeHeaders
+
+
+class _Pool(HTTPConnectionPool):
+    ConnectionCls = _Connection
+
+
+class _TLSPool(HTTPSConnectionPool):
+    ConnectionCls = _TLSConnection
+
 
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*", re.IGNORECASE)
 
@@ -630,6 +826,17 @@ def _check_partial_response(response: BaseHTTPResponse, part: _Partial) -> None:
         part.total = total
     part.resumed_from = part.size
     part.saved += part.size
+
+
+def _downgrade(current: str, target: str) -> bool:
+    """Whether a redirect leaves https for plain http."""
+    return urlsplit(current).scheme.lower() == "https" and urlsplit(target).scheme.lower() == "http"
+
+
+def _undeclared(response: BaseHTTPResponse, part: _Partial) -> bool:
+    """Whether a 200's body has neither a Content-Length nor chunks: it ends where the
+    connection closes (legitimate, as in HTTP/1.0, but its completeness cannot be checked)."""
+    return response.status == 200 and part.total is None and not response.chunked
 
 
 def _check_size(part: _Partial, expected: Expected, url: str) -> None:
@@ -928,17 +1135,101 @@ def _remove(*paths: Path) -> None:
 
 _THREAD_LOCKS: dict[str, tuple[threading.Lock, int]] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()
+_HELD = threading.local()  # the lock files this thread holds, for their heartbeat
+_POLL = 0.1  #: the longest pause between two looks at a busy lock
+
+
+class _Watch:
+    """Progress of whoever holds a lock, as seen by a waiter: the lock file's inode and mtime,
+    which the holder refreshes as its download advances. No change for ``stall`` seconds means
+    the holder is stopped (SIGSTOP, a debugger) or hung, and the waiter stops waiting."""
+
+    def __init__(self, path: Path, stall: float) -> None:
+        self.path = path
+        self.stall = stall
+        self.seen = self._stamp()
+        self.since = time.monotonic()
+        self.told = False
+
+    def _stamp(self) -> tuple[int, int] | None:
+        try:
+            info = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        return info.st_ino, info.st_mtime_ns
+
+    def stalled(self) -> bool:
+        """Whether the holder has shown no progress for ``stall`` seconds."""
+        stamp = self._stamp()
+        if stamp != self.seen:
+            self.seen, self.since = stamp, time.monotonic()
+        if not self.told:
+            log.info("waiting for another process downloading the same thing")
+            self.told = True
+        return time.monotonic() - self.since > self.stall
+
+
+class _Heartbeat:
+    """The holder's side of ``_Watch``: touch the held lock files at most every ``interval``
+    seconds while the download advances."""
+
+    def __init__(self, handles: list[BinaryIO], interval: float) -> None:
+        self.handles = handles
+        self.interval = interval
+        self.last = time.monotonic()
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            return
+        self.last = now
+        for handle in self.handles:
+            with contextlib.suppress(OSError):
+                os.utime(handle.fileno())
+
+
+def _heartbeat() -> None:
+    """Show the waiters of this thread's single flight that its download advances."""
+    beat: _Heartbeat | None = getattr(_HELD, "beat", None)
+    if beat is not None:
+        beat()
 
 
 @contextlib.contextmanager
-def _thread_lock(key: str) -> Iterator[None]:
-    """A per-key lock shared by every thread of this process, dropped when nobody uses it."""
+def _flight_lock(path: Path, stall: float, folder: Folder | None = None,
+                 ) -> Iterator[BinaryIO | None]:
+    """Hold the thread lock and the ``flock`` of ``path``; yield the lock file, or None when
+    the holder made no progress for ``stall`` seconds and the caller goes on without it."""
+    watch = _Watch(path, stall)
+    with _thread_lock(str(path), watch) as held:
+        if not held:
+            yield None
+            return
+        handle = _file_lock(path, watch, folder)
+        if handle is None:
+            yield None
+            return
+        try:
+            yield handle
+        finally:
+            _remove(path)  # still ours (checked when taken): waiters on it will see it gone
+            handle.close()
+
+
+@contextlib.contextmanager
+def _thread_lock(key: str, watch: _Watch) -> Iterator[bool]:
+    """A per-key lock shared by every thread of this process, dropped when nobody uses it;
+    yields whether it was taken (False: its holder stalled, see ``_Watch``)."""
     with _THREAD_LOCKS_GUARD:
         lock, users = _THREAD_LOCKS.get(key, (threading.Lock(), 0))
         _THREAD_LOCKS[key] = (lock, users + 1)
     try:
-        with lock:
-            yield
+        held = _wait(lambda pause: lock.acquire(timeout=pause), watch)
+        try:
+            yield held
+        finally:
+            if held:
+                lock.release()
     finally:
         with _THREAD_LOCKS_GUARD:
             lock, users = _THREAD_LOCKS[key]
@@ -948,16 +1239,60 @@ def _thread_lock(key: str) -> Iterator[None]:
                 _THREAD_LOCKS[key] = (lock, users - 1)
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path, folder: Folder | None = None) -> Iterator[None]:
-    """An exclusive flock on ``path``; lock files are never deleted (that would race)."""
-    with open_lock(path, folder) as handle:
+def _file_lock(path: Path, watch: _Watch, folder: Folder | None = None) -> BinaryIO | None:
+    """An exclusive flock on ``path``, or None when its holder stalled (see ``_Watch``).
+
+    Each holder unlinks the lock file when it is done, so lock files do not pile up (one per
+    URL and digest ever fetched). The classic race that follows, a waiter locking the unlinked
+    inode while a newcomer locks a new file at the same path, is closed by checking after each
+    ``flock`` that the path still names the locked inode, and starting over when it does not.
+    """
+
+    def attempt(handle: BinaryIO, pause: float) -> bool:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            log.info("waiting for another process downloading the same thing")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+            time.sleep(pause)
+            return False
+        return True
+
+    while True:
+        handle = open_lock(path, folder)
+        try:
+            if not _wait(functools.partial(attempt, handle), watch):
+                handle.close()
+                return None
+            if _names(path, handle):
+                return handle
+        except BaseException:
+            handle.close()
+            raise
+        handle.close()  # unlinked by its holder meanwhile: lock the file now at that path
+
+
+def _names(path: Path, handle: BinaryIO) -> bool:
+    """Whether ``path`` still names the open file ``handle`` (not a newer file there)."""
+    try:
+        now = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    mine = os.fstat(handle.fileno())
+    return (now.st_dev, now.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+def _wait(attempt: Callable[[float], bool], watch: _Watch) -> bool:
+    """Call ``attempt(pause)`` (which waits up to ``pause`` seconds when it fails) until it
+    succeeds: True; or until ``watch`` sees the holder stalled: False."""
+    pause = 0.0  # the first try does not wait
+    while not attempt(pause):
+        if watch.stalled():
+            log.warning(
+                "the download of the same thing has shown no progress for %gs (its process"
+                " stopped or hung?); downloading separately", watch.stall,
+            )  # fmt: skip
+            return False
+        pause = min(max(pause * 2, 0.005), _POLL)
+    return True
 
 
 def _after_fork_in_child() -> None:

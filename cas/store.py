@@ -111,6 +111,7 @@ class Store:
         self._fetcher = Fetcher(blobs, catalog, Downloader(
             blobs.tmp, blobs.locks,
             timeout=settings.download_timeout, retries=settings.retries,
+            max_size=settings.max_cache_size,
         ))  # fmt: skip
         # Issue 8: the shared remote tier, when `remote` names one (boto3 loads on first use).
         self._tier: RemoteTier | None = None

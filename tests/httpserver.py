@@ -36,6 +36,9 @@ class Reply:
     ignore_if_range: bool = False  #: honour Range even when If-Range no longer matches
     range_start: int | None = None  #: answer a Range with a 206 starting here instead
     after: Callable[[], None] | None = None  #: run once this reply is sent
+    raw: bytes | None = None  #: write exactly these bytes as the whole response, then close
+    drip: float = 0.0  #: write ``raw`` one byte at a time, this many seconds apart
+    endless: bool = False  #: a 200 without Content-Length whose body repeats until the client quits
 
 
 @dataclass
@@ -81,6 +84,10 @@ class _Handler(BaseHTTPRequestHandler):
             reply = resource.script.pop(0) if resource and resource.script else Reply()
         if resource is None:
             self._status(seen, Reply(status=404, body=b"no such path"))
+        elif reply.raw is not None:
+            self._raw(seen, reply.raw, reply.drip)
+        elif reply.endless:
+            self._endless(seen, resource)
         elif reply.status is not None:
             self._status(seen, reply)
         else:
@@ -97,6 +104,36 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(key, value)
         self.end_headers()
         self._write(seen, reply.body, Resource(b""), reply)
+
+    def _raw(self, seen: Seen, data: bytes, drip: float) -> None:
+        """A server that dies part-way: these bytes (a cut header block, a cut chunked body, an
+        HTTP/1.0 answer), then a clean close; with ``drip``, a byte at a time."""
+        seen.status = int(data.split(b" ", 2)[1]) if data.count(b" ") >= 2 else 0
+        self.close_connection = True
+        try:
+            for start in range(0, len(data), 1 if drip else len(data) or 1):
+                self.wfile.write(data[start : start + 1] if drip else data)
+                if drip and self.server.stopping.wait(drip):
+                    break
+        except OSError:  # the client gave up
+            pass
+
+    def _endless(self, seen: Seen, resource: Resource) -> None:
+        """A 200 with no declared length whose body never ends (read until close)."""
+        seen.status = 200
+        self.close_connection = True
+        self.send_response(200)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        piece = resource.body[: resource.chunk] or b"x"
+        try:
+            while not self.server.stopping.is_set():
+                self.wfile.write(piece)
+                seen.sent += len(piece)
+                if resource.delay:
+                    self.server.stopping.wait(resource.delay)
+        except OSError:  # the client gave up, as it should
+            pass
 
     def _serve(self, seen: Seen, resource: Resource, reply: Reply) -> None:
         body = resource.body

@@ -23,6 +23,8 @@ from pathlib import Path
 import blake3
 import pytest
 import trustme
+from hypothesis import given
+from hypothesis import strategies as st
 
 import cas
 import cas.manifest
@@ -292,6 +294,128 @@ def test_stalling_every_time_gives_up_after_the_retries(root: Path, server: Serv
     assert_holds(root)
 
 
+# -- incomplete, endless and trickling responses (issue 13, items 2 and 17) -----------------------
+
+HEAD = b'HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nETag: "v9"\r\n\r\n'
+
+
+@given(cut=st.integers(min_value=1, max_value=len(HEAD) - 1))
+def test_a_header_block_cut_by_a_dying_server_is_never_content(
+    fstore: cas.Store, server: Server, cut: int
+) -> None:
+    """A server that dies anywhere inside its headers (and sends no length) gives an error after
+    the retries, never an empty blob recorded as the URL's content."""
+    fast(fstore, retries=1)
+    url = server.add("/cut", BODY, Reply(raw=HEAD[:cut]), Reply(raw=HEAD[:cut]))
+    with pytest.raises(cas.DownloadError, match="failed after 2 attempts") as info:
+        fstore.fetch(url)
+    if cut > len(b"HTTP/1.1 200 OK\r\n"):
+        assert "inside the response headers" in str(info.value)
+    assert_holds(fstore.root)
+
+
+def test_cli_fetch_of_a_header_block_cut_short_fails_in_one_line(root: Path,
+                                                                 server: Server) -> None:
+    """`cas fetch` exits non-zero with one line, and stores nothing (the issue's report)."""
+    url = server.add("/cut", BODY, Reply(raw=HEAD[:30]))
+    done = run_cas("fetch", url, root=root, env={"CAS_RETRIES": "0"})
+    assert done.returncode != 0 and server.requests("/cut") == 1
+    assert done.stderr.decode().strip().splitlines()[-1].startswith("cas: error: ")
+    assert "inside the response headers" in done.stderr.decode()
+    assert_holds(root)
+    done = run_cas("fetch", url, root=root)  # the server recovered: the real content comes
+    assert done.returncode == 0 and done.stdout.decode().split()[0] == _b3(BODY)
+
+
+def test_a_chunked_body_cut_before_its_last_chunk_is_never_content(fstore: cas.Store,
+                                                                   server: Server) -> None:
+    """Chunked encoding ends with a zero-size chunk; a clean close before it is a failure."""
+    cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    whole = cut + b"0\r\n\r\n"
+    fast(fstore, retries=1)
+    url = server.add("/chunked", b"", Reply(raw=cut), Reply(raw=cut), Reply(raw=whole))
+    with pytest.raises(cas.DownloadError, match="IncompleteRead"):
+        fstore.fetch(url)
+    assert_holds(fstore.root)
+    assert fstore.read_bytes(fstore.fetch(url)) == b"hello"
+
+
+def test_a_body_without_length_ends_at_a_clean_close(fstore: cas.Store, server: Server,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """Decision: with neither Content-Length nor chunks (HTTP/1.0 style) the body is what came
+    before a clean close after whole headers, with a warning that its end was not checked."""
+    url = server.add("/old", b"", Reply(raw=b"HTTP/1.0 200 OK\r\n\r\n" + BODY))
+    with caplog.at_level(logging.WARNING, logger="cas"):
+        assert fstore.fetch(url) == _b3(BODY)
+    assert "sent no Content-Length" in caplog.text
+    assert_holds(fstore.root, BODY)
+
+
+def test_no_length_and_no_body_is_a_dropped_connection(fstore: cas.Store,
+                                                       server: Server) -> None:
+    """Decision: no length and a close right after the headers is what a server dying there
+    looks like: retried, then an error; an empty file is sent with Content-Length: 0."""
+    empty = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
+    fast(fstore, retries=1)
+    url = server.add("/empty", b"", Reply(raw=empty), Reply(raw=empty))
+    with pytest.raises(cas.DownloadError, match="no body, no length"):
+        fstore.fetch(url)
+    assert server.requests("/empty") == 2
+    assert fstore.fetch(url, size=0) == _b3(b"")  # Content-Length: 0 is an empty file
+    assert_holds(fstore.root, b"")
+
+
+def test_a_trickling_server_fails_within_the_download_timeout(root: Path,
+                                                              server: Server) -> None:
+    """20 bytes every 0.05 s never lets a single read time out; each attempt still ends after
+    about download_timeout, as the body comes slower than the minimum rate."""
+    body = os.urandom(8 * 1024)
+    url = server.add("/trickle", body, chunk=16, delay=0.05)
+    with (cas.Store.open(root, download_timeout="0.5s", retries=1) as store,
+          pytest.raises(cas.DownloadError, match="after 2 attempts: too slow") as info):
+        store.fetch(url)
+    assert info.value.attempts == 2 and server.sent("/trickle") < len(body)
+
+
+def test_headers_trickling_in_fail_within_the_download_timeout(root: Path,
+                                                               server: Server) -> None:
+    """A header block sent a byte every 0.05 s (each read succeeds) still times out: the whole
+    block must arrive within download_timeout."""
+    slow = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"p" * 40 + b"\r\nContent-Length: 2\r\n\r\nok"
+    url = server.add("/drip", b"ok", Reply(raw=slow, drip=0.05), Reply(raw=slow, drip=0.05))
+    with (cas.Store.open(root, download_timeout="0.5s", retries=1) as store,
+          pytest.raises(cas.DownloadError, match=r"after 2 attempts.*timed out")):
+        store.fetch(url)
+    assert server.requests("/drip") == 2
+    assert_holds(root)
+
+
+def test_an_endless_body_is_bounded_by_the_cache_size(root: Path, server: Server) -> None:
+    """A server that never stops sending, with no length, is cut at max_cache_size with a clear
+    error; nothing is kept, not even a partial."""
+    url = server.add("/endless", os.urandom(4096), Reply(endless=True), chunk=4096, delay=0.005)
+    with (cas.Store.open(root, max_cache_size="256KiB", download_timeout="5s") as store,
+          pytest.raises(cas.DownloadError, match="larger than the cache's max_cache_size")):
+        store.fetch(url)
+    assert server.requests("/endless") == 1 and server.sent("/endless") > 256 * 1024
+    assert_holds(root)
+
+
+def test_a_declared_length_over_the_cache_size_is_refused_before_the_body(
+    root: Path, server: Server
+) -> None:
+    """A Content-Length over max_cache_size (and no expected size) fails at once, not retried;
+    with the expected size given, the caller vouches for it and it is fetched."""
+    body = os.urandom(300 * 1024)
+    url = server.add("/big", body)
+    with cas.Store.open(root, max_cache_size="256KiB") as store:
+        with pytest.raises(cas.DownloadError, match="max_cache_size") as info:
+            store.fetch(url)
+        assert info.value.attempts == 1 and server.requests("/big") == 1
+        assert partials(root) == []
+        assert store.fetch(url, size=len(body)) == _b3(body)
+
+
 # -- statuses and retries ----------------------------------------------------------------------
 
 
@@ -459,6 +583,25 @@ def test_configured_ca_is_accepted(root: Path, tls_server: Server, ca: trustme.C
     assert_holds(root, BODY)
 
 
+def test_https_redirect_to_plain_http_is_refused(root: Path, tls_server: Server, server: Server,
+                                                ca: trustme.CA, tmp_path: Path) -> None:
+    """An https URL redirecting to http would bring the content unprotected: refused by name,
+    and the http server never asked; an https to https redirect is followed."""
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    plain = server.add("/a.bin", BODY)
+    url = tls_server.add("/old", b"", Reply(status=302, headers={"Location": plain}))
+    tls_server.add("/moved", b"", Reply(status=301, headers={"Location": "/new"}))
+    tls_server.add("/new", BODY)
+    with cas.Store.open(root) as store:
+        fast(store, ca_bundle=bundle)
+        with pytest.raises(cas.DownloadError, match="from https to plain http") as info:
+            store.fetch(url)
+        assert info.value.attempts == 1 and server.requests("/a.bin") == 0
+        assert_holds(root)
+        assert store.fetch(tls_server.url("/moved")) == _b3(BODY)
+
+
 # -- single flight ---------------------------------------------------------------------------------
 
 CHILD = textwrap.dedent("""
@@ -587,6 +730,85 @@ def test_killed_downloader_is_resumed_by_the_next_process(root: Path, server: Se
     assert offset >= 300_000
     assert second.status == 206 and second.sent == len(body) - offset
     assert_holds(root, body)
+
+
+def test_a_stopped_downloader_does_not_block_the_others(root: Path, server: Server,
+                                                         tmp_path: Path) -> None:
+    """SIGSTOP a process holding the single-flight lock mid-download: another fetch of the URL
+    stops waiting once the holder shows no progress for download_timeout, and downloads on its
+    own staging file (its partial is a live owner's, not taken); SIGCONT lets the first finish
+    too, and both agree."""
+    body = os.urandom(1024 * 1024)
+    url = server.add("/big", body, chunk=8 * 1024, delay=0.02)
+    (tmp_path / "go").touch()
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(root), url, "1", str(tmp_path / "ready"),
+         str(tmp_path / "go")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while max((p.stat().st_size for p in (root / "tmp").glob("*.part")), default=0) < 100_000:
+            assert time.monotonic() < deadline and child.poll() is None, "no partial appeared"
+            time.sleep(0.005)
+        child.send_signal(signal.SIGSTOP)
+        server.update("/big", delay=0.0)
+        results: list[str] = []
+        with cas.Store.open(root) as store:
+            fast(store, timeout=1.0)
+            waiter = threading.Thread(target=lambda: results.append(store.fetch(url)),
+                                      daemon=True)
+            waiter.start()
+            waiter.join(timeout=60)  # a liveness bound, far above the one second it needs
+            assert results == [_b3(body)], "the fetch still waits for the stopped process"
+    finally:
+        child.send_signal(signal.SIGCONT)
+        out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err.decode()
+    assert out.decode().strip() == _b3(body)
+    _, second = server.seen("/big")
+    assert second.range is None and second.sent == len(body)  # its own file, from zero
+    assert_holds(root, body)
+
+
+def test_download_lock_files_do_not_pile_up(fstore: cas.Store, server: Server) -> None:
+    """Each fetch takes a lock per URL and per digest; none of them is left in tmp/locks."""
+    before = set(os.listdir(fstore.root / "tmp" / "locks"))
+    for index in range(30):
+        content = BODY[: 1000 + index]
+        fstore.fetch(server.add(f"/f{index}", content), sha256=_sha(content))
+    assert set(os.listdir(fstore.root / "tmp" / "locks")) == before
+
+
+LOCKER = textwrap.dedent("""
+    import pathlib, sys
+    from cas.download import Downloader
+    tmp, counter, rounds = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+    downloader = Downloader(tmp, tmp / "locks")
+    for _ in range(rounds):
+        with downloader.single_flight(["url:http://x/", "blake3:" + "0" * 64]):
+            value = int(counter.read_text())  # read, then write: lost updates unless exclusive
+            counter.write_text(str(value + 1))
+""")
+
+
+def test_single_flight_stays_exclusive_while_its_lock_files_come_and_go(tmp_path: Path) -> None:
+    """Lock files are unlinked at each release; four processes taking the same locks 150 times
+    each still never overlap (a waiter that locked an unlinked file starts over)."""
+    tmp = tmp_path / "tmp"
+    (tmp / "locks").mkdir(parents=True)
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    procs = [
+        subprocess.Popen([sys.executable, "-c", LOCKER, str(tmp), str(counter), "150"],
+                         stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err.decode()
+    assert counter.read_text() == "600"
+    assert os.listdir(tmp / "locks") == []
 
 
 # -- named fixtures and auto-download --------------------------------------------------------------
