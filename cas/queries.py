@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 from .catalog import Catalog, Connection
 from .refs import is_digest
+from .urls import redact, redact_optional
 
 # -- queries: every statement about blobs and names lives here ------------------------------------
 
@@ -100,8 +101,9 @@ def set_name(
     sha256: str | None = None,
     expected_size: int | None = None,
 ) -> None:
-    """Point ``name`` at ``digest`` with the given source; a pin is kept."""
-    conn.execute(_SET_NAME, (name, digest, url, sha256, expected_size, now, now))
+    """Point ``name`` at ``digest`` with the given source; a pin is kept. The catalog never
+    holds the credentials a URL may carry (cas/urls.py)."""
+    conn.execute(_SET_NAME, (name, digest, redact_optional(url), sha256, expected_size, now, now))
 
 
 def set_names(conn: Connection, names: list[tuple[str, str]], now: float) -> None:
@@ -338,11 +340,11 @@ def find_source(conn: Connection, url: str) -> str | None:
 
 
 def record_source(conn: Connection, url: str, digest: str, now: float) -> None:
-    """Remember that ``url`` gave the content ``digest``."""
+    """Remember that ``url`` (without its credentials) gave the content ``digest``."""
     conn.execute(
         "INSERT INTO sources (url, digest, fetched) VALUES (?, ?, ?)"
         " ON CONFLICT (url) DO UPDATE SET digest = excluded.digest, fetched = excluded.fetched",
-        (url, digest, now),
+        (redact(url), digest, now),
     )
 
 
