@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -188,6 +189,24 @@ def test_remote_tier_gets_no_credentials(
     assert names, sorted(stored)
     assert json.loads(stored[names[0]])["url"] == server.url("/private.bin")
     assert_no_secret(root, *(data for key, data in stored.items() if "/blobs/" not in key))
+
+
+def test_credentials_left_by_an_older_cas_are_not_shown(root: Path, server: Server) -> None:
+    """A name whose source an older cas recorded with its password is listed (`ls`, `ls
+    --json`) and re-fetched from without it."""
+    url = server.add("/legacy.bin", BODY)
+    with cas.Store.open(root, grace_period=0) as store:
+        store.fetch(url, name="old", sha256=_sha(BODY))
+        store.gc(max_size=0)
+    with sqlite3.connect(root / "catalog.db") as db:  # as the catalog of an older cas held it
+        db.execute("UPDATE names SET url = ? WHERE name = 'old'", (_with_credentials(url),))
+    db.close()
+    listed, as_json = run_cas("ls", root=root), run_cas("ls", "--json", root=root)
+    assert json.loads(as_json.stdout)[0]["source"] == url
+    read = run_cas("-vv", "cat", "old", root=root)
+    assert read.returncode == 0 and read.stdout == BODY, read.stderr
+    assert SECRET.encode() not in listed.stdout + as_json.stdout + read.stderr
+    assert "authorization" not in server.seen("/legacy.bin")[-1].headers
 
 
 # -- the one function that takes credentials out of a URL -----------------------------------------
