@@ -7,10 +7,16 @@ file or the remote tier. Each test greps the bytes of what cas wrote and printed
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
+import os
 import sqlite3
+import struct
+import subprocess
+import sys
+import termios
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -80,6 +86,36 @@ def test_cli_fetch_uses_credentials_and_records_none(root: Path, server: Server)
     assert entry["source"] == server.url("/private.bin")
     assert_no_secret(root, fetched.stdout, fetched.stderr, listed.stdout, listed.stderr)
     assert server.url("/private.bin").encode() in fetched.stderr  # the log names the URL
+
+
+def test_progress_bar_on_a_terminal_hides_the_password(root: Path, server: Server) -> None:
+    """`cas fetch` with stderr on a terminal draws its bar labelled without the credentials,
+    also for a URL whose path is only "/"."""
+    server.add("/", BODY, auth=f"{USER}:{SECRET}")
+    controller, terminal = os.openpty()
+    # 24 rows of 120 columns: tqdm sizes its bar to the terminal, and draws nothing in 0 columns.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cas", "--root", str(root), "fetch",
+         _with_credentials(server.url("/"))],
+        stdout=subprocess.PIPE, stderr=terminal,
+    )  # fmt: skip
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(controller)
+    assert child.wait(timeout=60) == 0
+    assert child.stdout is not None and child.stdout.read().strip() == blake3.blake3(
+        BODY).hexdigest().encode()
+    assert b"127.0.0.1" in drawn  # the bar was drawn, labelled with the URL
+    assert_no_secret(root, drawn)
 
 
 def test_errors_and_logs_name_the_url_without_credentials(
