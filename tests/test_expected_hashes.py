@@ -235,3 +235,24 @@ def test_pull_of_a_stored_blob_checks_the_manifest_sha256(
     assert _aliases(root) == {_sha(BODY): _b3(BODY)}
     assert _names(root)["fx"] == (_b3(BODY), _sha(BODY))
     assert server.requests("/pulled.bin") == 0
+
+
+def test_offline_hint_for_an_explicit_url_works(root: Path, server: Server) -> None:
+    """The hint for a fixture asked for by URL (no manifest) is a `cas fetch` that, run in a
+    shell as given, makes the same request succeed offline."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+
+    url = server.add("/explicit.bin", BODY)
+    with FixtureSession.open(root=root, auto_download=False) as session:
+        with pytest.raises(FixtureUnavailable) as unavailable:
+            session.path("ex", url=url, sha256=_sha(BODY))
+        hint = re.search(r"run `([^`]+)` beforehand", str(unavailable.value))
+        assert hint is not None and shlex.split(hint[1])[:1] == ["cas"]
+        done = subprocess.run([sys.executable, "-m", "cas", *shlex.split(hint[1])[1:]],
+                              capture_output=True, timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert session.path("ex", url=url, sha256=_sha(BODY)).read_bytes() == BODY
+    assert server.requests("/explicit.bin") == 1
