@@ -469,8 +469,10 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
           sha256: str | None, size: int | None) -> None:
     """Store the content of URL (verified, resumable); print its digest."""
     from .progress import TransferBar  # only commands that transfer need tqdm
+    from .urls import redact
 
-    bar = TransferBar(name or url.rsplit("/", 1)[-1] or url) if sys.stderr.isatty() else None
+    shown = redact(url)  # a bar never shows the credentials a URL may carry
+    bar = TransferBar(name or shown.rsplit("/", 1)[-1] or shown) if sys.stderr.isatty() else None
     try:
         digest = context.store().fetch(
             url, name=name, blake3=blake3, sha256=sha256, size=size, progress=bar

@@ -76,6 +76,7 @@ from .blobs import (
 )
 from .errors import DownloadError, IntegrityError, UsageError
 from .holders import staging_tag, this_process, written_by_dead_process, written_by_this_process
+from .urls import split_credentials
 
 log = logging.getLogger("cas")
 
@@ -250,8 +251,12 @@ class Downloader:
         outcome (for metrics). Raises DownloadError when the transfer fails after its retries
         (the partial stays for a later resume), IntegrityError when the content does not match
         ``expected`` (nothing is kept), UsageError for a URL that is not http(s).
+        Credentials in ``url`` (``user:password@``) go only into an Authorization header, to
+        its origin; every message and file here names the URL without them (cas/urls.py).
         """
+        url, credentials = split_credentials(url)
         check_url(url)
+        auth = urllib3.util.make_headers(basic_auth=credentials) if credentials else {}
         self._check_fork()
         expected = expected or Expected()
         budget = _Budget(self.retries)
@@ -261,7 +266,7 @@ class Downloader:
         elif part.size:
             log.info("resuming %s at byte %d of a partial download", url, part.size)
         try:
-            return self._transfer(part, url, expected, budget, progress)
+            return self._transfer(part, url, expected, budget, progress, auth)
         except (IntegrityError, _TooLarge):
             part.discard()  # wrong or unwanted content is never kept, not even for a resume
             raise
@@ -285,11 +290,12 @@ class Downloader:
         expected: Expected,
         budget: _Budget,
         progress: Progress | None,
+        auth: dict[str, str],
     ) -> Download:
         restarted = False
         while True:
             try:
-                self._attempt(part, url, expected, budget, progress)
+                self._attempt(part, url, expected, budget, progress, auth)
             except _Interrupted as error:
                 if budget.remaining <= 0:
                     raise budget.exhausted(url, error) from error
@@ -338,10 +344,11 @@ class Downloader:
         expected: Expected,
         budget: _Budget,
         progress: Progress | None,
+        auth: dict[str, str],
     ) -> None:
         """One request: interpret its status and headers, then stream the body into ``part``."""
         _heartbeat()
-        headers: dict[str, str] = {}
+        headers: dict[str, str] = dict(auth)
         ranged = part.size > 0 and part.resumable
         if ranged:
             assert part.validator is not None
@@ -470,6 +477,7 @@ class Downloader:
                     attempts=budget.attempts,
                 )
             log.debug("%s redirects to %s", current, target)
+            headers = _for_origin_of(target, current, headers)
             current = target
         raise DownloadError(
             f"{url}: more than {self.max_redirects} redirects (a redirect loop?)",
@@ -787,6 +795,24 @@ class _TLSPool(HTTPSConnectionPool):
 
 
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(?:(\d+)-(\d+)|\*)\s*/\s*(\d+|\*)\s*", re.IGNORECASE)
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None] | None:
+    """(scheme, host, port) of ``url``, or None when its port is not a number."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        return scheme, parts.hostname, parts.port or {"http": 80, "https": 443}.get(scheme)
+    except ValueError:
+        return None
+
+
+def _for_origin_of(target: str, current: str, headers: dict[str, str]) -> dict[str, str]:
+    """The headers for a redirect from ``current`` to ``target``: credentials go to their
+    own origin only (scheme, host and port), as curl and requests do."""
+    if _origin(target) is not None and _origin(target) == _origin(current):
+        return headers
+    return {key: value for key, value in headers.items() if key.lower() != "authorization"}
 
 
 def _content_range(value: str) -> tuple[int | None, int | None, int | None]:

@@ -7,22 +7,31 @@ no digest, when the URL's last content is still stored (the ``sources`` table). 
 thread of one process downloads (single flight: the others wait on its lock, then find the blob
 on their re-check), and the verified staging file is published and recorded in one write
 transaction, as ``Store.put`` does: file first, then rows.
+
+Every expected hash is checked against the content before it is trusted or recorded (issue 13):
+a SHA-256 not yet known as an alias of the stored blob it would be served from is computed from
+that blob's file, here, without network. A fetch that knows only a SHA-256 also hashes the
+content the URL gave last time and the blob its name points at, so a later request for stored
+content never downloads it again. Credentials in a URL are used by the download only; the
+catalog, logs and messages get the URL without them (cas/urls.py).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import queries as q
-from .blobs import BlobStore
+from .blobs import CHUNK_SIZE, BlobStore
 from .catalog import Catalog, Connection
 from .download import Download, Downloader, Expected, Progress, check_url
 from .errors import DownloadError, IntegrityError, StoreError, UsageError
 from .metrics import Counter
 from .refs import check_digest, check_name
+from .urls import redact
 
 if TYPE_CHECKING:
     from .tier import RemoteTier
@@ -79,11 +88,13 @@ class Fetcher:
         Raises UsageError for bad arguments, DownloadError, IntegrityError (the content does
         not match what was expected), StoreError (the content cannot be written).
         """
-        check_url(url)
+        source = url  # with its credentials, if any: for the download alone
+        url = check_url(redact(url)) if isinstance(url, str) else check_url(url)
         if name is not None:
             check_name(name)
         expected = expectation(blake3, sha256, size)
-        served = self._serve(url, name, expected)
+        ruled_out: set[str] = set()  # blobs hashed and found not to be the expected content
+        served = self._serve(url, name, expected, ruled_out)
         if served is not None:
             return served
         keys = [f"url:{url}"]
@@ -91,7 +102,7 @@ class Fetcher:
         keys += [f"sha256:{expected.sha256}"] if expected.sha256 else []
         with self.downloader.single_flight(keys):
             # Another thread or process may have fetched it while this one waited.
-            served = self._serve(url, name, expected)
+            served = self._serve(url, name, expected, ruled_out)
             if served is not None:
                 return served
             # -- issue 8: a local miss tries the remote tier before the origin ----------------
@@ -99,7 +110,7 @@ class Fetcher:
                 pulled = self.tier.read_through(url, name, expected)
                 if pulled is not None:
                     return pulled
-            fetched = self._download(url, name, expected, progress)
+            fetched = self._download(url, source, name, expected, progress)
         if self.tier is not None:  # outside the lock: the others find the blob stored already
             self.tier.offer(fetched, url, name, expected)
         # -- end of issue 8 --------------------------------------------------------------------
@@ -107,69 +118,175 @@ class Fetcher:
 
     # -- served from the store -------------------------------------------------------------------
 
-    def _known(self, conn: Connection, url: str, expected: Expected) -> Any:
-        """The stored blob row that answers this fetch, or None."""
-        if expected.blake3 is not None:
-            digest: str | None = expected.blake3
-            if expected.sha256 is not None:
-                seen = q.find_alias(conn, "sha256", expected.sha256)
-                if seen is not None and seen != expected.blake3:
-                    raise IntegrityError(
-                        f"sha256 {expected.sha256} is the content {seen}, not the expected"
-                        f" blake3 {expected.blake3}; check the expected digests of {url}",
-                        expected=expected.blake3,
-                        found=seen,
-                    )
-        elif expected.sha256 is not None:
-            digest = q.find_alias(conn, "sha256", expected.sha256)
-        else:
-            digest = q.find_source(conn, url)
-        row = q.find_blob(conn, digest) if digest is not None else None
-        if row is None or not self._blobs.has(row.digest, row.size):
-            return None
-        if expected.size is not None and row.size != expected.size:
-            if expected.blake3 is None and expected.sha256 is None:
-                return None  # what the URL gave last time is not what is expected now
-            raise IntegrityError(
-                f"content {row.digest} is {row.size} bytes, not the expected {expected.size};"
-                f" check the expected size of {url}",
-                expected=expected.size,
-                found=row.size,
-            )
-        return row
+    def stored(self, url: str | None, name: str | None, expected: Expected) -> Fetched | None:
+        """What a fetch of ``url`` expecting ``expected`` would be served from the store,
+        without network, named ``name`` (when ``url`` is given); None when it is not stored.
 
-    def _serve(self, url: str, name: str | None, expected: Expected) -> Fetched | None:
-        with self._catalog.read() as conn:
-            row = self._known(conn, url, expected)
-        if row is None:
+        Without ``url``, only ``name``'s blob and the expected digests are looked at, and the
+        name is left as it is. Raises IntegrityError when a stored blob is known to be the
+        expected BLAKE3 but not the expected SHA-256 or size.
+        """
+        if url is not None:
+            url = check_url(redact(url))
+        return self._serve(url, name, expected, set())
+
+    def _serve(self, url: str | None, name: str | None, expected: Expected,
+               ruled_out: set[str]) -> Fetched | None:  # fmt: skip
+        match = self._match(url, name, expected, ruled_out)
+        if match is None:
             return None
-        if name is not None:
+        row, alias = match
+        if alias is not None or (name is not None and url is not None):
 
             def work(conn: Connection) -> bool:
-                # Name it only if it is still there: cleanup may have removed it meanwhile.
+                # Record it only if it is still there: cleanup may have removed it meanwhile.
                 if q.find_blob(conn, row.digest) is None:
                     return False
-                q.set_name(
-                    conn, name, row.digest, time.time(),
-                    url=url, sha256=expected.sha256, expected_size=row.size,
-                )  # fmt: skip
+                if alias is not None:  # computed from the blob's own bytes just now
+                    q.record_alias(conn, "sha256", alias, row.digest)
+                if name is not None and url is not None:
+                    q.set_name(
+                        conn, name, row.digest, time.time(),
+                        url=url, sha256=expected.sha256, expected_size=row.size,
+                    )  # fmt: skip
                 return True
 
             if not self._catalog.write(work):
                 return None
         self._catalog.touch(row.digest, row.last_access)
         self._catalog.count(Counter.HITS)
-        log.debug("%s served from the store as %s", url, row.digest)
+        log.debug("%s served from the store as %s", url or name, row.digest)
         return Fetched(row.digest, row.size, downloaded=False)
+
+    def _match(self, url: str | None, name: str | None, expected: Expected,
+               ruled_out: set[str]) -> tuple[Any, str | None] | None:  # fmt: skip
+        """The stored blob row that answers this fetch and the SHA-256 to record as its alias
+        (one just computed from its file), or None.
+
+        A row found by the expected BLAKE3 with an expected SHA-256 not known as its alias is
+        hashed, and a mismatch refuses the fetch (IntegrityError), as a download would; a
+        SHA-256 seen for no stored blob is looked for in the URL's last content and the name's
+        blob, hashed here: the bytes are on this disk already.
+        """
+        with self._catalog.read() as conn:
+            row, trusted, candidates = self._look_up(conn, url, name, expected)
+        if row is not None:
+            if expected.blake3 is None and expected.sha256 is None:
+                # What the URL gave last time may not be what is expected now: download.
+                return (row, None) if expected.size in (None, row.size) else None
+            self._check_size(row, url or name, expected)
+            if expected.sha256 is None or trusted:
+                return row, None
+            return row, self._confirmed(row.digest, expected.sha256, url or name)
+        for candidate in candidates:
+            if candidate.digest in ruled_out:
+                continue
+            right_size = expected.size is None or candidate.size == expected.size
+            if right_size and self._sha256_of(candidate.digest) == expected.sha256:
+                log.debug("%s is stored already as %s", expected.sha256, candidate.digest)
+                return candidate, expected.sha256
+            ruled_out.add(candidate.digest)
+        return None
+
+    def _look_up(self, conn: Connection, url: str | None, name: str | None, expected: Expected,
+                 ) -> tuple[Any, bool, list[Any]]:  # fmt: skip
+        """(the stored row the expected digests or the URL designate, whether its expected
+        SHA-256 is a known alias of it, stored rows that may hold an expected SHA-256)."""
+        if expected.blake3 is not None:
+            seen = q.find_alias(conn, "sha256", expected.sha256) if expected.sha256 else None
+            if seen is not None and seen != expected.blake3:
+                raise IntegrityError(
+                    f"sha256 {expected.sha256} is the content {seen}, not the expected"
+                    f" blake3 {expected.blake3}; check the expected digests of {url or name}",
+                    expected=expected.blake3,
+                    found=seen,
+                )
+            return self._stored_row(conn, expected.blake3), seen is not None, []
+        if expected.sha256 is not None:
+            row = self._stored_row(conn, q.find_alias(conn, "sha256", expected.sha256))
+            if row is not None:
+                return row, True, []
+            named = q.find_name(conn, name) if name is not None else None
+            digests = [q.find_source(conn, url) if url is not None else None,
+                       named.digest if named is not None else None]  # fmt: skip
+            rows = [self._stored_row(conn, digest) for digest in dict.fromkeys(digests)]
+            return None, False, [row for row in rows if row is not None]
+        if url is not None:
+            return self._stored_row(conn, q.find_source(conn, url)), True, []
+        named = q.find_name(conn, name) if name is not None else None
+        return self._stored_row(conn, named.digest if named else None), True, []
+
+    def confirm_sha256(self, digest: str, sha256: str, where: str | None) -> None:
+        """Check that the stored blob ``digest`` has the SHA-256 ``sha256`` before a caller
+        records it (the remote tier naming a stored blob), and record the alias.
+
+        Raises IntegrityError when it has not (``where`` names the fixture in the message).
+        """
+        with self._catalog.read() as conn:
+            seen = q.find_alias(conn, "sha256", sha256)
+        if seen == digest:
+            return
+        if seen is not None:
+            raise IntegrityError(
+                f"sha256 {sha256} is the content {seen}, not {digest};"
+                f" check the expected digests of {where}",
+                expected=digest,
+                found=seen,
+            )
+        self._confirmed(digest, sha256, where)
+        self._catalog.write(lambda conn: q.record_alias(conn, "sha256", sha256, digest))
+
+    def _confirmed(self, digest: str, sha256: str, where: str | None) -> str:
+        """``sha256``, once the stored blob's bytes are hashed and found to have it; else
+        IntegrityError, as a download of other content would raise."""
+        found = self._sha256_of(digest)
+        if found != sha256:
+            raise IntegrityError(
+                f"content {digest} has SHA-256 {found}, not the expected {sha256};"
+                f" check the expected digests of {where}",
+                expected=sha256,
+                found=found,
+            )
+        return sha256
+
+    def _stored_row(self, conn: Connection, digest: str | None) -> Any:
+        """The row of ``digest`` if its blob is stored whole, else None."""
+        row = q.find_blob(conn, digest) if digest is not None else None
+        return row if row is not None and self._blobs.has(row.digest, row.size) else None
+
+    @staticmethod
+    def _check_size(row: Any, where: str | None, expected: Expected) -> None:
+        if expected.size is not None and row.size != expected.size:
+            raise IntegrityError(
+                f"content {row.digest} is {row.size} bytes, not the expected {expected.size};"
+                f" check the expected size of {where}",
+                expected=expected.size,
+                found=row.size,
+            )
+
+    def _sha256_of(self, digest: str) -> str:
+        """The SHA-256 of a stored blob's bytes, computed now (StoreError if unreadable)."""
+        try:
+            sha256 = hashlib.sha256()
+            with self._blobs.open(digest) as blob:
+                for chunk in iter(lambda: blob.read(CHUNK_SIZE), b""):
+                    sha256.update(chunk)
+            return sha256.hexdigest()
+        except OSError as error:
+            raise StoreError(
+                f"cannot read blob {digest}: {error.strerror or error}; run `cas verify`"
+            ) from error
 
     # -- downloaded ------------------------------------------------------------------------------
 
     def _download(
-        self, url: str, name: str | None, expected: Expected, progress: Progress | None
-    ) -> Fetched:
+        self, url: str, source: str, name: str | None, expected: Expected,
+        progress: Progress | None,
+    ) -> Fetched:  # fmt: skip
+        """Download ``source`` (``url`` with its credentials, if any) and keep it as ``url``'s."""
         try:
             result = self.downloader.download(
-                url, expected, progress,
+                source, expected, progress,
                 received=lambda amount: self._catalog.count(Counter.DOWNLOADED_BYTES, amount),
             )  # fmt: skip
         except (DownloadError, IntegrityError) as error:
@@ -198,18 +315,19 @@ class Fetcher:
         """
         staged = result.staged
         try:
-            known, stored = self._catalog.write(
+            _, stored = self._catalog.write(
                 lambda conn: self._record(conn, url, name, expected, result, source)
             )
         except OSError as error:
             raise StoreError(f"cannot store {via}: {error.strerror or error}") from error
         finally:
             staged.discard()
+        # Content that was stored already saved no transfer: its bytes came over the network
+        # (or from the remote) all the same, so it is not counted as saved by dedup (issue 13).
         for counter, amount in (
             (Counter.DOWNLOADS_SUCCEEDED, 1),
             (Counter.DOWNLOAD_RETRIES, result.attempts - 1),
             (Counter.RESUME_SAVED_BYTES, result.resumed),
-            (Counter.DEDUP_SAVED_BYTES, staged.size if known else 0),
         ):
             self._catalog.count(counter, amount)
         log.info(

@@ -4,19 +4,28 @@
 script); the pytest plugin (cas/pytest_plugin.py) is a thin layer over it. Each fixture is
 fetched if needed (one transfer however many processes ask at once) and leased until the
 session ends, so cleanup cannot remove it while tests use it.
+
+Every expected digest and size of a fixture is checked against the content it is served from,
+with ``auto_download`` off too: a stored blob whose content matches the entry satisfies it
+(``cas fetch URL`` beforehand is enough), whatever the name points at does not unless it
+matches. The hint for an unavailable fixture is a command that makes it available.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import threading
 from pathlib import Path
 from typing import Any
 
 from . import manifest
+from .download import Expected
 from .errors import NotFound
+from .fetch import expectation
 from .leases import Lease
 from .store import Store
+from .urls import redact
 
 
 class FixtureUnavailable(NotFound):
@@ -34,6 +43,9 @@ class FixtureSession:
                  *, owns_store: bool = False) -> None:
         self.store = store
         self._owns_store = owns_store
+        self._manifest = os.path.abspath(manifest_path) if manifest_path is not None else None
+        #: The settings profile this session's store was opened with, for the hint.
+        self.profile: str | None = None
         self._declared = (
             {fixture.name: fixture for fixture in manifest.load(manifest_path)}
             if manifest_path is not None else {}
@@ -49,10 +61,12 @@ class FixtureSession:
         session over the fixtures of ``manifest``."""
         store = Store.open(root, profile=profile, **settings)
         try:
-            return cls(store, manifest, owns_store=True)
+            session = cls(store, manifest, owns_store=True)
         except BaseException:
             store.close()
             raise
+        session.profile = profile
+        return session
 
     def path(self, name: str, *, url: str | None = None, blake3: str | None = None,
              sha256: str | None = None, size: int | None = None) -> Path:
@@ -65,36 +79,54 @@ class FixtureSession:
         with self._lock:
             if name in self._held:
                 return self._held[name].path
-            declared = self._declared.get(name)
-            if url is None and declared is not None:
+            declared = self._declared.get(name) if url is None else None
+            if declared is not None:
                 url, blake3, sha256 = declared.url, declared.blake3, declared.sha256
                 size = declared.size
-            lease = self._lease(name, url, blake3, sha256, size)
+            lease = self._lease(name, url, expectation(blake3, sha256, size),
+                                declared is not None)  # fmt: skip
             self._held[name] = lease
             return lease.path
 
-    def _lease(self, name: str, url: str | None, blake3: str | None, sha256: str | None,
-               size: int | None) -> Lease:
+    def _lease(self, name: str, url: str | None, expected: Expected, declared: bool) -> Lease:
         if url is not None and self.store.settings.auto_download:
             # No network when the expected content is already stored.
-            digest = self.store.fetch(url, name=name, blake3=blake3, sha256=sha256, size=size)
+            digest = self.store.fetch(url, name=name, blake3=expected.blake3,
+                                      sha256=expected.sha256, size=expected.size)  # fmt: skip
             return self.store.lease(digest)
-        try:
-            lease = self.store.lease(name)
-        except NotFound as missing:
-            if url is None:
-                raise FixtureUnavailable(f"fixture {name!r} cannot be had: {missing}") from missing
+        if expected == Expected():  # nothing to check the content against: the name decides
+            try:
+                return self.store.lease(name)
+            except NotFound as missing:
+                if url is None:
+                    raise FixtureUnavailable(
+                        f"fixture {name!r} cannot be had: {missing}"
+                    ) from missing
+        # Served only from content that matches every expected digest and size (no network).
+        found = self.store._fetcher.stored(url, name, expected)
+        if found is not None:
+            try:
+                return self.store.lease(found.digest)
+            except NotFound:
+                pass  # removed by cleanup since: as unavailable as if never stored
+        if url is None:
             raise FixtureUnavailable(
-                f"fixture {name!r} is not in the store and auto_download is off;"
-                f" run `cas sync` or `cas fetch {url}` beforehand"
-            ) from missing
-        if blake3 is not None and lease.digest != blake3.lower():
-            lease.release()
-            raise FixtureUnavailable(
-                f"fixture {name!r} in the store is {lease.digest}, not the {blake3} declared,"
-                " and auto_download is off"
+                f"fixture {name!r} with the expected {_described(expected)} is not in the store"
             )
-        return lease
+        raise FixtureUnavailable(
+            f"fixture {name!r} is not in the store and auto_download is off;"
+            f" run `{self._hint(url, declared)}` beforehand"
+        )
+
+    def _hint(self, url: str, declared: bool) -> str:
+        """A command that makes the fixture available to this session's store."""
+        words = ["cas", "--root", str(self.store.root)]
+        words += ["--profile", self.profile] if self.profile else []
+        if declared and self._manifest is not None:
+            words += ["sync", self._manifest]
+        else:
+            words += ["fetch", redact(url)]
+        return shlex.join(words)
 
     def close(self) -> None:
         """Release every lease (and close the store if this session opened it)."""
@@ -110,3 +142,11 @@ class FixtureSession:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _described(expected: Expected) -> str:
+    """The expected digests and size, for a message."""
+    parts = [f"blake3 {expected.blake3}"] if expected.blake3 else []
+    parts += [f"sha256 {expected.sha256}"] if expected.sha256 else []
+    parts += [f"size {expected.size}"] if expected.size is not None else []
+    return ", ".join(parts)

@@ -23,6 +23,7 @@ from .errors import CasError, NotFound, UsageError
 from .fetch import Fetched, expectation
 from .progress import TotalBar, TransferBar
 from .refs import check_name
+from .urls import redact
 
 if TYPE_CHECKING:
     from .store import Store
@@ -88,7 +89,7 @@ def _fixture(where: str, name: str, entry: Any) -> Fixture:
     if "sha256" not in entry and "blake3" not in entry:
         raise UsageError(f"{here}: needs key 'sha256' or 'blake3' to verify the download")
     try:
-        check_url(entry["url"])
+        check_url(redact(entry["url"]))  # a message names the URL without its credentials
     except UsageError as error:
         raise UsageError(f"{here}: key 'url': {error}") from error
     for key in ("sha256", "blake3", "size"):

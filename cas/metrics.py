@@ -49,7 +49,7 @@ HELP: Mapping[Counter, str] = {
     Counter.DOWNLOAD_RETRIES: "Download attempts made after a failed attempt.",
     Counter.DOWNLOADED_BYTES: "Bytes received from the network.",
     Counter.RESUME_SAVED_BYTES: "Bytes not downloaded again thanks to resuming a partial file.",
-    Counter.DEDUP_SAVED_BYTES: "Bytes put or fetched whose content was already stored.",
+    Counter.DEDUP_SAVED_BYTES: "Bytes put whose content was stored already (never a download).",
     Counter.EVICTIONS: "Blobs removed by cleanup.",
     Counter.EVICTED_BYTES: "Bytes of the blobs removed by cleanup.",
     Counter.CLEANUP_RUNS: "Cleanup (gc) runs that completed.",

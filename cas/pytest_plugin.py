@@ -4,10 +4,15 @@ Registered through the ``pytest11`` entry point and inert until a test asks for 
 or ``cas_fixture``: nothing is imported or opened before that. Under pytest-xdist every worker
 opens the same store; a fixture wanted by N workers is downloaded once (cas's download lock),
 each worker leases it until its session ends, and a killed worker's leases are reclaimed.
+
+``cas_manifest`` is a local file. A URL there is refused once, at the start of the session, with
+a pytest UsageError (a manifest is the list of what may be fetched; fetch it like any other
+file, or sync it with ``cas sync``, and name the local copy).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,6 +24,9 @@ if TYPE_CHECKING:
     from .store import Store
 
 SKIP_MARKER = "cas_skip_unavailable"
+
+#: A value that starts as an absolute URL does (``scheme://``), not as a file path.
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,6 +51,21 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         f"{SKIP_MARKER}: skip this test, instead of failing, when a cas fixture it asks for is "
         "not stored and may not be fetched",
+    )
+    _check_manifest_option(config)
+
+
+def _check_manifest_option(config: pytest.Config) -> None:
+    """Refuse a URL as the manifest, once and before any test runs (UsageError)."""
+    value = _option(config, "manifest")
+    if value is None or not _URL.match(value):
+        return
+    from .urls import redact  # only now: the plugin imports nothing of cas until it is used
+
+    given = "--cas-manifest" if config.getoption("--cas-manifest") else "the cas_manifest ini key"
+    raise pytest.UsageError(
+        f"cas: {given} is a URL ({redact(value)}); it must be the path of a local TOML file:"
+        " download the manifest first and name the copy"
     )
 
 

@@ -9,10 +9,11 @@ Each function takes the caller's transaction (the DBAPI connection that ``Catalo
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from .catalog import Catalog, Connection
 from .refs import is_digest
+from .urls import redact, redact_optional
 
 # -- queries: every statement about blobs and names lives here ------------------------------------
 
@@ -55,7 +56,19 @@ def find_name(source: Connection | Catalog, name: str) -> NameRow | None:
         " b.last_access FROM names n LEFT JOIN blobs b ON b.digest = n.digest WHERE n.name = ?",
         (name,),
     )
-    return None if row is None else NameRow._make(row)
+    return None if row is None else _without_credentials(NameRow._make(row))
+
+
+#: A row with a ``url`` column.
+Row = TypeVar("Row", "NameRow", "EntryRow", "DamagedRow")
+
+
+def _without_credentials(row: Row) -> Row:
+    """``row`` with its URL redacted: a catalog written before cas stripped credentials may
+    still hold some, and they must not be shown, logged or pushed from there either."""
+    if row.url is None or "@" not in row.url:
+        return row
+    return row._replace(url=redact(row.url))
 
 
 _BLOB_BY_NAME = (
@@ -102,8 +115,9 @@ def set_name(
     sha256: str | None = None,
     expected_size: int | None = None,
 ) -> None:
-    """Point ``name`` at ``digest`` with the given source; a pin is kept."""
-    conn.execute(_SET_NAME, (name, digest, url, sha256, expected_size, now, now))
+    """Point ``name`` at ``digest`` with the given source; a pin is kept. The catalog never
+    holds the credentials a URL may carry (cas/urls.py)."""
+    conn.execute(_SET_NAME, (name, digest, redact_optional(url), sha256, expected_size, now, now))
 
 
 def set_names(conn: Connection, names: list[tuple[str, str]], now: float) -> None:
@@ -141,7 +155,7 @@ class EntryRow(NamedTuple):
 
 def entries(conn: Connection) -> list[EntryRow]:
     """Every name with its blob, then every blob without a name, for listings."""
-    return list(map(EntryRow._make,
+    return list(map(lambda row: _without_credentials(EntryRow._make(row)),
         conn.execute(
             "SELECT n.name, n.digest, b.size, b.last_access, n.pinned, n.url"
             " FROM names n LEFT JOIN blobs b ON b.digest = n.digest"
@@ -367,11 +381,11 @@ def find_source(conn: Connection, url: str) -> str | None:
 
 
 def record_source(conn: Connection, url: str, digest: str, now: float) -> None:
-    """Remember that ``url`` gave the content ``digest``."""
+    """Remember that ``url`` (without its credentials) gave the content ``digest``."""
     conn.execute(
         "INSERT INTO sources (url, digest, fetched) VALUES (?, ?, ?)"
         " ON CONFLICT (url) DO UPDATE SET digest = excluded.digest, fetched = excluded.fetched",
-        (url, digest, now),
+        (redact(url), digest, now),
     )
 
 
@@ -447,7 +461,7 @@ def damaged(conn: Connection) -> list[DamagedRow]:
     conn.execute(
         "DELETE FROM damaged WHERE digest IN (SELECT digest FROM blobs)"
     )
-    return [DamagedRow._make(row) for row in conn.execute(
+    return [_without_credentials(DamagedRow._make(row)) for row in conn.execute(
         "SELECT d.digest, d.found, d.problem, d.quarantined,"
         " (SELECT group_concat(name, char(10)) FROM names n WHERE n.digest = d.digest),"
         " s.url, s.name, s.sha256, s.expected_size"

@@ -368,6 +368,8 @@ class RemoteTier:
                 f"content {digest} is {row.size} bytes here, not the expected {size}",
                 expected=size, found=row.size,
             )  # fmt: skip
+        if sha256 is not None:  # checked against the bytes before it is recorded (issue 13)
+            self._fetcher.confirm_sha256(digest, sha256, name or digest)
         if name is None:
             return True
 

@@ -10,6 +10,7 @@ status sent and the body bytes actually written, so tests can assert what the se
 
 from __future__ import annotations
 
+import base64
 import re
 import socket
 import ssl
@@ -51,6 +52,7 @@ class Resource:
     encoding: str | None = None  #: a Content-Encoding header; the body is sent as it is
     chunk: int = 65536  #: bytes per write
     delay: float = 0.0  #: seconds between writes (a throttle)
+    auth: str | None = None  #: "user:password" required as HTTP Basic authentication, else 401
     script: list[Reply] = field(default_factory=list)
 
 
@@ -84,6 +86,9 @@ class _Handler(BaseHTTPRequestHandler):
             reply = resource.script.pop(0) if resource and resource.script else Reply()
         if resource is None:
             self._status(seen, Reply(status=404, body=b"no such path"))
+        elif resource.auth is not None and not _authorized(seen, resource.auth):
+            self._status(seen, Reply(status=401, body=b"who are you?",
+                                     headers={"WWW-Authenticate": 'Basic realm="cas"'}))
         elif reply.raw is not None:
             self._raw(seen, reply.raw, reply.drip)
         elif reply.endless:
@@ -195,6 +200,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             with self.server.lock:
                 self.server.resets.add(id(self.connection))
+
+
+def _authorized(seen: Seen, credentials: str) -> bool:
+    """Whether the request carried ``credentials`` as HTTP Basic authentication."""
+    sent = seen.headers.get("authorization", "")
+    return sent == "Basic " + base64.b64encode(credentials.encode()).decode()
 
 
 class _Server(ThreadingHTTPServer):

@@ -177,3 +177,96 @@ def test_dies(cas_fixture):
     with cas.Store.open(root, grace_period=0) as store:
         plan = store.gc(max_size=0)
     assert [item.names for item in plan.victims] == [("data/big",)]
+
+
+# -- issue 13: the hint works, every expected value is checked, a URL manifest is refused ------
+
+
+def _hint(output: str) -> list[str]:
+    """The command of an unavailable fixture's hint (`run `CMD` beforehand`), as argv."""
+    import re
+    import shlex
+    import sys
+
+    found = re.search(r"run `([^`]+)` beforehand", output)
+    assert found is not None, output
+    words = shlex.split(found[1])
+    assert words[0] == "cas"
+    return [sys.executable, "-m", "cas", *words[1:]]
+
+
+def test_following_the_offline_hint_makes_the_fixture_available(
+    pytester: pytest.Pytester, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With auto_download off, the command an unavailable fixture's skip message names, run in
+    a shell as it says, makes the next session pass without the network."""
+    import subprocess
+
+    monkeypatch.setenv("CAS_AUTO_DOWNLOAD", "false")
+    root = tmp_path / "store"
+    _manifest(pytester, server)
+    _ini(pytester, root, "cas_skip_unavailable = true")
+    _tests(pytester, 2)
+    first = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0", "-rs")
+    first.assert_outcomes(skipped=2)
+    hint = subprocess.run(_hint(first.stdout.str()), capture_output=True, timeout=120,
+                          cwd=tmp_path)  # fmt: skip
+    assert hint.returncode == 0, hint.stderr
+    again = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
+    again.assert_outcomes(passed=2)
+    assert server.requests("/data.bin") == 1
+
+
+def test_the_old_hint_cas_fetch_url_satisfies_a_sha256_entry(
+    pytester: pytest.Pytester, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cas fetch URL` (no name, no digest) beforehand stores content that matches the entry:
+    with auto_download off, the plugin hashes it and serves it."""
+    from .conftest import run_cas
+
+    root = tmp_path / "store"
+    _manifest(pytester, server)
+    fetched = run_cas("fetch", server.url("/data.bin"), root=root)
+    assert fetched.returncode == 0, fetched.stderr
+    monkeypatch.setenv("CAS_AUTO_DOWNLOAD", "false")
+    _ini(pytester, root)
+    _tests(pytester, 2)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
+    result.assert_outcomes(passed=2)
+    assert server.requests("/data.bin") == 1
+
+
+def test_offline_plugin_never_serves_other_content_under_the_name(
+    pytester: pytest.Pytester, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With auto_download off, a sha256-only manifest entry whose name holds other content is
+    unavailable, not served with the wrong bytes."""
+    root = tmp_path / "store"
+    _manifest(pytester, server)
+    with cas.Store.open(root) as store:
+        store.put(b"not the fixture", name="data/big")
+    monkeypatch.setenv("CAS_AUTO_DOWNLOAD", "false")
+    _ini(pytester, root)
+    _tests(pytester, 1)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*FixtureUnavailable*data/big*auto_download is off*"])
+    assert server.requests("/data.bin") == 0
+
+
+@pytest.mark.parametrize("where", ["ini", "option"])
+def test_a_manifest_url_is_one_usage_error(pytester: pytest.Pytester, tmp_path: Path,
+                                           where: str) -> None:
+    """A URL as cas_manifest (ini or --cas-manifest) stops the session at its start with one
+    usage error that names it (without credentials), instead of a traceback per test."""
+    url = "https://user:hunter2@example.org/fixtures.toml"
+    lines = ["[pytest]", f"cas_root = {tmp_path / 'store'}"]
+    lines += [f"cas_manifest = {url}"] if where == "ini" else []
+    pytester.makeini("\n".join(lines))
+    _tests(pytester, 3)
+    extra = [f"--cas-manifest={url}"] if where == "option" else []
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0", *extra)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    output = result.stdout.str() + result.stderr.str()
+    assert output.count("is a URL (https://example.org/fixtures.toml)") == 1, output
+    assert "hunter2" not in output and "Traceback" not in output

@@ -1,0 +1,275 @@
+"""Credentials in URLs (issue 13, item 9): used by the download, never recorded or shown.
+
+A URL's ``user:password@`` goes into the HTTP Basic Authorization header of requests to its own
+origin and nowhere else: not the catalog, a log line, ``ls --json``, an error message, a staging
+file or the remote tier. Each test greps the bytes of what cas wrote and printed for the secret.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import sqlite3
+import struct
+import subprocess
+import sys
+import termios
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import blake3
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import cas
+from cas.urls import redact, split_credentials
+
+from .conftest import run_cas
+from .httpserver import Reply, Server, serve
+
+SECRET = "s3cr3t-Pa55w0rd"
+USER = "alice"
+BODY = b"private fixture " * 1000
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    yield from serve()
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _with_credentials(url: str, user: str = USER, password: str = SECRET) -> str:
+    return url.replace("://", f"://{user}:{password}@", 1)
+
+
+def _private(server: Server, path: str = "/private.bin", body: bytes = BODY) -> str:
+    """The URL, with credentials, of ``body`` served only to USER:SECRET."""
+    return _with_credentials(server.add(path, body, auth=f"{USER}:{SECRET}"))
+
+
+def _files_of(root: Path) -> dict[Path, bytes]:
+    """Every file under ``root`` but the blobs, with its bytes (catalog, WAL, tmp/, ...)."""
+    return {
+        path: path.read_bytes() for path in root.rglob("*")
+        if path.is_file() and "blobs" not in path.relative_to(root).parts
+    }  # fmt: skip
+
+
+def assert_no_secret(root: Path, *texts: bytes | str) -> None:
+    """Neither a file of the store (catalog and WAL included) nor any of ``texts`` holds it."""
+    for path, data in _files_of(root).items():
+        assert SECRET.encode() not in data, path
+    for text in texts:
+        assert SECRET not in (text.decode() if isinstance(text, bytes) else text)
+
+
+def test_cli_fetch_uses_credentials_and_records_none(root: Path, server: Server) -> None:
+    """`cas -vv fetch` with user:password@ authenticates, and neither the catalog, its
+    output, its debug log nor `ls --json` holds the password (the recorded URL has no
+    userinfo at all)."""
+    url = _private(server)
+    fetched = run_cas("-vv", "fetch", url, "--name", "fx", "--sha256", _sha(BODY), root=root)
+    assert fetched.returncode == 0, fetched.stderr
+    assert fetched.stdout.decode().strip() == blake3.blake3(BODY).hexdigest()
+    assert server.seen("/private.bin")[-1].status == 200
+    listed = run_cas("ls", "--json", root=root)
+    assert listed.returncode == 0, listed.stderr
+    entry = next(e for e in json.loads(listed.stdout) if e["name"] == "fx")
+    assert entry["source"] == server.url("/private.bin")
+    assert_no_secret(root, fetched.stdout, fetched.stderr, listed.stdout, listed.stderr)
+    assert server.url("/private.bin").encode() in fetched.stderr  # the log names the URL
+
+
+def test_progress_bar_on_a_terminal_hides_the_password(root: Path, server: Server) -> None:
+    """`cas fetch` with stderr on a terminal draws its bar labelled without the credentials,
+    also for a URL whose path is only "/"."""
+    server.add("/", BODY, auth=f"{USER}:{SECRET}")
+    controller, terminal = os.openpty()
+    # 24 rows of 120 columns: tqdm sizes its bar to the terminal, and draws nothing in 0 columns.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
+    child = subprocess.Popen(
+        [sys.executable, "-m", "cas", "--root", str(root), "fetch",
+         _with_credentials(server.url("/"))],
+        stdout=subprocess.PIPE, stderr=terminal,
+    )  # fmt: skip
+    os.close(terminal)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    os.close(controller)
+    assert child.wait(timeout=60) == 0
+    assert child.stdout is not None and child.stdout.read().strip() == blake3.blake3(
+        BODY).hexdigest().encode()
+    assert b"127.0.0.1" in drawn  # the bar was drawn, labelled with the URL
+    assert_no_secret(root, drawn)
+
+
+def test_errors_and_logs_name_the_url_without_credentials(
+    root: Path, server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused password (401), a missing file (404) and a wrong digest are reported with
+    the URL, never with its password, on the CLI and in the log."""
+    caplog.set_level(logging.DEBUG, logger="cas")
+    url = _private(server)
+    wrong = _with_credentials(server.url("/private.bin"), password=SECRET + "-wrong")
+    refused = run_cas("fetch", wrong, root=root)
+    missing = run_cas("fetch", _with_credentials(server.url("/nothing")), root=root)
+    assert (refused.returncode, missing.returncode) == (1, 1)
+    assert b"401" in refused.stderr and b"404" in missing.stderr
+    with cas.Store.open(root) as store, pytest.raises(cas.IntegrityError) as mismatch:
+        store.fetch(url, sha256="0" * 64)
+    assert server.url("/private.bin") in str(mismatch.value)
+    messages = [record.getMessage() for record in caplog.records]
+    assert_no_secret(root, refused.stderr, missing.stderr, str(mismatch.value), *messages)
+
+
+def test_bad_url_messages_hide_the_password(root: Path, tmp_path: Path) -> None:
+    """A URL that is not http(s), given to `cas fetch` or in a manifest, is named without it."""
+    bad = f"ftp://{USER}:{SECRET}@example.org/a.bin"
+    fetched = run_cas("fetch", bad, root=root)
+    manifest = tmp_path / "fixtures.toml"
+    manifest.write_text(f'[fixtures."a"]\nurl = "{bad}"\nsha256 = "{"0" * 64}"\n')
+    synced = run_cas("sync", str(manifest), root=root)
+    assert (fetched.returncode, synced.returncode) == (2, 2)
+    assert b"ftp://example.org/a.bin" in fetched.stderr
+    assert b"ftp://example.org/a.bin" in synced.stderr
+    assert_no_secret(root, fetched.stderr, synced.stderr)
+
+
+def test_manifest_credentials_download_and_stay_out_of_the_catalog(
+    root: Path, tmp_path: Path, server: Server
+) -> None:
+    """`cas sync` of a manifest whose URL carries credentials downloads with them, records
+    the name's source without them, and a second sync is served from the store."""
+    manifest = tmp_path / "fixtures.toml"
+    manifest.write_text(f'[fixtures."fx"]\nurl = "{_private(server)}"\nsha256 = "{_sha(BODY)}"\n')
+    first = run_cas("-v", "sync", str(manifest), root=root)
+    second = run_cas("-v", "sync", str(manifest), root=root)
+    assert (first.returncode, second.returncode) == (0, 0), first.stderr + second.stderr
+    assert server.requests("/private.bin") == 1
+    with cas.Store.open(root) as store:
+        assert [e.source for e in store.entries()] == [server.url("/private.bin")]
+    assert_no_secret(root, first.stderr, second.stderr)
+
+
+def test_credentials_go_to_their_origin_only(root: Path, server: Server) -> None:
+    """A redirect to another origin (another port) is followed without the Authorization
+    header; the same origin keeps it, as curl and requests do."""
+    with Server() as elsewhere:
+        foreign = elsewhere.add("/moved.bin", BODY)
+        server.add("/there", b"", Reply(status=302, headers={"Location": foreign}))
+        server.add("/here", b"", Reply(status=302, headers={"Location": "/private.bin"}))
+        server.add("/private.bin", BODY, auth=f"{USER}:{SECRET}")
+        with cas.Store.open(root) as store:
+            store.fetch(_with_credentials(server.url("/there")))
+            assert "authorization" in server.seen("/there")[0].headers
+            assert "authorization" not in elsewhere.seen("/moved.bin")[0].headers
+            store.fetch(_with_credentials(server.url("/here")), sha256=_sha(BODY))
+            assert server.seen("/private.bin")[0].status == 200
+        assert_no_secret(root)
+
+
+def test_refetch_from_the_recorded_source_goes_without_credentials(
+    root: Path, server: Server
+) -> None:
+    """An evicted fixture fetched again from its recorded source has no password to send: a
+    server that needs one refuses (401), and the error says how to bring it back; the same
+    fetch with the credentials does."""
+    url = _private(server)
+    with cas.Store.open(root, grace_period=0) as store:
+        store.fetch(url, name="fx", sha256=_sha(BODY))
+        store.gc(max_size=0)
+        with pytest.raises(cas.DownloadError, match="401") as refused:
+            store.path("fx")
+        assert "authorization" not in server.seen("/private.bin")[-1].headers
+        assert store.fetch(url, name="fx", sha256=_sha(BODY)) == blake3.blake3(BODY).hexdigest()
+        assert store.read_bytes("fx") == BODY
+    assert_no_secret(root, str(refused.value))
+
+
+def test_remote_tier_gets_no_credentials(
+    root: Path, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a fetch with credentials pushes to the remote tier (blob, name record, alias)
+    holds no password."""
+    remote = pytest.importorskip("tests.test_remote", reason="the remote tier needs moto")
+    moto_server = pytest.importorskip("moto.server")
+    moto = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    try:
+        host, port = moto.get_host_and_port()
+        remote._aws_env(monkeypatch, tmp_path, f"http://{host}:{port}")
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="secrets")
+        with cas.Store.open(root, remote="s3://secrets/team") as store:
+            store.fetch(_private(server), name="fx", sha256=_sha(BODY))
+        stored = remote.objects("secrets")
+    finally:
+        moto.stop()
+    names = [key for key in stored if "/names/" in key]
+    assert names, sorted(stored)
+    assert json.loads(stored[names[0]])["url"] == server.url("/private.bin")
+    assert_no_secret(root, *(data for key, data in stored.items() if "/blobs/" not in key))
+
+
+def test_credentials_left_by_an_older_cas_are_not_shown(root: Path, server: Server) -> None:
+    """A name whose source an older cas recorded with its password is listed (`ls`, `ls
+    --json`) and re-fetched from without it."""
+    url = server.add("/legacy.bin", BODY)
+    with cas.Store.open(root, grace_period=0) as store:
+        store.fetch(url, name="old", sha256=_sha(BODY))
+        store.gc(max_size=0)
+    with sqlite3.connect(root / "catalog.db") as db:  # as the catalog of an older cas held it
+        db.execute("UPDATE names SET url = ? WHERE name = 'old'", (_with_credentials(url),))
+    db.close()
+    listed, as_json = run_cas("ls", root=root), run_cas("ls", "--json", root=root)
+    assert json.loads(as_json.stdout)[0]["source"] == url
+    read = run_cas("-vv", "cat", "old", root=root)
+    assert read.returncode == 0 and read.stdout == BODY, read.stderr
+    assert SECRET.encode() not in listed.stdout + as_json.stdout + read.stderr
+    assert "authorization" not in server.seen("/legacy.bin")[-1].headers
+
+
+# -- the one function that takes credentials out of a URL -----------------------------------------
+
+_TEXT = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=20)
+
+
+@given(user=_TEXT, password=_TEXT, path=st.sampled_from(["", "/", "/a/b.bin?x=1#f"]))
+def test_split_credentials_round_trips_any_userinfo(user: str, password: str, path: str) -> None:
+    """Any percent-encoded user and password come back decoded, and the URL without them
+    has neither."""
+    url = f"https://{quote(user, safe='')}:{quote(password, safe='')}@example.org:8443{path}"
+    public, credentials = split_credentials(url)
+    assert public == f"https://example.org:8443{path}"
+    assert credentials == f"{user}:{password}"
+    assert redact(url) == public and redact(public) == public
+
+
+@pytest.mark.parametrize(
+    ("url", "public"),
+    [
+        ("http://token@host/x", "http://host/x"),  # a token as the user is a secret too
+        ("http://u:p@ss@host/x", "http://host/x"),  # the authority's last @ ends the userinfo
+        ("http://u:pw@[::1/x", "http://[::1/x"),  # not parsable: still no userinfo
+        ("http://host/a@b", "http://host/a@b"),  # an @ in the path is not userinfo
+    ],
+)
+def test_redact_edge_cases(url: str, public: str) -> None:
+    """Userinfo goes however it is written; an @ outside the authority stays."""
+    assert redact(url) == public
