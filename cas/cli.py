@@ -23,7 +23,7 @@ import click
 from . import eviction
 from .errors import CasError, IntegrityError, UsageError
 from .metrics import Counter, Stats, human_size
-from .settings import KEYS, load_config, parse_duration, parse_size, resolve_root
+from .settings import KEYS, load_config, parse_duration, parse_interval, parse_size, resolve_root
 from .store import Entry, Store
 
 if TYPE_CHECKING:
@@ -295,7 +295,7 @@ def gc(context: Context, max_size: str | None, max_age: str | None, dry_run: boo
 @pass_context
 def maintain(context: Context, interval: str | None) -> None:
     """Run cleanup periodically in the foreground until interrupted."""
-    period = _parse("--interval", interval, parse_duration)
+    period = _parse("--interval", interval, parse_interval)
     store = context.store()
     log.info("cleaning up %s every %.0fs; stop with Ctrl-C", store.root,
              period or store.settings.cleanup_interval)

@@ -40,7 +40,14 @@ from .leases import Lease, LeaseKeeper, dead_leases
 from .metrics import Counter, Stats, Usage, staging_debris
 from .opening import open_files
 from .refs import check_name, is_digest
-from .settings import Settings, default_root, load_settings, parse_duration, parse_size
+from .settings import (
+    Settings,
+    default_root,
+    load_settings,
+    parse_duration,
+    parse_interval,
+    parse_size,
+)
 
 if TYPE_CHECKING:
     from .tier import RemoteTier, TransferReport
@@ -710,8 +717,13 @@ class Store:
     @contextlib.contextmanager
     def maintenance(self, interval: float | None = None) -> Iterator[threading.Thread]:
         """Run cleanup every ``interval`` (default ``cleanup_interval``) in a background thread
-        for the duration of the ``with`` block."""
-        period = self.settings.cleanup_interval if interval is None else interval
+        for the duration of the ``with`` block. Raises UsageError for an interval that
+        ``cleanup_interval`` would refuse (under 1 s: cleaning in a tight loop)."""
+        try:
+            period = parse_interval(self.settings.cleanup_interval if interval is None
+                                    else interval)
+        except ValueError as error:
+            raise UsageError(f"interval {interval!r}: {error}") from None
         stop = threading.Event()
 
         def loop() -> None:
