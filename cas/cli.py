@@ -10,8 +10,9 @@ import contextlib
 import datetime
 import json
 import logging
+import os
 import shutil
-import subprocess
+import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -216,7 +217,8 @@ def unpin(context: Context, ref: str) -> None:
 def lease(context: Context, words: tuple[str, ...]) -> None:
     """Run COMMAND while holding leases on REF…: cas lease REF… -- COMMAND [ARG…].
 
-    Exits with the command's status.
+    Exits with the command's status (128+N when signal N ended it, 127 when it does not exist,
+    126 when it cannot be run). SIGTERM, SIGINT and SIGHUP sent to cas go to the command.
     """
     if "--" not in words:
         raise UsageError("give the command after --, as in: cas lease REF -- COMMAND")
@@ -224,15 +226,73 @@ def lease(context: Context, words: tuple[str, ...]) -> None:
     refs, command = words[:split], words[split + 1 :]
     if not refs or not command:
         raise UsageError("cas lease needs at least one REF before -- and a COMMAND after it")
-    store = context.store()
-    with contextlib.ExitStack() as held:
-        for ref in refs:
-            held.enter_context(store.lease(ref))
-        try:
-            status = subprocess.call(command)
-        except OSError as error:
-            raise CasError(f"cannot run {command[0]!r}: {error.strerror}") from error
+    # Signals are blocked before the store opens, so that no thread it starts (the lease
+    # keeper) can take a SIGTERM meant for the command and end cas without a release.
+    with _Forwarder() as forwarder:
+        store = context.store()
+        with contextlib.ExitStack() as held:
+            for ref in refs:
+                held.enter_context(store.lease(ref))
+            status = forwarder.run(command)
     click.get_current_context().exit(status)
+
+
+class _CommandFailed(CasError):
+    """The command of `cas lease` could not be started; statuses as a shell's."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.exit_status = status
+
+
+class _Forwarder:
+    """Runs one command and passes on to it the SIGTERM, SIGINT and SIGHUP sent to cas.
+
+    Inside the ``with`` block those signals are blocked and taken with sigwaitinfo, so cas
+    always lives to wait for its command and release its leases (issue 13, item 12). A signal
+    from a process (``kill``) is forwarded; one from the terminal (Ctrl-C, a hang-up) is not,
+    since the terminal signals the whole foreground process group, the command included.
+    """
+
+    SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+    def __enter__(self) -> _Forwarder:
+        self._watched = self.SIGNALS | {signal.SIGCHLD}
+        self._before = signal.pthread_sigmask(signal.SIG_BLOCK, self._watched)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        # Take what is still pending, or unblocking would deliver it now: a SIGTERM would end
+        # cas after the leases were released, but before it could report the status.
+        while signal.sigtimedwait(self._watched, 0) is not None:
+            pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._before)
+
+    def run(self, command: Sequence[str]) -> int:
+        """Run ``command`` to its end; its exit status, or 128+N when signal N ended it.
+
+        A signal that came before the command could start ends the run at once, without it.
+        Raises _CommandFailed with status 127 when the command does not exist, 126 when it
+        cannot be executed.
+        """
+        for pending in sorted(signal.sigpending() & self.SIGNALS):
+            return 128 + int(pending)
+        try:
+            pid = os.posix_spawnp(command[0], list(command), os.environ, setsigmask=self._before)
+        except FileNotFoundError as error:
+            raise _CommandFailed(f"{command[0]}: command not found", 127) from error
+        except OSError as error:
+            raise _CommandFailed(f"cannot run {command[0]}: {error.strerror}", 126) from error
+        while True:
+            info = signal.sigwaitinfo(self._watched)
+            if info.si_signo != signal.SIGCHLD:
+                if info.si_code <= 0:  # SI_USER, SI_QUEUE, SI_TKILL: sent by a process
+                    os.kill(pid, info.si_signo)
+                continue
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                code: int = os.waitstatus_to_exitcode(status)
+                return 128 - code if code < 0 else code
 
 
 def _plan_json(plan: eviction.Plan, dry_run: bool) -> dict[str, Any]:
