@@ -22,9 +22,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import eviction
-from .errors import CasError, IntegrityError, UsageError
+from .errors import CasError, IntegrityError, InUse, UsageError
 from .metrics import Counter, Stats, human_size
-from .settings import KEYS, load_config, parse_duration, parse_interval, parse_size, resolve_root
+from .settings import (
+    COMMAND_LINE,
+    KEYS,
+    load_config,
+    parse_duration,
+    parse_interval,
+    parse_size,
+    resolve_root,
+)
 from .store import Entry, Store
 
 if TYPE_CHECKING:
@@ -64,6 +72,36 @@ class CasGroup(click.Group):
         sys.exit(status if isinstance(status, int) else 0)
 
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a closed pipe and Ctrl-C are handled here, before click turns
+        them into status 1 and an extra blank line."""
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # `cas cat x | head`: the reader has what it wanted. Point stdout at /dev/null so
+            # the flush at exit cannot fail again, and exit 0 like other Unix tools.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise click.exceptions.Exit(0) from None
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+
+def _quiet() -> bool:
+    return bool(click.get_current_context().find_root().params.get("quiet"))
+
+
+def _bars() -> bool:
+    """Whether to show progress bars: on a terminal, unless -q."""
+    return sys.stderr.isatty() and not _quiet()
+
+
+def _say(message: str) -> None:
+    """A summary line on stderr, which -q leaves out (only errors and results remain)."""
+    if not _quiet():
+        click.echo(message, err=True)
+
+
 def _fail(message: str, status: int) -> None:
     click.echo(f"cas: error: {' '.join(message.split())}", err=True)
     sys.exit(status)
@@ -80,7 +118,8 @@ class Context:
 
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store.open(self.root, config_file=self.config_file, profile=self.profile)
+            self._store = Store.open(self.root, config_file=self.config_file,
+                                     profile=self.profile, given_as=COMMAND_LINE)
             click.get_current_context().call_on_close(self._store.close)
         return self._store
 
@@ -107,7 +146,8 @@ pass_context = click.make_pass_decorator(Context)
     help="The [profile.NAME] table of the settings files to use (default: $CAS_PROFILE).",
 )
 @click.option("-v", "--verbose", count=True, help="Say more (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only errors and results (digests, paths, listings): no summaries or bars.")
 @click.version_option(package_name="cas", prog_name="cas")
 @click.pass_context
 def cli(
@@ -190,7 +230,10 @@ def remove(context: Context, refs: tuple[str, ...], force: bool) -> None:
     """Remove each REF: a name (and its blob if no other name has it), or a digest."""
     store = context.store()
     for ref in refs:
-        store.remove(ref, force=force)
+        try:
+            store.remove(ref, force=force)
+        except InUse as error:  # the API's message names no flag; the command's hint does
+            raise InUse(f"{error}; use --force to remove it anyway") from error
 
 
 @cli.command()
@@ -424,7 +467,7 @@ def show_config(context: Context, as_json: bool) -> None:
     """Show every effective setting and where it came from."""
     root, root_source = resolve_root(context.root)
     config = load_config(
-        root, config_file=context.config_file, profile=context.profile, given_as="command line"
+        root, config_file=context.config_file, profile=context.profile, given_as=COMMAND_LINE
     )
     settings = config.settings
     if as_json:
@@ -521,7 +564,7 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
     """Store the content of URL (verified, resumable); print its digest."""
     from .progress import TransferBar  # only commands that transfer need tqdm
 
-    bar = TransferBar(name or url.rsplit("/", 1)[-1] or url) if sys.stderr.isatty() else None
+    bar = TransferBar(name or url.rsplit("/", 1)[-1] or url) if _bars() else None
     try:
         digest = context.store().fetch(
             url, name=name, blake3=blake3, sha256=sha256, size=size, progress=bar
@@ -542,10 +585,10 @@ def sync(context: Context, manifest_path: Path, jobs: int) -> None:
     from . import manifest
 
     report = manifest.sync(context.store(), manifest_path, jobs=jobs,
-                           progress=sys.stderr.isatty())
+                           progress=_bars())
     for name, digest in sorted(report.digests.items()):
         click.echo(f"{digest}  {name}")
-    click.echo(f"cas: sync: {report.summary()}", err=True)
+    _say(f"cas: sync: {report.summary()}")
     if report.failed:
         total = len(report.digests) + len(report.failed)
         raise CasError(f"{len(report.failed)} of {total} fixtures failed")
@@ -572,7 +615,7 @@ def verify(context: Context, quick: bool, repair: bool, as_json: bool,
     from .progress import TransferBar
 
     seconds = _parse("--budget", budget, parse_duration)
-    bar = TransferBar("verify") if sys.stderr.isatty() else None
+    bar = TransferBar("verify") if _bars() else None
     try:
         report = context.store().verify(full=not quick, repair=repair, budget=seconds,
                                         progress=bar)
@@ -626,7 +669,7 @@ def pull(context: Context, refs: tuple[str, ...], manifest_path: Path | None) ->
 def _transfer_done(command: str, report: TransferReport) -> None:
     for ref, digest in sorted({**report.present, **report.done}.items()):
         click.echo(f"{digest}  {ref}")
-    click.echo(f"cas: {command}: {report.summary()}", err=True)
+    _say(f"cas: {command}: {report.summary()}")
     if report.failed:
         total = len(report.done) + len(report.present) + len(report.failed)
         raise CasError(f"{len(report.failed)} of {total} failed")

@@ -49,6 +49,8 @@ ENV_HOME, ENV_CONFIG, ENV_PROFILE = "CAS_HOME", "CAS_CONFIG", "CAS_PROFILE"
 ROOT_CONFIG = "config.toml"
 #: The source of a value that nothing set.
 DEFAULT = "default"
+#: The ``given_as`` of the command line, whose --config and --profile errors name the flag.
+COMMAND_LINE = "command line"
 
 # -- values: sizes, durations and the other kinds, each parsed by one function -------------------
 
@@ -382,8 +384,12 @@ def load_config(
     ``environ`` defaults to ``os.environ``. Raises ConfigError.
     """
     env = os.environ if environ is None else environ
-    chosen, profile_source = _choice(profile, env, ENV_PROFILE, given_as)
-    extra, extra_source = _choice(config_file, env, ENV_CONFIG, given_as)
+    # On the command line the flag is named: "(from --profile)", not "(from command line)".
+    flags = given_as == COMMAND_LINE
+    chosen, profile_source = _choice(profile, env, ENV_PROFILE,
+                                     "--profile" if flags else given_as)
+    extra, extra_source = _choice(config_file, env, ENV_CONFIG,
+                                  "--config" if flags else given_as)
 
     files = [path for path in [root / ROOT_CONFIG] if path.is_file()]
     if extra is not None:
