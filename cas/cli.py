@@ -27,6 +27,7 @@ from .metrics import Counter, Stats, human_size
 from .settings import (
     COMMAND_LINE,
     KEYS,
+    child_environment,
     load_config,
     parse_duration,
     parse_interval,
@@ -321,7 +322,8 @@ class _Forwarder:
         for pending in sorted(signal.sigpending() & self.SIGNALS):
             return 128 + int(pending)
         try:
-            pid = os.posix_spawnp(command[0], list(command), os.environ, setsigmask=self._before)
+            pid = os.posix_spawnp(command[0], list(command), child_environment(),
+                                 setsigmask=self._before)
         except FileNotFoundError as error:
             raise _CommandFailed(f"{command[0]}: command not found", 127) from error
         except OSError as error:

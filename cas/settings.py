@@ -384,19 +384,17 @@ def load_config(
     ``environ`` defaults to ``os.environ``. Raises ConfigError.
     """
     env = os.environ if environ is None else environ
-    # On the command line the flag is named: "(from --profile)", not "(from command line)".
-    flags = given_as == COMMAND_LINE
-    chosen, profile_source = _choice(profile, env, ENV_PROFILE,
-                                     "--profile" if flags else given_as)
-    extra, extra_source = _choice(config_file, env, ENV_CONFIG,
-                                  "--config" if flags else given_as)
+    chosen, profile_source = _choice(profile, env, ENV_PROFILE, given_as)
+    extra, extra_source = _choice(config_file, env, ENV_CONFIG, given_as)
 
     files = [path for path in [root / ROOT_CONFIG] if path.is_file()]
     if extra is not None:
         path = Path(extra).expanduser().absolute()
         if not path.is_file():
             why = "is not a file" if path.exists() else "does not exist"
-            raise ConfigError(f"config file {path} (from {extra_source}) {why}")
+            raise ConfigError(
+                f"config file {path} (from {_flag(extra_source, '--config')}) {why}"
+            )
         files.append(path)
 
     values: dict[str, Any] = {}
@@ -422,7 +420,8 @@ def load_config(
     if chosen is not None and not found:
         read = ", ".join(str(path) for path in files) or "no configuration file exists"
         raise ConfigError(
-            f"profile {chosen!r} (from {profile_source}) is not defined; read: {read}"
+            f"profile {chosen!r} (from {_flag(profile_source, '--profile')}) is not defined;"
+            f" read: {read}"
         )
 
     for key in KEYS:
@@ -435,6 +434,20 @@ def load_config(
         take(key, value, given_as)
 
     return Config(Settings(**values), sources, tuple(files), chosen, profile_source)
+
+
+def _flag(source: str | None, flag: str) -> str | None:
+    """An error names the flag of the command line: "(from --profile)", not "(from command
+    line)"; other sources keep their label."""
+    return flag if source == COMMAND_LINE else source
+
+
+def child_environment() -> Mapping[str, str]:
+    """The environment of a command cas runs (``cas lease``): this process's, unchanged.
+
+    Here because this module is the one reader of the environment.
+    """
+    return os.environ
 
 
 def _choice(
