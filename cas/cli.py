@@ -10,8 +10,9 @@ import contextlib
 import datetime
 import json
 import logging
+import os
 import shutil
-import subprocess
+import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -21,9 +22,18 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from . import eviction
-from .errors import CasError, IntegrityError, UsageError
+from .errors import CasError, IntegrityError, InUse, UsageError
 from .metrics import Counter, Stats, human_size
-from .settings import KEYS, load_config, parse_duration, parse_size, resolve_root
+from .settings import (
+    COMMAND_LINE,
+    KEYS,
+    child_environment,
+    load_config,
+    parse_duration,
+    parse_interval,
+    parse_size,
+    resolve_root,
+)
 from .store import Entry, Store
 
 if TYPE_CHECKING:
@@ -63,6 +73,36 @@ class CasGroup(click.Group):
         sys.exit(status if isinstance(status, int) else 0)
 
 
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a closed pipe and Ctrl-C are handled here, before click turns
+        them into status 1 and an extra blank line."""
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # `cas cat x | head`: the reader has what it wanted. Point stdout at /dev/null so
+            # the flush at exit cannot fail again, and exit 0 like other Unix tools.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise click.exceptions.Exit(0) from None
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+
+
+def _quiet() -> bool:
+    return bool(click.get_current_context().find_root().params.get("quiet"))
+
+
+def _bars() -> bool:
+    """Whether to show progress bars: on a terminal, unless -q."""
+    return sys.stderr.isatty() and not _quiet()
+
+
+def _say(message: str) -> None:
+    """A summary line on stderr, which -q leaves out (only errors and results remain)."""
+    if not _quiet():
+        click.echo(message, err=True)
+
+
 def _fail(message: str, status: int) -> None:
     click.echo(f"cas: error: {' '.join(message.split())}", err=True)
     sys.exit(status)
@@ -79,7 +119,8 @@ class Context:
 
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store.open(self.root, config_file=self.config_file, profile=self.profile)
+            self._store = Store.open(self.root, config_file=self.config_file,
+                                     profile=self.profile, given_as=COMMAND_LINE)
             click.get_current_context().call_on_close(self._store.close)
         return self._store
 
@@ -106,7 +147,8 @@ pass_context = click.make_pass_decorator(Context)
     help="The [profile.NAME] table of the settings files to use (default: $CAS_PROFILE).",
 )
 @click.option("-v", "--verbose", count=True, help="Say more (-vv for debug).")
-@click.option("-q", "--quiet", is_flag=True, help="Only errors.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Only errors and results (digests, paths, listings): no summaries or bars.")
 @click.version_option(package_name="cas", prog_name="cas")
 @click.pass_context
 def cli(
@@ -189,7 +231,10 @@ def remove(context: Context, refs: tuple[str, ...], force: bool) -> None:
     """Remove each REF: a name (and its blob if no other name has it), or a digest."""
     store = context.store()
     for ref in refs:
-        store.remove(ref, force=force)
+        try:
+            store.remove(ref, force=force)
+        except InUse as error:  # the API's message names no flag; the command's hint does
+            raise InUse(f"{error}; use --force to remove it anyway") from error
 
 
 @cli.command()
@@ -216,7 +261,8 @@ def unpin(context: Context, ref: str) -> None:
 def lease(context: Context, words: tuple[str, ...]) -> None:
     """Run COMMAND while holding leases on REF…: cas lease REF… -- COMMAND [ARG…].
 
-    Exits with the command's status.
+    Exits with the command's status (128+N when signal N ended it, 127 when it does not exist,
+    126 when it cannot be run). SIGTERM, SIGINT and SIGHUP sent to cas go to the command.
     """
     if "--" not in words:
         raise UsageError("give the command after --, as in: cas lease REF -- COMMAND")
@@ -224,15 +270,74 @@ def lease(context: Context, words: tuple[str, ...]) -> None:
     refs, command = words[:split], words[split + 1 :]
     if not refs or not command:
         raise UsageError("cas lease needs at least one REF before -- and a COMMAND after it")
-    store = context.store()
-    with contextlib.ExitStack() as held:
-        for ref in refs:
-            held.enter_context(store.lease(ref))
-        try:
-            status = subprocess.call(command)
-        except OSError as error:
-            raise CasError(f"cannot run {command[0]!r}: {error.strerror}") from error
+    # Signals are blocked before the store opens, so that no thread it starts (the lease
+    # keeper) can take a SIGTERM meant for the command and end cas without a release.
+    with _Forwarder() as forwarder:
+        store = context.store()
+        with contextlib.ExitStack() as held:
+            for ref in refs:
+                held.enter_context(store.lease(ref))
+            status = forwarder.run(command)
     click.get_current_context().exit(status)
+
+
+class _CommandFailed(CasError):
+    """The command of `cas lease` could not be started; statuses as a shell's."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.exit_status = status
+
+
+class _Forwarder:
+    """Runs one command and passes on to it the SIGTERM, SIGINT and SIGHUP sent to cas.
+
+    Inside the ``with`` block those signals are blocked and taken with sigwaitinfo, so cas
+    always lives to wait for its command and release its leases (issue 13, item 12). A signal
+    from a process (``kill``) is forwarded; one from the terminal (Ctrl-C, a hang-up) is not,
+    since the terminal signals the whole foreground process group, the command included.
+    """
+
+    SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
+
+    def __enter__(self) -> _Forwarder:
+        self._watched = self.SIGNALS | {signal.SIGCHLD}
+        self._before = signal.pthread_sigmask(signal.SIG_BLOCK, self._watched)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        # Take what is still pending, or unblocking would deliver it now: a SIGTERM would end
+        # cas after the leases were released, but before it could report the status.
+        while signal.sigtimedwait(self._watched, 0) is not None:
+            pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, self._before)
+
+    def run(self, command: Sequence[str]) -> int:
+        """Run ``command`` to its end; its exit status, or 128+N when signal N ended it.
+
+        A signal that came before the command could start ends the run at once, without it.
+        Raises _CommandFailed with status 127 when the command does not exist, 126 when it
+        cannot be executed.
+        """
+        for pending in sorted(signal.sigpending() & self.SIGNALS):
+            return 128 + int(pending)
+        try:
+            pid = os.posix_spawnp(command[0], list(command), child_environment(),
+                                 setsigmask=self._before)
+        except FileNotFoundError as error:
+            raise _CommandFailed(f"{command[0]}: command not found", 127) from error
+        except OSError as error:
+            raise _CommandFailed(f"cannot run {command[0]}: {error.strerror}", 126) from error
+        while True:
+            info = signal.sigwaitinfo(self._watched)
+            if info.si_signo != signal.SIGCHLD:
+                if info.si_code <= 0:  # SI_USER, SI_QUEUE, SI_TKILL: sent by a process
+                    os.kill(pid, info.si_signo)
+                continue
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                code: int = os.waitstatus_to_exitcode(status)
+                return 128 - code if code < 0 else code
 
 
 def _plan_json(plan: eviction.Plan, dry_run: bool) -> dict[str, Any]:
@@ -295,7 +400,7 @@ def gc(context: Context, max_size: str | None, max_age: str | None, dry_run: boo
 @pass_context
 def maintain(context: Context, interval: str | None) -> None:
     """Run cleanup periodically in the foreground until interrupted."""
-    period = _parse("--interval", interval, parse_duration)
+    period = _parse("--interval", interval, parse_interval)
     store = context.store()
     log.info("cleaning up %s every %.0fs; stop with Ctrl-C", store.root,
              period or store.settings.cleanup_interval)
@@ -371,7 +476,7 @@ def show_config(context: Context, as_json: bool) -> None:
     """Show every effective setting and where it came from."""
     root, root_source = resolve_root(context.root)
     config = load_config(
-        root, config_file=context.config_file, profile=context.profile, given_as="command line"
+        root, config_file=context.config_file, profile=context.profile, given_as=COMMAND_LINE
     )
     settings = config.settings
     if as_json:
@@ -472,7 +577,7 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
     from .urls import redact
 
     shown = redact(url)  # a bar never shows the credentials a URL may carry
-    bar = TransferBar(name or shown.rsplit("/", 1)[-1] or shown) if sys.stderr.isatty() else None
+    bar = TransferBar(name or shown.rsplit("/", 1)[-1] or shown) if _bars() else None
     try:
         digest = context.store().fetch(
             url, name=name, blake3=blake3, sha256=sha256, size=size, progress=bar
@@ -493,10 +598,10 @@ def sync(context: Context, manifest_path: Path, jobs: int) -> None:
     from . import manifest
 
     report = manifest.sync(context.store(), manifest_path, jobs=jobs,
-                           progress=sys.stderr.isatty())
+                           progress=_bars())
     for name, digest in sorted(report.digests.items()):
         click.echo(f"{digest}  {name}")
-    click.echo(f"cas: sync: {report.summary()}", err=True)
+    _say(f"cas: sync: {report.summary()}")
     if report.failed:
         total = len(report.digests) + len(report.failed)
         raise CasError(f"{len(report.failed)} of {total} fixtures failed")
@@ -523,7 +628,7 @@ def verify(context: Context, quick: bool, repair: bool, as_json: bool,
     from .progress import TransferBar
 
     seconds = _parse("--budget", budget, parse_duration)
-    bar = TransferBar("verify") if sys.stderr.isatty() else None
+    bar = TransferBar("verify") if _bars() else None
     try:
         report = context.store().verify(full=not quick, repair=repair, budget=seconds,
                                         progress=bar)
@@ -577,7 +682,7 @@ def pull(context: Context, refs: tuple[str, ...], manifest_path: Path | None) ->
 def _transfer_done(command: str, report: TransferReport) -> None:
     for ref, digest in sorted({**report.present, **report.done}.items()):
         click.echo(f"{digest}  {ref}")
-    click.echo(f"cas: {command}: {report.summary()}", err=True)
+    _say(f"cas: {command}: {report.summary()}")
     if report.failed:
         total = len(report.done) + len(report.present) + len(report.failed)
         raise CasError(f"{len(report.failed)} of {total} failed")

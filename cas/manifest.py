@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import tomllib
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -137,7 +138,9 @@ def sync(
     """Fetch every fixture of the manifest at ``path`` into ``store``, ``jobs`` at a time.
 
     Failures do not stop the others; they are in the report. With ``progress``, tqdm bars on
-    stderr: one per transfer and one in total.
+    stderr: one per transfer and one in total. KeyboardInterrupt (Ctrl-C) starts no further
+    fixture, stops the running downloads at their next chunk, keeping their partial files for
+    a resume, and is raised again.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"jobs must be a positive number, not {jobs!r}")
@@ -145,33 +148,49 @@ def sync(
     report = SyncReport()
     total = TotalBar(len(fixtures)) if progress and fixtures else None
 
+    stop = threading.Event()  # set on Ctrl-C: running downloads end at their next chunk
+
     def one(fixture: Fixture) -> Fetched:
         bar = TransferBar(fixture.name) if progress else None
+
+        def report(done: int, size: int | None) -> None:
+            if stop.is_set():
+                # The downloader keeps the partial of an interrupted transfer for a resume.
+                raise KeyboardInterrupt
+            if bar is not None:
+                bar(done, size)
+
         try:
             return store._fetch(
                 fixture.url, name=fixture.name, blake3=fixture.blake3,
-                sha256=fixture.sha256, size=fixture.size, progress=bar,
+                sha256=fixture.sha256, size=fixture.size, progress=report,
             )  # fmt: skip
         finally:
             if bar is not None:
                 bar.close()
 
+    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cas-sync")
     try:
-        with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cas-sync") as pool:
-            futures = {pool.submit(one, fixture): fixture for fixture in fixtures}
-            for future in as_completed(futures):
-                name = futures[future].name
-                try:
-                    fetched = future.result()
-                except CasError as error:
-                    log.error("fixture %r failed: %s", name, error)
-                    report.failed[name] = error
-                else:
-                    report.digests[name] = fetched.digest
-                    (report.fetched if fetched.downloaded else report.present).append(name)
-                if total is not None:
-                    total.advance()
+        futures = {pool.submit(one, fixture): fixture for fixture in fixtures}
+        for future in as_completed(futures):
+            name = futures[future].name
+            try:
+                fetched = future.result()
+            except CasError as error:
+                log.error("fixture %r failed: %s", name, error)
+                report.failed[name] = error
+            else:
+                report.digests[name] = fetched.digest
+                (report.fetched if fetched.downloaded else report.present).append(name)
+            if total is not None:
+                total.advance()
+    except BaseException:
+        # Ctrl-C (or any other end): start nothing more, stop the running downloads at their
+        # next chunk, and wait only for that (issue 13, item 19).
+        stop.set()
+        raise
     finally:
+        pool.shutdown(wait=True, cancel_futures=True)
         if total is not None:
             total.close()
     report.fetched.sort()

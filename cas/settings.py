@@ -29,13 +29,13 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
-from fractions import Fraction
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any, TypeVar
 
 import platformdirs
 
-from .errors import ConfigError
+from .errors import ConfigError, UsageError
 
 log = logging.getLogger("cas")
 
@@ -49,6 +49,8 @@ ENV_HOME, ENV_CONFIG, ENV_PROFILE = "CAS_HOME", "CAS_CONFIG", "CAS_PROFILE"
 ROOT_CONFIG = "config.toml"
 #: The source of a value that nothing set.
 DEFAULT = "default"
+#: The ``given_as`` of the command line, whose --config and --profile errors name the flag.
+COMMAND_LINE = "command line"
 
 # -- values: sizes, durations and the other kinds, each parsed by one function -------------------
 
@@ -66,39 +68,101 @@ _FALSE = {"false", "0", "no", "off"}
 _REMOTE = re.compile(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?")
 
 
-def _quantity(value: object, what: str, units: Mapping[str, int], unit_names: str) -> Fraction:
-    """The exact number ``value`` stands for: a number, or a string of a number and a unit."""
+#: The largest size: what SQLite's INTEGER holds (about 8 EiB).
+MAX_SIZE = 2**63 - 1
+#: The longest duration, ten million days: finite, so ``time.time() - max_age`` stays exact.
+MAX_DURATION = 10**7 * 86400.0
+#: The longest time a setting makes cas wait or sleep (``download_timeout``, ``lease_ttl``,
+#: ``cleanup_interval``): 100 years, within what ``time.sleep``, ``threading.Event.wait`` and
+#: socket timeouts accept (``threading.TIMEOUT_MAX`` is 292 years).
+MAX_WAIT = 36_500 * 86400.0
+#: The shortest interval between periodic cleanups (``cleanup_interval``, ``maintain --interval``):
+#: shorter would clean in a tight loop.
+MIN_INTERVAL = 1.0
+#: The shortest ``lease_ttl``: leases are renewed every third of it, each renewal a write.
+MIN_LEASE_TTL = 1.0
+#: The most ``retries``: more would keep a failing download going for days.
+MAX_RETRIES = 100
+
+
+def _quantity(
+    value: object, what: str, units: Mapping[str, int], unit_names: str, maximum: float
+) -> Decimal:
+    """The number ``value`` stands for: a number, or a string of a number and a unit.
+
+    Decimal arithmetic reads ``1e400`` or ``1e300d`` exactly and at once, so any spelling is
+    either a value in [0, ``maximum``] or a UsageError, never an overflow.
+    """
     if isinstance(value, bool):
-        raise ValueError(f"a {what} must be a number or a string like {unit_names}, not a boolean")
+        raise UsageError(f"a {what} must be a number or a string like {unit_names}, not a boolean")
     if isinstance(value, int | float):
-        if not math.isfinite(value):
-            raise ValueError(f"a {what} must be finite")
-        number, unit = Fraction(value), ""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"a {what} must be finite")
+        # Clamped into a range that keeps the sign and any overflow, so a huge int is cheap.
+        number, unit = Decimal(max(min(value, 2**64), -1)), ""
     elif isinstance(value, str) and (match := _QUANTITY.fullmatch(value)):
-        number, unit = Fraction(match[1]), match[2].lower()
+        try:
+            number, unit = Decimal(match[1]), match[2].lower()
+        except ArithmeticError:  # an exponent beyond even Decimal's range
+            raise UsageError(f"a {what} can be at most {_most(what, maximum)}") from None
         if unit not in units:
-            raise ValueError(f"unknown {what} unit {match[2]!r}; use {unit_names}")
+            raise UsageError(f"unknown {what} unit {match[2]!r}; use {unit_names}")
     else:
-        raise ValueError(f"a {what} must be a number or a string like {unit_names}")
+        raise UsageError(f"a {what} must be a number or a string like {unit_names}")
     if number < 0:
-        raise ValueError(f"a {what} cannot be negative")
-    return number * units[unit]
+        raise UsageError(f"a {what} cannot be negative")
+    if number > Decimal(maximum):  # checked before scaling, so the product stays small
+        raise UsageError(f"a {what} can be at most {_most(what, maximum)}")
+    with localcontext(prec=60):
+        scaled = number.copy_abs() * units[unit]  # copy_abs: "-0" is 0
+    if scaled > Decimal(maximum):
+        raise UsageError(f"a {what} can be at most {_most(what, maximum)}")
+    return scaled
+
+
+def _most(what: str, maximum: float) -> str:
+    return f"{int(maximum)} bytes" if what == "size" else f"{format_duration(maximum)}"
 
 
 def parse_size(value: object) -> int:
     """Bytes from an integer or a string such as ``5GB``, ``5GiB`` or ``1024``.
 
-    Raises ValueError for a negative size, an unknown unit or another type.
+    Raises UsageError (a ValueError) for a negative size, one above ``MAX_SIZE``, an unknown
+    unit or another type.
     """
-    return int(_quantity(value, "size", _SIZE_UNITS, "5GB, 5GiB, 512MiB or a number of bytes"))
+    units = "5GB, 5GiB, 512MiB or a number of bytes"
+    return int(_quantity(value, "size", _SIZE_UNITS, units, MAX_SIZE))
 
 
 def parse_duration(value: object) -> float:
     """Seconds from a number or a string such as ``90s``, ``12h`` or ``7d`` (also ``m``, ``w``).
 
-    Raises ValueError for a negative duration, an unknown unit or another type.
+    Raises UsageError (a ValueError) for a negative duration, one above ``MAX_DURATION``
+    (ten million days), an unknown unit or another type.
     """
-    return float(_quantity(value, "duration", _DURATION_UNITS, "90s, 5m, 12h, 7d, 2w or seconds"))
+    units = "90s, 5m, 12h, 7d, 2w or seconds"
+    return float(_quantity(value, "duration", _DURATION_UNITS, units, MAX_DURATION))
+
+
+def parse_interval(value: object) -> float:
+    """A time between periodic cleanups: at least ``MIN_INTERVAL`` (1 s), at most ``MAX_WAIT``.
+
+    Raises UsageError. The one check of ``cleanup_interval``, ``cas maintain --interval`` and
+    ``Store.maintenance(interval)``.
+    """
+    return _wait(value, MIN_INTERVAL)
+
+
+def _wait(value: object, minimum: float) -> float:
+    """A duration cas waits or sleeps for: at least ``minimum`` (0: more than zero), at most
+    ``MAX_WAIT``."""
+    seconds = parse_duration(value)
+    if seconds > MAX_WAIT:
+        raise UsageError(f"must be at most {format_duration(MAX_WAIT)} (100 years)")
+    if seconds < minimum or seconds <= 0:
+        raise UsageError(f"must be at least {format_duration(minimum)}" if minimum
+                         else "must be longer than zero")
+    return seconds
 
 
 def format_size(size: int) -> str:
@@ -136,13 +200,13 @@ def parse_bool(value: object) -> bool:
     raise ValueError("must be true or false")
 
 
-def _count(value: object) -> int:
-    """A whole number of zero or more, or a string of one."""
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+def _retries(value: object) -> int:
+    """A whole number from 0 to ``MAX_RETRIES``, or a string of one."""
+    if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
+        value = int(value) if len(value.strip()) < 100 else MAX_RETRIES + 1
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RETRIES:
         return value
-    raise ValueError("must be a whole number, zero or more")
+    raise ValueError(f"must be a whole number from 0 to {MAX_RETRIES}")
 
 
 def _fraction(value: object) -> float:
@@ -157,11 +221,12 @@ def _fraction(value: object) -> float:
     return float(value)
 
 
-def _positive_duration(value: object) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError("must be longer than zero")
-    return seconds
+def _timeout(value: object) -> float:
+    return _wait(value, 0)
+
+
+def _lease_ttl(value: object) -> float:
+    return _wait(value, MIN_LEASE_TTL)
 
 
 def _remote(value: object) -> str | None:
@@ -198,11 +263,11 @@ class Settings:
     max_cache_size: int = _setting(10 * 2**30, parse_size, format_size)
     low_water: float = _setting(0.8, _fraction, format_value)
     max_age: float = _setting(30 * 86400.0, parse_duration, format_duration)
-    cleanup_interval: float = _setting(24 * 3600.0, _positive_duration, format_duration)
+    cleanup_interval: float = _setting(24 * 3600.0, parse_interval, format_duration)
     grace_period: float = _setting(300.0, parse_duration, format_duration)
-    download_timeout: float = _setting(300.0, _positive_duration, format_duration)
-    retries: int = _setting(5, _count, format_value)
-    lease_ttl: float = _setting(3600.0, _positive_duration, format_duration)
+    download_timeout: float = _setting(300.0, _timeout, format_duration)
+    retries: int = _setting(5, _retries, format_value)
+    lease_ttl: float = _setting(3600.0, _lease_ttl, format_duration)
     remote: str | None = _setting(None, _remote, format_value)
     remote_push: bool = _setting(True, parse_bool, format_value)
     shared: bool = _setting(False, parse_bool, format_value)
@@ -327,7 +392,9 @@ def load_config(
         path = Path(extra).expanduser().absolute()
         if not path.is_file():
             why = "is not a file" if path.exists() else "does not exist"
-            raise ConfigError(f"config file {path} (from {extra_source}) {why}")
+            raise ConfigError(
+                f"config file {path} (from {_flag(extra_source, '--config')}) {why}"
+            )
         files.append(path)
 
     values: dict[str, Any] = {}
@@ -353,7 +420,8 @@ def load_config(
     if chosen is not None and not found:
         read = ", ".join(str(path) for path in files) or "no configuration file exists"
         raise ConfigError(
-            f"profile {chosen!r} (from {profile_source}) is not defined; read: {read}"
+            f"profile {chosen!r} (from {_flag(profile_source, '--profile')}) is not defined;"
+            f" read: {read}"
         )
 
     for key in KEYS:
@@ -366,6 +434,20 @@ def load_config(
         take(key, value, given_as)
 
     return Config(Settings(**values), sources, tuple(files), chosen, profile_source)
+
+
+def _flag(source: str | None, flag: str) -> str | None:
+    """An error names the flag of the command line: "(from --profile)", not "(from command
+    line)"; other sources keep their label."""
+    return flag if source == COMMAND_LINE else source
+
+
+def child_environment() -> Mapping[str, str]:
+    """The environment of a command cas runs (``cas lease``): this process's, unchanged.
+
+    Here because this module is the one reader of the environment.
+    """
+    return os.environ
 
 
 def _choice(
@@ -386,6 +468,8 @@ def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
             document = tomllib.load(file)
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}); TOML is UTF-8") from None
     except OSError as error:
         raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
     profiles = document.pop("profile", {})

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
+import inspect
 import logging
 import os
 import threading
@@ -18,7 +20,7 @@ import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, Union
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, TypeVar, Union
 
 from . import eviction
 from . import queries as q
@@ -40,13 +42,22 @@ from .leases import Lease, LeaseKeeper, dead_leases
 from .metrics import Counter, Stats, Usage, quarantined, staging_debris, staging_usage
 from .opening import open_files
 from .refs import check_name, is_digest
-from .settings import Settings, default_root, load_settings, parse_duration, parse_size
+from .settings import (
+    Settings,
+    default_root,
+    load_config,
+    parse_duration,
+    parse_interval,
+    parse_size,
+)
 
 if TYPE_CHECKING:
     from .tier import RemoteTier, TransferReport
     from .verify import VerifyReport
 
 log = logging.getLogger("cas")
+
+T = TypeVar("T")
 
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
 
@@ -96,6 +107,27 @@ class _Restage(Exception):
         self.indices = indices
 
 
+def _refused_when_closed(cls: type[T]) -> type[T]:
+    """Make every public method of ``cls`` raise StoreError once the store is closed: a closed
+    store that kept working would quietly reopen its catalog (issue 13, item 19)."""
+    for name, method in list(vars(cls).items()):
+        if name.startswith("_") or name in _OPEN_OR_CLOSED or not inspect.isfunction(method):
+            continue
+
+        def guarded(self: Any, *args: Any, __method: Any = method, **kwargs: Any) -> Any:
+            if self._closed:
+                raise StoreError(f"store {self.root} is closed")
+            return __method(self, *args, **kwargs)
+
+        setattr(cls, name, functools.wraps(method)(guarded))
+    return cls
+
+
+#: Methods that work on a closed store too.
+_OPEN_OR_CLOSED = frozenset({"close", "open"})
+
+
+@_refused_when_closed
 class Store:
     """A content-addressed store at one root, safe to share between threads and processes."""
 
@@ -125,6 +157,7 @@ class Store:
                                     push=settings.remote_push)  # fmt: skip
         self._fetcher.tier = self._tier
         self._finalizer = weakref.finalize(self, _close, self._keeper, catalog)
+        self._closed = False
 
     @classmethod
     def open(
@@ -133,6 +166,7 @@ class Store:
         *,
         config_file: str | os.PathLike[str] | None = None,
         profile: str | None = None,
+        given_as: str = "keyword argument",
         **settings: Any,
     ) -> Store:
         """Open (creating if needed) the store at ``root``, else ``$CAS_HOME`` or the user cache.
@@ -141,12 +175,15 @@ class Store:
         of CAS_CONFIG and CAS_PROFILE (cas/settings.py). A store that cannot be written opens
         read-only (cas/opening.py). Raises ConfigError for a bad setting, StoreError when the
         root cannot be used, CatalogError when catalog.db cannot or is on NFS or SMB.
+        ``given_as`` labels these arguments in errors (the CLI passes "command line", so that
+        they name its --config and --profile flags).
         """
         path = Path(root).expanduser() if root is not None else default_root()
         path = path.absolute()
         if path.exists() and not path.is_dir():
             raise StoreError(f"store root {path} is not a folder")
-        resolved = load_settings(path, settings, config_file=config_file, profile=profile)
+        resolved = load_config(path, settings, config_file=config_file, profile=profile,
+                               given_as=given_as).settings
         blobs, catalog = open_files(path, resolved)
         return cls(path, resolved, blobs, catalog)
 
@@ -161,8 +198,12 @@ class Store:
 
     def close(self) -> None:
         """Finish a running automatic cleanup, give up this process's leases, write what
-        waits in memory (access times, counters) and release the catalog."""
+        waits in memory (access times, counters) and release the catalog. Closing twice is
+        harmless; any other method of a closed store raises StoreError."""
+        if self._closed:
+            return
         self.wait_for_cleanup()
+        self._closed = True
         self._finalizer()
 
     def __enter__(self) -> Store:
@@ -388,7 +429,7 @@ class Store:
         now = time.time()
         live = q.live_leases(conn, digest, now, dead_leases(conn, now))
         if live:
-            raise InUse(f"{ref!r} is leased ({live} live lease{'s' * (live > 1)}); use --force")
+            raise InUse(f"{ref!r} is leased ({live} live lease{'s' * (live > 1)})")
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -735,8 +776,13 @@ class Store:
     @contextlib.contextmanager
     def maintenance(self, interval: float | None = None) -> Iterator[threading.Thread]:
         """Run cleanup every ``interval`` (default ``cleanup_interval``) in a background thread
-        for the duration of the ``with`` block."""
-        period = self.settings.cleanup_interval if interval is None else interval
+        for the duration of the ``with`` block. Raises UsageError for an interval that
+        ``cleanup_interval`` would refuse (under 1 s: cleaning in a tight loop)."""
+        try:
+            period = parse_interval(self.settings.cleanup_interval if interval is None
+                                    else interval)
+        except ValueError as error:
+            raise UsageError(f"interval {interval!r}: {error}") from None
         stop = threading.Event()
 
         def loop() -> None:

@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import logging
+import math
 import re
 import tomllib
 from collections.abc import Iterator
@@ -17,9 +18,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cas
-from cas.errors import ConfigError
+from cas.errors import ConfigError, UsageError
 from cas.settings import (
     KEYS,
+    MAX_DURATION,
+    MAX_SIZE,
     Config,
     Settings,
     format_duration,
@@ -524,3 +527,125 @@ def test_only_settings_reads_the_environment() -> None:
     assert {name for name, text in sources.items() if toml.search(text)} <= {
         "settings.py", "manifest.py",
     }  # fmt: skip
+
+
+# -- value ranges (issue 13, item 18) -------------------------------------------------------------
+
+#: Odd spellings of numbers: overflow, not-a-number, signed zero, huge exponents and digits.
+odd_numbers = st.one_of(
+    st.sampled_from(["nan", "inf", "-inf", "NaN", "-0", "+0", "-0.0", "1e400", "1e300", "1e-400",
+                     "1e999999999", "1e99999999999999999999999999", "9" * 5000, ".5", "1.",
+                     "-1e-9", "0x10", "1_000", "١٢", "1e", "e5", "--1", "+1"]),
+    st.integers(-(10**500), 10**500).map(str),
+    st.floats().map(repr),
+    st.builds("{}e{}".format, st.integers(-99, 99), st.integers(-(10**12), 10**12)),
+    st.text(alphabet="0123456789.eE+-_ ", max_size=12),
+)
+odd_units = st.sampled_from(["", "s", "m", "h", "d", "w", "b", "KiB", "GB", "T", "x", "µs"])
+
+
+@given(st.one_of(st.builds("{}{}".format, odd_numbers, odd_units), st.integers(-(10**500),
+                 10**500), st.floats(), st.none(), st.booleans()))  # fmt: skip
+def test_odd_quantities_are_values_or_usage_errors(value: object) -> None:
+    """Any spelling is a finite size or duration within its range, or a UsageError: never an
+    OverflowError, a float infinity or nan, or an exception from deeper down."""
+    for parse, most in ((parse_size, MAX_SIZE), (parse_duration, MAX_DURATION)):
+        try:
+            parsed = parse(value)
+        except UsageError:
+            continue
+        assert math.isfinite(parsed) and 0 <= parsed <= most, (value, parsed)
+        assert not (isinstance(parsed, float) and math.copysign(1, parsed) < 0)  # no -0.0
+
+
+@given(st.sampled_from(KEYS), odd_numbers, odd_units)
+def test_odd_values_of_every_setting_are_config_errors(key: str, number: str, unit: str) -> None:
+    """Every setting takes an odd value either as a sane value or with a ConfigError naming the
+    key and the value."""
+    text = f"{number}{unit}"
+    try:
+        value = getattr(Settings(**{key: text}), key)
+    except ConfigError as error:
+        assert key in str(error) and "\n" not in str(error)
+        return
+    if isinstance(value, float):
+        assert math.isfinite(value)
+
+
+@pytest.mark.parametrize(
+    ("key", "literal", "mentions"),
+    [
+        ("download_timeout", '"1e300d"', "at most"),
+        ("lease_ttl", '"1e300d"', "at most"),
+        ("lease_ttl", '"0.1s"', "at least"),
+        ("max_age", '"1e400"', "at most"),
+        ("grace_period", "1e300", "at most"),
+        ("max_cache_size", '"1e400"', "at most"),
+        ("max_cache_size", "18446744073709551616", "at most"),
+        ("cleanup_interval", '"0s"', "at least"),
+        ("cleanup_interval", '"1e300d"', "at most"),
+        ("retries", "1000000", "from 0 to"),
+        ("low_water", "nan", "(0, 1]"),
+        ("download_timeout", "inf", "finite"),
+    ],
+)
+def test_out_of_range_settings_are_config_errors(
+    tmp_path: Path, key: str, literal: str, mentions: str
+) -> None:
+    """A value outside a setting's documented range is a ConfigError naming file, key and value."""
+    (tmp_path / "config.toml").write_text(f"{key} = {literal}\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as raised:
+        load_config(tmp_path)
+    message = str(raised.value)
+    assert str(tmp_path / "config.toml") in message and key in message and mentions in message
+
+
+@pytest.mark.parametrize(
+    ("key", "literal", "args"),
+    [
+        ("download_timeout", '"1e300d"', ["fetch", "http://127.0.0.1:9/x"]),
+        ("lease_ttl", '"1e300d"', ["lease", "kept", "--", "true"]),
+        ("max_cache_size", '"1e400"', ["put", "-"]),
+        ("cleanup_interval", '"0s"', ["maintain"]),
+    ],
+)
+def test_cli_out_of_range_setting_is_one_line(
+    tmp_path: Path, key: str, literal: str, args: list[str]
+) -> None:
+    """Out-of-range settings stop a command with one line and status 2 before anything runs."""
+    root = tmp_path / "store"
+    assert run_cas("put", "-", "--name", "kept", root=root, input=b"kept").returncode == 0
+    (root / "config.toml").write_text(f"{key} = {literal}\n", encoding="utf-8")
+    done = run_cas(*args, root=root, input=b"new")
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and lines[0].startswith("cas: error:"), lines
+    assert key in lines[0] and str(root / "config.toml") in lines[0]
+
+
+def test_cli_non_utf8_config_is_one_line(tmp_path: Path) -> None:
+    """A config.toml that is not UTF-8 text is one error line naming the file, status 2."""
+    root = tmp_path / "store"
+    root.mkdir()
+    (root / "config.toml").write_bytes(b"max_age = \"7d\"\n# caf\xe9\n")
+    done = run_cas("ls", root=root)
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and "UTF-8" in lines[0] and str(root / "config.toml") in lines[0]
+
+
+@pytest.mark.parametrize("interval", ["0s", "0", "0.5s", "1e300d", "-1s", "nan"])
+def test_maintain_interval_out_of_range(tmp_path: Path, interval: str) -> None:
+    """``cas maintain --interval`` below 1 s or beyond 100 years is one line and status 2 (it
+    would otherwise clean in a tight loop, or crash)."""
+    done = run_cas("maintain", "--interval", interval, root=tmp_path / "store")
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode == 2, done.stderr
+    assert len(lines) == 1 and "--interval" in lines[0], lines
+
+
+@pytest.mark.parametrize("interval", [0, 0.5, float("inf"), 1e300, "0s"])
+def test_maintenance_interval_is_checked(store: cas.Store, interval: object) -> None:
+    """``Store.maintenance(interval)`` refuses what ``cleanup_interval`` refuses."""
+    with pytest.raises(UsageError, match="interval"), store.maintenance(interval):  # type: ignore[arg-type]
+        pass
