@@ -144,6 +144,7 @@ class Cleaner:
                 if entry.is_file(follow_symlinks=False):
                     total -= entry.stat(follow_symlinks=False).st_size
         return max(0, total)
+
     def _unlink_chunk(self, conn: Connection, ordered: list[str], start: int) -> int:
         """Inside a write transaction, unlink the files of ``ordered[start:]`` that have no
         row, slice by slice, until a chunk's count or time is used; return where it stopped."""
