@@ -121,7 +121,7 @@ CREATE TABLE damaged (
 
 -- version: 5
 
--- Cleanup's victim query (cas/eviction.py) reads digest, size and last access in last-access
+-- Cleanup's victim query (cas/ops/eviction.py) reads digest, size and last access in last-access
 -- order. An index on (last_access, size), which holds the digest too as blobs has no rowid,
 -- covers it: choosing 200,000 victims among a million blobs then reads no table row
 -- (benchmarks/RESULTS.md, gc).

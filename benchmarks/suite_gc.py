@@ -120,7 +120,7 @@ def _peer_tree(folder: Path, victims: list[str], store_root: Path) -> list[str]:
 
 def _sqlite_delete(root: Path, copy: Path, count: int) -> float:
     """The peer of the catalog update: the same deletion, by the same statements as
-    ``cas.queries.evict``, in one transaction of bare sqlite3 on a copy of the catalog."""
+    ``cas.storage.queries.evict``, in one transaction of bare sqlite3 on a copy of the catalog."""
     shutil.copyfile(root / "catalog.db", copy)
     digests = [(_digest(i),) for i in range(int(count * SHARE) + 1)]
     db = sqlite3.connect(copy, isolation_level=None)
@@ -170,13 +170,13 @@ def _round(ctx: Context, count: int) -> dict[str, float]:
 
 def _victims_of(root: Path, max_size: int) -> list[str]:
     """The digests a gc of the store at ``root`` down from ``max_size`` removes, by cas's own
-    policy (``cas.eviction.victims``), so that the peer removes exactly the same files."""
-    limits = cas.eviction.Limits(max_size=max_size, low_water=cas.Settings().low_water,
+    policy (``cas.ops.eviction.victims``), so that the peer removes exactly the same files."""
+    limits = cas.ops.eviction.Limits(max_size=max_size, low_water=cas.Settings().low_water,
                                  max_age=float("inf"), grace_period=0.0)
     db = sqlite3.connect(root / "catalog.db")
     try:
         stored = db.execute("SELECT value FROM counters WHERE name = 'stored_bytes'").fetchone()[0]
-        chosen = cas.eviction.victims(db, limits, limits.excess(stored), time.time() + 1, [])
+        chosen = cas.ops.eviction.victims(db, limits, limits.excess(stored), time.time() + 1, [])
         return [victim[0] for victim in chosen]
     finally:
         db.close()
@@ -293,7 +293,7 @@ def run(ctx: Context) -> SuiteResult:
             Row(f"gc of {label}: update the catalog", "s", timings["update"],
                 peer="sqlite3: the same DELETEs, one transaction", peer_value=timings["delete"],
                 note="context: cas deletes in batches of "
-                f"{cas.cleanup.GC_BATCH:,} victims, each its own transaction"),
+                f"{cas.ops.cleanup.GC_BATCH:,} victims, each its own transaction"),
             Row(f"gc of {label}: remove the files", "s", timings["remove"],
                 peer="xargs -0 rm -f", peer_value=timings["rm"],
                 target=Target("<=", 1.2) if count == 1_000_000 else None),
@@ -318,13 +318,14 @@ def run(ctx: Context) -> SuiteResult:
                     measured[large]["rss"] / measured[small]["rss"],
                     target=Target("<=", 1.25, on="value"),
                     note="memory not growing with the catalog: victims go in batches of "
-                    f"{cas.cleanup.GC_BATCH:,} and the report lists the first "
-                    f"{cas.eviction.REPORT_LIMIT:,} by name"))
+                    f"{cas.ops.cleanup.GC_BATCH:,} and the report lists the first "
+                    f"{cas.ops.eviction.REPORT_LIMIT:,} by name"))
     notes = [
         "Rows are inserted and empty files created directly, then `Store.gc(max_size=...)` runs "
         "in a child process; its phase timings come from `Plan.timings`.",
-        f"`remove the files` is cas's unlink phase: chunks of up to {cas.cleanup.UNLINK_CHUNK:,}"
-        f" files or {cas.cleanup.UNLINK_HOLD * 1000:g} ms, each checked under "
+        f"`remove the files` is cas's unlink phase: chunks of up to "
+        f"{cas.ops.cleanup.UNLINK_CHUNK:,}"
+        f" files or {cas.ops.cleanup.UNLINK_HOLD * 1000:g} ms, each checked under "
         "the catalog's write lock to have no row before it is unlinked (a concurrent put of "
         "the same content keeps its file). The peer removes the same files, in the same "
         "layout, with `xargs -0 rm -f`.",

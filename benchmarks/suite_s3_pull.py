@@ -26,7 +26,7 @@ from harness import remove as remove_path
 from suite_put_large import make_input, read_through
 
 import cas
-from cas.remote import Remote, Transfer
+from cas.transfer.s3 import Remote, Transfer
 
 SIZE = GiB
 QUICK_SIZE = 64 * MiB

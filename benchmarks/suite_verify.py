@@ -18,7 +18,7 @@ from harness import Context, GiB, MiB, Row, SuiteResult, Target, add_b3sum, inte
 from harness import remove as remove_path
 
 import cas
-import cas.verify
+import cas.ops.verify
 
 COUNT = 1000
 QUICK_COUNT = 64
@@ -59,7 +59,7 @@ def run(ctx: Context) -> SuiteResult:
     label = f"{total // MiB} MiB" if ctx.quick else "1 GiB"
     _read_through(files)
     notes: list[str] = []
-    reports: list[cas.verify.VerifyReport] = []
+    reports: list[cas.ops.verify.VerifyReport] = []
 
     def full() -> float:
         with cas.Store.open(root) as store:
@@ -115,7 +115,7 @@ def run(ctx: Context) -> SuiteResult:
         "Peer: `b3sum FILE...` over the blob files themselves (multithreaded, memory-mapped). "
         "cas opens each blob without following symlinks and has blake3 map and hash it through "
         "`/proc/self/fd` without holding the GIL, on a pool of one thread more than the usable "
-        f"cores ({cas.verify.workers()} here), about 8 MiB of files per task; besides hashing "
+        f"cores ({cas.ops.verify.workers()} here), about 8 MiB of files per task; besides hashing "
         "it scans `blobs/`, runs the catalog's `PRAGMA quick_check` and commits each blob's "
         "verification. (Python's own mmap was 1.3-1.6x slower than b3sum, reading 2.3x.)",
         "Timing covers `Store.verify` only, not opening the store.",

@@ -1,6 +1,6 @@
 """cas: a content-addressed store for test fixtures and other large files."""
 
-from .errors import (
+from cas.errors import (
     CasError,
     CatalogError,
     ConfigError,
@@ -11,8 +11,8 @@ from .errors import (
     StoreError,
     UsageError,
 )
-from .settings import Settings
-from .store import Entry, Store
+from cas.settings import Settings
+from cas.store import Entry, Store
 
 __version__ = "0.1.0"
 

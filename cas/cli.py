@@ -21,10 +21,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from . import eviction
-from .errors import CasError, IntegrityError, InUse, UsageError
-from .metrics import Counter, Stats, human_size
-from .settings import (
+from cas.errors import CasError, IntegrityError, InUse, UsageError
+from cas.ops import eviction
+from cas.settings import (
     COMMAND_LINE,
     KEYS,
     child_environment,
@@ -34,10 +33,11 @@ from .settings import (
     parse_size,
     resolve_root,
 )
-from .store import Entry, Store
+from cas.storage.metrics import Counter, Stats, human_size
+from cas.store import Entry, Store
 
 if TYPE_CHECKING:
-    from .tier import TransferReport
+    from cas.ops.tier import TransferReport
 
 log = logging.getLogger("cas")
 
@@ -573,8 +573,8 @@ def _stats_rows(stats: Stats) -> list[tuple[str, str]]:
 def fetch(context: Context, url: str, name: str | None, blake3: str | None,
           sha256: str | None, size: int | None) -> None:
     """Store the content of URL (verified, resumable); print its digest."""
-    from .progress import TransferBar  # only commands that transfer need tqdm
-    from .urls import redact
+    from cas.progress import TransferBar  # only commands that transfer need tqdm
+    from cas.urls import redact
 
     shown = redact(url)  # a bar never shows the credentials a URL may carry
     bar = TransferBar(name or shown.rsplit("/", 1)[-1] or shown) if _bars() else None
@@ -595,7 +595,7 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
 @pass_context
 def sync(context: Context, manifest_path: Path, jobs: int) -> None:
     """Fetch every fixture of MANIFEST; print "<digest>  <name>" for each that is stored."""
-    from . import manifest
+    from cas.ops import manifest
 
     report = manifest.sync(context.store(), manifest_path, jobs=jobs,
                            progress=_bars())
@@ -625,7 +625,7 @@ def verify(context: Context, quick: bool, repair: bool, as_json: bool,
 
     Exits with status 4 when damage remains.
     """
-    from .progress import TransferBar
+    from cas.progress import TransferBar
 
     seconds = _parse("--budget", budget, parse_duration)
     bar = TransferBar("verify") if _bars() else None

@@ -19,13 +19,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from . import manifest
-from .download import Expected
-from .errors import NotFound
-from .fetch import expectation
-from .leases import Lease
-from .store import Store
-from .urls import redact
+from cas.errors import NotFound
+from cas.ops import manifest
+from cas.ops.fetch import expectation
+from cas.ops.leases import Lease
+from cas.store import Store
+from cas.transfer.download import Expected
+from cas.urls import redact
 
 
 class FixtureUnavailable(NotFound):

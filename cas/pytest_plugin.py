@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .harness import FixtureSession
-    from .store import Store
+    from cas.harness import FixtureSession
+    from cas.store import Store
 
 SKIP_MARKER = "cas_skip_unavailable"
 
@@ -60,7 +60,7 @@ def _check_manifest_option(config: pytest.Config) -> None:
     value = _option(config, "manifest")
     if value is None or not _URL.match(value):
         return
-    from .urls import redact  # only now: the plugin imports nothing of cas until it is used
+    from cas.urls import redact  # only now: the plugin imports nothing of cas until it is used
 
     given = "--cas-manifest" if config.getoption("--cas-manifest") else "the cas_manifest ini key"
     raise pytest.UsageError(
@@ -83,7 +83,7 @@ def _relative(config: pytest.Config, value: str | None) -> Path | None:
 
 @pytest.fixture(scope="session")
 def _cas_session(pytestconfig: pytest.Config) -> Iterator[FixtureSession]:
-    from .harness import FixtureSession
+    from cas.harness import FixtureSession
 
     session = FixtureSession.open(
         _relative(pytestconfig, _option(pytestconfig, "manifest")),
@@ -106,7 +106,7 @@ def cas_fixture(_cas_session: FixtureSession, request: pytest.FixtureRequest
     """``cas_fixture("name")`` -> the Path of a fixture, fetched if needed and leased until
     the session ends; ``cas_fixture("name", url=..., sha256=...)`` for one not in the
     manifest."""
-    from .harness import FixtureUnavailable
+    from cas.harness import FixtureUnavailable
 
     skip = bool(request.config.getini("cas_skip_unavailable")) or (
         request.node.get_closest_marker(SKIP_MARKER) is not None

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from .errors import UsageError
+from cas.errors import UsageError
 
 MAX_NAME_LENGTH = 255
 _DIGEST = re.compile(r"[0-9a-fA-F]{64}")

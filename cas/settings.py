@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import platformdirs
 
-from .errors import ConfigError, UsageError
+from cas.errors import ConfigError, UsageError
 
 log = logging.getLogger("cas")
 

@@ -22,13 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, NamedTuple, TypeVar, Union
 
-from . import eviction
-from . import queries as q
-from .blobs import BlobStore, Staged, hasher
-from .catalog import Catalog, Connection
-from .cleanup import Cleaner
-from .download import Downloader, Progress
-from .errors import (
+from cas.errors import (
     CasError,
     ConfigError,
     IntegrityError,
@@ -37,12 +31,12 @@ from .errors import (
     StoreError,
     UsageError,
 )
-from .fetch import Fetched, Fetcher
-from .leases import Lease, LeaseKeeper, dead_leases
-from .metrics import Counter, Stats, Usage, quarantined, staging_debris, staging_usage
-from .opening import open_files
-from .refs import check_name, is_digest
-from .settings import (
+from cas.ops import eviction
+from cas.ops.cleanup import Cleaner
+from cas.ops.fetch import Fetched, Fetcher
+from cas.ops.leases import Lease, LeaseKeeper, dead_leases
+from cas.refs import check_name, is_digest
+from cas.settings import (
     Settings,
     default_root,
     load_config,
@@ -50,10 +44,16 @@ from .settings import (
     parse_interval,
     parse_size,
 )
+from cas.storage import queries as q
+from cas.storage.blobs import BlobStore, Staged, hasher
+from cas.storage.catalog import Catalog, Connection
+from cas.storage.metrics import Counter, Stats, Usage, quarantined, staging_debris, staging_usage
+from cas.storage.opening import open_files
+from cas.transfer.download import Downloader, Progress
 
 if TYPE_CHECKING:
-    from .tier import RemoteTier, TransferReport
-    from .verify import VerifyReport
+    from cas.ops.tier import RemoteTier, TransferReport
+    from cas.ops.verify import VerifyReport
 
 log = logging.getLogger("cas")
 
@@ -148,8 +148,8 @@ class Store:
         # Issue 8: the shared remote tier, when `remote` names one (boto3 loads on first use).
         self._tier: RemoteTier | None = None
         if settings.remote is not None:
-            from .remote import Remote
-            from .tier import RemoteTier
+            from cas.ops.tier import RemoteTier
+            from cas.transfer.s3 import Remote
 
             remote = Remote(settings.remote, timeout=settings.download_timeout,
                             retries=settings.retries)  # fmt: skip
@@ -173,7 +173,7 @@ class Store:
 
         ``settings`` override every other source; ``config_file`` and ``profile`` take the place
         of CAS_CONFIG and CAS_PROFILE (cas/settings.py). A store that cannot be written opens
-        read-only (cas/opening.py). Raises ConfigError for a bad setting, StoreError when the
+        read-only (storage/opening.py). Raises ConfigError for a bad setting, StoreError when the
         root cannot be used, CatalogError when catalog.db cannot or is on NFS or SMB.
         ``given_as`` labels these arguments in errors (the CLI passes "command line", so that
         they name its --config and --profile flags).
@@ -452,7 +452,7 @@ class Store:
     def _locate(self, ref: str) -> str:
         """The digest of the whole, stored blob ``ref`` names, fetched again if it was evicted.
 
-        Hits and misses are counted in memory (cas/metrics.py): no write per read. The first
+        Hits and misses are counted in memory (cas/storage/metrics.py): no write per read. The first
         lines are the hot path of every look-up, one SELECT and one lstat; anything unusual
         (a bad or unknown ref, an evicted or damaged blob) takes the full path below.
         """
@@ -567,7 +567,7 @@ class Store:
         """Fetch every fixture of a manifest (SPEC "Manifest"), ``jobs`` at a time; return
         name -> digest. Raises CasError naming each failed fixture after the others finished,
         UsageError for a bad manifest (before anything is fetched)."""
-        from . import manifest  # cas/manifest.py drives this store's fetches
+        from cas.ops import manifest  # cas/ops/manifest.py drives this store's fetches
 
         report = manifest.sync(self, manifest_path, jobs=jobs)
         report.raise_for_failures()
@@ -660,10 +660,10 @@ class Store:
         ``budget`` (seconds) rehashing stops when it is spent, least recently verified blobs
         first, and the next run continues. ``repair`` fetches damaged or missing named fixtures
         again from their recorded sources. ``progress(done, total)`` is told the bytes hashed.
-        What is found and what is done: cas/verify.py. Raises UsageError for a bad budget,
+        What is found and what is done: cas/ops/verify.py. Raises UsageError for a bad budget,
         StoreError for a read-only store.
         """
-        from .verify import Verifier  # only verify needs its thread pool
+        from cas.ops.verify import Verifier  # only verify needs its thread pool
 
         def refetch(row: q.DamagedRow) -> None:
             assert row.url is not None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import cas
-from cas.catalog import LATEST_VERSION
+from cas.storage.catalog import LATEST_VERSION
 
 from .conftest import run_cas
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import cas
-from cas.catalog import LATEST_VERSION, SCHEMA_VERSIONS
+from cas.storage.catalog import LATEST_VERSION, SCHEMA_VERSIONS
 
 
 def _make_catalog_at(root: Path, version: int) -> None:

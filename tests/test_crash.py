@@ -36,7 +36,7 @@ import blake3
 import pytest
 
 import cas
-from cas.verify import VerifyReport
+from cas.ops.verify import VerifyReport
 
 from .crash_child import RESOURCES, resource
 from .httpserver import Server

@@ -98,8 +98,8 @@ def test_batches_and_a_bounded_report(aged: tuple[cas.Store, list[str]],
                                       monkeypatch: pytest.MonkeyPatch, dry_run: bool) -> None:
     """A cleanup goes in batches down to low water, though the store is under max_size after
     the first; the report lists the first victims by name and counts them all."""
-    monkeypatch.setattr(cas.cleanup, "GC_BATCH", 2)
-    monkeypatch.setattr(cas.eviction, "REPORT_LIMIT", 3)
+    monkeypatch.setattr(cas.ops.cleanup, "GC_BATCH", 2)
+    monkeypatch.setattr(cas.ops.eviction, "REPORT_LIMIT", 3)
     store, digests = aged
     store.pin("b9")
     plan = store.gc(max_size=9500, dry_run=dry_run)  # low water 7600 bytes: 3 blobs go

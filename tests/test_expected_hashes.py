@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import cas
 from cas.harness import FixtureSession, FixtureUnavailable
-from cas.metrics import Counter
+from cas.storage.metrics import Counter
 
 from .httpserver import Server, serve
 

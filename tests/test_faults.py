@@ -22,8 +22,8 @@ import blake3
 import pytest
 
 import cas
-import cas.blobs
-import cas.opening
+import cas.storage.blobs
+import cas.storage.opening
 
 from .conftest import run_cas
 from .httpserver import Server
@@ -156,13 +156,13 @@ def test_enospc_injected_at_the_staging_write(kept_root: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """ENOSPC in the middle of writing a staging file (the seam: blobs._write_all) is one
     StoreError saying so; nothing is staged or stored."""
-    real_write = cas.blobs._write_all
+    real_write = cas.storage.blobs._write_all
 
     def half_then_full(fd: int, data: bytes | bytearray | memoryview) -> None:
         real_write(fd, memoryview(data)[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cas.blobs, "_write_all", half_then_full)
+    monkeypatch.setattr(cas.storage.blobs, "_write_all", half_then_full)
     with cas.Store.open(kept_root) as store:
         with pytest.raises(cas.StoreError, match=r"no space left.*nothing was changed"):
             store.put(os.urandom(100_000), name="new")
@@ -428,7 +428,7 @@ def test_network_filesystem_is_refused_unless_allowed(
 ) -> None:
     """A root on NFS or SMB is refused, saying why and how to override; the override works."""
     root = tmp_path / "store"
-    monkeypatch.setattr(cas.opening, "MOUNTS", fake_mounts(tmp_path, root, kind))
+    monkeypatch.setattr(cas.storage.opening, "MOUNTS", fake_mounts(tmp_path, root, kind))
     with pytest.raises(cas.CatalogError) as refused:
         cas.Store.open(root)
     message = str(refused.value)
@@ -442,7 +442,7 @@ def test_network_filesystem_is_refused_unless_allowed(
 def test_network_filesystem_refusal_on_the_command_line(tmp_path: Path) -> None:
     """`cas` on an NFS root: one line, exit 1; with CAS_ALLOW_NETWORK_FS=1 it works."""
     root = tmp_path / "store"
-    script = ("import sys, pathlib, cas.opening as o; o.MOUNTS = pathlib.Path(sys.argv[1]);"
+    script = ("import sys, pathlib, cas.storage.opening as o; o.MOUNTS = pathlib.Path(sys.argv[1]);"
               " from cas.cli import main; sys.argv = ['cas', *sys.argv[2:]]; main()")
     command = [sys.executable, "-c", script, str(fake_mounts(tmp_path, root, "nfs4")),
                "--root", str(root), "ls"]
@@ -455,7 +455,8 @@ def test_network_filesystem_refusal_on_the_command_line(tmp_path: Path) -> None:
 
 def test_filesystem_type_of_a_real_folder(tmp_path: Path) -> None:
     """The real mount table names the filesystem of an existing folder."""
-    assert cas.opening.filesystem_type(tmp_path) not in (None, *cas.opening.NETWORK_FILESYSTEMS)
+    opening = cas.storage.opening
+    assert opening.filesystem_type(tmp_path) not in (None, *opening.NETWORK_FILESYSTEMS)
 
 
 # -- folder and file modes -------------------------------------------------------------------------

@@ -27,8 +27,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cas
-import cas.manifest
-from cas.download import Downloader
+import cas.ops.manifest
+from cas.transfer.download import Downloader
 
 from .conftest import blob_files, run_cas
 from .httpserver import Reply, Server, serve
@@ -154,8 +154,8 @@ def test_interrupted_body_is_resumed_with_range(fstore: cas.Store, server: Serve
     assert second.range == f"bytes={CUT}-" and second.headers["if-range"] == '"v1"'
     assert second.status == 206 and first.sent + second.sent == len(BODY)
     counters = fstore.stats().counters
-    assert counters[cas.metrics.Counter.RESUME_SAVED_BYTES] == CUT
-    assert counters[cas.metrics.Counter.DOWNLOADED_BYTES] == len(BODY)
+    assert counters[cas.storage.metrics.Counter.RESUME_SAVED_BYTES] == CUT
+    assert counters[cas.storage.metrics.Counter.DOWNLOADED_BYTES] == len(BODY)
     assert_holds(fstore.root, BODY)
 
 
@@ -448,7 +448,7 @@ def test_500_then_success(fstore: cas.Store, server: Server) -> None:
     url = server.add("/a.bin", BODY, Reply(status=500))
     assert fstore.fetch(url, sha256=_sha(BODY)) == _b3(BODY)
     assert [s.status for s in server.seen("/a.bin")] == [500, 200]
-    assert fstore.stats().counters[cas.metrics.Counter.DOWNLOAD_RETRIES] == 1
+    assert fstore.stats().counters[cas.storage.metrics.Counter.DOWNLOAD_RETRIES] == 1
     assert_holds(fstore.root, BODY)
 
 
@@ -459,7 +459,7 @@ def test_500_every_time_fails_after_the_retries(fstore: cas.Store, server: Serve
         fstore.fetch(url)
     assert (info.value.url, info.value.status, info.value.attempts) == (url, 500, 4)
     assert server.requests("/a.bin") == 4
-    assert fstore.stats().counters[cas.metrics.Counter.DOWNLOADS_FAILED] == 1
+    assert fstore.stats().counters[cas.storage.metrics.Counter.DOWNLOADS_FAILED] == 1
     assert_holds(fstore.root)
 
 
@@ -607,7 +607,7 @@ def test_https_redirect_to_plain_http_is_refused(root: Path, tls_server: Server,
 CHILD = textwrap.dedent("""
     import pathlib, sys, time
     import cas
-    from cas.download import Downloader
+    from cas.transfer.download import Downloader
     root, url, lock, ready, go = sys.argv[1:6]
     store = cas.Store.open(root)
     tmp = store.root / "tmp"
@@ -782,7 +782,7 @@ def test_download_lock_files_do_not_pile_up(fstore: cas.Store, server: Server) -
 
 LOCKER = textwrap.dedent("""
     import pathlib, sys
-    from cas.download import Downloader
+    from cas.transfer.download import Downloader
     tmp, counter, rounds = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
     downloader = Downloader(tmp, tmp / "locks")
     for _ in range(rounds):
@@ -906,7 +906,7 @@ def test_sync_with_progress_bars(root: Path, server: Server, tmp_path: Path,
     """With progress on, bars go to stderr and the report is the same."""
     manifest = _manifest(tmp_path / "fixtures.toml", server)
     with cas.Store.open(root) as store:
-        report = cas.manifest.sync(fast(store), manifest, jobs=2, progress=True)
+        report = cas.ops.manifest.sync(fast(store), manifest, jobs=2, progress=True)
     assert (report.fetched, report.present) == (["data/a.txt", "data/b.txt"], [])
     assert list(report.failed) == ["data/missing"]
     assert report.summary() == "2 fetched, 0 already present, 1 failed"

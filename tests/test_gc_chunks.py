@@ -16,8 +16,8 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 import cas
-import cas.cleanup
-from cas.metrics import Counter
+import cas.ops.cleanup
+from cas.storage.metrics import Counter
 from tests.conftest import blob_files
 
 
@@ -29,9 +29,9 @@ def test_every_victim_file_goes_and_every_kept_one_stays(
 ) -> None:
     root = tmp_path_factory.mktemp("chunks") / "store"
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cas.cleanup, "UNLINK_SLICE", slice_)
-        patch.setattr(cas.cleanup, "UNLINK_CHUNK", chunk)
-        patch.setattr(cas.cleanup, "UNLINK_HOLD", 0.0)
+        patch.setattr(cas.ops.cleanup, "UNLINK_SLICE", slice_)
+        patch.setattr(cas.ops.cleanup, "UNLINK_CHUNK", chunk)
+        patch.setattr(cas.ops.cleanup, "UNLINK_HOLD", 0.0)
         with cas.Store.open(root, grace_period=0) as store:
             digests = store.put_many([f"blob {i}".encode() for i in range(count)])
             kept = set()

@@ -1,4 +1,4 @@
-"""Is a process alive? One answer (cas/holders.py) for leases, staging files and partial
+"""Is a process alive? One answer (cas/storage/processes.py) for leases, staging files and partial
 downloads, everywhere: gc, ``rm``, verify, ``stats``, ``ls`` and a download looking for a partial
 to resume (issue 13, items 10, 13 and 15). Holders are real processes: in another PID namespace
 (``unshare``), SIGKILLed, or exited and not yet reaped (zombies)."""
@@ -22,8 +22,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cas
-from cas.download import Downloader
-from cas.holders import Holder, is_dead, place, staging_tag, start_time, written_by_dead_process
+from cas.storage.processes import (
+    Holder,
+    is_dead,
+    place,
+    staging_tag,
+    start_time,
+    written_by_dead_process,
+)
+from cas.transfer.download import Downloader
 
 from .conftest import run_cas
 from .httpserver import Reply, Server, serve

@@ -15,8 +15,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import cas
-from cas.catalog import Catalog
-from cas.metrics import DEBRIS_MAX_FILES, Counter, Stats
+from cas.storage.catalog import Catalog
+from cas.storage.metrics import DEBRIS_MAX_FILES, Counter, Stats
 
 from .conftest import run_cas
 
@@ -193,8 +193,8 @@ WORKER = f"""
 import sys, time
 from pathlib import Path
 import cas
-from cas.catalog import Catalog
-from cas.metrics import Counter
+from cas.storage.catalog import Catalog
+from cas.storage.metrics import Counter
 root, index, go = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 while not go.exists():
     time.sleep(0.001)

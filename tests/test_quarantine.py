@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import cas
-import cas.cleanup
+import cas.ops.cleanup
 from tests.conftest import run_cas
 
 DAMAGED = b"these bytes are not what the name says"
@@ -61,7 +61,7 @@ def test_gc_keeps_recent_quarantine_and_removes_old(
     os.symlink(outside, root / "quarantine" / "planted-link")
     store.gc()
     assert len(list((root / "quarantine").iterdir())) == 3  # younger than the age: kept
-    monkeypatch.setattr(cas.cleanup, "QUARANTINE_MAX_AGE", 0.0)
+    monkeypatch.setattr(cas.ops.cleanup, "QUARANTINE_MAX_AGE", 0.0)
     store.gc()
     assert list((root / "quarantine").iterdir()) == []
     assert (outside / "keep-me").read_bytes() == b"not the store's"  # never followed
@@ -75,7 +75,7 @@ def test_a_planted_quarantine_link_is_neither_counted_through_nor_followed(
     outside.mkdir()
     (outside / "keep-me").write_bytes(b"not the store's")
     os.symlink(outside, root / "quarantine")
-    monkeypatch.setattr(cas.cleanup, "QUARANTINE_MAX_AGE", 0.0)
+    monkeypatch.setattr(cas.ops.cleanup, "QUARANTINE_MAX_AGE", 0.0)
     stats = store.stats()
     assert (stats.quarantine_files, stats.quarantine_bytes) == (0, 0)
     store.gc()
@@ -85,4 +85,4 @@ def test_a_planted_quarantine_link_is_neither_counted_through_nor_followed(
 def test_the_age_is_documented() -> None:
     text = (Path(__file__).parent.parent / "docs" / "architecture.md").read_text()
     assert "quarantine/" in text and "30 days" in text
-    assert cas.cleanup.QUARANTINE_MAX_AGE == 30 * 86400
+    assert cas.ops.cleanup.QUARANTINE_MAX_AGE == 30 * 86400

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 import cas
-from cas.catalog import ACCESS_GRANULARITY
-from cas.metrics import Counter
+from cas.storage.catalog import ACCESS_GRANULARITY
+from cas.storage.metrics import Counter
 
 BOUND = 20.0  # seconds: a read that takes this long is waiting for the lock
 
@@ -91,7 +91,7 @@ def test_due_touches_under_a_held_lock_wait_for_a_later_write(
 ) -> None:
     """Every read is due to write its touches (granularity 0): with the lock held elsewhere the
     reads return at once and keep them, and the process's next write records them."""
-    monkeypatch.setattr(cas.catalog, "ACCESS_GRANULARITY", 0.0)
+    monkeypatch.setattr(cas.storage.catalog, "ACCESS_GRANULARITY", 0.0)
     digest = _old_store(root)
     stale = _last_access(root, digest)
     with cas.Store.open(root) as store:

@@ -35,7 +35,7 @@ import boto3  # noqa: E402
 import cas  # noqa: E402
 from cas.errors import RemoteError  # noqa: E402
 from cas.refs import MAX_NAME_LENGTH, check_name  # noqa: E402
-from cas.remote import NAME_KEY_MAX, NameRecord, Remote, Transfer  # noqa: E402
+from cas.transfer.s3 import NAME_KEY_MAX, NameRecord, Remote, Transfer  # noqa: E402
 
 from .conftest import blob_files, run_cas  # noqa: E402
 from .httpserver import Server, serve  # noqa: E402
@@ -695,18 +695,18 @@ def test_durable_staging_writes_behind(tmp_path: Path, monkeypatch: pytest.Monke
     before publishing waits for the tail only; a store that does not fsync does not."""
     import io
 
-    import cas.blobs
+    import cas.storage.blobs
 
     started: list[tuple[int, int]] = []
-    real = cas.blobs.start_writeback
-    monkeypatch.setattr(cas.blobs, "WRITE_BEHIND", MiB)
-    monkeypatch.setattr(cas.blobs, "start_writeback",
+    real = cas.storage.blobs.start_writeback
+    monkeypatch.setattr(cas.storage.blobs, "WRITE_BEHIND", MiB)
+    monkeypatch.setattr(cas.storage.blobs, "start_writeback",
                         lambda fd, offset, length: (started.append((offset, length)),
                                                     real(fd, offset, length)))  # fmt: skip
     data = os.urandom(3 * MiB + 10)
     for durable, expected in ((True, [(0, MiB), (MiB, MiB), (2 * MiB, MiB)]), (False, [])):
         started.clear()
-        staged = cas.blobs.BlobStore(tmp_path / str(durable), durable=durable).stage_stream(
+        staged = cas.storage.blobs.BlobStore(tmp_path / str(durable), durable=durable).stage_stream(
             io.BytesIO(data)
         )
         assert (staged.digest, staged.size, started) == (_b3(data), len(data), expected)
@@ -721,12 +721,12 @@ def test_a_full_disk_during_a_pull_leaves_nothing(
     a remote error), and leaves no staging file and no blob."""
     import errno
 
-    import cas.blobs
+    import cas.storage.blobs
 
     with open_store(tmp_path / "a", remote_url) as first:
         first.put(BODY, name="a")
         first.push()
-    real = cas.blobs._write_all
+    real = cas.storage.blobs._write_all
     writes: list[int] = []
 
     def full(fd: int, data: Any) -> None:
@@ -735,7 +735,7 @@ def test_a_full_disk_during_a_pull_leaves_nothing(
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fd, data)
 
-    monkeypatch.setattr(cas.blobs, "_write_all", full)
+    monkeypatch.setattr(cas.storage.blobs, "_write_all", full)
     with open_store(tmp_path / "b", remote_url) as second:
         report = second.pull(["a"])
     assert isinstance(report.failed["a"], cas.StoreError)

@@ -24,8 +24,8 @@ from hypothesis.stateful import (
 )
 
 import cas
-from cas import queries
-from cas.leases import Lease
+from cas.ops.leases import Lease
+from cas.storage import queries
 
 GRACE = 3600.0
 OLD = 7 * 86400.0  # how long ago an aged blob was last accessed

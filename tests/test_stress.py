@@ -36,7 +36,7 @@ def _worker(root: str, seed: int, until: float, results: multiprocessing.Queue) 
         # six processes writing flat out: a blob put, then leased, must still be there.
         store = cas.Store.open(root, max_cache_size=LIMIT, grace_period=GRACE,
                                cleanup_interval=1, lease_ttl=60)
-        held: list[tuple[cas.leases.Lease, bytes]] = []
+        held: list[tuple[cas.ops.leases.Lease, bytes]] = []
         while time.time() < until:
             action = rng.choice(["put", "put", "lease", "read", "read", "release", "gc",
                                  "remove", "remove_leased"])

@@ -1,4 +1,4 @@
-"""Verification (cas/verify.py): what ``Store.verify`` and ``cas verify`` find, fix and report,
+"""Verification (cas/ops/verify.py): what ``Store.verify`` and ``cas verify`` find, fix and report,
 quick and full, within a budget, and repair from recorded sources. Damage is made for real on
 disk, from outside, as a person or another program would."""
 
@@ -18,7 +18,7 @@ import blake3
 import pytest
 
 import cas
-from cas.holders import staging_tag
+from cas.storage.processes import staging_tag
 
 from .conftest import run_cas
 from .httpserver import Server
@@ -57,7 +57,7 @@ def catalog_rows(root: Path, sql: str) -> list[tuple[object, ...]]:
         db.close()
 
 
-def kinds(report: cas.verify.VerifyReport) -> dict[str, int]:
+def kinds(report: cas.ops.verify.VerifyReport) -> dict[str, int]:
     return {kind: count for kind, count in report.counts.items() if count}
 
 
@@ -160,7 +160,8 @@ def test_wrong_modes_are_fixed(store: cas.Store, root: Path) -> None:
 def test_debris_of_dead_writers_goes_and_live_writers_stay(store: cas.Store, root: Path) -> None:
     """Staging files of a killed process go at once; this live process's stay."""
     dead_tag = subprocess.run(
-        [sys.executable, "-c", "from cas.holders import staging_tag; print(staging_tag())"],
+        [sys.executable, "-c",
+         "from cas.storage.processes import staging_tag; print(staging_tag())"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     (root / "tmp" / f"put-{dead_tag}abc123").write_bytes(b"half a put")
@@ -295,7 +296,7 @@ def test_verification_failures_are_counted(store: cas.Store, root: Path) -> None
     os.unlink(blob_path(root, a))
     edit_in_place(blob_path(root, b))
     store.verify()
-    assert store.stats().counters[cas.metrics.Counter.VERIFICATION_FAILURES] == 2
+    assert store.stats().counters[cas.storage.metrics.Counter.VERIFICATION_FAILURES] == 2
 
 
 def test_cli_verify_clean_store_json_and_quiet_stderr(root: Path) -> None:
@@ -324,7 +325,7 @@ def test_cli_verify_budget_and_bad_budget(root: Path) -> None:
 def test_verify_hashes_on_every_core() -> None:
     """Hashing threads: one more than the usable cores (so both cores of the CI machine stay
     busy while a thread waits in open or mmap), at most 8."""
-    from cas.verify import workers
+    from cas.ops.verify import workers
 
     assert workers() == min(8, len(os.sched_getaffinity(0)) + 1) >= 2
 
@@ -334,14 +335,14 @@ def test_hashing_with_and_without_proc(tmp_path: Path, monkeypatch: pytest.Monke
                                        proc: bool) -> None:
     """Files are hashed right through /proc/self/fd and, where /proc is missing, through
     Python's mmap or reads."""
-    import cas.blobs
+    import cas.storage.blobs
 
-    monkeypatch.setattr(cas.blobs, "_PROC_FD", proc)
+    monkeypatch.setattr(cas.storage.blobs, "_PROC_FD", proc)
     for size in (0, 1, 1000, 65536, 300_000):
         data = os.urandom(size)
         (tmp_path / "f").write_bytes(data)
         fd = os.open(tmp_path / "f", os.O_RDONLY)
         try:
-            assert cas.blobs.hash_fd(fd, size) == digest_of(data)
+            assert cas.storage.blobs.hash_fd(fd, size) == digest_of(data)
         finally:
             os.close(fd)

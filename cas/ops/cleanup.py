@@ -1,4 +1,4 @@
-"""Cleanup as mechanism: applying the eviction policy (cas/eviction.py) to the catalog and files.
+"""Cleanup as mechanism: applying the eviction policy (ops/eviction.py) to catalog and files.
 
 A cleanup goes in batches of up to ``GC_BATCH`` victims. Each batch is one write transaction
 that chooses its victims, deletes their rows and counts them; their files are unlinked after the
@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
-from . import eviction
-from . import queries as q
-from .blobs import BlobStore
-from .catalog import Catalog, Connection, add_counts
-from .errors import StoreError
-from .leases import dead_leases
-from .metrics import Counter, staging_usage
+from cas.errors import StoreError
+from cas.ops import eviction
+from cas.ops.leases import dead_leases
+from cas.storage import queries as q
+from cas.storage.blobs import BlobStore
+from cas.storage.catalog import Catalog, Connection, add_counts
+from cas.storage.metrics import Counter, staging_usage
 
 log = logging.getLogger("cas")
 

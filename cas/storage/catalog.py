@@ -4,7 +4,7 @@ SQLAlchemy's engine owns the connections: it opens them (with the pragmas below)
 and disposes of them after a fork. Statements run on the DBAPI (sqlite3) connection it hands out:
 SQLAlchemy's Connection and Result layer cost about 135 µs per transaction here, twice the
 transaction itself (benchmarks/RESULTS.md), and cas's statements are hand-written SQL anyway
-(cas/queries.py).
+(cas/storage/queries.py).
 
 Transactions: the driver's own transaction handling is switched off and every transaction emits
 its own BEGIN, so a read-then-write is one transaction. Transactions that may write begin
@@ -15,7 +15,7 @@ whole on "database is locked". Reads stay deferred; in WAL mode they never wait 
 Last access is coarse (guarantee 6): a read records a touch only when the stored time is older
 than ``ACCESS_GRANULARITY`` (or in the future: the clock went back), and touches wait in memory
 until a write transaction happens anyway, the store closes, or the oldest waiting touch is itself
-older than the granularity. Counter increments (cas/metrics.py) wait and ride along the same way,
+older than the granularity. Counter increments (metrics.py) wait and ride along the same way,
 so counting a read costs no transaction of its own. A read never waits for the write lock: the
 flush a read makes takes the lock only if it is free; when another process holds it, what waits
 stays for a later write, and the close of a catalog that never wrote drops it after
@@ -43,9 +43,9 @@ from urllib.parse import quote
 from sqlalchemy import create_engine, event, exc
 from sqlalchemy.pool import QueuePool
 
-from .blobs import Folder, open_lock
-from .errors import CatalogError, StoreError
-from .metrics import Counter
+from cas.errors import CatalogError, StoreError
+from cas.storage.blobs import Folder, open_lock
+from cas.storage.metrics import Counter
 
 log = logging.getLogger("cas")
 
@@ -91,7 +91,7 @@ def _schema_text() -> str:
     packaged = resources.files("cas").joinpath("schema.sql")
     if packaged.is_file():
         return packaged.read_text(encoding="utf-8")
-    return (Path(__file__).resolve().parent.parent / "schema.sql").read_text(encoding="utf-8")
+    return (Path(__file__).resolve().parents[2] / "schema.sql").read_text(encoding="utf-8")
 
 
 def schema_versions() -> list[tuple[int, list[str]]]:
@@ -462,7 +462,7 @@ class Catalog:
             self._pending.touch(digest, now)
 
     def count(self, name: Counter, amount: int = 1) -> None:
-        """Add ``amount`` to the counter ``name``, written with the next write (cas/metrics.py).
+        """Add ``amount`` to the counter ``name``, written with the next write (storage/metrics.py).
 
         Raises ValueError for a name that is not a ``Counter``.
         """

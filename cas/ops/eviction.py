@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from .catalog import Connection
-from .queries import LIVE_LEASE
+from cas.storage.catalog import Connection
+from cas.storage.queries import LIVE_LEASE
 
 #: Blobs listed by name in a report (each of removed and kept); the rest are only counted.
 REPORT_LIMIT = 1000

@@ -7,7 +7,7 @@ to publish. Nothing here ever writes under ``blobs/`` (guarantee 1).
 
 Resume. A partial download is ``tmp/dl-<key>-<token>.part`` with a JSON sidecar ``….json``
 beside it: URL, validator (strong ETag, else Last-Modified), total length and owner; the token
-starts with the owner's staging tag (cas/holders.py owns whether it is alive). A later attempt, in
+starts with the owner's staging tag (storage/processes.py says if it is alive). A later attempt, in
 this process or another, claims the partial of a provably dead owner (gc and verify remove such
 partials instead) by renaming it to its own name (atomic, so one claimant wins), re-hashes the bytes
 already there, and asks for the rest with ``Range`` + ``If-Range``. A partial is never appended to
@@ -64,7 +64,8 @@ from urllib3.exceptions import HTTPError, InvalidHeader, MaxRetryError
 from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
-from .blobs import (
+from cas.errors import DownloadError, IntegrityError, UsageError
+from cas.storage.blobs import (
     BLOB_MODE,
     CHUNK_SIZE,
     WRITE_BEHIND,
@@ -74,9 +75,13 @@ from .blobs import (
     open_lock,
     start_writeback,
 )
-from .errors import DownloadError, IntegrityError, UsageError
-from .holders import staging_tag, this_process, written_by_dead_process, written_by_this_process
-from .urls import split_credentials
+from cas.storage.processes import (
+    staging_tag,
+    this_process,
+    written_by_dead_process,
+    written_by_this_process,
+)
+from cas.urls import split_credentials
 
 log = logging.getLogger("cas")
 
@@ -158,11 +163,11 @@ class Downloader:
         user_agent: str | None = None,
     ) -> None:
         if user_agent is None:
-            from . import __version__  # here, not at import: cas/__init__ imports this module
+            from cas import __version__  # here, not at import: cas/__init__ imports this module
 
             user_agent = f"cas/{__version__}"
         # Partials, sidecars and locks are made relative to these folders' descriptors, opened
-        # without following links (cas/blobs.py): a tmp/ swapped for a symlink is not written.
+        # without following links (storage/blobs.py): a tmp/ swapped for a symlink is not written.
         # The store hands over its own Folders (which make a deleted folder again).
         self._tmp = tmp_dir if isinstance(tmp_dir, Folder) else Folder(tmp_dir, mode=None)
         self._locks = (locks_dir if isinstance(locks_dir, Folder)
@@ -881,14 +886,14 @@ _ACTIVE_LOCK = threading.Lock()
 
 
 def _new_token() -> str:
-    """A partial's token: its writer's ``staging_tag`` (cas/holders.py) and 64 random bits, so
+    """A partial's token: its writer's ``staging_tag`` (storage/processes.py) and 64 random bits, so
     that cleanup and other downloads tell from the name alone whether its writer is gone."""
     return f"{staging_tag()}{uuid.uuid4().hex[:16]}"
 
 
 def _owner_gone(name: str, meta: dict[str, Any]) -> bool:
     """Whether the partial named ``name`` has no live writer (so it may be claimed): its writer
-    is provably dead (cas/holders.py), or is this process and no longer writing it."""
+    is provably dead (cas/storage/processes.py), or is this process and no longer writing it."""
     if written_by_this_process(name):
         with _ACTIVE_LOCK:
             return meta.get("token") not in _ACTIVE
@@ -989,7 +994,7 @@ class _Partial:
             if meta is None or meta.get("url") != url or not _owner_gone(meta_path.name, meta):
                 continue
             data_path = meta_path.with_suffix(".part")
-            if not meta.get("validator"):  # (a dead owner's is of this boot: cas/holders.py)
+            if not meta.get("validator"):  # (a dead owner's is of this boot: storage/processes.py)
                 _remove(data_path, meta_path)  # not resumable: debris of a dead download
                 continue
             try:

@@ -21,7 +21,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from .settings import Settings
+from cas.settings import Settings
 
 
 class Counter(StrEnum):
@@ -87,7 +87,7 @@ class Stats:
     #: reclaims it) and puts in progress. Size-based cleanup counts these bytes as stored.
     staging_files: int = 0
     staging_bytes: int = 0
-    #: What verify moved to ``quarantine/`` and cleanup has not yet removed (cas/cleanup.py).
+    #: What verify moved to ``quarantine/`` and cleanup has not yet removed (cas/ops/cleanup.py).
     quarantine_files: int = 0
     quarantine_bytes: int = 0
 

@@ -30,8 +30,8 @@ from typing import BinaryIO, cast
 
 import blake3
 
-from .errors import StoreError
-from .holders import staging_tag, written_by_dead_process
+from cas.errors import StoreError
+from cas.storage.processes import staging_tag, written_by_dead_process
 
 #: Bytes read and hashed at a time while staging: bounded memory, large enough for speed.
 CHUNK_SIZE = 1 << 20
@@ -475,7 +475,7 @@ class BlobStore:
     def debris(self, older_than: float = STAGING_MAX_AGE) -> list[os.DirEntry[str]]:
         """Entries of ``tmp/`` (not its ``locks/``) that no live writer will use: untouched for
         ``older_than`` seconds, staged or partly downloaded by a process that is provably gone
-        (killed; cas/holders.py), or symlinks (cas makes none, here or in ``locks/``)."""
+        (killed; cas/storage/processes.py), or symlinks (cas makes none, here or in ``locks/``)."""
         cutoff = time.time() - older_than
         old = []
         self.tmp.fd()  # StoreError for a symlink in place of tmp/: nothing is listed through it

@@ -19,15 +19,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .download import check_url
-from .errors import CasError, NotFound, UsageError
-from .fetch import Fetched, expectation
-from .progress import TotalBar, TransferBar
-from .refs import check_name
-from .urls import redact
+from cas.errors import CasError, NotFound, UsageError
+from cas.ops.fetch import Fetched, expectation
+from cas.progress import TotalBar, TransferBar
+from cas.refs import check_name
+from cas.transfer.download import check_url
+from cas.urls import redact
 
 if TYPE_CHECKING:
-    from .store import Store
+    from cas.store import Store
 
 log = logging.getLogger("cas")
 

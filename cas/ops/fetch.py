@@ -1,6 +1,6 @@
 """Fetching into the store: serve what is already known, else download once, verify, publish.
 
-Policy over two mechanisms: cas/download.py moves and verifies bytes, the catalog knows what is
+Policy over two mechanisms: transfer/download.py moves and verifies bytes, the catalog knows what is
 stored. A fetch is answered without network when its expected BLAKE3 is stored, when its
 expected SHA-256 was seen before for a stored blob (the ``aliases`` table), or, when it expects
 no digest, when the URL's last content is still stored (the ``sources`` table). Otherwise one
@@ -24,17 +24,17 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import queries as q
-from .blobs import CHUNK_SIZE, BlobStore
-from .catalog import Catalog, Connection
-from .download import Download, Downloader, Expected, Progress, check_url
-from .errors import DownloadError, IntegrityError, StoreError, UsageError
-from .metrics import Counter
-from .refs import check_digest, check_name
-from .urls import redact
+from cas.errors import DownloadError, IntegrityError, StoreError, UsageError
+from cas.refs import check_digest, check_name
+from cas.storage import queries as q
+from cas.storage.blobs import CHUNK_SIZE, BlobStore
+from cas.storage.catalog import Catalog, Connection
+from cas.storage.metrics import Counter
+from cas.transfer.download import Download, Downloader, Expected, Progress, check_url
+from cas.urls import redact
 
 if TYPE_CHECKING:
-    from .tier import RemoteTier
+    from cas.ops.tier import RemoteTier
 
 log = logging.getLogger("cas")
 
@@ -69,7 +69,7 @@ class Fetcher:
         self._blobs = blobs
         self._catalog = catalog
         self.downloader = downloader
-        #: The shared remote tier (issue 8, cas/tier.py), tried before the origin; set by the
+        #: The shared remote tier (issue 8, cas/ops/tier.py), tried before the origin; set by the
         #: store when the ``remote`` setting names one.
         self.tier: RemoteTier | None = None
 

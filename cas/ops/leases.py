@@ -1,6 +1,6 @@
 """Leases: explicit "in use" records that eviction respects (guarantee 3).
 
-A lease names its holder (this process: its place, pid and start time, cas/holders.py) and an
+A lease names its holder (this process: its place, pid and start time, storage/processes.py) and an
 expiry. While the store is open, a keeper thread renews this process's leases every third of
 ``lease_ttl``, so a live holder never loses one; a holder provably dead (of this host, boot and
 PID namespace) loses its leases at once, and any other's simply expire. ``dead_leases`` is the
@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import queries as q
-from .holders import Holder, is_dead, place, this_process
+from cas.storage import queries as q
+from cas.storage.processes import Holder, is_dead, place, this_process
 
 if TYPE_CHECKING:
-    from .catalog import Catalog, Connection
+    from cas.storage.catalog import Catalog, Connection
 
 log = logging.getLogger("cas")
 

@@ -17,10 +17,10 @@ import os
 import re
 from pathlib import Path
 
-from .blobs import BlobStore
-from .catalog import Catalog, damaged_catalog, refuse_links
-from .errors import CatalogError, StoreError
-from .settings import Settings
+from cas.errors import CatalogError, StoreError
+from cas.settings import Settings
+from cas.storage.blobs import BlobStore
+from cas.storage.catalog import Catalog, damaged_catalog, refuse_links
 
 log = logging.getLogger("cas")
 

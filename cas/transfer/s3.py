@@ -1,7 +1,7 @@
 """The remote tier's storage: blobs and small records in an S3-compatible bucket.
 
-Mechanism only, like cas/download.py: this module knows nothing of the catalog. The policy (when
-to read through, what to push) is cas/tier.py. Layout under ``s3://bucket/prefix``:
+Mechanism only, like download.py: this module knows nothing of the catalog. The policy (when
+to read through, what to push) is cas/ops/tier.py. Layout under ``s3://bucket/prefix``:
 
     <prefix>/blobs/ab/<digest>           the content, keyed by its BLAKE3 digest
     <prefix>/names/<quoted name>.json    a ``NameRecord``: digest, size, source URL, sha256
@@ -43,10 +43,10 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 from urllib.parse import quote, unquote, urlsplit
 
-from .blobs import BlobStore
-from .download import Download, check_url
-from .errors import CasError, IntegrityError, NotFound, RemoteError, UsageError
-from .refs import check_digest, check_name
+from cas.errors import CasError, IntegrityError, NotFound, RemoteError, UsageError
+from cas.refs import check_digest, check_name
+from cas.storage.blobs import BlobStore
+from cas.transfer.download import Download, check_url
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -167,7 +167,7 @@ class Remote:
         self._bucket_seen = False
 
     def __repr__(self) -> str:
-        return f"<cas.remote.Remote {self.url!r}>"
+        return f"<cas.transfer.s3.Remote {self.url!r}>"
 
     # -- the client ------------------------------------------------------------------------------
 
@@ -190,7 +190,7 @@ class Remote:
                 f"remote {self.url} needs boto3: pip install 'cas[s3]'",
                 url=self.url, permanent=True,
             ) from error  # fmt: skip
-        from . import __version__
+        from cas import __version__
 
         config = Config(
             retries={"mode": "standard", "total_max_attempts": self.retries + 1},

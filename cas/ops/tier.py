@@ -1,7 +1,7 @@
 """The remote tier's policy (issue 8): read-through, push after the origin, push and pull.
 
 A store whose ``remote`` setting names an ``s3://bucket/prefix`` shares fixtures with every other
-store that names it. cas/remote.py moves and verifies the bytes; this module decides when:
+store that names it. cas/transfer/s3.py moves and verifies the bytes; this module decides when:
 
 - Read-through. A fetch that misses locally and knows the content it expects (a BLAKE3 digest,
   or a SHA-256 that the store or the remote maps to one) tries the remote before the origin
@@ -34,11 +34,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar, cast
 
-from . import queries as q
-from .blobs import BlobStore
-from .catalog import Catalog, Connection
-from .download import Expected
-from .errors import (
+from cas.errors import (
     CasError,
     IntegrityError,
     NotFound,
@@ -46,13 +42,17 @@ from .errors import (
     StoreError,
     UsageError,
 )
-from .fetch import Fetched, Fetcher
-from .metrics import Counter
-from .refs import check_name, is_digest
-from .remote import NameRecord, Remote
+from cas.ops.fetch import Fetched, Fetcher
+from cas.refs import check_name, is_digest
+from cas.storage import queries as q
+from cas.storage.blobs import BlobStore
+from cas.storage.catalog import Catalog, Connection
+from cas.storage.metrics import Counter
+from cas.transfer.download import Expected
+from cas.transfer.s3 import NameRecord, Remote
 
 if TYPE_CHECKING:
-    from .manifest import Fixture
+    from cas.ops.manifest import Fixture
 
 log = logging.getLogger("cas")
 
@@ -297,7 +297,7 @@ class RemoteTier:
         report = TransferReport("pulled", "in the store")
         items: list[_Item] = []
         if manifest is not None:
-            from . import manifest as manifests
+            from cas.ops import manifest as manifests
 
             for fixture in manifests.load(manifest):
                 items.append((fixture.name, partial(self._pull_fixture, fixture)))

@@ -7,7 +7,7 @@ What is found (a ``Finding`` kind) and what is done about it (`cas verify`, SPEC
               names stay, and the digest is recorded as damaged
     corrupt   a file whose content or size is not what its name and row say: the file moves to
               ``quarantine/`` (kept 30 days for a person to look at, then removed by
-              cleanup: cas/cleanup.py), then as for a missing one
+              cleanup: cas/ops/cleanup.py), then as for a missing one
     orphan    a file without a row whose content matches its name: adopted (a row is added)
     stray     a file without a row that does not match, or any other entry under ``blobs/``:
               moved to ``quarantine/``
@@ -27,7 +27,7 @@ exit with status 4.
 Quick mode checks that each blob exists with its row's size and mode, and rehashes only files
 whose stat signature changed since they were last verified (an edit in place changes mtime or
 ctime). Full mode rehashes every blob, the least recently verified first, on a thread pool of
-one thread more than the cores, blake3 mapping each file without the GIL (cas/blobs.py
+one thread more than the cores, blake3 mapping each file without the GIL (cas/storage/blobs.py
 ``hash_fd``: within 1.1x of b3sum); a ``budget`` stops it when spent and the next run continues
 where it stopped, as the catalog records when each blob was verified.
 
@@ -49,13 +49,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from . import queries as q
-from .blobs import BLOB_MODE, BlobStore, Found, signature, unchanged
-from .catalog import Catalog, Connection, damaged_catalog
-from .download import Progress
-from .errors import CasError, StoreError, UsageError
-from .leases import dead_leases
-from .metrics import Counter
+from cas.errors import CasError, StoreError, UsageError
+from cas.ops.leases import dead_leases
+from cas.storage import queries as q
+from cas.storage.blobs import BLOB_MODE, BlobStore, Found, signature, unchanged
+from cas.storage.catalog import Catalog, Connection, damaged_catalog
+from cas.storage.metrics import Counter
+from cas.transfer.download import Progress
 
 log = logging.getLogger("cas")
 

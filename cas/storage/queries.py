@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from typing import Any, NamedTuple, TypeVar
 
-from .catalog import Catalog, Connection
-from .refs import is_digest
-from .urls import redact, redact_optional
+from cas.refs import is_digest
+from cas.storage.catalog import Catalog, Connection
+from cas.urls import redact, redact_optional
 
 # -- queries: every statement about blobs and names lives here ------------------------------------
 
@@ -219,7 +219,7 @@ class LeaseRow(NamedTuple):
 
 def leases_of_host(conn: Connection, place: str, now: float) -> list[LeaseRow]:
     """Unexpired leases held by processes of ``place`` (the ``host`` column holds a holder's
-    place, cas/holders.py)."""
+    place, cas/storage/processes.py)."""
     return list(map(LeaseRow._make, conn.execute(
         "SELECT id, pid, started FROM leases WHERE host = ? AND expires > ?", (place, now)
     )))
@@ -396,7 +396,7 @@ class VerifyRow(NamedTuple):
     digest: str
     size: int
     verified: float | None  #: when its content was last hashed and right; None: never
-    signature: str | None  #: its file's stat signature then (cas/blobs.py ``signature``)
+    signature: str | None  #: its file's stat signature then (cas/storage/blobs.py ``signature``)
 
 
 def verify_rows(conn: Connection) -> dict[str, VerifyRow]:
