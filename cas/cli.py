@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from cas import __version__
 from cas.errors import CasError, IntegrityError, InUse, UsageError
 from cas.ops import eviction
 from cas.settings import (
@@ -149,7 +150,7 @@ pass_context = click.make_pass_decorator(Context)
 @click.option("-v", "--verbose", count=True, help="Say more (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True,
               help="Only errors and results (digests, paths, listings): no summaries or bars.")
-@click.version_option(package_name="cas", prog_name="cas")
+@click.version_option(__version__, prog_name="cas")
 @click.pass_context
 def cli(
     ctx: click.Context,

@@ -93,7 +93,7 @@ def test_fetch_stores_verifies_and_identifies_itself(fstore: cas.Store, server: 
     assert digest == _b3(BODY)
     assert fstore.read_bytes(digest) == BODY
     request = server.seen("/a.bin")[0]
-    assert request.headers["user-agent"] == f"cas/{cas.__version__}"
+    assert request.headers["user-agent"] == f"cas-fixtures/{cas.__version__}"
     assert request.headers["accept-encoding"] == "identity"
     assert seen[-1] == (len(BODY), len(BODY))
     assert_holds(fstore.root, BODY)

@@ -775,5 +775,5 @@ def test_without_boto3_the_origin_serves_with_one_warning(
             assert store.fetch(url, blake3=_b3(BODY + bytes([n]))) == _b3(BODY + bytes([n]))
         report = store.push()
     warnings = cas_warnings(caplog)
-    assert len(warnings) == 1 and "pip install 'cas[s3]'" in warnings[0]
+    assert len(warnings) == 1 and "pip install 'cas-fixtures[s3]'" in warnings[0]
     assert report.failed == {}  # nothing named: nothing to push

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cas.storage import queries as q
-from cas.storage.processes import Holder, is_dead, place, this_process
+from cas.storage.processes import Holder, forks, is_dead, place, this_process
 
 if TYPE_CHECKING:
     from cas.storage.catalog import Catalog, Connection
@@ -67,6 +67,7 @@ class LeaseKeeper:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self.holder: Holder = this_process()
+        self._forks = forks()
 
     def acquire(self, conn: Connection, digest: str) -> int:
         """Record a new lease on ``digest`` inside the caller's write transaction."""
@@ -120,13 +121,13 @@ class LeaseKeeper:
                 log.exception("renewing leases failed")
 
     def _current_holder(self) -> Holder:
-        holder = this_process()
-        if holder != self.holder:  # forked: the child is a holder of its own
-            self.holder = holder
+        if forks() != self._forks:  # forked: the child is a holder of its own
+            self.holder = this_process()
+            self._forks = forks()
             with self._lock:
                 self._held = set()
                 self._thread = None
-        return holder
+        return self.holder
 
 
 def dead_leases(conn: Connection, now: float) -> list[int]:

@@ -46,6 +46,7 @@ from sqlalchemy.pool import QueuePool
 from cas.errors import CatalogError, StoreError
 from cas.storage.blobs import Folder, open_lock
 from cas.storage.metrics import Counter
+from cas.storage.processes import forks
 
 log = logging.getLogger("cas")
 
@@ -71,19 +72,6 @@ REMEMBERED_LOOKUPS = 20_000
 #: What a transaction function receives: the DBAPI connection, inside its transaction.
 Connection = sqlite3.Connection
 
-
-class _Forks:
-    """How many times this process's lineage forked: a child must not reuse its parent's
-    connections, and comparing a number is cheaper than a getpid() per look-up."""
-
-    count = 0
-
-    @classmethod
-    def forked(cls) -> None:
-        cls.count += 1
-
-
-os.register_at_fork(after_in_child=_Forks.forked)
 
 
 def _schema_text() -> str:
@@ -313,7 +301,7 @@ class Catalog:
         )  # fmt: skip
         event.listen(self.engine, "connect", self._on_connect)
         self._pending = _Pending()
-        self._forks = _Forks.count
+        self._forks = forks()
         self._lookups = _Lookups(self._take, enabled=not read_only)
         self._next_flush = 0.0  # monotonic time before which reads do not try to flush
         self._wrote = False  # whether a write transaction of this catalog committed
@@ -331,13 +319,13 @@ class Catalog:
     def _check_fork(self) -> None:
         """In a forked child, forget the parent's connections and waiting writes, which the
         parent closes and writes itself."""
-        if _Forks.count != self._forks:
+        if forks() != self._forks:
             self.engine.dispose(close=False)
             self._kept = queue.SimpleQueue()
             # New ones rather than clear(): another thread may have held their lock at the fork.
             self._pending = _Pending()
             self._lookups = _Lookups(self._take, enabled=not self.read_only)
-            self._forks = _Forks.count
+            self._forks = forks()
 
     def _take(self) -> tuple[Any, sqlite3.Connection]:
         """A connection out of the kept ones, or from SQLAlchemy's pool: the pool's own entry

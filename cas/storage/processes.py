@@ -25,6 +25,23 @@ import socket
 from dataclasses import dataclass
 from functools import cache
 
+_forks = 0
+
+
+def _forked() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def forks() -> int:
+    """How many times this process's lineage forked: the one way every part of cas tells that
+    it runs in a forked child, which must not reuse its parent's connections, sockets, clients
+    or leases. Comparing a number is cheaper than a getpid() on a hot path."""
+    return _forks
+
 
 @dataclass(frozen=True)
 class Holder:

@@ -76,11 +76,13 @@ from cas.storage.blobs import (
     start_writeback,
 )
 from cas.storage.processes import (
+    forks,
     staging_tag,
     this_process,
     written_by_dead_process,
     written_by_this_process,
 )
+from cas.transfer import USER_AGENT
 from cas.urls import split_credentials
 
 log = logging.getLogger("cas")
@@ -160,12 +162,8 @@ class Downloader:
         max_size: int | None = None,
         ca_bundle: str | os.PathLike[str] | None = None,
         lock: bool = True,
-        user_agent: str | None = None,
+        user_agent: str = USER_AGENT,
     ) -> None:
-        if user_agent is None:
-            from cas import __version__  # here, not at import: cas/__init__ imports this module
-
-            user_agent = f"cas/{__version__}"
         # Partials, sidecars and locks are made relative to these folders' descriptors, opened
         # without following links (storage/blobs.py): a tmp/ swapped for a symlink is not written.
         # The store hands over its own Folders (which make a deleted folder again).
@@ -188,7 +186,7 @@ class Downloader:
         self._headers = {"User-Agent": user_agent, "Accept-Encoding": "identity"}
         self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
         self._ca_certs = os.fspath(ca_bundle) if ca_bundle is not None else None
-        self._pid = os.getpid()
+        self._forks = forks()
         self._pool = self._new_pool()
 
     def _new_pool(self) -> urllib3.PoolManager:
@@ -200,9 +198,9 @@ class Downloader:
 
     def _check_fork(self) -> None:
         # A forked child must not talk over its parent's pooled keep-alive sockets.
-        if os.getpid() != self._pid:
+        if forks() != self._forks:
             self._pool = self._new_pool()
-            self._pid = os.getpid()
+            self._forks = forks()
 
     def close(self) -> None:
         """Close pooled connections."""

@@ -34,7 +34,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -46,6 +45,8 @@ from urllib.parse import quote, unquote, urlsplit
 from cas.errors import CasError, IntegrityError, NotFound, RemoteError, UsageError
 from cas.refs import check_digest, check_name
 from cas.storage.blobs import BlobStore
+from cas.storage.processes import forks
+from cas.transfer import USER_AGENT
 from cas.transfer.download import Download, check_url
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ class Remote:
         self.transfer = transfer or Transfer()
         self._client = client
         self._own_client = client is None
-        self._pid = os.getpid()
+        self._forks = forks()
         self._lock = threading.Lock()
         self._bucket_seen = False
 
@@ -176,9 +177,9 @@ class Remote:
         """The boto3 S3 client, built on first use."""
         with self._lock:
             # A forked child must not talk over its parent's pooled connections.
-            if self._own_client and (self._client is None or os.getpid() != self._pid):
+            if self._own_client and (self._client is None or forks() != self._forks):
                 self._client = self._new_client()
-                self._pid = os.getpid()
+                self._forks = forks()
             return cast("S3Client", self._client)
 
     def _new_client(self) -> S3Client:
@@ -187,17 +188,16 @@ class Remote:
             from botocore.config import Config
         except ImportError as error:
             raise RemoteError(
-                f"remote {self.url} needs boto3: pip install 'cas[s3]'",
+                f"remote {self.url} needs boto3: pip install 'cas-fixtures[s3]'",
                 url=self.url, permanent=True,
             ) from error  # fmt: skip
-        from cas import __version__
 
         config = Config(
             retries={"mode": "standard", "total_max_attempts": self.retries + 1},
             connect_timeout=self.timeout,
             read_timeout=self.timeout,
             max_pool_connections=max(10, self.transfer.concurrency + 2),
-            user_agent_extra=f"cas/{__version__}",
+            user_agent_extra=USER_AGENT,
         )
         # A session of its own: boto3's default session is not thread-safe to create clients.
         client = boto3.session.Session().client("s3", config=config)
