@@ -1,0 +1,104 @@
+"""The root's layout: every folder and file name under a store's root, in one place.
+
+    <root>/catalog.db            the catalog (WAL: -wal and -shm beside it)
+    <root>/config.toml           optional settings
+    <root>/blobs/ab/<digest>     one read-only file per blob
+    <root>/tmp/                  staging: put-<tag>…, dl-<key>-<token>.part and its .json sidecar
+    <root>/tmp/locks/            setup.lock, dl-<key>.lock (single flight of a download)
+    <root>/quarantine/           blobs verify found damaged, kept for a while
+
+Everything that builds a path under the root (the storage layer, the transfers, the tests)
+asks this module, so the on-disk format has one owner. The names themselves never change:
+they are the on-disk format that older and newer cas versions share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+CATALOG = "catalog.db"
+CONFIG = "config.toml"
+BLOBS = "blobs"
+TMP = "tmp"
+LOCKS = "locks"
+QUARANTINE = "quarantine"
+SETUP_LOCK = "setup.lock"
+
+#: Staging files of puts start with this, then the writer's staging tag (storage/processes.py).
+PUT_PREFIX = "put-"
+#: Partial downloads, their sidecars and their single-flight locks start with this.
+DOWNLOAD_PREFIX = "dl-"
+PARTIAL_SUFFIX = ".part"
+SIDECAR_SUFFIX = ".json"
+LOCK_SUFFIX = ".lock"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one store's root."""
+
+    root: Path
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / CATALOG
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+    @property
+    def blobs(self) -> Path:
+        return self.root / BLOBS
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / TMP
+
+    @property
+    def locks(self) -> Path:
+        return self.root / TMP / LOCKS
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / QUARANTINE
+
+    @property
+    def setup_lock(self) -> Path:
+        return self.locks / SETUP_LOCK
+
+    def blob(self, digest: str) -> Path:
+        """Where the blob ``digest`` lives (``blobs/ab/<digest>``)."""
+        return self.blobs / shard_of(digest) / digest
+
+    def folders(self) -> list[Path]:
+        """The folders a writable store needs, parents first."""
+        return [self.root, self.blobs, self.tmp, self.locks]
+
+
+def shard_of(digest: str) -> str:
+    """The ``blobs/`` sub-folder of a digest: its first two hex digits."""
+    return digest[:2]
+
+
+def blob_location(blobs_prefix: str, digest: str) -> str:
+    """``blob`` as a string, for the hot look-up path (a Path costs more than the lstat);
+    ``blobs_prefix`` is ``str(layout.blobs) + os.sep``."""
+    return f"{blobs_prefix}{digest[:2]}{os.sep}{digest}"
+
+
+def download_key(key: str) -> str:
+    """The file-name stem for a download of ``key`` (a URL or an expected digest): partials
+    are ``<stem>-<token>.part``, their single-flight lock ``locks/<stem>.lock``."""
+    return DOWNLOAD_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def partial_name(stem: str, token: str) -> str:
+    return f"{stem}-{token}{PARTIAL_SUFFIX}"
+
+
+def lock_name(stem: str) -> str:
+    return f"{stem}{LOCK_SUFFIX}"
