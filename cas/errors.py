@@ -18,6 +18,8 @@ names the problem.
 
 from __future__ import annotations
 
+import errno
+
 
 class CasError(Exception):
     """Base of every error cas raises on purpose."""
@@ -108,3 +110,16 @@ class RemoteError(DownloadError):
     ) -> None:
         super().__init__(message, url=url, status=status, attempts=attempts)
         self.permanent = permanent
+
+
+def os_error(error: OSError, doing: str) -> StoreError:
+    """The one translation of an OSError met on this machine's disk into a one-line error:
+    ``doing`` says what failed ("cannot store x"), the rest why. Every layer that touches the
+    disk raises through this, so the wording is the same wherever a disk fills up.
+    """
+    if error.errno == errno.ENOSPC:
+        return StoreError(f"{doing}: no space left on the device; nothing was changed")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = f" ({error.filename})" if error.filename else ""
+        return StoreError(f"{doing}: {error.strerror}{where}; nothing was changed")
+    return StoreError(f"{doing}: {error.strerror or error}")

@@ -9,7 +9,6 @@ crash leaves at most a file without a row, never a row without its file.
 from __future__ import annotations
 
 import contextlib
-import errno
 import functools
 import inspect
 import logging
@@ -30,6 +29,7 @@ from cas.errors import (
     NotFound,
     StoreError,
     UsageError,
+    os_error,
 )
 from cas.ops import eviction
 from cas.ops.cleanup import Cleaner
@@ -293,7 +293,7 @@ class Store:
                         if not alone:
                             sync_staged()
         except OSError as error:
-            raise _os_error(error, "cannot store the content") from error
+            raise os_error(error, "cannot store the content") from error
         finally:
             for each in staged:
                 if each is not None:
@@ -558,7 +558,7 @@ class Store:
         try:
             fetched = self._fetcher.fetch(url, **options)
         except OSError as error:  # e.g. the lock or staging file of a full or read-only disk
-            raise _os_error(error, f"cannot fetch {url}") from error
+            raise os_error(error, f"cannot fetch {url}") from error
         if fetched.stored is not None:
             self._cleanup_if_needed(fetched.stored)
         return fetched
@@ -819,12 +819,3 @@ def _digest_of(data: bytes | bytearray | memoryview) -> str:
     digest = hasher()
     digest.update(data)
     return str(digest.hexdigest())
-
-
-def _os_error(error: OSError, doing: str) -> CasError:
-    """Translate an OSError met while writing into a one-line CasError."""
-    if error.errno == errno.ENOSPC:
-        return StoreError(f"{doing}: no space left on the device; nothing was changed")
-    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return StoreError(f"{doing}: {error.strerror} ({error.filename}); nothing was changed")
-    return StoreError(f"{doing}: {error.strerror or error}")
