@@ -24,7 +24,7 @@ from cas.ops import manifest
 from cas.ops.fetch import expectation
 from cas.ops.leases import Lease
 from cas.store import Store
-from cas.transfer.download import Expected
+from cas.transfer.request import Expected
 from cas.urls import redact
 
 

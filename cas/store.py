@@ -49,7 +49,8 @@ from cas.storage.blobs import BlobStore, Staged, hasher
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.metrics import Counter, Stats, Usage, quarantined, staging_debris, staging_usage
 from cas.storage.opening import open_files
-from cas.transfer.download import Downloader, Progress
+from cas.transfer.http import Downloader
+from cas.transfer.request import Progress
 
 if TYPE_CHECKING:
     from cas.ops.tier import RemoteTier, TransferReport

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 import cas
 import cas.ops.manifest
-from cas.transfer.download import Downloader
+from cas.transfer.http import Downloader
 
 from .conftest import blob_files, run_cas
 from .httpserver import Reply, Server, serve
@@ -607,7 +607,7 @@ def test_https_redirect_to_plain_http_is_refused(root: Path, tls_server: Server,
 CHILD = textwrap.dedent("""
     import pathlib, sys, time
     import cas
-    from cas.transfer.download import Downloader
+    from cas.transfer.http import Downloader
     root, url, lock, ready, go = sys.argv[1:6]
     store = cas.Store.open(root)
     tmp = store.root / "tmp"
@@ -782,7 +782,7 @@ def test_download_lock_files_do_not_pile_up(fstore: cas.Store, server: Server) -
 
 LOCKER = textwrap.dedent("""
     import pathlib, sys
-    from cas.transfer.download import Downloader
+    from cas.transfer.http import Downloader
     tmp, counter, rounds = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
     downloader = Downloader(tmp, tmp / "locks")
     for _ in range(rounds):

@@ -30,7 +30,7 @@ from cas.storage.processes import (
     start_time,
     written_by_dead_process,
 )
-from cas.transfer.download import Downloader
+from cas.transfer.http import Downloader
 
 from .conftest import run_cas
 from .httpserver import Reply, Server, serve

@@ -30,7 +30,8 @@ from cas.storage import queries as q
 from cas.storage.blobs import CHUNK_SIZE, BlobStore
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.metrics import Counter
-from cas.transfer.download import Download, Downloader, Expected, Progress, check_url
+from cas.transfer.http import Downloader
+from cas.transfer.request import Download, Expected, Progress, check_url
 from cas.urls import redact
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from cas.errors import CasError, NotFound, UsageError
 from cas.ops.fetch import Fetched, expectation
 from cas.progress import TotalBar, TransferBar
 from cas.refs import check_name
-from cas.transfer.download import check_url
+from cas.transfer.request import check_url
 from cas.urls import redact
 
 if TYPE_CHECKING:

@@ -48,7 +48,7 @@ from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.metrics import Counter
-from cas.transfer.download import Expected
+from cas.transfer.request import Expected
 from cas.transfer.s3 import NameRecord, Remote
 
 if TYPE_CHECKING:

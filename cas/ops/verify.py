@@ -55,7 +55,7 @@ from cas.storage import queries as q
 from cas.storage.blobs import BLOB_MODE, BlobStore, Found, signature, unchanged
 from cas.storage.catalog import Catalog, Connection, damaged_catalog
 from cas.storage.metrics import Counter
-from cas.transfer.download import Progress
+from cas.transfer.request import Progress
 
 log = logging.getLogger("cas")
 

@@ -33,6 +33,8 @@ PUT_PREFIX = "put-"
 DOWNLOAD_PREFIX = "dl-"
 PARTIAL_SUFFIX = ".part"
 SIDECAR_SUFFIX = ".json"
+#: A sidecar being rewritten, before it is renamed over the sidecar (never read).
+SIDECAR_SCRATCH_SUFFIX = ".json-new"
 LOCK_SUFFIX = ".lock"
 
 
@@ -98,6 +100,11 @@ def download_key(key: str) -> str:
 
 def partial_name(stem: str, token: str) -> str:
     return f"{stem}-{token}{PARTIAL_SUFFIX}"
+
+
+def sidecar_name(partial: str) -> str:
+    """The sidecar record beside the partial download named ``partial`` (``….json``)."""
+    return partial.removesuffix(PARTIAL_SUFFIX) + SIDECAR_SUFFIX
 
 
 def lock_name(stem: str) -> str:

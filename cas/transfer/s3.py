@@ -47,7 +47,7 @@ from cas.refs import check_digest, check_name
 from cas.storage.blobs import BlobStore
 from cas.storage.processes import forks
 from cas.transfer import USER_AGENT
-from cas.transfer.download import Download, check_url
+from cas.transfer.request import Download, check_url
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
