@@ -35,7 +35,8 @@ import boto3  # noqa: E402
 import cas  # noqa: E402
 from cas.errors import RemoteError  # noqa: E402
 from cas.refs import MAX_NAME_LENGTH, check_name  # noqa: E402
-from cas.transfer.s3 import NAME_KEY_MAX, NameRecord, Remote, Transfer  # noqa: E402
+from cas.transfer.s3 import Remote, Transfer  # noqa: E402
+from cas.transfer.s3_records import NAME_KEY_MAX, NameRecord  # noqa: E402
 
 from .conftest import blob_files, run_cas  # noqa: E402
 from .httpserver import Server, serve  # noqa: E402

@@ -49,7 +49,8 @@ from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.metrics import Counter
 from cas.transfer.request import Expected
-from cas.transfer.s3 import NameRecord, Remote
+from cas.transfer.s3 import Remote
+from cas.transfer.s3_records import NameRecord
 
 if TYPE_CHECKING:
     from cas.ops.manifest import Fixture
