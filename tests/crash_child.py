@@ -109,6 +109,7 @@ def _work(root: str, base_url: str, focus: str, phase: int, seed: int) -> None:
 def main() -> None:
     root, base_url, focus, phase_file = sys.argv[1:5]
     phase = os.open(phase_file, os.O_RDWR | os.O_CREAT, 0o600)
+    assert cas.Store  # cas loads its names lazily: import the store once here, not per worker
     print("ready", flush=True)
     for line in sys.stdin:
         words = line.split()
