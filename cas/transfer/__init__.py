@@ -1,4 +1,16 @@
-"""Bytes from elsewhere into staging (HTTP origins, S3 buckets); never touches the catalog."""
+"""Bytes from elsewhere into staging (HTTP origins, S3 buckets); never touches the catalog.
+
+    request.py     what a transfer is asked for and hands back (light: no HTTP client)
+    http.py        the Downloader: one HTTP(S) transfer, its attempts and its bounds
+    retry.py       which failures are retried, backoff, the shared budget, one-line reasons
+    responses.py   whole-header responses; Content-Range, validators, redirect checks
+    partial.py     resumable partial downloads: the file, its hashers, its sidecar
+    flight.py      single flight: lock files, heartbeat, going on past a stalled holder
+    s3.py          the remote tier's bucket: has, get and put of blobs and records
+    s3_records.py  the bucket's keys and records (light)
+    s3_stream.py   a remote blob's bytes on their way into staging
+    s3_errors.py   botocore's errors translated, and the window for its retries
+"""
 
 from cas import DISTRIBUTION, __version__
 
