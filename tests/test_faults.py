@@ -22,7 +22,7 @@ import blake3
 import pytest
 
 import cas
-import cas.storage.blobs
+import cas.storage.hashing
 import cas.storage.opening
 
 from .conftest import run_cas
@@ -154,15 +154,15 @@ def test_full_disk_refuses_writes_in_one_line_and_still_serves_reads(small_disk:
 
 def test_enospc_injected_at_the_staging_write(kept_root: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """ENOSPC in the middle of writing a staging file (the seam: blobs._write_all) is one
+    """ENOSPC in the middle of writing a staging file (the seam: hashing.write_all) is one
     StoreError saying so; nothing is staged or stored."""
-    real_write = cas.storage.blobs._write_all
+    real_write = cas.storage.hashing.write_all
 
     def half_then_full(fd: int, data: bytes | bytearray | memoryview) -> None:
         real_write(fd, memoryview(data)[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cas.storage.blobs, "_write_all", half_then_full)
+    monkeypatch.setattr(cas.storage.hashing, "write_all", half_then_full)
     with cas.Store.open(kept_root) as store:
         with pytest.raises(cas.StoreError, match=r"no space left.*nothing was changed"):
             store.put(os.urandom(100_000), name="new")

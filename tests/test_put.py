@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cas
-from cas.storage.blobs import CHUNK_SIZE
+from cas.storage.hashing import CHUNK_SIZE
 
 from .conftest import blob_files
 from .strategies import BOUNDARY_SIZES, contents, names

@@ -696,11 +696,12 @@ def test_durable_staging_writes_behind(tmp_path: Path, monkeypatch: pytest.Monke
     import io
 
     import cas.storage.blobs
+    import cas.storage.hashing
 
     started: list[tuple[int, int]] = []
-    real = cas.storage.blobs.start_writeback
-    monkeypatch.setattr(cas.storage.blobs, "WRITE_BEHIND", MiB)
-    monkeypatch.setattr(cas.storage.blobs, "start_writeback",
+    real = cas.storage.hashing.start_writeback
+    monkeypatch.setattr(cas.storage.hashing, "WRITE_BEHIND", MiB)
+    monkeypatch.setattr(cas.storage.hashing, "start_writeback",
                         lambda fd, offset, length: (started.append((offset, length)),
                                                     real(fd, offset, length)))  # fmt: skip
     data = os.urandom(3 * MiB + 10)
@@ -721,12 +722,12 @@ def test_a_full_disk_during_a_pull_leaves_nothing(
     a remote error), and leaves no staging file and no blob."""
     import errno
 
-    import cas.storage.blobs
+    import cas.storage.hashing
 
     with open_store(tmp_path / "a", remote_url) as first:
         first.put(BODY, name="a")
         first.push()
-    real = cas.storage.blobs._write_all
+    real = cas.storage.hashing.write_all
     writes: list[int] = []
 
     def full(fd: int, data: Any) -> None:
@@ -735,7 +736,7 @@ def test_a_full_disk_during_a_pull_leaves_nothing(
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fd, data)
 
-    monkeypatch.setattr(cas.storage.blobs, "_write_all", full)
+    monkeypatch.setattr(cas.storage.hashing, "write_all", full)
     with open_store(tmp_path / "b", remote_url) as second:
         report = second.pull(["a"])
     assert isinstance(report.failed["a"], cas.StoreError)

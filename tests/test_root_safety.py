@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cas
-from cas.storage.blobs import hasher
 from cas.storage.catalog import Catalog
+from cas.storage.hashing import hasher
 
 from .conftest import run_cas
 from .httpserver import Server, serve

@@ -335,14 +335,14 @@ def test_hashing_with_and_without_proc(tmp_path: Path, monkeypatch: pytest.Monke
                                        proc: bool) -> None:
     """Files are hashed right through /proc/self/fd and, where /proc is missing, through
     Python's mmap or reads."""
-    import cas.storage.blobs
+    import cas.storage.hashing
 
-    monkeypatch.setattr(cas.storage.blobs, "_PROC_FD", proc)
+    monkeypatch.setattr(cas.storage.hashing, "_PROC_FD", proc)
     for size in (0, 1, 1000, 65536, 300_000):
         data = os.urandom(size)
         (tmp_path / "f").write_bytes(data)
         fd = os.open(tmp_path / "f", os.O_RDONLY)
         try:
-            assert cas.storage.blobs.hash_fd(fd, size) == digest_of(data)
+            assert cas.storage.hashing.hash_fd(fd, size) == digest_of(data)
         finally:
             os.close(fd)

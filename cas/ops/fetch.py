@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 from cas.errors import DownloadError, IntegrityError, StoreError, UsageError
 from cas.refs import check_digest, check_name
 from cas.storage import queries as q
-from cas.storage.blobs import CHUNK_SIZE, BlobStore
+from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
+from cas.storage.hashing import CHUNK_SIZE
 from cas.storage.metrics import Counter
 from cas.transfer.download import Download, Downloader, Expected, Progress, check_url
 from cas.urls import redact

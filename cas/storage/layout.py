@@ -96,6 +96,17 @@ def download_key(key: str) -> str:
     return DOWNLOAD_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 
+def put_name(tag: str, token: str) -> str:
+    """The name of a put's staging file in ``tmp/``: its writer's staging tag, then a token."""
+    return f"{PUT_PREFIX}{tag}{token}"
+
+
+def quarantine_name(entry: str, stamp: str, token: str) -> str:
+    """The name in ``quarantine/`` of the entry ``entry`` of ``blobs/`` (``ab/<digest>``, a
+    path relative to ``blobs/``) moved there at ``stamp``: ``<stamp>-<token>-ab-<digest>``."""
+    return f"{stamp}-{token}-{entry.replace('/', '-')}"
+
+
 def partial_name(stem: str, token: str) -> str:
     return f"{stem}-{token}{PARTIAL_SUFFIX}"
 

@@ -65,16 +65,8 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
 from cas.errors import DownloadError, IntegrityError, UsageError
-from cas.storage.blobs import (
-    BLOB_MODE,
-    CHUNK_SIZE,
-    WRITE_BEHIND,
-    Folder,
-    Staged,
-    hasher,
-    open_lock,
-    start_writeback,
-)
+from cas.storage.folder import Folder, open_lock
+from cas.storage.hashing import CHUNK_SIZE, WRITE_BEHIND, hasher, start_writeback
 from cas.storage.processes import (
     forks,
     staging_tag,
@@ -82,6 +74,7 @@ from cas.storage.processes import (
     written_by_dead_process,
     written_by_this_process,
 )
+from cas.storage.staging import BLOB_MODE, Staged
 from cas.transfer import USER_AGENT
 from cas.urls import split_credentials
 
@@ -165,7 +158,7 @@ class Downloader:
         user_agent: str = USER_AGENT,
     ) -> None:
         # Partials, sidecars and locks are made relative to these folders' descriptors, opened
-        # without following links (storage/blobs.py): a tmp/ swapped for a symlink is not written.
+        # without following links (storage/folder.py): a tmp/ swapped for a symlink is not written.
         # The store hands over its own Folders (which make a deleted folder again).
         self._tmp = tmp_dir if isinstance(tmp_dir, Folder) else Folder(tmp_dir, mode=None)
         self._locks = (locks_dir if isinstance(locks_dir, Folder)
