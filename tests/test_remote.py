@@ -35,6 +35,7 @@ import boto3  # noqa: E402
 import cas  # noqa: E402
 from cas.errors import RemoteError  # noqa: E402
 from cas.refs import MAX_NAME_LENGTH, check_name  # noqa: E402
+from cas.storage.layout import LOCKS, Layout  # noqa: E402
 from cas.transfer.s3 import NAME_KEY_MAX, NameRecord, Remote, Transfer  # noqa: E402
 
 from .conftest import blob_files, run_cas  # noqa: E402
@@ -170,7 +171,7 @@ def assert_clean(root: Path, *contents: bytes) -> None:
     assert sorted(p.name for p in files) == sorted(_b3(c) for c in contents)
     for path in files:
         assert _b3(path.read_bytes()) == path.name
-    assert [p.name for p in (root / "tmp").iterdir() if p.name != "locks"] == []
+    assert [p.name for p in Layout(root).tmp.iterdir() if p.name != LOCKS] == []
 
 
 # -- sharing ---------------------------------------------------------------------------------------

@@ -70,9 +70,13 @@ class Layout:
     def setup_lock(self) -> Path:
         return self.locks / SETUP_LOCK
 
+    def shard(self, digest: str) -> Path:
+        """The folder of the blob ``digest`` (``blobs/ab``)."""
+        return self.blobs / shard_of(digest)
+
     def blob(self, digest: str) -> Path:
         """Where the blob ``digest`` lives (``blobs/ab/<digest>``)."""
-        return self.blobs / shard_of(digest) / digest
+        return self.shard(digest) / digest
 
     def folders(self) -> list[Path]:
         """The folders a writable store needs, parents first."""
