@@ -87,13 +87,11 @@ class BlobStore:
     def read_only(self, why: str | None) -> None:
         self.staging.read_only = why
 
-    # -- layout --------------------------------------------------------------------------------
+    # -- where blobs are, and reading them --------------------------------------------------------
 
     def location(self, digest: str) -> str:
-        """Where the blob ``digest`` lives: the one owner of the ``blobs/ab/<digest>`` scheme.
-
-        A string, because look-ups are hot and building a Path costs more than the lstat.
-        """
+        """Where the blob ``digest`` lives (``layout.blob_location``): a string, because
+        look-ups are hot and building a Path costs more than the lstat."""
         return blob_location(self._blobs_prefix, digest)
 
     def path_of(self, digest: str) -> Path:
@@ -286,7 +284,7 @@ class BlobStore:
             if folder_fd >= 0:
                 os.close(folder_fd)
 
-    # -- verification: finding, hashing, and moving aside ------------------------------
+    # -- verification: finding, hashing, and moving aside -----------------------------------------
 
     def scan(self) -> Iterator[Found]:
         """Every entry under ``blobs/``, classified without following any symlink: blob files
