@@ -25,6 +25,7 @@ from harness import remove as remove_path
 from suite_put_large import make_input, read_through
 
 import cas
+from cas.storage.layout import Layout
 
 SIZE = GiB
 QUICK_SIZE = 64 * MiB
@@ -169,7 +170,7 @@ def run(ctx: Context) -> SuiteResult:
                                  stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            partials = [p for p in (out / "tmp").glob("*") if p.is_file()] if out.exists() else []
+            partials = [p for p in Layout(out).tmp.glob("*") if p.is_file()] if out.exists() else []
             if any(p.stat().st_size >= size // 2 for p in partials):
                 break
             time.sleep(0.005)

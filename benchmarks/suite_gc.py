@@ -29,6 +29,7 @@ from harness import Context, Row, SuiteResult, Target, median, peak_rss
 from harness import remove as remove_path
 
 import cas
+from cas.storage.layout import Layout, shard_of
 
 SIZES = (100_000, 1_000_000)
 QUICK_SIZES = (10_000, 50_000)
@@ -86,7 +87,7 @@ def _build(root: Path, count: int, ctx: Context) -> list[str]:
     """A store of ``count`` rows and files; return the paths of the oldest 20 %."""
     cas.Store.open(root).close()
     now = time.time() - count - 3600  # every access older than the grace period
-    db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    db = sqlite3.connect(Layout(root).catalog, isolation_level=None)
     db.execute("BEGIN IMMEDIATE")
     db.executemany(
         "INSERT INTO blobs (digest, size, created, last_access) VALUES (?, ?, ?, ?)",
@@ -94,16 +95,16 @@ def _build(root: Path, count: int, ctx: Context) -> list[str]:
     )
     db.execute("COMMIT")
     db.close()
-    blobs = root / "blobs"
+    layout = Layout(root)
     for shard in range(256):
-        (blobs / f"{shard:02x}").mkdir(exist_ok=True)
+        layout.shard(f"{shard:02x}").mkdir(exist_ok=True)
     for index in range(count):
         digest = _digest(index)
-        os.close(os.open(blobs / digest[:2] / digest, os.O_CREAT | os.O_WRONLY, 0o444))
+        os.close(os.open(layout.blob(digest), os.O_CREAT | os.O_WRONLY, 0o444))
     # max_size is one byte below the total, so low water frees one blob more than 20 %.
     victims = int(count * SHARE) + 1
     ctx.log(f"  built {count:,} blobs in {root}")
-    return [str(blobs / _digest(i)[:2] / _digest(i)) for i in range(victims)]
+    return [str(layout.blob(_digest(i))) for i in range(victims)]
 
 
 def _peer_tree(folder: Path, victims: list[str], store_root: Path) -> list[str]:
@@ -121,7 +122,7 @@ def _peer_tree(folder: Path, victims: list[str], store_root: Path) -> list[str]:
 def _sqlite_delete(root: Path, copy: Path, count: int) -> float:
     """The peer of the catalog update: the same deletion, by the same statements as
     ``cas.storage.queries.evict``, in one transaction of bare sqlite3 on a copy of the catalog."""
-    shutil.copyfile(root / "catalog.db", copy)
+    shutil.copyfile(Layout(root).catalog, copy)
     digests = [(_digest(i),) for i in range(int(count * SHARE) + 1)]
     db = sqlite3.connect(copy, isolation_level=None)
     try:
@@ -162,7 +163,7 @@ def _round(ctx: Context, count: int) -> dict[str, float]:
     timings = json.loads(output.splitlines()[-1])
     rm_time = _rm(copies)
     assert timings["victims"] == len(victims), timings
-    left = sum(1 for _ in (root / "blobs").rglob("*") if _.is_file())
+    left = sum(1 for _ in Layout(root).blobs.rglob("*") if _.is_file())
     assert left == count - len(victims), left
     remove_path(folder)
     return {**timings, "rm": rm_time, "delete": delete_time, "rss": peak}
@@ -173,7 +174,7 @@ def _victims_of(root: Path, max_size: int) -> list[str]:
     policy (``cas.ops.eviction.victims``), so that the peer removes exactly the same files."""
     limits = cas.ops.eviction.Limits(max_size=max_size, low_water=cas.Settings().low_water,
                                  max_age=float("inf"), grace_period=0.0)
-    db = sqlite3.connect(root / "catalog.db")
+    db = sqlite3.connect(Layout(root).catalog)
     try:
         stored = db.execute("SELECT value FROM counters WHERE name = 'stored_bytes'").fetchone()[0]
         chosen = cas.ops.eviction.victims(db, limits, limits.excess(stored), time.time() + 1, [])
@@ -186,9 +187,9 @@ def _copy_victims(source: Path, folder: Path, digests: list[str]) -> list[str]:
     """Copies of the victims' files (same bytes, same layout) under ``folder``; their paths."""
     copies = []
     for digest in digests:
-        copy = folder / digest[:2] / digest
+        copy = folder / shard_of(digest) / digest
         copy.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source / "blobs" / digest[:2] / digest, copy)
+        shutil.copyfile(Layout(source).blob(digest), copy)
         copies.append(str(copy))
     return copies
 
@@ -209,7 +210,7 @@ def _real_puts(ctx: Context) -> tuple[list[Row], list[str]]:
     built = folder / "built"
     ctx.log(f"  putting {count:,} blobs into {built}")
     subprocess.run([ctx.python, "-c", BUILD_CHILD, str(built), str(count)], check=True)
-    db = sqlite3.connect(built / "catalog.db")
+    db = sqlite3.connect(Layout(built).catalog)
     total = db.execute("SELECT value FROM counters WHERE name = 'stored_bytes'").fetchone()[0]
     db.close()
     max_size = total - 1  # low water (0.8) of it: the oldest 20 % of the bytes go

@@ -19,6 +19,7 @@ from harness import remove as remove_path
 
 import cas
 import cas.ops.verify
+from cas.storage.layout import Layout
 
 COUNT = 1000
 QUICK_COUNT = 64
@@ -36,7 +37,7 @@ def _build(root: Path, count: int, ctx: Context) -> list[Path]:
         with cas.Store.open(root) as store:
             for _ in range(count):
                 store.put(os.urandom(BLOB_SIZE))
-    files = sorted(path for path in (root / "blobs").rglob("*") if path.is_file())
+    files = sorted(path for path in Layout(root).blobs.rglob("*") if path.is_file())
     assert len(files) == count, f"{len(files)} files under {root}, expected {count}"
     return files
 

@@ -1,6 +1,6 @@
 """Progress bars for transfers (tqdm on stderr), shown only when asked, i.e. on a terminal.
 
-A transfer reports ``(done, total)`` through the ``Progress`` callback of transfer/download.py; a
+A transfer reports ``(done, total)`` through the ``Progress`` callback of transfer/request.py; a
 bar turns that into tqdm updates. ``done`` may go back to zero when a download restarts.
 """
 

@@ -45,10 +45,12 @@ from cas.settings import (
     parse_size,
 )
 from cas.storage import queries as q
-from cas.storage.blobs import BlobStore, Staged, hasher
+from cas.storage.blobs import BlobStore, quarantined
 from cas.storage.catalog import Catalog, Connection
-from cas.storage.metrics import Counter, Stats, Usage, quarantined, staging_debris, staging_usage
+from cas.storage.hashing import hasher
+from cas.storage.metrics import Counter, Stats, Usage
 from cas.storage.opening import open_files
+from cas.storage.staging import Staged, staging_debris, staging_usage
 from cas.transfer.http import Downloader
 from cas.transfer.request import Progress
 

@@ -1,7 +1,7 @@
 """URLs as cas records and shows them: never with the credentials a caller wrote into them.
 
 A URL may carry ``user:password@`` (or a token as the user, as GitHub's do). The download sends
-them as HTTP Basic authentication (transfer/download.py); everything else (the catalog, log lines,
+them as HTTP Basic authentication (transfer/http.py); everything else (the catalog, log lines,
 error messages, ``ls --json``, the remote tier) sees the URL without its userinfo, the form
 ``redact`` returns. A re-fetch from a recorded source therefore goes without credentials
 (docs/architecture.md, "Credentials in URLs").

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 import cas
+from cas.storage.layout import Layout
 
 settings.register_profile(
     "default",
@@ -49,4 +50,4 @@ def run_cas(*args: str, root: Path | None = None, input: bytes | None = None,
 
 def blob_files(root: Path) -> list[Path]:
     """Every file under blobs/."""
-    return sorted(path for path in (root / "blobs").rglob("*") if path.is_file())
+    return sorted(path for path in Layout(root).blobs.rglob("*") if path.is_file())

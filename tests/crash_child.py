@@ -18,6 +18,7 @@ from pathlib import Path
 import blake3
 
 import cas
+import cas.store  # cas loads lazily: the zygote imports what its workers use, once
 from cas.errors import InUse, NotFound
 
 #: Resources the test's HTTP server serves at /r<k>: their bodies are ``resource(k)``.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from cas.storage.blobs import CHUNK_SIZE
+from cas.storage.hashing import CHUNK_SIZE
 
 #: Sizes where chunked copying can go wrong: empty, and around each chunk boundary.
 BOUNDARY_SIZES = [0, 1, CHUNK_SIZE - 1, CHUNK_SIZE, CHUNK_SIZE + 1, 2 * CHUNK_SIZE + 7]

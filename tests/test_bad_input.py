@@ -15,6 +15,7 @@ import pytest
 
 import cas
 from cas.storage.catalog import LATEST_VERSION
+from cas.storage.layout import LOCKS, Layout
 
 from .conftest import run_cas
 
@@ -103,7 +104,7 @@ def test_unreadable_source(filled: Path, tmp_path: Path) -> None:
     source.write_bytes(b"secret")
     source.chmod(0)
     os.chmod(filled, 0o777)
-    for folder in (filled / "tmp", filled / "blobs", filled):
+    for folder in (Layout(filled).tmp, Layout(filled).blobs, filled):
         os.chmod(folder, 0o777)
     result = subprocess.run(
         [*_unprivileged(), *_cas_command(filled), "put", str(source)],
@@ -111,7 +112,7 @@ def test_unreadable_source(filled: Path, tmp_path: Path) -> None:
     )
     _assert_one_error_line(result, 1, "permission denied")
     _assert_kept(filled)
-    assert [p.name for p in (filled / "tmp").iterdir()] == ["locks"]
+    assert [p.name for p in Layout(filled).tmp.iterdir()] == [LOCKS]
 
 
 def test_root_is_a_file(tmp_path: Path) -> None:
@@ -141,20 +142,20 @@ def test_catalog_not_sqlite(tmp_path: Path) -> None:
     """A catalog.db that is not a SQLite database is reported, never overwritten."""
     root = tmp_path / "store"
     root.mkdir()
-    (root / "catalog.db").write_bytes(b"garbage" * 1000)
+    Layout(root).catalog.write_bytes(b"garbage" * 1000)
     result = run_cas("ls", root=root)
     _assert_one_error_line(result, 1, "not a usable SQLite catalog")
-    assert (root / "catalog.db").read_bytes() == b"garbage" * 1000
+    assert Layout(root).catalog.read_bytes() == b"garbage" * 1000
 
 
 def test_catalog_of_newer_version(filled: Path) -> None:
     """A catalog of a newer schema version is refused, its rows untouched."""
-    db = sqlite3.connect(filled / "catalog.db", isolation_level=None)
+    db = sqlite3.connect(Layout(filled).catalog, isolation_level=None)
     db.execute(f"PRAGMA user_version = {LATEST_VERSION + 5}")
     db.close()
     result = run_cas("cat", "kept", root=filled)
     _assert_one_error_line(result, 1, "newer")
-    db = sqlite3.connect(filled / "catalog.db", isolation_level=None)
+    db = sqlite3.connect(Layout(filled).catalog, isolation_level=None)
     db.execute(f"PRAGMA user_version = {LATEST_VERSION}")
     db.close()
     _assert_kept(filled)
@@ -217,13 +218,13 @@ API_CASES: dict[str, tuple[Callable[[cas.Store, Path], object], type[Exception],
 
 def _snapshot(root: Path) -> tuple[list[tuple[object, ...]], list[str]]:
     """Every catalog row of names and blobs, and every blob file."""
-    db = sqlite3.connect(root / "catalog.db")
+    db = sqlite3.connect(Layout(root).catalog)
     try:
         rows = db.execute("SELECT name, digest FROM names ORDER BY name").fetchall()
         rows += db.execute("SELECT digest, size FROM blobs ORDER BY digest").fetchall()
     finally:
         db.close()
-    return rows, sorted(p.name for p in (root / "blobs").rglob("*") if p.is_file())
+    return rows, sorted(p.name for p in Layout(root).blobs.rglob("*") if p.is_file())
 
 
 @pytest.fixture
@@ -264,7 +265,7 @@ def test_names_and_refs_never_reach_outside_the_root(tmp_path: Path) -> None:
         for index, name in enumerate(hostile):
             digest = store.put(f"content {index}".encode(), name=name)
             path = store.path(name)
-            assert path.resolve().is_relative_to((root / "blobs").resolve()), path
+            assert path.resolve().is_relative_to(Layout(root).blobs.resolve()), path
             assert path.name == digest
             assert store.read_bytes(name) == f"content {index}".encode()
         assert sorted(entry.name for entry in store.entries() if entry.name) == sorted(hostile)

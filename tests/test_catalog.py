@@ -12,11 +12,12 @@ import pytest
 
 import cas
 from cas.storage.catalog import LATEST_VERSION, SCHEMA_VERSIONS
+from cas.storage.layout import Layout
 
 
 def _make_catalog_at(root: Path, version: int) -> None:
     root.mkdir(parents=True)
-    db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    db = sqlite3.connect(Layout(root).catalog, isolation_level=None)
     for _, statements in SCHEMA_VERSIONS[:version]:
         for statement in statements:
             db.execute(statement)
@@ -36,7 +37,7 @@ def test_schema_comes_from_schema_sql() -> None:
 
 def test_new_catalog_is_wal_at_latest_version(store: cas.Store) -> None:
     """A new catalog is in WAL mode and records the latest schema version."""
-    db = sqlite3.connect(store.root / "catalog.db")
+    db = sqlite3.connect(Layout(store.root).catalog)
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert db.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
     db.close()
@@ -46,14 +47,14 @@ def test_new_catalog_is_wal_at_latest_version(store: cas.Store) -> None:
 def test_older_catalog_is_migrated_forward(root: Path, version: int) -> None:
     """A catalog of an older version keeps its rows and is brought to the latest version."""
     _make_catalog_at(root, version)
-    db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    db = sqlite3.connect(Layout(root).catalog, isolation_level=None)
     db.execute(
         "INSERT INTO blobs (digest, size, created, last_access) VALUES (?, 0, 0, 0)", ("a" * 64,)
     )
     db.close()
     with cas.Store.open(root) as store:
         assert [entry.digest for entry in store.entries()] == ["a" * 64]
-    db = sqlite3.connect(root / "catalog.db")
+    db = sqlite3.connect(Layout(root).catalog)
     assert db.execute("PRAGMA user_version").fetchone()[0] == LATEST_VERSION
     db.close()
 
@@ -61,28 +62,28 @@ def test_older_catalog_is_migrated_forward(root: Path, version: int) -> None:
 def test_newer_catalog_is_refused(root: Path) -> None:
     """A catalog from a newer cas is refused with an error naming both versions, untouched."""
     _make_catalog_at(root, LATEST_VERSION)
-    db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    db = sqlite3.connect(Layout(root).catalog, isolation_level=None)
     db.execute(f"PRAGMA user_version = {LATEST_VERSION + 1}")
     db.close()
-    before = (root / "catalog.db").read_bytes()
+    before = Layout(root).catalog.read_bytes()
     with pytest.raises(cas.CatalogError, match=f"version {LATEST_VERSION + 1}.*upgrade"):
         cas.Store.open(root)
-    assert (root / "catalog.db").read_bytes() == before
+    assert Layout(root).catalog.read_bytes() == before
 
 
 def test_not_a_database_is_refused(root: Path) -> None:
     """A catalog.db that is not SQLite is reported, and left as it was."""
     root.mkdir()
-    (root / "catalog.db").write_bytes(b"this is not a database at all" * 100)
+    Layout(root).catalog.write_bytes(b"this is not a database at all" * 100)
     with pytest.raises(cas.CatalogError, match="not a usable SQLite catalog"):
         cas.Store.open(root)
-    assert (root / "catalog.db").read_bytes() == b"this is not a database at all" * 100
+    assert Layout(root).catalog.read_bytes() == b"this is not a database at all" * 100
 
 
 def test_commit_is_visible_from_a_fresh_connection(store: cas.Store) -> None:
     """A put is committed: an independent connection sees its row at once."""
     digest = store.put(b"committed", name="c")
-    db = sqlite3.connect(store.root / "catalog.db")
+    db = sqlite3.connect(Layout(store.root).catalog)
     assert db.execute("SELECT digest FROM names WHERE name = 'c'").fetchone() == (digest,)
     db.close()
 
@@ -90,7 +91,7 @@ def test_commit_is_visible_from_a_fresh_connection(store: cas.Store) -> None:
 def test_last_access_is_coarse(store: cas.Store) -> None:
     """Reading a blob accessed within the granularity writes nothing to the catalog."""
     store.put(b"fresh", name="f")
-    db = sqlite3.connect(store.root / "catalog.db")
+    db = sqlite3.connect(Layout(store.root).catalog)
     before = db.execute("SELECT last_access FROM blobs").fetchone()
     for _ in range(10):
         store.path("f")
@@ -103,7 +104,7 @@ def test_stale_last_access_is_written_at_close(root: Path) -> None:
     """A read of a blob not accessed for longer than the granularity is recorded by close."""
     with cas.Store.open(root) as store:
         store.put(b"stale", name="s")
-    db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    db = sqlite3.connect(Layout(root).catalog, isolation_level=None)
     db.execute("UPDATE blobs SET last_access = 1000")
     with cas.Store.open(root) as store:
         store.path("s")
@@ -138,7 +139,7 @@ def test_look_up_sees_a_commit_made_outside_cas(store: cas.Store) -> None:
     store.put(b"a", name="a")
     digest_b = store.put(b"b", name="b")
     assert store.path("a").read_bytes() == b"a"
-    db = sqlite3.connect(store.root / "catalog.db", isolation_level=None)
+    db = sqlite3.connect(Layout(store.root).catalog, isolation_level=None)
     db.execute("UPDATE names SET digest = ? WHERE name = 'a'", (digest_b,))
     db.close()
     assert store.path("a").read_bytes() == b"b"

@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 import cas
+from cas.storage.layout import DOWNLOAD_PREFIX, PARTIAL_SUFFIX, Layout
 
 from .conftest import run_cas
 from .httpserver import Server
@@ -46,7 +47,7 @@ def _alive(pid: int) -> bool:
 
 
 def _leases(root: Path) -> int:
-    with sqlite3.connect(root / "catalog.db") as conn:
+    with sqlite3.connect(Layout(root).catalog) as conn:
         return int(conn.execute("SELECT count(*) FROM leases").fetchone()[0])
 
 
@@ -187,8 +188,9 @@ def test_ctrl_c_stops_sync_and_keeps_partials(tmp_path: Path) -> None:
         with open(tmp_path / "stderr", "wb") as err:
             sync = Popen([*CAS, "--root", str(root), "sync", str(manifest)],
                          stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
-        parts = lambda: [p for p in (root / "tmp").glob("dl-*.part") if p.stat().st_size]  # noqa: E731
-        _wait_for(lambda: (root / "tmp").is_dir() and bool(parts()), "a partial download")
+        pattern = f"{DOWNLOAD_PREFIX}*{PARTIAL_SUFFIX}"
+        parts = lambda: [p for p in Layout(root).tmp.glob(pattern) if p.stat().st_size]  # noqa: E731
+        _wait_for(lambda: Layout(root).tmp.is_dir() and bool(parts()), "a partial download")
         sync.send_signal(signal.SIGINT)
         try:
             sync.wait(timeout=60)

@@ -11,6 +11,7 @@ from pathlib import Path
 import blake3
 
 import cas
+from cas.storage.layout import Layout
 
 from .conftest import blob_files
 
@@ -100,7 +101,7 @@ def test_simultaneous_first_opens(tmp_path: Path) -> None:
         for process in workers:
             process.join(timeout=30)
         assert [o for o in outcomes if o != "ok"] == []
-        with sqlite3.connect(root / "catalog.db") as db:
+        with sqlite3.connect(Layout(root).catalog) as db:
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
             assert db.execute("SELECT count(*) FROM blobs").fetchone()[0] == 12
 
@@ -118,7 +119,7 @@ def test_reads_do_not_wait_for_a_writer(tmp_path: Path) -> None:
     root = tmp_path / "store"
     with cas.Store.open(root) as store:
         store.put(b"read me", name="r")
-    holder = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    holder = sqlite3.connect(Layout(root).catalog, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
         context = multiprocessing.get_context("spawn")

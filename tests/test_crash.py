@@ -37,6 +37,7 @@ import pytest
 
 import cas
 from cas.ops.verify import VerifyReport
+from cas.storage.layout import DOWNLOAD_PREFIX, LOCKS, Layout
 
 from .crash_child import RESOURCES, resource
 from .httpserver import Server
@@ -111,13 +112,13 @@ def check(root: Path, sources: dict[str, str]) -> Counter[str]:
     """The store as seen from outside (module docstring); returns what was found, by kind."""
     found: Counter[str] = Counter()
     files: dict[str, int] = {}
-    for shard in sorted((root / "blobs").iterdir()) if (root / "blobs").exists() else []:
+    for shard in sorted(Layout(root).blobs.iterdir()) if Layout(root).blobs.exists() else []:
         for path in shard.iterdir():
             data = path.read_bytes()
             files[path.name] = len(data)
             if blake3.blake3(data).hexdigest() != path.name:
                 found["wrong blobs"] += 1
-    db = sqlite3.connect(root / "catalog.db", timeout=30)
+    db = sqlite3.connect(Layout(root).catalog, timeout=30)
     try:
         if db.execute("PRAGMA integrity_check").fetchall() != [("ok",)]:
             found["damaged catalogs"] += 1
@@ -142,7 +143,7 @@ def check(root: Path, sources: dict[str, str]) -> Counter[str]:
             found["evicted named fixtures (explained)"] += 1
     found["leases left (explained)"] += leases
     found["staging debris (explained)"] += sum(
-        1 for entry in (root / "tmp").iterdir() if entry.name != "locks"
+        1 for entry in Layout(root).tmp.iterdir() if entry.name != LOCKS
     )
     return found
 
@@ -180,7 +181,7 @@ def test_sigkill_at_random_points_leaves_a_consistent_store(
     try:
         for kill in range(kills):
             phases[zygote.kill_one(rng.randrange(2**32), rng.uniform(*DELAYS))] += 1
-            if not (root / "catalog.db").exists():
+            if not Layout(root).catalog.exists():
                 continue  # killed before the catalog was created
             found = check(root, sources)
             totals.update(found)
@@ -194,7 +195,8 @@ def test_sigkill_at_random_points_leaves_a_consistent_store(
     after = check(root, sources)
     assert not any(after[kind] for kind in DAMAGE), dict(after)
     assert after["staging debris (explained)"] == 0 or all(
-        entry.name.startswith("dl-") for entry in (root / "tmp").iterdir() if entry.name != "locks"
+        entry.name.startswith(DOWNLOAD_PREFIX)
+        for entry in Layout(root).tmp.iterdir() if entry.name != LOCKS
     ), "only resumable partial downloads may stay after verify"
     print(
         f"\ncrash harness, focus {focus}: {kills} kills in {time.monotonic() - started:.1f}s;"

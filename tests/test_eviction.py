@@ -14,13 +14,14 @@ from pathlib import Path
 import pytest
 
 import cas
+from cas.storage.layout import PUT_PREFIX, Layout
 
 from .conftest import blob_files, run_cas
 
 
 def _age(root: Path, digest: str, seconds_ago: float) -> None:
     """Make a blob look last accessed ``seconds_ago`` (time passing, without waiting)."""
-    db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    db = sqlite3.connect(Layout(root).catalog, isolation_level=None)
     db.execute("UPDATE blobs SET last_access = ? WHERE digest = ?",
                (time.time() - seconds_ago, digest))
     db.close()
@@ -130,7 +131,7 @@ def test_named_source_survives_eviction_unsourced_name_goes(root: Path) -> None:
     with cas.Store.open(root, grace_period=0) as store:
         local = store.put(b"local", name="local")
         store.put(b"remote", name="remote")
-        db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+        db = sqlite3.connect(Layout(root).catalog, isolation_level=None)
         db.execute("UPDATE names SET url = 'http://127.0.0.1:9/remote' WHERE name = 'remote'")
         db.close()
         store.gc(max_size=0)
@@ -177,7 +178,7 @@ def test_cli_lease_exits_with_command_status(root: Path) -> None:
         store.put(b"x", name="x")
     assert run_cas("lease", "x", "--", "sh", "-c", "exit 7", root=root).returncode == 7
     assert run_cas("lease", "x", "sh", root=root).returncode == 2
-    with cas.Store.open(root) as store, sqlite3.connect(root / "catalog.db") as db:
+    with cas.Store.open(root) as store, sqlite3.connect(Layout(root).catalog) as db:
         assert db.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
 
 
@@ -186,7 +187,7 @@ def test_lease_renew_and_expiry(root: Path) -> None:
     with cas.Store.open(root, lease_ttl=100, grace_period=0) as store:
         digest = store.put(b"renewed")
         lease = store.lease(digest)
-        db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+        db = sqlite3.connect(Layout(root).catalog, isolation_level=None)
         before = db.execute("SELECT expires FROM leases").fetchone()[0]
         time.sleep(0.05)
         lease.renew()
@@ -247,13 +248,13 @@ def test_maintenance_thread_cleans_periodically(root: Path) -> None:
 
 def test_gc_clears_old_staging_debris(store: cas.Store) -> None:
     """Staging files older than a day go with the next gc; fresh ones and locks stay."""
-    old = store.root / "tmp" / "put-old"
-    fresh = store.root / "tmp" / "put-fresh"
+    old = Layout(store.root).tmp / f"{PUT_PREFIX}old"
+    fresh = Layout(store.root).tmp / f"{PUT_PREFIX}fresh"
     old.write_bytes(b"debris")
     fresh.write_bytes(b"in progress")
     os.utime(old, (time.time() - 2 * 86400,) * 2)
     store.gc()
-    assert not old.exists() and fresh.exists() and (store.root / "tmp" / "locks").is_dir()
+    assert not old.exists() and fresh.exists() and Layout(store.root).locks.is_dir()
 
 
 def test_pin_a_digest_without_name_is_a_usage_error(store: cas.Store) -> None:

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 
 import cas
 from cas.harness import FixtureSession, FixtureUnavailable
+from cas.storage.layout import Layout
 from cas.storage.metrics import Counter
 
 from .httpserver import Server, serve
@@ -42,14 +43,14 @@ def _b3(data: bytes) -> str:
 
 
 def _aliases(root: Path) -> dict[str, str]:
-    with sqlite3.connect(root / "catalog.db") as db:
+    with sqlite3.connect(Layout(root).catalog) as db:
         rows = db.execute("SELECT value, digest FROM aliases").fetchall()
     db.close()
     return dict(rows)
 
 
 def _names(root: Path) -> dict[str, tuple[str, str | None]]:
-    with sqlite3.connect(root / "catalog.db") as db:
+    with sqlite3.connect(Layout(root).catalog) as db:
         rows = db.execute("SELECT name, digest, sha256 FROM names").fetchall()
     db.close()
     return {name: (digest, sha256) for name, digest, sha256 in rows}

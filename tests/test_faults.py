@@ -22,8 +22,9 @@ import blake3
 import pytest
 
 import cas
-import cas.storage.blobs
+import cas.storage.hashing
 import cas.storage.opening
+from cas.storage.layout import DOWNLOAD_PREFIX, LOCKS, PUT_PREFIX, Layout, lock_name, shard_of
 
 from .conftest import run_cas
 from .httpserver import Server
@@ -55,10 +56,10 @@ def as_it_was(root: Path, digests: set[str] | None = None) -> None:
     done = run_cas("cat", "kept", root=root)
     assert done.returncode == 0, done.stderr
     assert done.stdout == KEPT
-    assert sorted(p.name for p in (root / "tmp").iterdir()) == ["locks"]
+    assert sorted(p.name for p in Layout(root).tmp.iterdir()) == [LOCKS]
     if digests is not None:
-        assert {p.name for p in (root / "blobs").rglob("*") if p.is_file()} == digests
-    db = sqlite3.connect(root / "catalog.db")
+        assert {p.name for p in Layout(root).blobs.rglob("*") if p.is_file()} == digests
+    db = sqlite3.connect(Layout(root).catalog)
     try:
         assert db.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     finally:
@@ -78,7 +79,7 @@ def kept_digest() -> str:
 
 
 def blob_path(root: Path, digest: str) -> Path:
-    return root / "blobs" / digest[:2] / digest
+    return Layout(root).blob(digest)
 
 
 @pytest.fixture
@@ -154,15 +155,15 @@ def test_full_disk_refuses_writes_in_one_line_and_still_serves_reads(small_disk:
 
 def test_enospc_injected_at_the_staging_write(kept_root: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """ENOSPC in the middle of writing a staging file (the seam: blobs._write_all) is one
+    """ENOSPC in the middle of writing a staging file (the seam: hashing.write_all) is one
     StoreError saying so; nothing is staged or stored."""
-    real_write = cas.storage.blobs._write_all
+    real_write = cas.storage.hashing.write_all
 
     def half_then_full(fd: int, data: bytes | bytearray | memoryview) -> None:
         real_write(fd, memoryview(data)[: len(data) // 2])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cas.storage.blobs, "_write_all", half_then_full)
+    monkeypatch.setattr(cas.storage.hashing, "write_all", half_then_full)
     with cas.Store.open(kept_root) as store:
         with pytest.raises(cas.StoreError, match=r"no space left.*nothing was changed"):
             store.put(os.urandom(100_000), name="new")
@@ -182,7 +183,7 @@ def unprivileged(root: Path, *args: str, env: dict[str, str] | None = None
 def in_shard(shard: str) -> bytes:
     """Some content whose blob lands in ``shard``."""
     counter = 0
-    while blake3.blake3(f"same shard {counter}".encode()).hexdigest()[:2] != shard:
+    while shard_of(blake3.blake3(f"same shard {counter}".encode()).hexdigest()) != shard:
         counter += 1
     return f"same shard {counter}".encode()
 
@@ -231,11 +232,11 @@ def test_fetch_into_a_store_without_a_writable_tmp_is_one_line(kept_root: Path,
                                                               server: Server) -> None:
     """A fetch into a store whose tmp/ cannot be written fails in one line."""
     url = server.add("/small.bin", b"small")
-    (kept_root / "tmp").chmod(0o500)
+    Layout(kept_root).tmp.chmod(0o500)
     try:
         one_error_line(unprivileged(kept_root, "fetch", url), 1, "permission denied")
     finally:
-        (kept_root / "tmp").chmod(0o700)
+        Layout(kept_root).tmp.chmod(0o700)
     as_it_was(kept_root, {kept_digest()})
 
 
@@ -246,7 +247,7 @@ def test_fetch_into_a_store_without_a_writable_tmp_is_one_line(kept_root: Path,
 def test_truncated_catalog_is_detected_with_what_to_do(kept_root: Path, cut: str) -> None:
     """A truncated catalog.db is reported in one line that says to move it aside and run
     `cas verify`; it is left as it is, and doing what the line says brings the blobs back."""
-    catalog = kept_root / "catalog.db"
+    catalog = Layout(kept_root).catalog
     size = {"half": catalog.stat().st_size // 2, "one page": 4096, "empty": 0}[cut]
     os.truncate(catalog, size)
     damaged = catalog.read_bytes()
@@ -254,7 +255,7 @@ def test_truncated_catalog_is_detected_with_what_to_do(kept_root: Path, cut: str
         result = run_cas(*command, root=kept_root, input=b"new")
         one_error_line(result, 1, "not a usable SQLite catalog", "move it aside", "cas verify")
     assert catalog.read_bytes() == damaged
-    catalog.rename(kept_root / "catalog.db.damaged")
+    catalog.rename(f"{Layout(kept_root).catalog}.damaged")
     assert run_cas("verify", root=kept_root).returncode == 0
     done = run_cas("cat", kept_digest(), root=kept_root)
     assert done.returncode == 0 and done.stdout == KEPT
@@ -265,7 +266,7 @@ def test_garbage_in_the_catalog_is_found_by_verify(kept_root: Path) -> None:
     with cas.Store.open(kept_root) as store:
         for index in range(300):
             store.put(f"filler {index}".encode(), name=f"filler/{index}")
-    catalog = kept_root / "catalog.db"
+    catalog = Layout(kept_root).catalog
     size = catalog.stat().st_size
     with open(catalog, "r+b") as file:
         file.seek(size // 2 // 4096 * 4096)
@@ -288,7 +289,7 @@ def test_blob_edited_in_place_is_quarantined_and_never_served_after(kept_root: P
     assert result.returncode == 4
     assert "corrupt" in result.stdout.decode()
     one_error_line(result, 4, "damage remains")
-    assert [p.read_bytes() for p in (kept_root / "quarantine").iterdir()] == [
+    assert [p.read_bytes() for p in Layout(kept_root).quarantine.iterdir()] == [
         b"STORED before the fault"]
     done = run_cas("cat", "kept", root=kept_root)
     assert done.returncode == 3 and done.stdout == b""
@@ -350,16 +351,16 @@ def test_symlinks_planted_in_tmp_are_never_followed(tmp_path: Path) -> None:
     planted in tmp/ and leaves their targets alone."""
     root = tmp_path / "store"
     target = tmp_path / "target"
-    (root / "tmp" / "locks").mkdir(parents=True)
-    (root / "tmp" / "locks" / "setup.lock").symlink_to(target)
+    Layout(root).locks.mkdir(parents=True)
+    Layout(root).setup_lock.symlink_to(target)
     one_error_line(run_cas("ls", root=root), 1, "symbolic link")
     assert not os.path.lexists(target)
-    (root / "tmp" / "locks" / "setup.lock").unlink()
+    Layout(root).setup_lock.unlink()
     with cas.Store.open(root) as store:
         store.put(KEPT, name="kept")
     target.write_bytes(b"not cas's")
-    (root / "tmp" / "put-planted").symlink_to(target)
-    (root / "tmp" / "locks" / "dl-planted.lock").symlink_to(target)
+    (Layout(root).tmp / f"{PUT_PREFIX}planted").symlink_to(target)
+    (Layout(root).locks / lock_name(f"{DOWNLOAD_PREFIX}planted")).symlink_to(target)
     with cas.Store.open(root) as store:
         report = store.verify()
     assert report.counts["symlink"] == 2
@@ -399,7 +400,7 @@ def test_store_without_write_permission_serves_reads(kept_root: Path) -> None:
     folders = [kept_root, *[p for p in kept_root.rglob("*") if p.is_dir()]]
     for folder in folders:
         folder.chmod(0o555)
-    (kept_root / "catalog.db").chmod(0o444)
+    Layout(kept_root).catalog.chmod(0o444)
     try:
         done = unprivileged(kept_root, "cat", "kept")
         assert done.returncode == 0 and done.stdout == KEPT, done.stderr
@@ -409,7 +410,7 @@ def test_store_without_write_permission_serves_reads(kept_root: Path) -> None:
     finally:
         for folder in folders:
             folder.chmod(0o700)
-        (kept_root / "catalog.db").chmod(0o644)
+        Layout(kept_root).catalog.chmod(0o644)
     as_it_was(kept_root, {kept_digest()})
 
 
@@ -470,12 +471,12 @@ def test_new_folders_are_private_and_blobs_read_only(tmp_path: Path, shared: boo
     try:
         with cas.Store.open(root, shared=shared) as store:
             path = store.path(store.put(b"mode check"))
-            (root / "blobs" / "stray").write_bytes(b"")  # verify moves it to quarantine/
+            (Layout(root).blobs / "stray").write_bytes(b"")  # verify moves it to quarantine/
             store.verify()
     finally:
         os.umask(old)
-    folders = [root, root / "blobs", root / "tmp", root / "tmp" / "locks", path.parent,
-               root / "quarantine"]
+    folders = [root, Layout(root).blobs, Layout(root).tmp, Layout(root).locks, path.parent,
+               Layout(root).quarantine]
     expected = 0o2770 if shared else 0o700
     assert {oct(f.stat().st_mode & 0o7777) for f in folders} == {oct(expected)}
     assert oct(path.stat().st_mode & 0o7777) == "0o444"

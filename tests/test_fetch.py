@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 import cas
 import cas.ops.manifest
+from cas.storage.layout import LOCKS, PARTIAL_SUFFIX, SIDECAR_SUFFIX, Layout
 from cas.transfer.http import Downloader
 
 from .conftest import blob_files, run_cas
@@ -51,8 +52,8 @@ def fast(store: cas.Store, **options: object) -> cas.Store:
         "timeout": 5.0, "retries": 3, "backoff_factor": 0.01, "backoff_max": 0.05,
         "retry_after_max": 2, **options,
     }  # fmt: skip
-    tmp = store.root / "tmp"
-    store._fetcher.downloader = Downloader(tmp, tmp / "locks", **settings)  # type: ignore[arg-type]
+    tmp = Layout(store.root).tmp
+    store._fetcher.downloader = Downloader(tmp, Layout(store.root).locks, **settings)  # type: ignore[arg-type]
     return store
 
 
@@ -69,7 +70,7 @@ def fstore(root: Path) -> Iterator[cas.Store]:
 
 def partials(root: Path) -> list[Path]:
     """Staging files and sidecars left in tmp/ (its locks/ aside)."""
-    return sorted(p for p in (root / "tmp").iterdir() if p.name != "locks")
+    return sorted(p for p in Layout(root).tmp.iterdir() if p.name != LOCKS)
 
 
 def assert_holds(root: Path, *contents: bytes) -> None:
@@ -167,7 +168,7 @@ def test_partial_outlives_a_failed_fetch_and_is_resumed_later(root: Path, server
         with pytest.raises(cas.DownloadError, match="after 1 attempts") as info:
             store.fetch(url)
         assert info.value.attempts == 1
-        assert sorted(p.suffix for p in partials(root)) == [".json", ".part"]
+        assert sorted(p.suffix for p in partials(root)) == [SIDECAR_SUFFIX, PARTIAL_SUFFIX]
         assert blob_files(root) == []
         assert store.fetch(url) == _b3(BODY)
     assert [s.range for s in server.seen("/a.bin")] == [None, f"bytes={CUT}-"]
@@ -607,11 +608,12 @@ def test_https_redirect_to_plain_http_is_refused(root: Path, tls_server: Server,
 CHILD = textwrap.dedent("""
     import pathlib, sys, time
     import cas
+    from cas.storage.layout import Layout
     from cas.transfer.http import Downloader
     root, url, lock, ready, go = sys.argv[1:6]
     store = cas.Store.open(root)
-    tmp = store.root / "tmp"
-    store._fetcher.downloader = Downloader(tmp, tmp / "locks", lock=lock == "1",
+    tmp = Layout(store.root).tmp
+    store._fetcher.downloader = Downloader(tmp, Layout(store.root).locks, lock=lock == "1",
                                            backoff_factor=0.01)
     pathlib.Path(ready).touch()
     while not pathlib.Path(go).exists():
@@ -695,7 +697,8 @@ def test_a_live_owners_partial_is_not_taken(root: Path, server: Server) -> None:
         fast(store, lock=False)
         first = threading.Thread(target=store.fetch, args=(url,))
         first.start()
-        while not list((root / "tmp").glob("*.part")) or server.sent("/slow") < 16 * 1024:
+        while (not list(Layout(root).tmp.glob(f"*{PARTIAL_SUFFIX}"))
+               or server.sent("/slow") < 16 * 1024):
             time.sleep(0.01)
         assert store.fetch(url) == _b3(BODY)
         first.join()
@@ -716,7 +719,8 @@ def test_killed_downloader_is_resumed_by_the_next_process(root: Path, server: Se
         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 30
-    while max((p.stat().st_size for p in (root / "tmp").glob("*.part")), default=0) < 300_000:
+    while max((p.stat().st_size for p in Layout(root).tmp.glob(f"*{PARTIAL_SUFFIX}")),
+              default=0) < 300_000:
         assert time.monotonic() < deadline and child.poll() is None, "no partial appeared"
         time.sleep(0.005)
     child.send_signal(signal.SIGKILL)
@@ -748,7 +752,8 @@ def test_a_stopped_downloader_does_not_block_the_others(root: Path, server: Serv
     )
     try:
         deadline = time.monotonic() + 30
-        while max((p.stat().st_size for p in (root / "tmp").glob("*.part")), default=0) < 100_000:
+        while max((p.stat().st_size for p in Layout(root).tmp.glob(f"*{PARTIAL_SUFFIX}")),
+                  default=0) < 100_000:
             assert time.monotonic() < deadline and child.poll() is None, "no partial appeared"
             time.sleep(0.005)
         child.send_signal(signal.SIGSTOP)
@@ -773,18 +778,19 @@ def test_a_stopped_downloader_does_not_block_the_others(root: Path, server: Serv
 
 def test_download_lock_files_do_not_pile_up(fstore: cas.Store, server: Server) -> None:
     """Each fetch takes a lock per URL and per digest; none of them is left in tmp/locks."""
-    before = set(os.listdir(fstore.root / "tmp" / "locks"))
+    before = set(os.listdir(Layout(fstore.root).locks))
     for index in range(30):
         content = BODY[: 1000 + index]
         fstore.fetch(server.add(f"/f{index}", content), sha256=_sha(content))
-    assert set(os.listdir(fstore.root / "tmp" / "locks")) == before
+    assert set(os.listdir(Layout(fstore.root).locks)) == before
 
 
 LOCKER = textwrap.dedent("""
     import pathlib, sys
+    from cas.storage.layout import Layout
     from cas.transfer.http import Downloader
-    tmp, counter, rounds = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
-    downloader = Downloader(tmp, tmp / "locks")
+    root, counter, rounds = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), int(sys.argv[3])
+    downloader = Downloader(Layout(root).tmp, Layout(root).locks)
     for _ in range(rounds):
         with downloader.single_flight(["url:http://x/", "blake3:" + "0" * 64]):
             value = int(counter.read_text())  # read, then write: lost updates unless exclusive
@@ -795,12 +801,12 @@ LOCKER = textwrap.dedent("""
 def test_single_flight_stays_exclusive_while_its_lock_files_come_and_go(tmp_path: Path) -> None:
     """Lock files are unlinked at each release; four processes taking the same locks 150 times
     each still never overlap (a waiter that locked an unlinked file starts over)."""
-    tmp = tmp_path / "tmp"
-    (tmp / "locks").mkdir(parents=True)
+    locks = Layout(tmp_path).locks
+    locks.mkdir(parents=True)
     counter = tmp_path / "counter"
     counter.write_text("0")
     procs = [
-        subprocess.Popen([sys.executable, "-c", LOCKER, str(tmp), str(counter), "150"],
+        subprocess.Popen([sys.executable, "-c", LOCKER, str(tmp_path), str(counter), "150"],
                          stderr=subprocess.PIPE)
         for _ in range(4)
     ]
@@ -808,7 +814,7 @@ def test_single_flight_stays_exclusive_while_its_lock_files_come_and_go(tmp_path
         _, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err.decode()
     assert counter.read_text() == "600"
-    assert os.listdir(tmp / "locks") == []
+    assert os.listdir(locks) == []
 
 
 # -- named fixtures and auto-download --------------------------------------------------------------

@@ -17,12 +17,13 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 import cas
+from cas.storage.layout import Layout
 
 YEAR = 365 * 86400.0
 
 
 def _set_last_access(root: Path, digest: str, when: float) -> None:
-    db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    db = sqlite3.connect(Layout(root).catalog, isolation_level=None)
     try:
         db.execute("UPDATE blobs SET last_access = ? WHERE digest = ?", (when, digest))
     finally:
@@ -30,7 +31,7 @@ def _set_last_access(root: Path, digest: str, when: float) -> None:
 
 
 def _last_access(root: Path, digest: str) -> float | None:
-    db = sqlite3.connect(root / "catalog.db")
+    db = sqlite3.connect(Layout(root).catalog)
     try:
         row = db.execute("SELECT last_access FROM blobs WHERE digest = ?", (digest,)).fetchone()
     finally:

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 import cas
 import cas.ops.cleanup
+from cas.storage.layout import Layout
 from cas.storage.metrics import Counter
 from tests.conftest import blob_files
 
@@ -52,7 +53,7 @@ def test_eviction_counts_are_committed_with_the_rows(root: Path) -> None:
     with cas.Store.open(root, grace_period=0) as store:
         store.put_many([b"one", b"two", b"three"])
         plan = store.gc(max_size=0)
-        db = sqlite3.connect(root / "catalog.db")
+        db = sqlite3.connect(Layout(root).catalog)
         try:
             values = dict(db.execute("SELECT name, value FROM counters"))
         finally:

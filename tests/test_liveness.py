@@ -22,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cas
+from cas.storage.layout import DOWNLOAD_PREFIX, LOCKS, PARTIAL_SUFFIX, PUT_PREFIX, Layout
 from cas.storage.processes import (
     Holder,
     is_dead,
@@ -111,11 +112,11 @@ def wait_for(condition: object, child: subprocess.Popen[bytes] | None = None) ->
 
 
 def staged(root: Path, pattern: str = "*") -> list[Path]:
-    return sorted(p for p in (root / "tmp").glob(pattern) if p.name != "locks")
+    return sorted(p for p in Layout(root).tmp.glob(pattern) if p.name != LOCKS)
 
 
 def part_size(root: Path) -> int:
-    return max((p.stat().st_size for p in staged(root, "*.part")), default=0)
+    return max((p.stat().st_size for p in staged(root, f"*{PARTIAL_SUFFIX}")), default=0)
 
 
 def leased_digest(root: Path) -> str:
@@ -150,11 +151,11 @@ def test_a_put_in_another_pid_namespace_keeps_its_staging_file(
     assert writer.stdin is not None
     writer.stdin.write(b"first half, ")
     writer.stdin.flush()
-    wait_for(lambda: staged(root, "put-*"), writer)
+    wait_for(lambda: staged(root, f"{PUT_PREFIX}*"), writer)
     with cas.Store.open(root) as store:
         store.gc()
         assert store.verify().counts["debris"] == 0
-    assert len(staged(root, "put-*")) == 1
+    assert len(staged(root, f"{PUT_PREFIX}*")) == 1
     out, err = writer.communicate(b"second half", timeout=60)
     assert writer.returncode == 0, err.decode()
     with cas.Store.open(root) as store:
@@ -175,8 +176,8 @@ def test_a_download_in_another_pid_namespace_keeps_its_partial(
         store.gc()
         assert store.verify().counts["debris"] == 0
         assert part_size(root) == 200_000
-        tmp = root / "tmp"
-        store._fetcher.downloader = Downloader(tmp, tmp / "locks", lock=False)
+        tmp = Layout(root).tmp
+        store._fetcher.downloader = Downloader(tmp, Layout(root).locks, lock=False)
         store.fetch(url)
     assert [seen.range for seen in server.seen("/big")] == [None, None]
     assert part_size(root) == 200_000  # still the other writer's
@@ -189,7 +190,7 @@ def test_a_lease_from_an_unknown_place_is_left_to_expire(root: Path) -> None:
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, check=True).stdout
     now = time.time()
-    with sqlite3.connect(root / "catalog.db") as db:
+    with sqlite3.connect(Layout(root).catalog) as db:
         db.execute("INSERT INTO leases (digest, host, pid, started, created, expires)"
                    " VALUES (?, ?, ?, 1, ?, ?)",
                    (digest, socket.gethostname(), int(gone), now, now + 3600))
@@ -202,7 +203,7 @@ def test_a_lease_from_an_unknown_place_is_left_to_expire(root: Path) -> None:
 
 
 @given(st.text(alphabet="0123456789abcdef", min_size=16, max_size=16), st.integers(1, 2**22),
-       st.integers(0, 2**40), st.sampled_from(["put-", "dl-" + "0" * 32 + "-"]))
+       st.integers(0, 2**40), st.sampled_from([PUT_PREFIX, DOWNLOAD_PREFIX + "0" * 32 + "-"]))
 def test_names_of_another_place_are_never_judged_dead(hash_: str, pid: int, started: int,
                                                       prefix: str) -> None:
     """A staging name whose writer's place is not this one is never taken for a dead writer's,
@@ -263,8 +264,8 @@ def test_ls_shows_leases_and_tells_damaged_from_evicted(root: Path, server: Serv
         store.pin("leased")
         missing = store.put(b"its file goes", name="missing")
         short = store.put(b"its file is cut short", name="short")
-        (root / "blobs" / missing[:2] / missing).unlink()
-        path = root / "blobs" / short[:2] / short
+        Layout(root).blob(missing).unlink()
+        path = Layout(root).blob(short)
         path.chmod(0o644)
         path.write_bytes(b"cut")
         with store.lease(leased):
@@ -289,7 +290,7 @@ def test_ls_tells_a_blob_verify_dropped_as_damaged(root: Path) -> None:
     not as evicted."""
     with cas.Store.open(root) as store:
         digest = store.put(b"lost", name="lost")
-        (root / "blobs" / digest[:2] / digest).unlink()
+        Layout(root).blob(digest).unlink()
         assert store.verify().counts["missing"] == 1
         [entry] = store.entries()
     assert (entry.name, entry.present, entry.state) == ("lost", False, "damaged")

@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import cas
 from cas.storage.catalog import Catalog
+from cas.storage.layout import PUT_PREFIX, Layout
 from cas.storage.metrics import DEBRIS_MAX_FILES, Counter, Stats
 
 from .conftest import run_cas
@@ -33,7 +34,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def catalog_of(root: Path) -> Catalog:
     """The catalog of an existing store, opened the way the store opens it."""
-    return Catalog(root / "catalog.db", root / "tmp" / "locks" / "setup.lock")
+    return Catalog(Layout(root).catalog, Layout(root).setup_lock)
 
 
 def add(root: Path, counts: dict[Counter, int]) -> None:
@@ -104,7 +105,7 @@ def test_reads_write_nothing_until_close(root: Path) -> None:
     with cas.Store.open(root) as store:
         digest = store.put(b"x" * 100, name="x")
     store = cas.Store.open(root)
-    watcher = sqlite3.connect(root / "catalog.db")
+    watcher = sqlite3.connect(Layout(root).catalog)
     try:
         before = data_version(watcher)
         for _ in range(50):
@@ -128,7 +129,7 @@ def test_counts_ride_along_the_next_write(root: Path) -> None:
     with cas.Store.open(root) as store:
         store.put(b"x", name="x")
         store.path("x")
-        watcher = sqlite3.connect(root / "catalog.db")
+        watcher = sqlite3.connect(Layout(root).catalog)
         try:
             store.put(b"y")  # one write transaction: carries the hit
             row = watcher.execute("SELECT value FROM counters WHERE name = 'hits'").fetchone()
@@ -194,6 +195,7 @@ import sys, time
 from pathlib import Path
 import cas
 from cas.storage.catalog import Catalog
+from cas.storage.layout import Layout
 from cas.storage.metrics import Counter
 root, index, go = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 while not go.exists():
@@ -212,7 +214,7 @@ with cas.Store.open(root) as store:
             store.path(f"missing/{{index}}/{{n}}")
         except cas.NotFound:
             pass
-catalog = Catalog(root / "catalog.db", root / "tmp" / "locks" / "setup.lock")
+catalog = Catalog(Layout(root).catalog, Layout(root).setup_lock)
 for step in range(1, {STEPS} + 1):
     for counter in Counter:
         catalog.count(counter, step)
@@ -263,7 +265,7 @@ def busy_root(root: Path) -> Path:
             store.path("c")
     add(root, {counter: 10 + index for index, counter in enumerate(Counter)})
     now = time.time()
-    with sqlite3.connect(root / "catalog.db") as db:  # a holder on another host: never judged
+    with sqlite3.connect(Layout(root).catalog) as db:  # a holder on another host: never judged
         db.executemany(
             "INSERT INTO leases (digest, host, pid, started, created, expires)"
             " VALUES (?, 'elsewhere', 1, 0, ?, ?)",
@@ -363,7 +365,7 @@ def old_files(folder: Path, count: int, age: float = 2 * 86400) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     stamp = time.time() - age
     for index in range(count):
-        path = folder / f"put-debris-{index}"
+        path = folder / f"{PUT_PREFIX}debris-{index}"
         path.write_bytes(b"partial")
         os.utime(path, (stamp, stamp))
 
@@ -389,11 +391,11 @@ def test_stats_check(root: Path, damage: str, reason: str | None) -> None:
     elif damage == "verification failures":
         add(root, {Counter.VERIFICATION_FAILURES: 2})
     elif damage == "old staging debris":
-        old_files(root / "tmp", DEBRIS_MAX_FILES + 1)
+        old_files(Layout(root).tmp, DEBRIS_MAX_FILES + 1)
     elif damage == "old files under tmp/locks":
-        old_files(root / "tmp" / "locks", DEBRIS_MAX_FILES + 1)
+        old_files(Layout(root).locks, DEBRIS_MAX_FILES + 1)
     elif damage == "fresh staging files":
-        old_files(root / "tmp" / "downloads", DEBRIS_MAX_FILES + 1, age=60)
+        old_files(Layout(root).tmp / "downloads", DEBRIS_MAX_FILES + 1, age=60)
     done = run_cas("stats", "--check", root=root, env=env)
     errors = done.stderr.decode().splitlines()
     if reason is None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import cas
+from cas.storage.layout import Layout
 
 from .httpserver import Server, serve
 
@@ -62,7 +63,7 @@ def test_fixture_from_manifest(pytester: pytest.Pytester, server: Server, tmp_pa
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
     result.assert_outcomes(passed=3)
     assert server.requests("/data.bin") == 1
-    with sqlite3.connect(root / "catalog.db") as db:
+    with sqlite3.connect(Layout(root).catalog) as db:
         assert db.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
 
 
@@ -76,7 +77,7 @@ def test_xdist_workers_share_one_download(pytester: pytest.Pytester, server: Ser
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "4")
     result.assert_outcomes(passed=8)
     assert server.sent("/data.bin") == len(BODY)
-    with sqlite3.connect(root / "catalog.db") as db:
+    with sqlite3.connect(Layout(root).catalog) as db:
         assert db.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
 
 
@@ -145,7 +146,7 @@ def test_explicit(cas_fixture, cas_store):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0",
                                            f"--cas-root={root}")
     result.assert_outcomes(passed=1)
-    assert (root / "catalog.db").exists()
+    assert Layout(root).catalog.exists()
 
 
 def test_inert_until_used(pytester: pytest.Pytester, tmp_path: Path,
@@ -172,7 +173,7 @@ def test_dies(cas_fixture):
     os.kill(os.getpid(), signal.SIGKILL)
 """)
     pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "1", "--max-worker-restart=0")
-    with sqlite3.connect(root / "catalog.db") as db:
+    with sqlite3.connect(Layout(root).catalog) as db:
         assert db.execute("SELECT count(*) FROM leases").fetchone()[0] == 1
     with cas.Store.open(root, grace_period=0) as store:
         plan = store.gc(max_size=0)

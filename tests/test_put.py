@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cas
-from cas.storage.blobs import CHUNK_SIZE
+from cas.storage.hashing import CHUNK_SIZE
+from cas.storage.layout import LOCKS, Layout
 
 from .conftest import blob_files
 from .strategies import BOUNDARY_SIZES, contents, names
@@ -79,7 +80,7 @@ def test_blobs_are_read_only_and_laid_out_by_digest(store: cas.Store) -> None:
     """A blob lives at blobs/<first two hex>/<digest> with mode 0444."""
     digest = store.put(b"layout")
     path = store.path(digest)
-    assert path == store.root / "blobs" / digest[:2] / digest
+    assert path == Layout(store.root).blob(digest)
     assert stat.S_IMODE(path.stat().st_mode) == 0o444
 
 
@@ -89,7 +90,7 @@ def test_staging_is_empty_after_puts(store: cas.Store, tmp_path: Path) -> None:
     store.put(io.BytesIO(os.urandom(CHUNK_SIZE + 3)))
     with pytest.raises(cas.NotFound):
         store.put(tmp_path / "missing")
-    left = [p for p in (store.root / "tmp").iterdir() if p.name != "locks"]
+    left = [p for p in Layout(store.root).tmp.iterdir() if p.name != LOCKS]
     assert left == []
 
 
@@ -103,9 +104,9 @@ def test_new_store_layout(root: Path) -> None:
     """First use creates blobs/, tmp/ and catalog.db under the root, private to the user."""
     with cas.Store.open(root):
         pass
-    assert (root / "blobs").is_dir() and (root / "tmp").is_dir()
-    assert (root / "catalog.db").is_file()
-    assert stat.S_IMODE((root / "blobs").stat().st_mode) == 0o700
+    assert Layout(root).blobs.is_dir() and Layout(root).tmp.is_dir()
+    assert Layout(root).catalog.is_file()
+    assert stat.S_IMODE(Layout(root).blobs.stat().st_mode) == 0o700
 
 
 def test_default_root_is_cas_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,7 +115,7 @@ def test_default_root_is_cas_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     with cas.Store.open() as store:
         assert store.root == tmp_path / "home"
         store.put(b"x")
-    assert (tmp_path / "home" / "catalog.db").exists()
+    assert Layout(tmp_path / "home").catalog.exists()
 
 
 # -- put_many: batches share one transaction and one filesystem sync ------------------------------
@@ -149,7 +150,7 @@ def test_put_many_equals_put_one_by_one(store: cas.Store, tmp_path: Path,
             assert store.read_bytes(key) == data
     files = [path.name for path in blob_files(store.root)]  # the store outlives one example
     assert set(digests) <= set(files) and len(files) == len(set(files))
-    assert [p for p in (store.root / "tmp").iterdir() if p.name != "locks"] == []
+    assert [p for p in Layout(store.root).tmp.iterdir() if p.name != LOCKS] == []
 
 
 def test_put_many_batches_larger_than_one_transaction(store: cas.Store,
@@ -173,7 +174,7 @@ def test_put_many_bad_item_records_nothing_of_its_batch(store: cas.Store,
         store.put_many({"c": b"third", "f" * 64: b"fourth"})
     assert [(entry.name, entry.digest) for entry in store.entries()] == [("kept", kept)]
     assert [path.name for path in blob_files(store.root)] == [kept]
-    assert [p for p in (store.root / "tmp").iterdir() if p.name != "locks"] == []
+    assert [p for p in Layout(store.root).tmp.iterdir() if p.name != LOCKS] == []
     with pytest.raises(cas.UsageError, match="put_many takes a collection"):
         store.put_many(b"not a collection")
 

@@ -15,6 +15,7 @@ import pytest
 
 import cas
 import cas.ops.cleanup
+from cas.storage.layout import Layout
 from tests.conftest import run_cas
 
 DAMAGED = b"these bytes are not what the name says"
@@ -24,14 +25,14 @@ def _quarantine_some(store: cas.Store, root: Path) -> int:
     """Put a blob, edit it in place, plant a stray folder, and verify; return the bytes that
     went to quarantine/."""
     digest = store.put(b"stored right, then edited in place!!!!")
-    path = root / "blobs" / digest[:2] / digest
+    path = Layout(root).blob(digest)
     path.chmod(0o644)
     path.write_bytes(DAMAGED)
-    stray = root / "blobs" / "not-a-shard"
+    stray = Layout(root).blobs / "not-a-shard"
     stray.mkdir()
     (stray / "inside").write_bytes(b"12345")
     store.verify()
-    assert len(list((root / "quarantine").iterdir())) == 2
+    assert len(list(Layout(root).quarantine.iterdir())) == 2
     return len(DAMAGED) + 5
 
 
@@ -58,12 +59,12 @@ def test_gc_keeps_recent_quarantine_and_removes_old(
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep-me").write_bytes(b"not the store's")
-    os.symlink(outside, root / "quarantine" / "planted-link")
+    os.symlink(outside, Layout(root).quarantine / "planted-link")
     store.gc()
-    assert len(list((root / "quarantine").iterdir())) == 3  # younger than the age: kept
+    assert len(list(Layout(root).quarantine.iterdir())) == 3  # younger than the age: kept
     monkeypatch.setattr(cas.ops.cleanup, "QUARANTINE_MAX_AGE", 0.0)
     store.gc()
-    assert list((root / "quarantine").iterdir()) == []
+    assert list(Layout(root).quarantine.iterdir()) == []
     assert (outside / "keep-me").read_bytes() == b"not the store's"  # never followed
     assert (store.stats().quarantine_files, store.stats().quarantine_bytes) == (0, 0)
 
@@ -74,7 +75,7 @@ def test_a_planted_quarantine_link_is_neither_counted_through_nor_followed(
     outside = tmp_path / "outside"
     outside.mkdir()
     (outside / "keep-me").write_bytes(b"not the store's")
-    os.symlink(outside, root / "quarantine")
+    os.symlink(outside, Layout(root).quarantine)
     monkeypatch.setattr(cas.ops.cleanup, "QUARANTINE_MAX_AGE", 0.0)
     stats = store.stats()
     assert (stats.quarantine_files, stats.quarantine_bytes) == (0, 0)

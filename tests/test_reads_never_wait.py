@@ -22,6 +22,7 @@ import pytest
 
 import cas
 from cas.storage.catalog import ACCESS_GRANULARITY
+from cas.storage.layout import Layout
 from cas.storage.metrics import Counter
 
 BOUND = 20.0  # seconds: a read that takes this long is waiting for the lock
@@ -30,7 +31,7 @@ BOUND = 20.0  # seconds: a read that takes this long is waiting for the lock
 @contextmanager
 def write_lock_held(root: Path) -> Iterator[None]:
     """Hold the catalog's write lock from a connection of this process, as another writer."""
-    db = sqlite3.connect(root / "catalog.db", isolation_level=None, timeout=5)
+    db = sqlite3.connect(Layout(root).catalog, isolation_level=None, timeout=5)
     try:
         db.execute("BEGIN IMMEDIATE")
         yield
@@ -44,7 +45,7 @@ def _old_store(root: Path) -> str:
     with cas.Store.open(root) as store:
         digest = store.put(b"read me while someone writes", name="fixture")
     long_ago = time.time() - 10 * ACCESS_GRANULARITY
-    db = sqlite3.connect(root / "catalog.db", isolation_level=None)
+    db = sqlite3.connect(Layout(root).catalog, isolation_level=None)
     db.execute("UPDATE blobs SET last_access = ? WHERE digest = ?", (long_ago, digest))
     db.close()
     return digest
@@ -78,7 +79,7 @@ def _within_bound(work: Callable[[], object]) -> None:
 
 
 def _last_access(root: Path, digest: str) -> float:
-    db = sqlite3.connect(root / "catalog.db")
+    db = sqlite3.connect(Layout(root).catalog)
     try:
         return float(db.execute("SELECT last_access FROM blobs WHERE digest = ?",
                                 (digest,)).fetchone()[0])

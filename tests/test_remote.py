@@ -35,6 +35,7 @@ import boto3  # noqa: E402
 import cas  # noqa: E402
 from cas.errors import RemoteError  # noqa: E402
 from cas.refs import MAX_NAME_LENGTH, check_name  # noqa: E402
+from cas.storage.layout import LOCKS, Layout  # noqa: E402
 from cas.transfer.s3 import Remote, Transfer  # noqa: E402
 from cas.transfer.s3_records import NAME_KEY_MAX, NameRecord  # noqa: E402
 
@@ -171,7 +172,7 @@ def assert_clean(root: Path, *contents: bytes) -> None:
     assert sorted(p.name for p in files) == sorted(_b3(c) for c in contents)
     for path in files:
         assert _b3(path.read_bytes()) == path.name
-    assert [p.name for p in (root / "tmp").iterdir() if p.name != "locks"] == []
+    assert [p.name for p in Layout(root).tmp.iterdir() if p.name != LOCKS] == []
 
 
 # -- sharing ---------------------------------------------------------------------------------------
@@ -697,11 +698,12 @@ def test_durable_staging_writes_behind(tmp_path: Path, monkeypatch: pytest.Monke
     import io
 
     import cas.storage.blobs
+    import cas.storage.hashing
 
     started: list[tuple[int, int]] = []
-    real = cas.storage.blobs.start_writeback
-    monkeypatch.setattr(cas.storage.blobs, "WRITE_BEHIND", MiB)
-    monkeypatch.setattr(cas.storage.blobs, "start_writeback",
+    real = cas.storage.hashing.start_writeback
+    monkeypatch.setattr(cas.storage.hashing, "WRITE_BEHIND", MiB)
+    monkeypatch.setattr(cas.storage.hashing, "start_writeback",
                         lambda fd, offset, length: (started.append((offset, length)),
                                                     real(fd, offset, length)))  # fmt: skip
     data = os.urandom(3 * MiB + 10)
@@ -722,12 +724,12 @@ def test_a_full_disk_during_a_pull_leaves_nothing(
     a remote error), and leaves no staging file and no blob."""
     import errno
 
-    import cas.storage.blobs
+    import cas.storage.hashing
 
     with open_store(tmp_path / "a", remote_url) as first:
         first.put(BODY, name="a")
         first.push()
-    real = cas.storage.blobs._write_all
+    real = cas.storage.hashing.write_all
     writes: list[int] = []
 
     def full(fd: int, data: Any) -> None:
@@ -736,7 +738,7 @@ def test_a_full_disk_during_a_pull_leaves_nothing(
             raise OSError(errno.ENOSPC, "No space left on device")
         real(fd, data)
 
-    monkeypatch.setattr(cas.storage.blobs, "_write_all", full)
+    monkeypatch.setattr(cas.storage.hashing, "write_all", full)
     with open_store(tmp_path / "b", remote_url) as second:
         report = second.pull(["a"])
     assert isinstance(report.failed["a"], cas.StoreError)

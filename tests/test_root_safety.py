@@ -20,8 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cas
-from cas.storage.blobs import hasher
 from cas.storage.catalog import Catalog
+from cas.storage.hashing import hasher
+from cas.storage.layout import CATALOG, PUT_PREFIX, Layout, shard_of
 
 from .conftest import run_cas
 from .httpserver import Server, serve
@@ -62,7 +63,7 @@ def test_roots_with_uri_characters_keep_their_catalog_inside(name: str) -> None:
             store.verify()  # must not touch the other root's rows
         assert sorted(os.listdir(parent)) == sorted([first.name, second.name])
         for root in (first, second):
-            assert (root / "catalog.db").is_file()
+            assert Layout(root).catalog.is_file()
         with cas.Store.open(first) as store:
             assert store.read_bytes("only-in-first") == b"first"
             assert {entry.name for entry in store.entries()} == {"only-in-first"}
@@ -74,7 +75,7 @@ def test_read_only_catalog_of_a_root_with_uri_characters(tmp_path: Path, name: s
     root = tmp_path / name
     with cas.Store.open(root) as store:
         store.put(b"kept", name="kept")
-    catalog = Catalog(root / "catalog.db", root / "tmp" / "locks" / "setup.lock",
+    catalog = Catalog(Layout(root).catalog, Layout(root).setup_lock,
                       read_only="a test")
     try:
         with catalog.read() as conn:
@@ -87,7 +88,7 @@ def test_read_only_catalog_of_a_root_with_uri_characters(tmp_path: Path, name: s
 # -- item 8: no symlink is followed, planted before or swapped in while open ---------------------
 
 
-@pytest.mark.parametrize("companion", ["catalog.db", "catalog.db-wal", "catalog.db-shm"])
+@pytest.mark.parametrize("companion", [CATALOG, f"{CATALOG}-wal", f"{CATALOG}-shm"])
 def test_catalog_symlink_is_refused(tmp_path: Path, companion: str) -> None:
     """A symlink planted as catalog.db (or its -wal/-shm) is refused in one line; the file it
     points at is left alone."""
@@ -118,13 +119,13 @@ def test_catalog_swapped_for_a_symlink_while_open_is_not_followed(tmp_path: Path
         store.put(b"kept", name="kept")
         catalog = store._catalog
         catalog.close_connections()  # the next statement makes a new connection
-        shutil.copy(root / "catalog.db", elsewhere)
-        os.unlink(root / "catalog.db")
-        (root / "catalog.db").symlink_to(elsewhere)
+        shutil.copy(Layout(root).catalog, elsewhere)
+        os.unlink(Layout(root).catalog)
+        Layout(root).catalog.symlink_to(elsewhere)
         with pytest.raises(cas.CasError, match="symbolic link"):
             store.put(b"other", name="other")
-        os.unlink(root / "catalog.db")
-        shutil.copy(elsewhere, root / "catalog.db")
+        os.unlink(Layout(root).catalog)
+        shutil.copy(elsewhere, Layout(root).catalog)
 
 
 def _outside(tmp_path: Path) -> Path:
@@ -145,7 +146,7 @@ def test_tmp_swapped_for_a_symlink_while_open(tmp_path: Path) -> None:
     root, outside, moved = tmp_path / "store", _outside(tmp_path), tmp_path / "moved-tmp"
     with cas.Store.open(root) as store:
         store.put(b"before", name="before")
-        _swap_for_link(root / "tmp", outside, moved)
+        _swap_for_link(Layout(root).tmp, outside, moved)
         before = _files_under(moved)
         for content in (b"after", b"a" * 100_000):
             with pytest.raises(cas.StoreError, match="symbolic link"):
@@ -155,20 +156,20 @@ def test_tmp_swapped_for_a_symlink_while_open(tmp_path: Path) -> None:
         assert _files_under(outside) == []
         assert _files_under(moved) == before
         assert store.read_bytes("before") == b"before"
-        (root / "tmp").unlink()  # the link removed: cas makes the folder again
+        Layout(root).tmp.unlink()  # the link removed: cas makes the folder again
         store.put(b"after", name="after")
         assert store.read_bytes("after") == b"after"
-    assert stat.S_ISDIR(os.lstat(root / "tmp").st_mode)
+    assert stat.S_ISDIR(os.lstat(Layout(root).tmp).st_mode)
 
 
 def test_tmp_deleted_while_open_is_made_again(tmp_path: Path) -> None:
     """tmp/ deleted while a store stays open is made again, with the store's folder mode."""
     root = tmp_path / "store"
     with cas.Store.open(root, shared=True) as store:
-        shutil.rmtree(root / "tmp")
+        shutil.rmtree(Layout(root).tmp)
         store.put(b"content", name="n")
         assert store.read_bytes("n") == b"content"
-    assert stat.S_IMODE(os.lstat(root / "tmp").st_mode) == 0o2770
+    assert stat.S_IMODE(os.lstat(Layout(root).tmp).st_mode) == 0o2770
 
 
 def _same_shard(digest: str) -> bytes:
@@ -178,7 +179,7 @@ def _same_shard(digest: str) -> bytes:
         content = f"candidate {number}".encode()
         hashing = hasher()
         hashing.update(content)
-        if hashing.hexdigest()[:2] == digest[:2]:
+        if shard_of(hashing.hexdigest()) == shard_of(digest):
             return content
         number += 1
 
@@ -190,7 +191,7 @@ def test_shard_swapped_for_a_symlink_while_open(tmp_path: Path) -> None:
     with cas.Store.open(root) as store:
         digest = store.put(b"kept", name="kept")
         assert store.read_bytes("kept") == b"kept"  # the shard seen as a real folder
-        shard = root / "blobs" / digest[:2]
+        shard = Layout(root).shard(digest)
         _swap_for_link(shard, outside, moved)
         # The outside folder even holds a file of the right name and size.
         (outside / digest).write_bytes(b"KEPT")
@@ -211,7 +212,7 @@ def test_blobs_swapped_for_a_symlink_while_open(tmp_path: Path) -> None:
     root, outside, moved = tmp_path / "store", _outside(tmp_path), tmp_path / "moved-blobs"
     with cas.Store.open(root) as store:
         store.put(b"kept", name="kept")
-        _swap_for_link(root / "blobs", outside, moved)
+        _swap_for_link(Layout(root).blobs, outside, moved)
         with pytest.raises(cas.StoreError, match="symbolic link"):
             store.put(b"new content", name="new")
         assert _files_under(outside) == []
@@ -225,16 +226,16 @@ def test_download_into_swapped_tmp_writes_nothing_outside(tmp_path: Path,
     url = http_server.add("/fixture.bin", b"fixture bytes" * 1000)
     with cas.Store.open(root) as store:
         store.fetch(http_server.add("/warm.bin", b"warm"))  # folders opened and in use
-        _swap_for_link(root / "tmp" / "locks", outside, tmp_path / "moved-locks")
+        _swap_for_link(Layout(root).locks, outside, tmp_path / "moved-locks")
         with pytest.raises(cas.CasError, match="symbolic link"):
             store.fetch(url)
-        (root / "tmp" / "locks").unlink()
-        (root / "tmp" / "locks").mkdir()
-        _swap_for_link(root / "tmp", outside, tmp_path / "moved-tmp")
+        Layout(root).locks.unlink()
+        Layout(root).locks.mkdir()
+        _swap_for_link(Layout(root).tmp, outside, tmp_path / "moved-tmp")
         with pytest.raises(cas.CasError, match="symbolic link"):
             store.fetch(url, name="fixture")
         assert _files_under(outside) == []
-        (root / "tmp").unlink()
+        Layout(root).tmp.unlink()
         store.fetch(url, name="fixture")
         assert store.read_bytes("fixture") == b"fixture bytes" * 1000
 
@@ -242,12 +243,12 @@ def test_download_into_swapped_tmp_writes_nothing_outside(tmp_path: Path,
 def test_cleanup_with_tmp_swapped_removes_nothing_outside(tmp_path: Path) -> None:
     """gc and verify never remove old files through a symlink planted in place of tmp/."""
     root, outside = tmp_path / "store", _outside(tmp_path)
-    old = outside / "put-old-staging-file"
+    old = outside / f"{PUT_PREFIX}old-staging-file"
     old.write_bytes(b"someone else's")
     os.utime(old, (0, 0))
     with cas.Store.open(root) as store:
         store.put(b"kept", name="kept")
-        _swap_for_link(root / "tmp", outside, tmp_path / "moved-tmp")
+        _swap_for_link(Layout(root).tmp, outside, tmp_path / "moved-tmp")
         for work in (store.gc, store.verify):
             with pytest.raises(cas.StoreError, match="symbolic link"):
                 work()
@@ -262,7 +263,7 @@ def test_config_toml_may_be_a_symlink(tmp_path: Path) -> None:
     dotfiles.mkdir()
     (dotfiles / "cas.toml").write_text('max_cache_size = "123MiB"\n')
     root.mkdir()
-    (root / "config.toml").symlink_to(dotfiles / "cas.toml")
+    Layout(root).config.symlink_to(dotfiles / "cas.toml")
     with cas.Store.open(root) as store:
         assert store.settings.max_cache_size == 123 << 20
         store.put(b"content")
@@ -275,17 +276,17 @@ def test_quarantine_swapped_for_a_symlink_is_not_written_through(tmp_path: Path)
     root, outside = tmp_path / "store", _outside(tmp_path)
     with cas.Store.open(root) as store:
         digest = store.put(b"kept", name="kept")
-        stray = root / "blobs" / digest[:2] / "not-a-blob"
+        stray = Layout(root).shard(digest) / "not-a-blob"
         stray.write_bytes(b"stray")
-        (root / "quarantine").symlink_to(outside, target_is_directory=True)
+        Layout(root).quarantine.symlink_to(outside, target_is_directory=True)
         with pytest.raises(cas.StoreError, match="symbolic link"):
             store.verify()
         assert _files_under(outside) == []
         assert stray.read_bytes() == b"stray"
-        (root / "quarantine").unlink()
+        Layout(root).quarantine.unlink()
         report = store.verify()
         assert report.counts["stray"] == 1
-        assert not stray.exists() and len(os.listdir(root / "quarantine")) == 1
+        assert not stray.exists() and len(os.listdir(Layout(root).quarantine)) == 1
 
 
 def test_root_moved_away_while_open_is_not_made_again(tmp_path: Path) -> None:

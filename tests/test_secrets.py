@@ -27,6 +27,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cas
+from cas.storage.layout import BLOBS, Layout
 from cas.urls import redact, split_credentials
 
 from .conftest import run_cas
@@ -59,7 +60,7 @@ def _files_of(root: Path) -> dict[Path, bytes]:
     """Every file under ``root`` but the blobs, with its bytes (catalog, WAL, tmp/, ...)."""
     return {
         path: path.read_bytes() for path in root.rglob("*")
-        if path.is_file() and "blobs" not in path.relative_to(root).parts
+        if path.is_file() and BLOBS not in path.relative_to(root).parts
     }  # fmt: skip
 
 
@@ -234,7 +235,7 @@ def test_credentials_left_by_an_older_cas_are_not_shown(root: Path, server: Serv
     with cas.Store.open(root, grace_period=0) as store:
         store.fetch(url, name="old", sha256=_sha(BODY))
         store.gc(max_size=0)
-    with sqlite3.connect(root / "catalog.db") as db:  # as the catalog of an older cas held it
+    with sqlite3.connect(Layout(root).catalog) as db:  # as the catalog of an older cas held it
         db.execute("UPDATE names SET url = ? WHERE name = 'old'", (_with_credentials(url),))
     db.close()
     listed, as_json = run_cas("ls", root=root), run_cas("ls", "--json", root=root)

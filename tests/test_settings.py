@@ -31,6 +31,7 @@ from cas.settings import (
     parse_duration,
     parse_size,
 )
+from cas.storage.layout import Layout
 
 from .conftest import run_cas
 from .strategies import byte_sizes, durations
@@ -63,7 +64,7 @@ def arrange(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: dict[str, str])
     root = tmp_path / "store"
     root.mkdir(exist_ok=True)
     extra = tmp_path / "extra.toml"
-    for path, top, profile in ((root / "config.toml", "root", "root profile"),
+    for path, top, profile in ((Layout(root).config, "root", "root profile"),
                                (extra, "file", "file profile")):  # fmt: skip
         lines = [f'max_cache_size = "{at[top]}"'] if top in at else []
         lines.append("[profile.p]")
@@ -77,7 +78,7 @@ def arrange(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, at: dict[str, str])
 
 def label(tmp_path: Path, level: str) -> str:
     """The source label ``cas config`` shows for a level."""
-    root_file, extra = tmp_path / "store" / "config.toml", tmp_path / "extra.toml"
+    root_file, extra = Layout(tmp_path / "store").config, tmp_path / "extra.toml"
     return {
         "default": "default",
         "root": str(root_file),
@@ -151,7 +152,7 @@ def test_every_key_from_every_source(
     root = tmp_path / "store"
     root.mkdir()
     extra = tmp_path / "extra.toml"
-    files = {"root": root / "config.toml", "file": extra}
+    files = {"root": Layout(root).config, "file": extra}
     for where, path in files.items():
         body = f"{key} = {literal}\n" if level == where else ""
         body += "[profile.p]\n" + (f"{key} = {literal}\n" if level == f"{where} profile" else "")
@@ -178,7 +179,7 @@ def test_config_flag_beats_cas_config(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_profile_flag_beats_cas_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``--profile`` (the ``profile`` argument) chooses instead of CAS_PROFILE."""
-    (tmp_path / "config.toml").write_text("[profile.a]\nretries = 1\n[profile.b]\nretries = 2\n")
+    Layout(tmp_path).config.write_text("[profile.a]\nretries = 1\n[profile.b]\nretries = 2\n")
     monkeypatch.setenv("CAS_PROFILE", "a")
     assert load_config(tmp_path).settings.retries == 1
     assert load_config(tmp_path).profile_source == "environment variable CAS_PROFILE"
@@ -224,7 +225,7 @@ def test_each_profile_overrides_its_file(
     tmp_path: Path, profile: str | None, size: int, retries: int, auto: bool
 ) -> None:
     """A chosen profile overrides the top level of its file, key by key; the rest stays."""
-    (tmp_path / "config.toml").write_text(PROFILES)
+    Layout(tmp_path).config.write_text(PROFILES)
     settings = load_config(tmp_path, profile=profile).settings
     assert (settings.max_cache_size, settings.retries, settings.auto_download) == (
         size, retries, auto,
@@ -233,7 +234,7 @@ def test_each_profile_overrides_its_file(
 
 def test_later_file_top_level_beats_earlier_profile(tmp_path: Path) -> None:
     """The --config file's top level overrides a profile of config.toml (files in order)."""
-    (tmp_path / "config.toml").write_text("[profile.ci]\nretries = 1\nlease_ttl = '2h'\n")
+    Layout(tmp_path).config.write_text("[profile.ci]\nretries = 1\nlease_ttl = '2h'\n")
     extra = tmp_path / "extra.toml"
     extra.write_text("retries = 9\n")
     config = load_config(tmp_path, config_file=extra, profile="ci")
@@ -242,7 +243,7 @@ def test_later_file_top_level_beats_earlier_profile(tmp_path: Path) -> None:
 
 def test_profile_defined_only_in_the_later_file(tmp_path: Path) -> None:
     """A profile needs to exist in only one of the files."""
-    (tmp_path / "config.toml").write_text("retries = 1\n")
+    Layout(tmp_path).config.write_text("retries = 1\n")
     extra = tmp_path / "extra.toml"
     extra.write_text("[profile.ci]\nretries = 2\n")
     assert load_config(tmp_path, config_file=extra, profile="ci").settings.retries == 2
@@ -254,7 +255,7 @@ def test_undefined_profile_is_an_error(
 ) -> None:
     """A profile chosen but defined in no file is a ConfigError naming it and who chose it."""
     if with_files:
-        (tmp_path / "config.toml").write_text(PROFILES)
+        Layout(tmp_path).config.write_text(PROFILES)
     monkeypatch.setenv("CAS_PROFILE", "staging")
     with pytest.raises(ConfigError) as raised:
         load_config(tmp_path)
@@ -264,7 +265,7 @@ def test_undefined_profile_is_an_error(
 
 def test_unchosen_profiles_are_validated_too(tmp_path: Path) -> None:
     """A bad value in a profile not chosen is still an error, found on every machine."""
-    (tmp_path / "config.toml").write_text("[profile.prod]\nmax_cache_size = '10XB'\n")
+    Layout(tmp_path).config.write_text("[profile.prod]\nmax_cache_size = '10XB'\n")
     with pytest.raises(ConfigError, match=r"\[profile\.prod\]: max_cache_size = \"10XB\""):
         load_config(tmp_path)
 
@@ -302,7 +303,7 @@ def test_bad_setting_names_source_key_and_value(
     root = tmp_path / "store"
     root.mkdir()
     extra = tmp_path / "extra.toml"
-    files = {"root": root / "config.toml", "file": extra}
+    files = {"root": Layout(root).config, "file": extra}
     for where, path in files.items():
         body = f"{key} = {literal}\n" if place == where else ""
         body += "[profile.p]\n" + (f"{key} = {literal}\n" if place == f"{where} profile" else "")
@@ -331,7 +332,7 @@ def test_bad_setting_names_source_key_and_value(
 @pytest.mark.parametrize("which", ["root", "file"])
 def test_bad_toml_names_the_file(tmp_path: Path, which: str) -> None:
     """A file that is not TOML is a ConfigError naming the file and the place of the mistake."""
-    path = tmp_path / "config.toml" if which == "root" else tmp_path / "extra.toml"
+    path = Layout(tmp_path).config if which == "root" else tmp_path / "extra.toml"
     path.write_text("max_cache_size = 5GB\n")  # unquoted: not TOML
     with pytest.raises(ConfigError) as raised:
         load_config(tmp_path, config_file=None if which == "root" else path)
@@ -348,7 +349,7 @@ def test_missing_config_file_is_an_error(tmp_path: Path, monkeypatch: pytest.Mon
 
 def test_profile_must_be_a_table(tmp_path: Path) -> None:
     """``profile = "ci"`` at the top level is an error: profiles are [profile.NAME] tables."""
-    (tmp_path / "config.toml").write_text('profile = "ci"\n')
+    Layout(tmp_path).config.write_text('profile = "ci"\n')
     with pytest.raises(ConfigError, match=r'profile = "ci"'):
         load_config(tmp_path)
 
@@ -431,7 +432,7 @@ def documented_config() -> str:
 @pytest.fixture
 def documented_root(tmp_path: Path) -> Iterator[Path]:
     """A store root whose config.toml is the one docs/configuration.md shows."""
-    (tmp_path / "config.toml").write_text(documented_config())
+    Layout(tmp_path).config.write_text(documented_config())
     yield tmp_path
 
 
@@ -470,15 +471,15 @@ def test_cas_config_json_shows_sources(tmp_path: Path) -> None:
     """``cas config --json`` gives each effective value and the file, variable or default of it."""
     root = tmp_path / "store"
     root.mkdir()
-    (root / "config.toml").write_text("retries = 1\n[profile.ci]\nmax_age = '2d'\n")
+    Layout(root).config.write_text("retries = 1\n[profile.ci]\nmax_age = '2d'\n")
     done = run_cas("--profile", "ci", "config", "--json", root=root,
                    env={"CAS_LEASE_TTL": "10m"})  # fmt: skip
     assert done.returncode == 0, done.stderr
     document = json.loads(done.stdout)
     settings = document["settings"]
-    assert settings["retries"] == {"value": 1, "text": "1", "source": str(root / "config.toml")}
+    assert settings["retries"] == {"value": 1, "text": "1", "source": str(Layout(root).config)}
     assert settings["max_age"]["value"] == 2 * 86400
-    assert settings["max_age"]["source"] == f"{root / 'config.toml'} [profile.ci]"
+    assert settings["max_age"]["source"] == f"{Layout(root).config} [profile.ci]"
     assert settings["lease_ttl"]["source"] == "environment variable CAS_LEASE_TTL"
     assert settings["max_cache_size"] == {
         "value": 10 * 2**30, "text": "10GiB", "source": "default",
@@ -593,11 +594,11 @@ def test_out_of_range_settings_are_config_errors(
     tmp_path: Path, key: str, literal: str, mentions: str
 ) -> None:
     """A value outside a setting's documented range is a ConfigError naming file, key and value."""
-    (tmp_path / "config.toml").write_text(f"{key} = {literal}\n", encoding="utf-8")
+    Layout(tmp_path).config.write_text(f"{key} = {literal}\n", encoding="utf-8")
     with pytest.raises(ConfigError) as raised:
         load_config(tmp_path)
     message = str(raised.value)
-    assert str(tmp_path / "config.toml") in message and key in message and mentions in message
+    assert str(Layout(tmp_path).config) in message and key in message and mentions in message
 
 
 @pytest.mark.parametrize(
@@ -615,23 +616,23 @@ def test_cli_out_of_range_setting_is_one_line(
     """Out-of-range settings stop a command with one line and status 2 before anything runs."""
     root = tmp_path / "store"
     assert run_cas("put", "-", "--name", "kept", root=root, input=b"kept").returncode == 0
-    (root / "config.toml").write_text(f"{key} = {literal}\n", encoding="utf-8")
+    Layout(root).config.write_text(f"{key} = {literal}\n", encoding="utf-8")
     done = run_cas(*args, root=root, input=b"new")
     lines = done.stderr.decode().splitlines()
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and lines[0].startswith("cas: error:"), lines
-    assert key in lines[0] and str(root / "config.toml") in lines[0]
+    assert key in lines[0] and str(Layout(root).config) in lines[0]
 
 
 def test_cli_non_utf8_config_is_one_line(tmp_path: Path) -> None:
     """A config.toml that is not UTF-8 text is one error line naming the file, status 2."""
     root = tmp_path / "store"
     root.mkdir()
-    (root / "config.toml").write_bytes(b"max_age = \"7d\"\n# caf\xe9\n")
+    Layout(root).config.write_bytes(b"max_age = \"7d\"\n# caf\xe9\n")
     done = run_cas("ls", root=root)
     lines = done.stderr.decode().splitlines()
     assert done.returncode == 2, done.stderr
-    assert len(lines) == 1 and "UTF-8" in lines[0] and str(root / "config.toml") in lines[0]
+    assert len(lines) == 1 and "UTF-8" in lines[0] and str(Layout(root).config) in lines[0]
 
 
 @pytest.mark.parametrize("interval", ["0s", "0", "0.5s", "1e300d", "-1s", "nan"])

@@ -26,6 +26,7 @@ from hypothesis.stateful import (
 import cas
 from cas.ops.leases import Lease
 from cas.storage import queries
+from cas.storage.layout import Layout
 
 GRACE = 3600.0
 OLD = 7 * 86400.0  # how long ago an aged blob was last accessed
@@ -45,7 +46,7 @@ class StoreMachine(RuleBasedStateMachine):
         self.root = self.folder / "store"
         self.store = cas.Store.open(self.root, grace_period=GRACE, max_cache_size=10**9)
         self.other = cas.Store.open(self.root, grace_period=GRACE, max_cache_size=10**9)
-        self.db = sqlite3.connect(self.root / "catalog.db", isolation_level=None)
+        self.db = sqlite3.connect(Layout(self.root).catalog, isolation_level=None)
         self.blobs: dict[str, bytes] = {}
         self.names: dict[str, str] = {}
         self.pinned: set[str] = set()
@@ -212,7 +213,7 @@ class StoreMachine(RuleBasedStateMachine):
 
     @invariant()
     def rows_files_and_sizes_agree(self) -> None:
-        files = {p.name: p for p in (self.root / "blobs").rglob("*") if p.is_file()}
+        files = {p.name: p for p in Layout(self.root).blobs.rglob("*") if p.is_file()}
         rows = dict(self.db.execute("SELECT digest, size FROM blobs"))
         assert set(files) == set(rows) == set(self.blobs), "rows, files and model differ"
         for digest, path in files.items():

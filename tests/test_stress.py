@@ -19,6 +19,7 @@ from pathlib import Path
 import blake3
 
 import cas
+from cas.storage.layout import Layout
 
 SECONDS = float(os.environ.get("STRESS_SECONDS", "30"))
 WORKERS = int(os.environ.get("STRESS_WORKERS", "6"))
@@ -89,8 +90,8 @@ def _worker(root: str, seed: int, until: float, results: multiprocessing.Queue) 
 def _check_store(root: Path) -> list[str]:
     """Every row has its file with the right bytes, every file its row, totals add up."""
     problems = []
-    files = {p.name: p for p in (root / "blobs").rglob("*") if p.is_file()}
-    db = sqlite3.connect(root / "catalog.db")
+    files = {p.name: p for p in Layout(root).blobs.rglob("*") if p.is_file()}
+    db = sqlite3.connect(Layout(root).catalog)
     rows = dict(db.execute("SELECT digest, size FROM blobs"))
     counters = dict(db.execute("SELECT name, value FROM counters"))
     leases = db.execute("SELECT count(*) FROM leases").fetchone()[0]

@@ -18,6 +18,7 @@ import blake3
 import pytest
 
 import cas
+from cas.storage.layout import LOCKS, Layout, put_name, shard_of
 from cas.storage.processes import staging_tag
 
 from .conftest import run_cas
@@ -35,7 +36,7 @@ def digest_of(data: bytes) -> str:
 
 
 def blob_path(root: Path, digest: str) -> Path:
-    return root / "blobs" / digest[:2] / digest
+    return Layout(root).blob(digest)
 
 
 def edit_in_place(path: Path, offset: int = 0) -> None:
@@ -50,7 +51,7 @@ def edit_in_place(path: Path, offset: int = 0) -> None:
 
 
 def catalog_rows(root: Path, sql: str) -> list[tuple[object, ...]]:
-    db = sqlite3.connect(root / "catalog.db")
+    db = sqlite3.connect(Layout(root).catalog)
     try:
         return db.execute(sql).fetchall()
     finally:
@@ -126,23 +127,23 @@ def test_orphan_file_is_adopted_and_a_wrong_one_quarantined(store: cas.Store, ro
     assert not report.damaged
     assert store.read_bytes(digest_of(right)) == right
     assert not blob_path(root, wrong_name).exists()
-    assert [p.read_bytes() for p in (root / "quarantine").iterdir()] == [b"other bytes"]
-    assert oct((root / "quarantine").stat().st_mode & 0o777) == "0o700"
+    assert [p.read_bytes() for p in Layout(root).quarantine.iterdir()] == [b"other bytes"]
+    assert oct(Layout(root).quarantine.stat().st_mode & 0o777) == "0o700"
 
 
 def test_strays_under_blobs_are_quarantined(store: cas.Store, root: Path) -> None:
     """Anything under blobs/ that is not a blob file in its shard is moved aside."""
     digest = store.put(b"x")
-    (root / "blobs" / "notes.txt").write_text("a person's note")
-    (root / "blobs" / "ZZ").mkdir()
+    (Layout(root).blobs / "notes.txt").write_text("a person's note")
+    (Layout(root).blobs / "ZZ").mkdir()
     misplaced = digest_of(b"misplaced")
-    (root / "blobs" / digest[:2] / "not-a-digest").write_bytes(b"junk")
-    shard = "00" if misplaced[:2] != "00" else "01"
-    (root / "blobs" / shard).mkdir(exist_ok=True)
-    (root / "blobs" / shard / misplaced).write_bytes(b"misplaced")
+    (Layout(root).shard(digest) / "not-a-digest").write_bytes(b"junk")
+    shard = "00" if shard_of(misplaced) != "00" else "01"
+    (Layout(root).blobs / shard).mkdir(exist_ok=True)
+    (Layout(root).blobs / shard / misplaced).write_bytes(b"misplaced")
     report = store.verify()
     assert kinds(report) == {"stray": 4}
-    assert len(list((root / "quarantine").iterdir())) == 4
+    assert len(list(Layout(root).quarantine.iterdir())) == 4
     assert store.read_bytes(digest) == b"x"
 
 
@@ -164,12 +165,12 @@ def test_debris_of_dead_writers_goes_and_live_writers_stay(store: cas.Store, roo
          "from cas.storage.processes import staging_tag; print(staging_tag())"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
-    (root / "tmp" / f"put-{dead_tag}abc123").write_bytes(b"half a put")
-    live = root / "tmp" / f"put-{staging_tag()}def456"
+    (Layout(root).tmp / put_name(dead_tag, "abc123")).write_bytes(b"half a put")
+    live = Layout(root).tmp / put_name(staging_tag(), "def456")
     live.write_bytes(b"a put in progress")
     report = store.verify()
     assert kinds(report) == {"debris": 1}
-    assert sorted(p.name for p in (root / "tmp").iterdir()) == sorted(["locks", live.name])
+    assert sorted(p.name for p in Layout(root).tmp.iterdir()) == sorted([LOCKS, live.name])
 
 
 def test_dead_leases_are_reclaimed(root: Path) -> None:
@@ -281,8 +282,8 @@ def test_catalog_rebuilt_from_blobs_after_moving_it_aside(root: Path) -> None:
     with cas.Store.open(root) as store:
         digests = [store.put(os.urandom(2000)) for _ in range(6)]
     for suffix in ("", "-wal", "-shm"):
-        if Path(f"{root / 'catalog.db'}{suffix}").exists():
-            os.rename(f"{root / 'catalog.db'}{suffix}", f"{root / 'aside.db'}{suffix}")
+        if Path(f"{Layout(root).catalog}{suffix}").exists():
+            os.rename(f"{Layout(root).catalog}{suffix}", f"{root / 'aside.db'}{suffix}")
     with cas.Store.open(root) as store:
         report = store.verify()
         assert kinds(report) == {"orphan": 6}
@@ -335,14 +336,14 @@ def test_hashing_with_and_without_proc(tmp_path: Path, monkeypatch: pytest.Monke
                                        proc: bool) -> None:
     """Files are hashed right through /proc/self/fd and, where /proc is missing, through
     Python's mmap or reads."""
-    import cas.storage.blobs
+    import cas.storage.hashing
 
-    monkeypatch.setattr(cas.storage.blobs, "_PROC_FD", proc)
+    monkeypatch.setattr(cas.storage.hashing, "_PROC_FD", proc)
     for size in (0, 1, 1000, 65536, 300_000):
         data = os.urandom(size)
         (tmp_path / "f").write_bytes(data)
         fd = os.open(tmp_path / "f", os.O_RDONLY)
         try:
-            assert cas.storage.blobs.hash_fd(fd, size) == digest_of(data)
+            assert cas.storage.hashing.hash_fd(fd, size) == digest_of(data)
         finally:
             os.close(fd)

@@ -26,7 +26,8 @@ from cas.ops.leases import dead_leases
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection, add_counts
-from cas.storage.metrics import Counter, staging_usage
+from cas.storage.metrics import Counter
+from cas.storage.staging import staging_usage
 
 log = logging.getLogger("cas")
 

@@ -1,6 +1,6 @@
 """Fetching into the store: serve what is already known, else download once, verify, publish.
 
-Policy over two mechanisms: transfer/download.py moves and verifies bytes, the catalog knows what is
+Policy over two mechanisms: transfer/http.py moves and verifies bytes, the catalog knows what is
 stored. A fetch is answered without network when its expected BLAKE3 is stored, when its
 expected SHA-256 was seen before for a stored blob (the ``aliases`` table), or, when it expects
 no digest, when the URL's last content is still stored (the ``sources`` table). Otherwise one
@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 from cas.errors import DownloadError, IntegrityError, StoreError, UsageError
 from cas.refs import check_digest, check_name
 from cas.storage import queries as q
-from cas.storage.blobs import CHUNK_SIZE, BlobStore
+from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
+from cas.storage.hashing import CHUNK_SIZE
 from cas.storage.metrics import Counter
 from cas.transfer.http import Downloader
 from cas.transfer.request import Download, Expected, Progress, check_url

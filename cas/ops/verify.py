@@ -27,7 +27,7 @@ exit with status 4.
 Quick mode checks that each blob exists with its row's size and mode, and rehashes only files
 whose stat signature changed since they were last verified (an edit in place changes mtime or
 ctime). Full mode rehashes every blob, the least recently verified first, on a thread pool of
-one thread more than the cores, blake3 mapping each file without the GIL (cas/storage/blobs.py
+one thread more than the cores, blake3 mapping each file without the GIL (cas/storage/hashing.py
 ``hash_fd``: within 1.1x of b3sum); a ``budget`` stops it when spent and the next run continues
 where it stopped, as the catalog records when each blob was verified.
 
@@ -52,9 +52,10 @@ from typing import Any
 from cas.errors import CasError, StoreError, UsageError
 from cas.ops.leases import dead_leases
 from cas.storage import queries as q
-from cas.storage.blobs import BLOB_MODE, BlobStore, Found, signature, unchanged
+from cas.storage.blobs import BlobStore, Found, signature, unchanged
 from cas.storage.catalog import Catalog, Connection, damaged_catalog
 from cas.storage.metrics import Counter
+from cas.storage.staging import BLOB_MODE
 from cas.transfer.request import Progress
 
 log = logging.getLogger("cas")

@@ -44,7 +44,7 @@ from sqlalchemy import create_engine, event, exc
 from sqlalchemy.pool import QueuePool
 
 from cas.errors import CatalogError, StoreError
-from cas.storage.blobs import Folder, open_lock
+from cas.storage.folder import Folder, open_lock
 from cas.storage.metrics import Counter
 from cas.storage.processes import forks
 

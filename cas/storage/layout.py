@@ -72,9 +72,13 @@ class Layout:
     def setup_lock(self) -> Path:
         return self.locks / SETUP_LOCK
 
+    def shard(self, digest: str) -> Path:
+        """The folder of the blob ``digest`` (``blobs/ab``)."""
+        return self.blobs / shard_of(digest)
+
     def blob(self, digest: str) -> Path:
         """Where the blob ``digest`` lives (``blobs/ab/<digest>``)."""
-        return self.blobs / shard_of(digest) / digest
+        return self.shard(digest) / digest
 
     def folders(self) -> list[Path]:
         """The folders a writable store needs, parents first."""
@@ -96,6 +100,17 @@ def download_key(key: str) -> str:
     """The file-name stem for a download of ``key`` (a URL or an expected digest): partials
     are ``<stem>-<token>.part``, their single-flight lock ``locks/<stem>.lock``."""
     return DOWNLOAD_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+def put_name(tag: str, token: str) -> str:
+    """The name of a put's staging file in ``tmp/``: its writer's staging tag, then a token."""
+    return f"{PUT_PREFIX}{tag}{token}"
+
+
+def quarantine_name(entry: str, stamp: str, token: str) -> str:
+    """The name in ``quarantine/`` of the entry ``entry`` of ``blobs/`` (``ab/<digest>``, a
+    path relative to ``blobs/``) moved there at ``stamp``: ``<stamp>-<token>-ab-<digest>``."""
+    return f"{stamp}-{token}-{entry.replace('/', '-')}"
 
 
 def partial_name(stem: str, token: str) -> str:

@@ -12,13 +12,9 @@ Who adds to what: the ``HELP`` text of each counter says when it grows.
 
 from __future__ import annotations
 
-import os
-import stat
-import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
 from typing import Any
 
 from cas.settings import Settings
@@ -56,9 +52,8 @@ HELP: Mapping[Counter, str] = {
     Counter.VERIFICATION_FAILURES: "Blobs that verification found missing or damaged.",
 }
 
-#: Staging files older than this are debris: no live write keeps a file that long.
-DEBRIS_AGE = 86400.0
-#: More debris than this (files or bytes) makes ``cas stats --check`` fail: gc is not running.
+#: More staging debris than this (files or bytes) makes ``cas stats --check`` fail: gc is not
+#: running.
 DEBRIS_MAX_FILES = 100
 DEBRIS_MAX_BYTES = 2**30
 
@@ -81,6 +76,7 @@ class Stats:
     usage: Usage
     max_cache_size: int
     low_water_bytes: int
+    #: What the next gc removes from tmp/ (storage/staging.py ``is_debris``).
     debris_files: int
     debris_bytes: int
     #: Every file in tmp/ now: partial downloads (a killed fetch's too, until gc or verify
@@ -145,7 +141,8 @@ class Stats:
         if self.debris_files > DEBRIS_MAX_FILES or self.debris_bytes > DEBRIS_MAX_BYTES:
             found.append(
                 f"staging debris piling up: {self.debris_files} files"
-                f" ({human_size(self.debris_bytes)}) older than a day in tmp/; run `cas gc`"
+                f" ({human_size(self.debris_bytes)}) in tmp/ that no writer will finish;"
+                " run `cas gc`"
             )
         return found
 
@@ -199,11 +196,11 @@ class Stats:
             self.download_success_rate,
         )  # fmt: skip
         metric(
-            "cas_staging_debris_files", "gauge", "Staging files older than a day.",
+            "cas_staging_debris_files", "gauge", "Staging files no writer will finish.",
             self.debris_files,
         )  # fmt: skip
         metric(
-            "cas_staging_debris_bytes", "gauge", "Bytes of staging files older than a day.",
+            "cas_staging_debris_bytes", "gauge", "Bytes of staging files no writer will finish.",
             self.debris_bytes,
         )  # fmt: skip
         metric(
@@ -227,63 +224,6 @@ class Stats:
 
 def _ratio(good: int, bad: int) -> float | None:
     return good / (good + bad) if good + bad else None
-
-
-def staging_debris(
-    tmp_dir: Path, skip: Path, now: float | None = None, age: float = DEBRIS_AGE
-) -> tuple[int, int]:
-    """Count and bytes of files under ``tmp_dir`` (but not ``skip``) unchanged for ``age``.
-
-    Symlinks are counted, never followed (guarantee 7).
-    """
-    cutoff = (time.time() if now is None else now) - age
-    files = size = 0
-    for info in _staged(tmp_dir, skip):
-        if info.st_mtime < cutoff:
-            files += 1
-            size += info.st_size if stat.S_ISREG(info.st_mode) else 0
-    return files, size
-
-
-def staging_usage(tmp_dir: Path, skip: Path) -> tuple[int, int]:
-    """Count and bytes of every file under ``tmp_dir`` (but not ``skip``): the disk that
-    partial downloads and puts in progress use beside the blobs (issue 13, item 15)."""
-    files = size = 0
-    for info in _staged(tmp_dir, skip):
-        files += 1
-        size += info.st_size if stat.S_ISREG(info.st_mode) else 0
-    return files, size
-
-
-def _staged(tmp_dir: Path, skip: Path) -> Iterator[os.stat_result]:
-    """The lstat of each file under ``tmp_dir``, not under ``skip``; symlinks never followed."""
-    for folder, subfolders, names in os.walk(tmp_dir):
-        subfolders[:] = [sub for sub in subfolders if Path(folder, sub) != skip]
-        for name in names:
-            try:
-                yield os.lstat(os.path.join(folder, name))
-            except FileNotFoundError:
-                continue  # a writer finished meanwhile
-
-
-def quarantined(folder: Path) -> tuple[int, int]:
-    """Count and bytes of the files under ``folder`` (``quarantine/``), at any depth: a stray
-    folder verify moved there keeps its contents. Symlinks are counted, never followed, and a
-    ``folder`` that is itself a symlink counts nothing (guarantee 7)."""
-    files = size = 0
-    if not os.path.isdir(folder):
-        return files, size  # none yet (verify makes it when it first moves something)
-    for _, subfolders, names, folder_fd in os.fwalk(folder, follow_symlinks=False):
-        for name in [*names, *subfolders]:
-            try:
-                info = os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # removed meanwhile
-            if stat.S_ISDIR(info.st_mode):
-                continue
-            files += 1
-            size += info.st_size if stat.S_ISREG(info.st_mode) else 0
-    return files, size
 
 
 def human_size(size: int) -> str:

@@ -21,10 +21,10 @@ from cas.errors import CatalogError, StoreError
 from cas.settings import Settings
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, damaged_catalog, refuse_links
+from cas.storage.layout import Layout
 
 log = logging.getLogger("cas")
 
-CATALOG = "catalog.db"
 #: Filesystem types where SQLite is known to be unsafe (as /proc/mounts names them).
 NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs"})
 #: The mount table read for filesystem types; a seam for tests, which point it at a file of
@@ -94,10 +94,11 @@ def open_files(root: Path, settings: Settings) -> tuple[BlobStore, Catalog]:
     that cannot be created, or written when it has no catalog yet).
     """
     check_filesystem(root, settings.allow_network_fs)
-    catalog_path = root / CATALOG
+    layout = Layout(root)
+    catalog_path = layout.catalog
     refuse_links(catalog_path)  # before the checks below follow it
     dir_mode = 0o2770 if settings.shared else 0o700
-    folders = [root, root / "blobs", root / "tmp", root / "tmp" / "locks"]
+    folders = layout.folders()
     read_only = None
     if os.path.isdir(root) and not _writable([*folders, catalog_path]):
         if not catalog_path.is_file():
@@ -106,7 +107,7 @@ def open_files(root: Path, settings: Settings) -> tuple[BlobStore, Catalog]:
         log.info("store root %s is not writable: opened read-only", root)
     blobs = BlobStore(root, dir_mode=dir_mode, durable=settings.durable, read_only=read_only)
     _check_not_emptied(catalog_path, blobs)
-    lock = blobs.locks_dir / "setup.lock"
+    lock = layout.setup_lock
     try:
         catalog = Catalog(catalog_path, lock, durable=settings.durable, read_only=read_only,
                           locks=blobs.locks)

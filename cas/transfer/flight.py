@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from cas.storage.blobs import Folder, open_lock
+from cas.storage.folder import Folder, open_lock
 from cas.storage.layout import download_key, lock_name
 
 log = logging.getLogger("cas")

@@ -29,7 +29,8 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
 from cas.errors import DownloadError, IntegrityError
-from cas.storage.blobs import CHUNK_SIZE, Folder
+from cas.storage.folder import Folder
+from cas.storage.hashing import CHUNK_SIZE
 from cas.storage.processes import forks
 from cas.transfer import USER_AGENT
 from cas.transfer.flight import heartbeat, single_flight

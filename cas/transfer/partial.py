@@ -25,15 +25,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from cas.errors import IntegrityError
-from cas.storage.blobs import (
-    BLOB_MODE,
-    CHUNK_SIZE,
-    WRITE_BEHIND,
-    Folder,
-    Staged,
-    hasher,
-    start_writeback,
-)
+from cas.storage.folder import Folder
+from cas.storage.hashing import CHUNK_SIZE, WRITE_BEHIND, hasher, start_writeback
 from cas.storage.layout import (
     PARTIAL_SUFFIX,
     SIDECAR_SCRATCH_SUFFIX,
@@ -47,6 +40,7 @@ from cas.storage.processes import (
     written_by_dead_process,
     written_by_this_process,
 )
+from cas.storage.staging import BLOB_MODE, Staged
 from cas.transfer.request import Expected
 
 _ACTIVE: set[str] = set()  # tokens of partials being written by this process

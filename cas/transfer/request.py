@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 from cas.errors import UsageError
 
 if TYPE_CHECKING:
-    from cas.storage.blobs import Staged
+    from cas.storage.staging import Staged
 
 #: Called with (bytes done, total bytes or None) as a transfer advances; done may go back to 0.
 Progress = Callable[[int, int | None], None]
