@@ -18,6 +18,9 @@ from pathlib import Path
 import blake3
 
 import cas
+import cas.ops.fetch  # the zygote pays for every import once, before it forks its workers
+import cas.ops.verify
+import cas.store
 from cas.errors import InUse, NotFound
 
 #: Resources the test's HTTP server serves at /r<k>: their bodies are ``resource(k)``.
