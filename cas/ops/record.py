@@ -204,6 +204,4 @@ class Recorder:
                     sha256.update(chunk)
             return sha256.hexdigest()
         except OSError as error:
-            raise StoreError(
-                f"cannot read blob {digest}: {error.strerror or error}; run `cas verify`"
-            ) from error
+            raise os_error(error, f"cannot read blob {digest} (`cas verify` checks it)") from error
