@@ -1,16 +1,7 @@
-"""The public face of a store: ``Store`` opens the files, wires the operations, and delegates.
-
-Each verb lives in ``cas/ops/``: put (staging and batches), record (the one publish-then-record
-step of put, fetch and pull), lookup (refs, reads, listing), fetch, tier (the remote), manifest,
-leases, eviction and cleanup (policy and mechanism), upkeep (when cleanup runs) and verify.
-The operations needed only by some commands (fetch and its HTTP client, the remote tier,
-manifests, verify) are imported by the methods that use them, so opening a store and reading
-from it stays cheap.
-
-Order of files and rows (docs/architecture.md): a blob's file is published, then its row is
-inserted, both inside one IMMEDIATE transaction; a row is deleted and committed first, and the
-file is unlinked later, again under the write lock and only if no row came back meanwhile. So a
-crash leaves at most a file without a row, never a row without its file.
+"""The public face of a store: ``Store`` opens the files, wires the operations of ``cas/ops/``
+and delegates to them (docs/architecture.md lists them). The operations that only some commands
+need (fetch and its HTTP client, the remote tier, manifests, verify) load on first use, so
+opening a store and reading from it stays cheap.
 
 Seams for tests and tools: ``Store.open(downloader=, remote_client=, clock=)`` replace the
 HTTP client, the remote tier's client, and the wall time the store reads (last access, leases,
@@ -21,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 import os
 import threading
 import time
@@ -31,13 +21,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from cas.errors import (
-    ConfigError,
-    IntegrityError,
-    StoreError,
-    UsageError,
-    os_error,
-)
+from cas.errors import ConfigError, StoreError, os_error
 from cas.ops.cleanup import Cleaner
 from cas.ops.eviction import Limits, Plan
 from cas.ops.leases import Lease, LeaseKeeper
@@ -62,8 +46,6 @@ if TYPE_CHECKING:
     from cas.transfer.s3 import Remote
 
 __all__ = ["Entry", "Source", "Store"]
-
-log = logging.getLogger("cas")
 
 T = TypeVar("T")
 
@@ -107,7 +89,7 @@ class Store:
         self._upkeep = Upkeep(catalog, settings, clock, self._cleaner, self._closed)
         self._putter = Putter(blobs, catalog, clock, self._upkeep.after_write)
         self._names = Names(blobs, catalog, self._cleaner, clock)
-        self._reader = Reader(blobs, catalog, clock, self._fetch_again, settings.auto_download)
+        self._reader = Reader(blobs, catalog, clock, _weakly(self._fetch), settings.auto_download)
         # The HTTP client and the remote tier load on first use (urllib3, boto3).
         self._downloader = downloader
         self._remote_client = remote_client
@@ -265,13 +247,7 @@ class Store:
 
     def open_blob(self, ref: str) -> BinaryIO:
         """An open binary file of the blob's content."""
-        digest = self._reader.locate(ref)
-        try:
-            return self._blobs.open(digest)
-        except OSError as error:  # a damaged store, not a failing disk: the blob's error
-            raise IntegrityError(
-                f"cannot open blob {digest}: {error.strerror}; run `cas verify`"
-            ) from error
+        return self._reader.open(ref)
 
     def read_bytes(self, ref: str) -> bytes:
         """The whole content of the blob ``ref`` names."""
@@ -324,10 +300,6 @@ class Store:
             self._upkeep.after_write(fetched.stored)
         return fetched
 
-    def _fetch_again(self, url: str, *, name: str | None, blake3: str, sha256: str | None,
-                     size: int | None) -> None:
-        self._fetch(url, name=name, blake3=blake3, sha256=sha256, size=size)
-
     def sync(self, manifest_path: str | os.PathLike[str], jobs: int = 4) -> dict[str, str]:
         """Fetch every fixture of a manifest (SPEC "Manifest"), ``jobs`` at a time; return
         name -> digest. Raises CasError naming each failed fixture after the others finished,
@@ -371,15 +343,7 @@ class Store:
         Returns the report, as ``push`` does. Raises ConfigError when no remote is configured,
         UsageError for a bad manifest or for both refs and a manifest.
         """
-        tier = self._remote_tier()
-        fixtures = None
-        if manifest is not None:
-            from cas.ops import manifest as manifests
-
-            if refs is not None:
-                raise UsageError("pull either refs or a manifest, not both")
-            fixtures = manifests.load(manifest)
-        report = tier.pull([refs] if isinstance(refs, str) else refs, fixtures)
+        report = self._remote_tier().pull([refs] if isinstance(refs, str) else refs, manifest)
         if report.stored is not None:
             self._upkeep.after_write(report.stored)
         return report
@@ -410,9 +374,8 @@ class Store:
         from cas.ops.verify import Verifier
 
         def refetch(row: q.DamagedRow) -> None:
-            assert row.url is not None
-            self.fetch(row.url, name=row.name, blake3=row.digest, sha256=row.sha256,
-                       size=row.expected_size)
+            self._fetch(row.url or "", name=row.name, blake3=row.digest, sha256=row.sha256,
+                        size=row.expected_size)
 
         verifier = Verifier(self._blobs, self._catalog, refetch if repair else None, progress)
         return verifier.run(full=full, budget=budget)
@@ -460,6 +423,20 @@ class Store:
         for the duration of the ``with`` block. Raises UsageError for an interval that
         ``cleanup_interval`` would refuse (under 1 s: cleaning in a tight loop)."""
         return self._upkeep.maintenance(interval)
+
+
+def _weakly(method: Callable[..., object]) -> Callable[..., object]:
+    """``method`` of a store, called without holding the store: the parts a store owns must not
+    keep it alive, so that one dropped unclosed is still finalized at once."""
+    ref = weakref.WeakMethod(method)
+
+    def call(*args: Any, **kwargs: Any) -> object:
+        bound = ref()
+        if bound is None:
+            raise StoreError("the store is closed")
+        return bound(*args, **kwargs)
+
+    return call
 
 
 def _close(keeper: LeaseKeeper, catalog: Catalog) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import BinaryIO, NamedTuple, Protocol
 
 from cas.errors import IntegrityError, NotFound, UsageError
 from cas.ops.leases import dead_leases
@@ -94,7 +94,7 @@ class Refetch(Protocol):
     """Fetches a named fixture's content again from its recorded source (the store's fetch)."""
 
     def __call__(self, url: str, *, name: str | None, blake3: str, sha256: str | None,
-                 size: int | None) -> None: ...
+                 size: int | None) -> object: ...
 
 
 class Reader:
@@ -142,6 +142,17 @@ class Reader:
         if not missed:
             self._catalog.count(Counter.HITS)
         return target.digest
+
+    def open(self, ref: str) -> BinaryIO:
+        """An open file of the blob ``ref`` names. Raises IntegrityError when it cannot be
+        opened: a damaged store, whose blob ``cas verify`` checks."""
+        digest = self.locate(ref)
+        try:
+            return self._blobs.open(digest)
+        except OSError as error:
+            raise IntegrityError(
+                f"cannot open blob {digest}: {error.strerror}; run `cas verify`"
+            ) from error
 
     def _refetch(self, ref: str, target: Target) -> Target:
         """Fetch a named fixture whose blob was evicted again from its recorded source."""

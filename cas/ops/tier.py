@@ -43,6 +43,7 @@ from cas.errors import (
     UsageError,
     os_error,
 )
+from cas.ops import manifest as manifests
 from cas.ops.manifest import Fixture
 from cas.ops.record import Clock, Fetched, Recorder
 from cas.refs import check_name, is_digest
@@ -294,16 +295,16 @@ class RemoteTier:
     # -- pull --------------------------------------------------------------------------------------
 
     def pull(
-        self, refs: Sequence[str] | None, fixtures: Sequence[Fixture] | None = None
+        self, refs: Sequence[str] | None, manifest: str | os.PathLike[str] | None = None
     ) -> TransferReport:
-        """Copy each ref (a name or a digest) from the remote, each of ``fixtures`` (a
-        manifest's), or, with neither, every name the remote has; verified, as any download."""
-        if refs is not None and fixtures is not None:
+        """Copy each ref (a name or a digest) from the remote, each fixture of ``manifest``,
+        or, with neither, every name the remote has; verified, as any download."""
+        if refs is not None and manifest is not None:
             raise UsageError("pull either refs or a manifest, not both")
         report = TransferReport("pulled", "in the store")
         items: list[_Item] = []
-        if fixtures is not None:
-            for fixture in fixtures:
+        if manifest is not None:
+            for fixture in manifests.load(manifest):
                 items.append((fixture.name, partial(self._pull_fixture, fixture)))
         elif refs is not None:
             items = [(ref, partial(self._pull_ref, ref)) for ref in refs]
