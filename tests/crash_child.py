@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
@@ -112,6 +113,8 @@ def _work(root: str, base_url: str, focus: str, phase: int, seed: int) -> None:
 def main() -> None:
     root, base_url, focus, phase_file = sys.argv[1:5]
     phase = os.open(phase_file, os.O_RDWR | os.O_CREAT, 0o600)
+    with tempfile.TemporaryDirectory() as warm:  # what a first open loads, loaded before forks
+        cas.Store.open(Path(warm) / "store").close()
     print("ready", flush=True)
     for line in sys.stdin:
         words = line.split()
