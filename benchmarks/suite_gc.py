@@ -29,6 +29,8 @@ from harness import Context, Row, SuiteResult, Target, median, peak_rss
 from harness import remove as remove_path
 
 import cas
+import cas.ops.eviction
+from cas.settings import MAX_DURATION
 from cas.storage.layout import Layout, shard_of
 
 SIZES = (100_000, 1_000_000)
@@ -172,8 +174,8 @@ def _round(ctx: Context, count: int) -> dict[str, float]:
 def _victims_of(root: Path, max_size: int) -> list[str]:
     """The digests a gc of the store at ``root`` down from ``max_size`` removes, by cas's own
     policy (``cas.ops.eviction.victims``), so that the peer removes exactly the same files."""
-    limits = cas.ops.eviction.Limits(max_size=max_size, low_water=cas.Settings().low_water,
-                                 max_age=float("inf"), grace_period=0.0)
+    limits = cas.ops.eviction.Limits(cas.Settings(max_cache_size=max_size, max_age=MAX_DURATION,
+                                                  grace_period=0.0))
     db = sqlite3.connect(Layout(root).catalog)
     try:
         stored = db.execute("SELECT value FROM counters WHERE name = 'stored_bytes'").fetchone()[0]

@@ -127,10 +127,9 @@ def _measure(
     ctx.log("s3-pull: put and push of the blob (setup, not compared)")
     pusher = ctx.scratch / "pusher"
     remove_path(pusher)
-    with cas.Store.open(pusher, remote=url) as store:
-        assert store._tier is not None
-        store._tier.remote = Remote(url, transfer=Transfer(
-            threshold=UPLOAD_PART_SIZE, part_size=UPLOAD_PART_SIZE, concurrency=CONCURRENCY))
+    uploader = Remote(url, transfer=Transfer(
+        threshold=UPLOAD_PART_SIZE, part_size=UPLOAD_PART_SIZE, concurrency=CONCURRENCY))
+    with cas.Store.open(pusher, remote=url, remote_client=uploader) as store:
         digest = store.put(source, name="big")
         start = time.perf_counter()
         report = store.push(["big"])
@@ -151,9 +150,7 @@ def _measure(
     # As in put-large, each contender deletes its own previous output right before it writes.
     def pull() -> float:
         remove_path(puller)
-        with cas.Store.open(puller, remote=url) as store:
-            assert store._tier is not None
-            store._tier.remote = remote
+        with cas.Store.open(puller, remote=url, remote_client=remote) as store:
             start = time.perf_counter()
             done = store.pull([digest])
             elapsed = time.perf_counter() - start

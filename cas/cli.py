@@ -596,10 +596,12 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
 @pass_context
 def sync(context: Context, manifest_path: Path, jobs: int) -> None:
     """Fetch every fixture of MANIFEST; print "<digest>  <name>" for each that is stored."""
-    from cas.ops import manifest
+    from cas.progress import TotalBar, TransferBar
 
-    report = manifest.sync(context.store(), manifest_path, jobs=jobs,
-                           progress=_bars())
+    bars = _bars()
+    report = context.store().sync_report(manifest_path, jobs=jobs,
+                                         bar=TransferBar if bars else None,
+                                         total_bar=TotalBar if bars else None)
     for name, digest in sorted(report.digests.items()):
         click.echo(f"{digest}  {name}")
     _say(f"cas: sync: {report.summary()}")

@@ -103,7 +103,7 @@ class FixtureSession:
                         f"fixture {name!r} cannot be had: {missing}"
                     ) from missing
         # Served only from content that matches every expected digest and size (no network).
-        found = self.store._fetcher.stored(url, name, expected)
+        found = self.store._fetching().stored(url, name, expected)
         if found is not None:
             try:
                 return self.store.lease(found.digest)

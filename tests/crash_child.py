@@ -12,13 +12,16 @@ from __future__ import annotations
 import os
 import random
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 
 import blake3
 
 import cas
-import cas.store  # cas loads lazily: the zygote imports what its workers use, once
+import cas.ops.fetch  # the zygote pays for every import once, before it forks its workers
+import cas.ops.verify
+import cas.store
 from cas.errors import InUse, NotFound
 
 #: Resources the test's HTTP server serves at /r<k>: their bodies are ``resource(k)``.
@@ -110,7 +113,8 @@ def _work(root: str, base_url: str, focus: str, phase: int, seed: int) -> None:
 def main() -> None:
     root, base_url, focus, phase_file = sys.argv[1:5]
     phase = os.open(phase_file, os.O_RDWR | os.O_CREAT, 0o600)
-    assert cas.Store  # cas loads its names lazily: import the store once here, not per worker
+    with tempfile.TemporaryDirectory() as warm:  # what a first open loads, loaded before forks
+        cas.Store.open(Path(warm) / "store").close()
     print("ready", flush=True)
     for line in sys.stdin:
         words = line.split()

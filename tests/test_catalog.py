@@ -14,6 +14,8 @@ import cas
 from cas.storage.catalog import LATEST_VERSION, SCHEMA_VERSIONS
 from cas.storage.layout import Layout
 
+from .clock import Clock
+
 
 def _make_catalog_at(root: Path, version: int) -> None:
     root.mkdir(parents=True)
@@ -102,10 +104,9 @@ def test_last_access_is_coarse(store: cas.Store) -> None:
 
 def test_stale_last_access_is_written_at_close(root: Path) -> None:
     """A read of a blob not accessed for longer than the granularity is recorded by close."""
-    with cas.Store.open(root) as store:
-        store.put(b"stale", name="s")
+    with cas.Store.open(root, clock=Clock(1000)) as store:
+        store.put(b"stale", name="s")  # at 1000 s after the epoch
     db = sqlite3.connect(Layout(root).catalog, isolation_level=None)
-    db.execute("UPDATE blobs SET last_access = 1000")
     with cas.Store.open(root) as store:
         store.path("s")
         assert db.execute("SELECT last_access FROM blobs").fetchone() == (1000,)

@@ -16,26 +16,22 @@ import pytest
 import cas
 from cas.storage.layout import PUT_PREFIX, Layout
 
+from .clock import Clock
 from .conftest import blob_files, run_cas
-
-
-def _age(root: Path, digest: str, seconds_ago: float) -> None:
-    """Make a blob look last accessed ``seconds_ago`` (time passing, without waiting)."""
-    db = sqlite3.connect(Layout(root).catalog, isolation_level=None)
-    db.execute("UPDATE blobs SET last_access = ? WHERE digest = ?",
-               (time.time() - seconds_ago, digest))
-    db.close()
 
 
 @pytest.fixture
 def aged(root: Path) -> tuple[cas.Store, list[str]]:
-    """A store with ten 1000-byte blobs named b0..b9, b0 the least recently used."""
-    store = cas.Store.open(root, grace_period=600, max_cache_size=10**9)
+    """A store with ten 1000-byte blobs named b0..b9, b0 the least recently used: blob i was
+    put 3600 - i seconds before now (the store's clock moved on since)."""
+    now = time.time()
+    clock = Clock(now - 3600)
+    store = cas.Store.open(root, grace_period=600, max_cache_size=10**9, clock=clock)
     digests = []
     for index in range(10):
-        digest = store.put(bytes([index]) * 1000, name=f"b{index}")
-        _age(root, digest, 3600 - index)
-        digests.append(digest)
+        digests.append(store.put(bytes([index]) * 1000, name=f"b{index}"))
+        clock.advance(1)
+    clock.now = now
     return store, digests
 
 
@@ -51,6 +47,23 @@ def test_size_cleanup_frees_down_to_low_water_in_lru_order(
     assert plan.stored_before == 10000 and plan.stored_after == 4000
     assert sorted(path.name for path in blob_files(store.root)) == sorted(digests[6:])
     assert [entry.name for entry in store.entries()] == [f"b{i}" for i in range(6, 10)]
+
+
+def test_the_clock_seam_moves_last_access_and_lease_expiry(root: Path) -> None:
+    """A store opened with ``clock`` reads the wall time from it: a blob leaves its grace
+    period, and a lease not renewed expires, when that clock says so."""
+    clock = Clock()
+    with cas.Store.open(root, grace_period=60, lease_ttl=100, clock=clock) as store:
+        kept = store.put(b"leased")
+        gone = store.put(b"not leased")
+        lease = store.lease(kept)
+        assert store.gc(max_size=0).removed == 0  # both are recent
+        clock.advance(61)
+        assert [item.digest for item in store.gc(max_size=0).victims] == [gone]
+        assert [item.reason for item in store.gc(max_size=0).kept] == ["leased"]
+        clock.advance(100)  # the lease was not renewed within its ttl on this clock
+        assert [item.digest for item in store.gc(max_size=0).victims] == [kept]
+        lease.release()
 
 
 def test_below_the_limit_nothing_goes(aged: tuple[cas.Store, list[str]]) -> None:
@@ -266,9 +279,8 @@ def test_pin_a_digest_without_name_is_a_usage_error(store: cas.Store) -> None:
 
 def test_cli_gc_lists_names(root: Path) -> None:
     """`cas gc --dry-run` lists victims by name, and --json is one document."""
-    with cas.Store.open(root) as store:
-        digest = store.put(b"gc me", name="fixtures/gc-me")
-    _age(root, digest, 86400 * 60)
+    with cas.Store.open(root, clock=Clock(time.time() - 86400 * 60)) as store:
+        store.put(b"gc me", name="fixtures/gc-me")  # 60 days ago
     result = run_cas("gc", "--dry-run", root=root)
     assert result.returncode == 0
     assert "fixtures/gc-me" in result.stdout.decode()

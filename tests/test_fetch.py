@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 import cas
 import cas.ops.manifest
+from cas.progress import TotalBar, TransferBar
 from cas.storage.layout import LOCKS, PARTIAL_SUFFIX, SIDECAR_SUFFIX, Layout
 from cas.transfer.http import Downloader
 
@@ -46,15 +47,15 @@ def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def fast(store: cas.Store, **options: object) -> cas.Store:
-    """Give ``store`` a downloader with test-sized timeouts and backoff."""
+def fast(root: Path, **options: object) -> Downloader:
+    """A downloader for the store at ``root`` with test-sized timeouts and backoff (for
+    ``Store.open(downloader=...)``)."""
     settings: dict[str, object] = {
         "timeout": 5.0, "retries": 3, "backoff_factor": 0.01, "backoff_max": 0.05,
         "retry_after_max": 2, **options,
     }  # fmt: skip
-    tmp = Layout(store.root).tmp
-    store._fetcher.downloader = Downloader(tmp, Layout(store.root).locks, **settings)  # type: ignore[arg-type]
-    return store
+    tmp = Layout(root).tmp
+    return Downloader(tmp, Layout(root).locks, **settings)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -64,8 +65,15 @@ def server() -> Iterator[Server]:
 
 @pytest.fixture
 def fstore(root: Path) -> Iterator[cas.Store]:
-    with cas.Store.open(root) as store:
-        yield fast(store)
+    with cas.Store.open(root, downloader=fast(root)) as store:
+        yield store
+
+
+@pytest.fixture
+def fstore_once(root: Path) -> Iterator[cas.Store]:
+    """A store whose downloads retry once."""
+    with cas.Store.open(root, downloader=fast(root, retries=1)) as store:
+        yield store
 
 
 def partials(root: Path) -> list[Path]:
@@ -163,8 +171,7 @@ def test_interrupted_body_is_resumed_with_range(fstore: cas.Store, server: Serve
 def test_partial_outlives_a_failed_fetch_and_is_resumed_later(root: Path, server: Server) -> None:
     """Out of retries, the partial stays in tmp/; the next fetch asks only for the rest."""
     url = server.add("/a.bin", BODY, Reply(cut_after=CUT, reset=True))
-    with cas.Store.open(root) as store:
-        fast(store, retries=0)
+    with cas.Store.open(root, downloader=fast(root, retries=0)) as store:
         with pytest.raises(cas.DownloadError, match="after 1 attempts") as info:
             store.fetch(url)
         assert info.value.attempts == 1
@@ -275,8 +282,7 @@ def test_no_validator_means_no_resume(fstore: cas.Store, server: Server) -> None
 def test_stall_past_the_timeout_is_resumed(root: Path, server: Server) -> None:
     """A body that stops flowing times out after download_timeout and is resumed."""
     url = server.add("/a.bin", BODY, Reply(cut_after=CUT, stall=5))
-    with cas.Store.open(root) as store:
-        fast(store, timeout=0.5)
+    with cas.Store.open(root, downloader=fast(root, timeout=0.5)) as store:
         started = time.monotonic()
         assert store.fetch(url) == _b3(BODY)
         assert time.monotonic() - started < 3
@@ -287,10 +293,9 @@ def test_stall_past_the_timeout_is_resumed(root: Path, server: Server) -> None:
 def test_stalling_every_time_gives_up_after_the_retries(root: Path, server: Server) -> None:
     """Each attempt is bounded by the timeout; after retries+1 of them, a DownloadError."""
     url = server.add("/a.bin", BODY, *[Reply(cut_after=0, stall=5)] * 3)
-    with cas.Store.open(root) as store:
-        fast(store, timeout=0.3, retries=1)
-        with pytest.raises(cas.DownloadError, match=r"after 2 attempts.*timed out") as info:
-            store.fetch(url)
+    with (cas.Store.open(root, downloader=fast(root, timeout=0.3, retries=1)) as store,
+          pytest.raises(cas.DownloadError, match=r"after 2 attempts.*timed out") as info):
+        store.fetch(url)
     assert info.value.attempts == 2 and server.requests("/a.bin") == 2
     assert_holds(root)
 
@@ -302,17 +307,16 @@ HEAD = b'HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nETag: "v9"
 
 @given(cut=st.integers(min_value=1, max_value=len(HEAD) - 1))
 def test_a_header_block_cut_by_a_dying_server_is_never_content(
-    fstore: cas.Store, server: Server, cut: int
+    fstore_once: cas.Store, server: Server, cut: int
 ) -> None:
     """A server that dies anywhere inside its headers (and sends no length) gives an error after
     the retries, never an empty blob recorded as the URL's content."""
-    fast(fstore, retries=1)
     url = server.add("/cut", BODY, Reply(raw=HEAD[:cut]), Reply(raw=HEAD[:cut]))
     with pytest.raises(cas.DownloadError, match="failed after 2 attempts") as info:
-        fstore.fetch(url)
+        fstore_once.fetch(url)
     if cut > len(b"HTTP/1.1 200 OK\r\n"):
         assert "inside the response headers" in str(info.value)
-    assert_holds(fstore.root)
+    assert_holds(fstore_once.root)
 
 
 def test_cli_fetch_of_a_header_block_cut_short_fails_in_one_line(root: Path,
@@ -328,17 +332,16 @@ def test_cli_fetch_of_a_header_block_cut_short_fails_in_one_line(root: Path,
     assert done.returncode == 0 and done.stdout.decode().split()[0] == _b3(BODY)
 
 
-def test_a_chunked_body_cut_before_its_last_chunk_is_never_content(fstore: cas.Store,
+def test_a_chunked_body_cut_before_its_last_chunk_is_never_content(fstore_once: cas.Store,
                                                                    server: Server) -> None:
     """Chunked encoding ends with a zero-size chunk; a clean close before it is a failure."""
     cut = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
     whole = cut + b"0\r\n\r\n"
-    fast(fstore, retries=1)
     url = server.add("/chunked", b"", Reply(raw=cut), Reply(raw=cut), Reply(raw=whole))
     with pytest.raises(cas.DownloadError, match="IncompleteRead"):
-        fstore.fetch(url)
-    assert_holds(fstore.root)
-    assert fstore.read_bytes(fstore.fetch(url)) == b"hello"
+        fstore_once.fetch(url)
+    assert_holds(fstore_once.root)
+    assert fstore_once.read_bytes(fstore_once.fetch(url)) == b"hello"
 
 
 def test_a_body_without_length_ends_at_a_clean_close(fstore: cas.Store, server: Server,
@@ -352,18 +355,17 @@ def test_a_body_without_length_ends_at_a_clean_close(fstore: cas.Store, server: 
     assert_holds(fstore.root, BODY)
 
 
-def test_no_length_and_no_body_is_a_dropped_connection(fstore: cas.Store,
+def test_no_length_and_no_body_is_a_dropped_connection(fstore_once: cas.Store,
                                                        server: Server) -> None:
     """Decision: no length and a close right after the headers is what a server dying there
     looks like: retried, then an error; an empty file is sent with Content-Length: 0."""
     empty = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"
-    fast(fstore, retries=1)
     url = server.add("/empty", b"", Reply(raw=empty), Reply(raw=empty))
     with pytest.raises(cas.DownloadError, match="no body, no length"):
-        fstore.fetch(url)
+        fstore_once.fetch(url)
     assert server.requests("/empty") == 2
-    assert fstore.fetch(url, size=0) == _b3(b"")  # Content-Length: 0 is an empty file
-    assert_holds(fstore.root, b"")
+    assert fstore_once.fetch(url, size=0) == _b3(b"")  # Content-Length: 0 is an empty file
+    assert_holds(fstore_once.root, b"")
 
 
 def test_a_trickling_server_fails_within_the_download_timeout(root: Path,
@@ -436,8 +438,7 @@ def test_429_retry_after_is_honoured(fstore: cas.Store, server: Server,
 def test_retry_after_is_capped(root: Path, server: Server) -> None:
     """A Retry-After of an hour waits only retry_after_max (urllib3 would wait up to 6 h)."""
     url = server.add("/a.bin", BODY, Reply(status=503, headers={"Retry-After": "3600"}))
-    with cas.Store.open(root) as store:
-        fast(store, retry_after_max=1)
+    with cas.Store.open(root, downloader=fast(root, retry_after_max=1)) as store:
         started = time.monotonic()
         assert store.fetch(url) == _b3(BODY)
         assert time.monotonic() - started < 4
@@ -564,10 +565,9 @@ def test_untrusted_certificate_is_refused_without_retries(root: Path,
                                                           tls_server: Server) -> None:
     """A certificate from an unknown CA fails once, not retries+1 times."""
     url = tls_server.add("/a.bin", BODY)
-    with cas.Store.open(root) as store:
-        fast(store, retries=3)
-        with pytest.raises(cas.DownloadError, match="certificate") as info:
-            store.fetch(url)
+    with (cas.Store.open(root, downloader=fast(root, retries=3)) as store,
+          pytest.raises(cas.DownloadError, match="certificate") as info):
+        store.fetch(url)
     assert info.value.attempts == 1 and tls_server.connections == 1
     assert_holds(root)
 
@@ -578,8 +578,7 @@ def test_configured_ca_is_accepted(root: Path, tls_server: Server, ca: trustme.C
     bundle = tmp_path / "ca.pem"
     ca.cert_pem.write_to_path(str(bundle))
     url = tls_server.add("/a.bin", BODY)
-    with cas.Store.open(root) as store:
-        fast(store, ca_bundle=bundle)
+    with cas.Store.open(root, downloader=fast(root, ca_bundle=bundle)) as store:
         assert store.fetch(url, sha256=_sha(BODY)) == _b3(BODY)
     assert_holds(root, BODY)
 
@@ -594,8 +593,7 @@ def test_https_redirect_to_plain_http_is_refused(root: Path, tls_server: Server,
     url = tls_server.add("/old", b"", Reply(status=302, headers={"Location": plain}))
     tls_server.add("/moved", b"", Reply(status=301, headers={"Location": "/new"}))
     tls_server.add("/new", BODY)
-    with cas.Store.open(root) as store:
-        fast(store, ca_bundle=bundle)
+    with cas.Store.open(root, downloader=fast(root, ca_bundle=bundle)) as store:
         with pytest.raises(cas.DownloadError, match="from https to plain http") as info:
             store.fetch(url)
         assert info.value.attempts == 1 and server.requests("/a.bin") == 0
@@ -611,10 +609,9 @@ CHILD = textwrap.dedent("""
     from cas.storage.layout import Layout
     from cas.transfer.http import Downloader
     root, url, lock, ready, go = sys.argv[1:6]
-    store = cas.Store.open(root)
-    tmp = Layout(store.root).tmp
-    store._fetcher.downloader = Downloader(tmp, Layout(store.root).locks, lock=lock == "1",
-                                           backoff_factor=0.01)
+    layout = Layout(pathlib.Path(root))
+    store = cas.Store.open(root, downloader=Downloader(layout.tmp, layout.locks, lock=lock == "1",
+                                                       backoff_factor=0.01))
     pathlib.Path(ready).touch()
     while not pathlib.Path(go).exists():
         time.sleep(0.002)
@@ -693,8 +690,7 @@ def test_threads_transfer_once(fstore: cas.Store, server: Server) -> None:
 def test_a_live_owners_partial_is_not_taken(root: Path, server: Server) -> None:
     """Without the lock, a second download does not append to a partial still being written."""
     url = server.add("/slow", BODY, chunk=8 * 1024, delay=0.02)
-    with cas.Store.open(root) as store:
-        fast(store, lock=False)
+    with cas.Store.open(root, downloader=fast(root, lock=False)) as store:
         first = threading.Thread(target=store.fetch, args=(url,))
         first.start()
         while (not list(Layout(root).tmp.glob(f"*{PARTIAL_SUFFIX}"))
@@ -726,8 +722,7 @@ def test_killed_downloader_is_resumed_by_the_next_process(root: Path, server: Se
     child.send_signal(signal.SIGKILL)
     child.wait()
     server.update("/big", delay=0.0)
-    with cas.Store.open(root) as store:
-        fast(store)
+    with cas.Store.open(root, downloader=fast(root)) as store:
         assert store.fetch(url, sha256=_sha(body)) == _b3(body)
     _, second = server.seen("/big")
     offset = int(second.range.removeprefix("bytes=").rstrip("-"))  # type: ignore[union-attr]
@@ -759,8 +754,7 @@ def test_a_stopped_downloader_does_not_block_the_others(root: Path, server: Serv
         child.send_signal(signal.SIGSTOP)
         server.update("/big", delay=0.0)
         results: list[str] = []
-        with cas.Store.open(root) as store:
-            fast(store, timeout=1.0)
+        with cas.Store.open(root, downloader=fast(root, timeout=1.0)) as store:
             waiter = threading.Thread(target=lambda: results.append(store.fetch(url)),
                                       daemon=True)
             waiter.start()
@@ -823,8 +817,7 @@ def test_single_flight_stays_exclusive_while_its_lock_files_come_and_go(tmp_path
 def test_evicted_fixture_comes_back_when_auto_download_is_on(root: Path, server: Server) -> None:
     """path(name) of an evicted fixture fetches it again from its recorded source."""
     url = server.add("/fx.bin", BODY)
-    with cas.Store.open(root, grace_period=0) as store:
-        fast(store)
+    with cas.Store.open(root, grace_period=0, downloader=fast(root)) as store:
         store.fetch(url, name="fx", sha256=_sha(BODY), size=len(BODY))
         store.gc(max_size=0)
         assert blob_files(root) == []
@@ -837,8 +830,7 @@ def test_evicted_fixture_is_not_found_when_auto_download_is_off(root: Path,
                                                                  server: Server) -> None:
     """With auto_download off, NotFound names the fixture (and no request is made)."""
     url = server.add("/fx.bin", BODY)
-    with cas.Store.open(root, grace_period=0) as store:
-        fast(store)
+    with cas.Store.open(root, grace_period=0, downloader=fast(root)) as store:
         store.fetch(url, name="fx", sha256=_sha(BODY))
         store.gc(max_size=0)
     with (
@@ -895,8 +887,7 @@ def test_store_sync_returns_digests_or_raises(root: Path, server: Server,
                                               tmp_path: Path) -> None:
     """Store.sync returns name -> digest, and raises naming the failed fixture."""
     manifest = _manifest(tmp_path / "fixtures.toml", server)
-    with cas.Store.open(root) as store:
-        fast(store)
+    with cas.Store.open(root, downloader=fast(root)) as store:
         with pytest.raises(cas.CasError, match="1 of 3 fixtures failed: data/missing"):
             store.sync(manifest)
         text = manifest.read_text()
@@ -911,8 +902,8 @@ def test_sync_with_progress_bars(root: Path, server: Server, tmp_path: Path,
                                  capsys: pytest.CaptureFixture[str]) -> None:
     """With progress on, bars go to stderr and the report is the same."""
     manifest = _manifest(tmp_path / "fixtures.toml", server)
-    with cas.Store.open(root) as store:
-        report = cas.ops.manifest.sync(fast(store), manifest, jobs=2, progress=True)
+    with cas.Store.open(root, downloader=fast(root)) as store:
+        report = store.sync_report(manifest, jobs=2, bar=TransferBar, total_bar=TotalBar)
     assert (report.fetched, report.present) == (["data/a.txt", "data/b.txt"], [])
     assert list(report.failed) == ["data/missing"]
     assert report.summary() == "2 fetched, 0 already present, 1 failed"

@@ -172,12 +172,11 @@ def test_a_download_in_another_pid_namespace_keeps_its_partial(
     cas.Store.open(root).close()
     fetcher = start(children, namespace, FETCH, str(root), url)
     wait_for(lambda: part_size(root) >= 200_000, fetcher)
-    with cas.Store.open(root) as store:
+    layout = Layout(root)
+    with cas.Store.open(root, downloader=Downloader(layout.tmp, layout.locks, lock=False)) as store:
         store.gc()
         assert store.verify().counts["debris"] == 0
         assert part_size(root) == 200_000
-        tmp = Layout(root).tmp
-        store._fetcher.downloader = Downloader(tmp, Layout(root).locks, lock=False)
         store.fetch(url)
     assert [seen.range for seen in server.seen("/big")] == [None, None]
     assert part_size(root) == 200_000  # still the other writer's

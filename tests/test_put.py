@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cas
+import cas.ops.put
 from cas.storage.hashing import CHUNK_SIZE
 from cas.storage.layout import LOCKS, Layout
 
@@ -156,7 +157,7 @@ def test_put_many_equals_put_one_by_one(store: cas.Store, tmp_path: Path,
 def test_put_many_batches_larger_than_one_transaction(store: cas.Store,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """Items beyond one batch go in further transactions, in order, none lost."""
-    monkeypatch.setattr(cas.store, "PUT_BATCH", 7)
+    monkeypatch.setattr(cas.ops.put, "PUT_BATCH", 7)
     blobs = {f"many/{index}": b"blob %d" % index for index in range(30)}
     digests = store.put_many(blobs)
     assert digests == [_b3(data) for data in blobs.values()]

@@ -1,4 +1,4 @@
-"""Reads never wait for the write lock (guarantee 6, issue 13 item 14).
+"""Reads never wait for the write lock (guarantee 6).
 
 Another process holds the catalog's write lock (a plain sqlite3 connection inside BEGIN
 IMMEDIATE). `cas path` and `cas cat` must still finish: what they would record on exit (last
@@ -25,6 +25,8 @@ from cas.storage.catalog import ACCESS_GRANULARITY
 from cas.storage.layout import Layout
 from cas.storage.metrics import Counter
 
+from .clock import Clock
+
 BOUND = 20.0  # seconds: a read that takes this long is waiting for the lock
 
 
@@ -42,13 +44,9 @@ def write_lock_held(root: Path) -> Iterator[None]:
 
 def _old_store(root: Path) -> str:
     """A store with one named blob last accessed long ago, so a read notes a touch."""
-    with cas.Store.open(root) as store:
-        digest = store.put(b"read me while someone writes", name="fixture")
-    long_ago = time.time() - 10 * ACCESS_GRANULARITY
-    db = sqlite3.connect(Layout(root).catalog, isolation_level=None)
-    db.execute("UPDATE blobs SET last_access = ? WHERE digest = ?", (long_ago, digest))
-    db.close()
-    return digest
+    long_ago = Clock(time.time() - 10 * ACCESS_GRANULARITY)
+    with cas.Store.open(root, clock=long_ago) as store:
+        return store.put(b"read me while someone writes", name="fixture")
 
 
 def _cas(root: Path, *args: str) -> subprocess.CompletedProcess[bytes]:

@@ -17,6 +17,7 @@ import os
 import shutil
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -56,9 +57,11 @@ class _EvictedBatch(NamedTuple):
 class Cleaner:
     """Removes blobs from one store's catalog and ``blobs/``, in that order."""
 
-    def __init__(self, blobs: BlobStore, catalog: Catalog) -> None:
+    def __init__(self, blobs: BlobStore, catalog: Catalog,
+                 clock: Callable[[], float] = time.time) -> None:
         self._blobs = blobs
         self._catalog = catalog
+        self._clock = clock  # the wall time that last accesses, leases and ages are read in
 
     def run(self, limits: eviction.Limits) -> eviction.Plan:
         """Remove what ``limits`` choose; return what went and what stayed, and why."""
@@ -100,7 +103,7 @@ class Cleaner:
     def survey(self, limits: eviction.Limits) -> eviction.Plan:
         """What a cleanup would remove and keep now (a dry run), read in one transaction."""
         with self._catalog.read() as conn:
-            now = time.time()
+            now = self._clock()
             dead = dead_leases(conn, now)
             stored = q.stored_totals(conn)[0] + self._staged_bytes()
             started = time.perf_counter()
@@ -164,7 +167,7 @@ class Cleaner:
         commit); the last batch also says what was kept. ``newest`` is the last access of the
         newest victim of the batches before, ``shrinking`` whether they freed space by size,
         ``staged`` the bytes of ``tmp/`` counted as stored."""
-        now = time.time()
+        now = self._clock()
         dead = dead_leases(conn, now)
         stored = q.stored_totals(conn)[0] + staged
         if eviction.clamp_future(conn, now):

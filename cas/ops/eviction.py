@@ -12,11 +12,14 @@ blobs with their names, so that the memory of a cleanup does not grow with the c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from cas.errors import UsageError
+from cas.settings import Settings, parse_duration, parse_size
 from cas.storage.catalog import Connection
 from cas.storage.queries import LIVE_LEASE
 
@@ -77,16 +80,42 @@ _NAMES_OF = "SELECT digest, name FROM names WHERE digest IN ({marks}) ORDER BY n
 
 @dataclass(frozen=True)
 class Limits:
-    """The cleanup policy's parameters, in bytes and seconds."""
+    """The cleanup policy's parameters, in bytes and seconds: read from the store's settings
+    (``max_cache_size``, ``low_water``, ``max_age``, ``grace_period``), never copied."""
 
-    max_size: int
-    low_water: float
-    max_age: float
-    grace_period: float
+    settings: Settings
+
+    @classmethod
+    def of(cls, settings: Settings, max_size: object = None, max_age: object = None) -> Limits:
+        """The policy of ``settings``, with ``max_size`` and ``max_age`` of one cleanup in
+        place of theirs when given. Raises UsageError for a negative or malformed one."""
+        if max_size is None and max_age is None:
+            return cls(settings)
+        try:
+            size = settings.max_cache_size if max_size is None else parse_size(max_size)
+        except ValueError as error:
+            raise UsageError(f"max_size {max_size!r}: {error}") from None
+        try:
+            age = settings.max_age if max_age is None else parse_duration(max_age)
+        except ValueError as error:
+            raise UsageError(f"max_age {max_age!r}: {error}") from None
+        return cls(dataclasses.replace(settings, max_cache_size=size, max_age=age))
+
+    @property
+    def max_size(self) -> int:
+        return self.settings.max_cache_size
 
     @property
     def low_water_bytes(self) -> int:
-        return int(self.max_size * self.low_water)
+        return self.settings.low_water_bytes
+
+    @property
+    def max_age(self) -> float:
+        return self.settings.max_age
+
+    @property
+    def grace_period(self) -> float:
+        return self.settings.grace_period
 
     def excess(self, stored: int, shrinking: bool = False) -> int:
         """The bytes size-based cleanup frees from a store holding ``stored`` bytes: none at

@@ -5,10 +5,11 @@ stored. A fetch is answered without network when its expected BLAKE3 is stored, 
 expected SHA-256 was seen before for a stored blob (the ``aliases`` table), or, when it expects
 no digest, when the URL's last content is still stored (the ``sources`` table). Otherwise one
 thread of one process downloads (single flight: the others wait on its lock, then find the blob
-on their re-check), and the verified staging file is published and recorded in one write
-transaction, as ``Store.put`` does: file first, then rows.
+on their re-check), and the verified staging file goes through the publish-then-record step
+that put and pull share (cas/ops/record.py): file first, then rows. A store with a remote tier
+passes it as a ``Tier``, asked after a local miss and before the origin.
 
-Every expected hash is checked against the content before it is trusted or recorded (issue 13):
+Every expected hash is checked against the content before it is trusted or recorded:
 a SHA-256 not yet known as an alias of the stored blob it would be served from is computed from
 that blob's file, here, without network. A fetch that knows only a SHA-256 also hashes the
 content the URL gave last time and the blob its name points at, so a later request for stored
@@ -18,37 +19,33 @@ catalog, logs and messages get the URL without them (cas/urls.py).
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from cas.errors import DownloadError, IntegrityError, StoreError, UsageError
+from cas.errors import DownloadError, IntegrityError, UsageError, os_error
+from cas.ops.record import Clock, Fetched, Recorder
 from cas.refs import check_digest, check_name
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
-from cas.storage.hashing import CHUNK_SIZE
 from cas.storage.metrics import Counter
 from cas.transfer.http import Downloader
-from cas.transfer.request import Download, Expected, Progress, check_url
+from cas.transfer.request import Expected, Progress, check_url
 from cas.urls import redact
-
-if TYPE_CHECKING:
-    from cas.ops.tier import RemoteTier
 
 log = logging.getLogger("cas")
 
+__all__ = ["Fetched", "Fetcher", "Tier", "expectation"]
 
-@dataclass(frozen=True)
-class Fetched:
-    """The outcome of one fetch."""
 
-    digest: str
-    size: int
-    downloaded: bool  #: False when served from the store without network
-    stored: int | None = None  #: bytes the store holds after recording a download
+class Tier(Protocol):
+    """What a fetch asks of a second tier (the remote, cas/ops/tier.py) around the origin."""
+
+    def read_through(self, url: str, name: str | None, expected: Expected) -> Fetched | None:
+        """The expected content from the tier, recorded; None when it cannot serve it."""
+
+    def offer(self, fetched: Fetched, url: str, name: str | None, expected: Expected) -> None:
+        """Take what the origin served (a failure is the tier's to report)."""
 
 
 def expectation(
@@ -65,15 +62,17 @@ def expectation(
 
 
 class Fetcher:
-    """Fetches for one store: its blobs, its catalog and its downloader."""
+    """Fetches for one store: its blobs, catalog and downloader, the recorder that keeps what
+    arrives, and the tier tried before the origin (the remote, when one is configured)."""
 
-    def __init__(self, blobs: BlobStore, catalog: Catalog, downloader: Downloader) -> None:
+    def __init__(self, blobs: BlobStore, catalog: Catalog, downloader: Downloader,
+                 recorder: Recorder, *, tier: Tier | None = None, clock: Clock) -> None:
         self._blobs = blobs
         self._catalog = catalog
         self.downloader = downloader
-        #: The shared remote tier (issue 8, cas/ops/tier.py), tried before the origin; set by the
-        #: store when the ``remote`` setting names one.
-        self.tier: RemoteTier | None = None
+        self._recorder = recorder
+        self._tier = tier
+        self._clock = clock
 
     def fetch(
         self,
@@ -107,15 +106,13 @@ class Fetcher:
             served = self._serve(url, name, expected, ruled_out)
             if served is not None:
                 return served
-            # -- issue 8: a local miss tries the remote tier before the origin ----------------
-            if self.tier is not None:
-                pulled = self.tier.read_through(url, name, expected)
+            if self._tier is not None:  # a local miss tries the tier before the origin
+                pulled = self._tier.read_through(url, name, expected)
                 if pulled is not None:
                     return pulled
             fetched = self._download(url, source, name, expected, progress)
-        if self.tier is not None:  # outside the lock: the others find the blob stored already
-            self.tier.offer(fetched, url, name, expected)
-        # -- end of issue 8 --------------------------------------------------------------------
+        if self._tier is not None:  # outside the lock: the others find the blob stored already
+            self._tier.offer(fetched, url, name, expected)
         return fetched
 
     # -- served from the store -------------------------------------------------------------------
@@ -148,7 +145,7 @@ class Fetcher:
                     q.record_alias(conn, "sha256", alias, row.digest)
                 if name is not None and url is not None:
                     q.set_name(
-                        conn, name, row.digest, time.time(),
+                        conn, name, row.digest, self._clock(),
                         url=url, sha256=expected.sha256, expected_size=row.size,
                     )  # fmt: skip
                 return True
@@ -179,12 +176,12 @@ class Fetcher:
             self._check_size(row, url or name, expected)
             if expected.sha256 is None or trusted:
                 return row, None
-            return row, self._confirmed(row.digest, expected.sha256, url or name)
+            return row, self._recorder.confirmed(row.digest, expected.sha256, url or name)
         for candidate in candidates:
             if candidate.digest in ruled_out:
                 continue
             right_size = expected.size is None or candidate.size == expected.size
-            if right_size and self._sha256_of(candidate.digest) == expected.sha256:
+            if right_size and self._recorder.sha256_of(candidate.digest) == expected.sha256:
                 log.debug("%s is stored already as %s", expected.sha256, candidate.digest)
                 return candidate, expected.sha256
             ruled_out.add(candidate.digest)
@@ -218,39 +215,6 @@ class Fetcher:
         named = q.find_name(conn, name) if name is not None else None
         return self._stored_row(conn, named.digest if named else None), True, []
 
-    def confirm_sha256(self, digest: str, sha256: str, where: str | None) -> None:
-        """Check that the stored blob ``digest`` has the SHA-256 ``sha256`` before a caller
-        records it (the remote tier naming a stored blob), and record the alias.
-
-        Raises IntegrityError when it has not (``where`` names the fixture in the message).
-        """
-        with self._catalog.read() as conn:
-            seen = q.find_alias(conn, "sha256", sha256)
-        if seen == digest:
-            return
-        if seen is not None:
-            raise IntegrityError(
-                f"sha256 {sha256} is the content {seen}, not {digest};"
-                f" check the expected digests of {where}",
-                expected=digest,
-                found=seen,
-            )
-        self._confirmed(digest, sha256, where)
-        self._catalog.write(lambda conn: q.record_alias(conn, "sha256", sha256, digest))
-
-    def _confirmed(self, digest: str, sha256: str, where: str | None) -> str:
-        """``sha256``, once the stored blob's bytes are hashed and found to have it; else
-        IntegrityError, as a download of other content would raise."""
-        found = self._sha256_of(digest)
-        if found != sha256:
-            raise IntegrityError(
-                f"content {digest} has SHA-256 {found}, not the expected {sha256};"
-                f" check the expected digests of {where}",
-                expected=sha256,
-                found=found,
-            )
-        return sha256
-
     def _stored_row(self, conn: Connection, digest: str | None) -> Any:
         """The row of ``digest`` if its blob is stored whole, else None."""
         row = q.find_blob(conn, digest) if digest is not None else None
@@ -265,19 +229,6 @@ class Fetcher:
                 expected=expected.size,
                 found=row.size,
             )
-
-    def _sha256_of(self, digest: str) -> str:
-        """The SHA-256 of a stored blob's bytes, computed now (StoreError if unreadable)."""
-        try:
-            sha256 = hashlib.sha256()
-            with self._blobs.open(digest) as blob:
-                for chunk in iter(lambda: blob.read(CHUNK_SIZE), b""):
-                    sha256.update(chunk)
-            return sha256.hexdigest()
-        except OSError as error:
-            raise StoreError(
-                f"cannot read blob {digest}: {error.strerror or error}; run `cas verify`"
-            ) from error
 
     # -- downloaded ------------------------------------------------------------------------------
 
@@ -295,70 +246,7 @@ class Fetcher:
             self._catalog.count(Counter.DOWNLOADS_FAILED)
             self._catalog.count(Counter.DOWNLOAD_RETRIES, max(getattr(error, "attempts", 1) - 1, 0))
             raise
-        except OSError as error:
+        except OSError as error:  # e.g. the lock or staging file of a full or read-only disk
             self._catalog.count(Counter.DOWNLOADS_FAILED)
-            raise StoreError(f"cannot download {url}: {error.strerror or error}") from error
-        return self.keep(result, url=url, name=name, expected=expected, via=url)
-
-    def keep(
-        self,
-        result: Download,
-        *,
-        url: str | None,
-        name: str | None,
-        expected: Expected,
-        via: str,
-        source: bool = True,
-    ) -> Fetched:
-        """Publish and record a verified transfer from ``via`` (the origin, or the remote tier).
-
-        ``name`` remembers ``url`` as its source; ``source`` also records that ``url`` gave this
-        content (not for a pull, where that is only the remote's word). Raises StoreError.
-        """
-        staged = result.staged
-        try:
-            _, stored = self._catalog.write(
-                lambda conn: self._record(conn, url, name, expected, result, source)
-            )
-        except OSError as error:
-            raise StoreError(f"cannot store {via}: {error.strerror or error}") from error
-        finally:
-            staged.discard()
-        # Content that was stored already saved no transfer: its bytes came over the network
-        # (or from the remote) all the same, so it is not counted as saved by dedup (issue 13).
-        for counter, amount in (
-            (Counter.DOWNLOADS_SUCCEEDED, 1),
-            (Counter.DOWNLOAD_RETRIES, result.attempts - 1),
-            (Counter.RESUME_SAVED_BYTES, result.resumed),
-        ):
-            self._catalog.count(counter, amount)
-        log.info(
-            "fetched %s (%d bytes) from %s%s%s",
-            staged.digest, staged.size, via,
-            f" as {name!r}" if name else "",
-            f"; resuming saved {result.resumed} bytes" if result.resumed else "",
-        )  # fmt: skip
-        return Fetched(staged.digest, staged.size, downloaded=True, stored=stored)
-
-    def _record(
-        self, conn: Connection, url: str | None, name: str | None, expected: Expected,
-        result: Download, source: bool = True,
-    ) -> tuple[bool, int]:  # fmt: skip
-        """Publish and record, under the write lock; whether the content was stored already,
-        and the bytes the store now holds. Safe to run again after a rollback."""
-        staged = result.staged
-        known = self._blobs.has(staged.digest, staged.size)
-        if not known:
-            self._blobs.publish(staged)
-        now = time.time()
-        q.record_blobs(conn, [(staged.digest, staged.size)], now)
-        if result.sha256 is not None:
-            q.record_alias(conn, "sha256", result.sha256, staged.digest)
-        if source and url is not None:
-            q.record_source(conn, url, staged.digest, now)
-        if name is not None:
-            q.set_name(
-                conn, name, staged.digest, now,
-                url=url, sha256=result.sha256 or expected.sha256, expected_size=staged.size,
-            )  # fmt: skip
-        return known, q.stored_totals(conn)[0]
+            raise os_error(error, f"cannot download {url}") from error
+        return self._recorder.keep(result, url=url, name=name, expected=expected, via=url)

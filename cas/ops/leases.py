@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,9 +60,11 @@ class Lease:
 class LeaseKeeper:
     """This process's leases in one store, and the thread that keeps them renewed."""
 
-    def __init__(self, catalog: Catalog, ttl: float) -> None:
+    def __init__(self, catalog: Catalog, ttl: float,
+                 clock: Callable[[], float] = time.time) -> None:
         self._catalog = catalog
         self.ttl = ttl
+        self._clock = clock
         self._held: set[int] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -72,9 +75,26 @@ class LeaseKeeper:
     def acquire(self, conn: Connection, digest: str) -> int:
         """Record a new lease on ``digest`` inside the caller's write transaction."""
         holder = self._current_holder()
-        now = time.time()
+        now = self._clock()
         return q.insert_lease(conn, digest, holder.place, holder.pid, holder.started, now,
                               now + self.ttl)
+
+    def hold(self, locate: Callable[[str], str], ref: str,
+             path_of: Callable[[str], Path]) -> Lease:
+        """A lease on the blob ``ref`` names, kept renewed: ``locate`` finds its digest (and
+        fetches it again if evicted), located again if it went before the lease was taken."""
+        while True:
+            located = locate(ref)
+
+            def work(conn: Connection, digest: str = located) -> int | None:
+                if q.find_blob(conn, digest) is None:
+                    return None  # removed since it was located: locate it again
+                return self.acquire(conn, digest)
+
+            lease_id = self._catalog.write(work)
+            if lease_id is not None:
+                self.track(lease_id)
+                return Lease(self, lease_id, located, path_of(located))
 
     def track(self, lease_id: int) -> None:
         """Keep ``lease_id`` renewed until it is released."""
@@ -88,7 +108,7 @@ class LeaseKeeper:
                 self._thread.start()
 
     def renew(self, ids: list[int]) -> None:
-        expires = time.time() + self.ttl
+        expires = self._clock() + self.ttl
         alive = self._catalog.write(lambda conn: q.renew_leases(conn, ids, expires))
         lost = set(ids) - alive
         if lost:

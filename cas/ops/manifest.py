@@ -6,7 +6,9 @@
 
 ``load`` checks the whole file before anything is fetched, so a bad entry is a one-line
 UsageError naming the fixture and the key; ``sync`` fetches every fixture, several at a time,
-and reports what was fetched, what was already present and what failed.
+and reports what was fetched, what was already present and what failed. It fetches through the
+callable it is given (the store's fetch) and draws progress through the bars it is given (a
+face's), so it knows neither the store nor tqdm.
 """
 
 from __future__ import annotations
@@ -15,19 +17,16 @@ import logging
 import os
 import threading
 import tomllib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cas.errors import CasError, NotFound, UsageError
 from cas.ops.fetch import Fetched, expectation
-from cas.progress import TotalBar, TransferBar
 from cas.refs import check_name
-from cas.transfer.request import check_url
+from cas.transfer.request import Progress, check_url
 from cas.urls import redact
-
-if TYPE_CHECKING:
-    from cas.store import Store
 
 log = logging.getLogger("cas")
 
@@ -107,6 +106,29 @@ def _fixture(where: str, name: str, entry: Any) -> Fixture:
     )
 
 
+class FetchFixture(Protocol):
+    """Fetches one fixture into the store (the store's fetch, with its outcome)."""
+
+    def __call__(self, url: str, *, name: str | None, blake3: str | None, sha256: str | None,
+                 size: int | None, progress: Progress | None) -> Fetched: ...
+
+
+class Bar(Protocol):
+    """A progress bar of one transfer: told (done, total) bytes, then closed."""
+
+    def __call__(self, done: int, total: int | None) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Total(Protocol):
+    """A progress bar of the whole sync: advanced once a fixture, then closed."""
+
+    def advance(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class SyncReport:
     """What a sync did, fixture by fixture."""
@@ -133,12 +155,14 @@ class SyncReport:
 
 
 def sync(
-    store: Store, path: str | os.PathLike[str], *, jobs: int = 4, progress: bool = False
+    fetch: FetchFixture, path: str | os.PathLike[str], *, jobs: int = 4,
+    bar: Callable[[str], Bar] | None = None, total_bar: Callable[[int], Total] | None = None,
 ) -> SyncReport:
-    """Fetch every fixture of the manifest at ``path`` into ``store``, ``jobs`` at a time.
+    """Fetch every fixture of the manifest at ``path`` through ``fetch``, ``jobs`` at a time.
 
-    Failures do not stop the others; they are in the report. With ``progress``, tqdm bars on
-    stderr: one per transfer and one in total. KeyboardInterrupt (Ctrl-C) starts no further
+    Failures do not stop the others; they are in the report. ``bar(name)`` makes the progress
+    bar of one transfer, ``total_bar(count)`` the one of them all. KeyboardInterrupt (Ctrl-C)
+    starts no further
     fixture, stops the running downloads at their next chunk, keeping their partial files for
     a resume, and is raised again.
     """
@@ -146,28 +170,28 @@ def sync(
         raise UsageError(f"jobs must be a positive number, not {jobs!r}")
     fixtures = load(path)
     report = SyncReport()
-    total = TotalBar(len(fixtures)) if progress and fixtures else None
+    total = total_bar(len(fixtures)) if total_bar is not None and fixtures else None
 
     stop = threading.Event()  # set on Ctrl-C: running downloads end at their next chunk
 
     def one(fixture: Fixture) -> Fetched:
-        bar = TransferBar(fixture.name) if progress else None
+        shown = bar(fixture.name) if bar is not None else None
 
         def report(done: int, size: int | None) -> None:
             if stop.is_set():
                 # The downloader keeps the partial of an interrupted transfer for a resume.
                 raise KeyboardInterrupt
-            if bar is not None:
-                bar(done, size)
+            if shown is not None:
+                shown(done, size)
 
         try:
-            return store._fetch(
+            return fetch(
                 fixture.url, name=fixture.name, blake3=fixture.blake3,
                 sha256=fixture.sha256, size=fixture.size, progress=report,
             )  # fmt: skip
         finally:
-            if bar is not None:
-                bar.close()
+            if shown is not None:
+                shown.close()
 
     pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cas-sync")
     try:
@@ -186,7 +210,7 @@ def sync(
                 total.advance()
     except BaseException:
         # Ctrl-C (or any other end): start nothing more, stop the running downloads at their
-        # next chunk, and wait only for that (issue 13, item 19).
+        # next chunk, and wait only for that.
         stop.set()
         raise
     finally:

@@ -1,4 +1,4 @@
-"""The remote tier's policy (issue 8): read-through, push after the origin, push and pull.
+"""The remote tier's policy: read-through, push after the origin, push and pull.
 
 A store whose ``remote`` setting names an ``s3://bucket/prefix`` shares fixtures with every other
 store that names it. cas/transfer/s3.py moves and verifies the bytes; this module decides when:
@@ -30,19 +30,22 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar, cast
+from typing import Generic, NamedTuple, TypeVar, cast
 
 from cas.errors import (
     CasError,
     IntegrityError,
     NotFound,
     RemoteError,
-    StoreError,
     UsageError,
+    os_error,
 )
-from cas.ops.fetch import Fetched, Fetcher
+from cas.ops import manifest as manifests
+from cas.ops.manifest import Fixture
+from cas.ops.record import Clock, Fetched, Recorder
 from cas.refs import check_name, is_digest
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
@@ -51,9 +54,6 @@ from cas.storage.metrics import Counter
 from cas.transfer.request import Expected
 from cas.transfer.s3 import Remote
 from cas.transfer.s3_records import NameRecord
-
-if TYPE_CHECKING:
-    from cas.ops.manifest import Fixture
 
 log = logging.getLogger("cas")
 
@@ -103,6 +103,10 @@ _Item = tuple[str, Callable[[], _Moved]]
 
 _T = TypeVar("_T")
 
+#: Holds the single-flight locks of some keys (``Downloader.single_flight``): one transfer of a
+#: blob at a time however many fetch or pull it, in this process or another.
+SingleFlight = Callable[[list[str]], AbstractContextManager[None]]
+
 
 class _Once(Generic[_T]):
     """Runs the work of a key once, however many threads ask for it: the first runs it, the
@@ -144,17 +148,20 @@ class _Local:
 
 
 class RemoteTier:
-    """The remote tier of one store: its Remote, and the store's blobs, catalog and fetcher."""
+    """The remote tier of one store: its Remote, and the store's blobs and catalog, the recorder
+    that keeps what is pulled, and the single-flight locks that fetches take too."""
 
     def __init__(
-        self, remote: Remote, blobs: BlobStore, catalog: Catalog, fetcher: Fetcher,
-        *, push: bool = True,
+        self, remote: Remote, blobs: BlobStore, catalog: Catalog, recorder: Recorder,
+        single_flight: SingleFlight, *, push: bool = True, clock: Clock = time.time,
     ) -> None:  # fmt: skip
         self.remote = remote
         self.push_enabled = push
         self._blobs = blobs
         self._catalog = catalog
-        self._fetcher = fetcher
+        self._recorder = recorder
+        self._single_flight = single_flight
+        self._clock = clock
         self._lock = threading.Lock()
         self._paused_until = 0.0
         self._damaged: set[str] = set()  # digests whose remote object failed verification
@@ -191,7 +198,7 @@ class RemoteTier:
         if pulled is None:
             log.debug("%s is not in the remote %s", digest, self.remote.url)
             return None
-        return self._fetcher.keep(
+        return self._recorder.keep(
             pulled, url=url, name=name, expected=expected,
             via=self.remote.url_of(self.remote.blob_key(digest)),
         )  # fmt: skip
@@ -298,8 +305,6 @@ class RemoteTier:
         report = TransferReport("pulled", "in the store")
         items: list[_Item] = []
         if manifest is not None:
-            from cas.ops import manifest as manifests
-
             for fixture in manifests.load(manifest):
                 items.append((fixture.name, partial(self._pull_fixture, fixture)))
         elif refs is not None:
@@ -342,14 +347,14 @@ class RemoteTier:
         keys = [f"blake3:{digest}"] + ([f"sha256:{sha256}"] if sha256 else [])
         expected = Expected(blake3=digest, sha256=sha256, size=size)
         # The fetch's single-flight locks: one transfer however many pull or fetch it at once.
-        with self._fetcher.downloader.single_flight(keys):
+        with self._single_flight(keys):
             if self._name_if_stored(digest, size, name, url, sha256):
                 return _Moved(digest, False)
             pulled = self.remote.get(digest, self._blobs, size=size, sha256=sha256,
                                      received=self._received)  # fmt: skip
             if pulled is None:
                 raise NotFound(f"blob {digest} is not in the remote {self.remote.url}")
-            fetched = self._fetcher.keep(
+            fetched = self._recorder.keep(
                 pulled, url=url, name=name, expected=expected,
                 via=self.remote.url_of(self.remote.blob_key(digest)), source=False,
             )  # fmt: skip
@@ -369,15 +374,15 @@ class RemoteTier:
                 f"content {digest} is {row.size} bytes here, not the expected {size}",
                 expected=size, found=row.size,
             )  # fmt: skip
-        if sha256 is not None:  # checked against the bytes before it is recorded (issue 13)
-            self._fetcher.confirm_sha256(digest, sha256, name or digest)
+        if sha256 is not None:  # checked against the bytes before it is recorded
+            self._recorder.confirm_sha256(digest, sha256, name or digest)
         if name is None:
             return True
 
         def work(conn: Connection) -> bool:
             if q.find_blob(conn, digest) is None:  # removed meanwhile: pull it after all
                 return False
-            q.set_name(conn, name, digest, time.time(), url=url, sha256=sha256,
+            q.set_name(conn, name, digest, self._clock(), url=url, sha256=sha256,
                        expected_size=row.size)  # fmt: skip
             return True
 
@@ -395,9 +400,7 @@ class RemoteTier:
                 try:
                     moved = future.result()
                 except OSError as error:  # this store's disk: full, read-only, ...
-                    failure: CasError = StoreError(
-                        f"cannot store {ref!r}: {error.strerror or error}"
-                    )
+                    failure: CasError = os_error(error, f"cannot store {ref!r}")
                     log.error("%s failed: %s", ref, failure)
                     report.failed[ref] = failure
                     continue

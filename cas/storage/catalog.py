@@ -141,7 +141,8 @@ class _Pending:
     wrote only once that transaction committed; anything added meanwhile stays for the next.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
         self._lock = threading.Lock()
         self._touches: dict[str, float] = {}
         self._counts: dict[str, int] = {}
@@ -158,17 +159,17 @@ class _Pending:
     def count(self, name: str, amount: int) -> None:
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + amount
-            self._since = time.time() if self._since is None else self._since
+            self._since = self._clock() if self._since is None else self._since
 
     def due(self) -> bool:
         """Whether the oldest waiting item has waited ``ACCESS_GRANULARITY``."""
         since = self._since
-        return since is not None and time.time() - since >= ACCESS_GRANULARITY
+        return since is not None and self._clock() - since >= ACCESS_GRANULARITY
 
     def take(self) -> tuple[dict[str, float], dict[str, int], float]:
         """A snapshot to write: touches, counts, and when it was taken."""
         with self._lock:
-            return dict(self._touches), dict(self._counts), time.time()
+            return dict(self._touches), dict(self._counts), self._clock()
 
     @staticmethod
     def apply(conn: Connection, touches: dict[str, float], counts: dict[str, int],
@@ -280,8 +281,10 @@ class Catalog:
     """One store's catalog.db: a connection pool plus the write and read protocols."""
 
     def __init__(self, path: Path, setup_lock: Path, *, durable: bool = True,
-                 read_only: str | None = None, locks: Folder | None = None) -> None:
+                 read_only: str | None = None, locks: Folder | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = path
+        self._clock = clock  # the wall time of last accesses
         self._locks = locks  # the Folder of setup_lock's folder, opened without following links
         #: Why the catalog was opened for reading only (a read-only filesystem or folder, a full
         #: disk), or None: writes then raise StoreError, and reads record no access or counts.
@@ -300,7 +303,7 @@ class Catalog:
             creator=lambda: connect(path, query, **connect_args),
         )  # fmt: skip
         event.listen(self.engine, "connect", self._on_connect)
-        self._pending = _Pending()
+        self._pending = _Pending(clock)
         self._forks = forks()
         self._lookups = _Lookups(self._take, enabled=not read_only)
         self._next_flush = 0.0  # monotonic time before which reads do not try to flush
@@ -323,7 +326,7 @@ class Catalog:
             self.engine.dispose(close=False)
             self._kept = queue.SimpleQueue()
             # New ones rather than clear(): another thread may have held their lock at the fork.
-            self._pending = _Pending()
+            self._pending = _Pending(self._clock)
             self._lookups = _Lookups(self._take, enabled=not self.read_only)
             self._forks = forks()
 
@@ -422,7 +425,7 @@ class Catalog:
             try:
                 with self._connection() as conn:
                     conn.execute("BEGIN IMMEDIATE")
-                    self._pending.apply(conn, touches, counts, max(taken, time.time()))
+                    self._pending.apply(conn, touches, counts, max(taken, self._clock()))
                     result = work(conn)
                     conn.execute("COMMIT")
             except sqlite3.OperationalError as error:
@@ -443,7 +446,7 @@ class Catalog:
     def touch(self, digest: str, last_access: float) -> None:
         """Note a read of ``digest`` whose stored last access is ``last_access``: when that is
         older than the granularity, or in the future (written before the clock went back)."""
-        now = time.time()
+        now = self._clock()
         stale = now - last_access >= ACCESS_GRANULARITY or last_access > now
         if stale and not self.read_only:
             self._check_fork()

@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cas.errors import CatalogError, StoreError
@@ -87,8 +89,10 @@ def _disk_full(root: Path) -> bool:
     return info.f_bavail * info.f_frsize < FULL_DISK
 
 
-def open_files(root: Path, settings: Settings) -> tuple[BlobStore, Catalog]:
-    """The blob files and catalog of the store at ``root``, after the checks above.
+def open_files(root: Path, settings: Settings,
+               clock: Callable[[], float] = time.time) -> tuple[BlobStore, Catalog]:
+    """The blob files and catalog of the store at ``root``, after the checks above; the
+    catalog reads the wall time from ``clock``.
 
     Raises CatalogError (network filesystem, damaged or newer catalog) and StoreError (a root
     that cannot be created, or written when it has no catalog yet).
@@ -110,7 +114,7 @@ def open_files(root: Path, settings: Settings) -> tuple[BlobStore, Catalog]:
     lock = layout.setup_lock
     try:
         catalog = Catalog(catalog_path, lock, durable=settings.durable, read_only=read_only,
-                          locks=blobs.locks)
+                          locks=blobs.locks, clock=clock)
     except CatalogError:
         # A full disk fails even reads: SQLite cannot create the -shm file of WAL mode.
         if read_only or not catalog_path.is_file() or not _disk_full(root):
@@ -118,7 +122,7 @@ def open_files(root: Path, settings: Settings) -> tuple[BlobStore, Catalog]:
         read_only = blobs.read_only = "no space left on the device; opened read-only"
         log.info("the disk of store root %s is full: opened read-only", root)
         catalog = Catalog(catalog_path, lock, durable=settings.durable, read_only=read_only,
-                          locks=blobs.locks)
+                          locks=blobs.locks, clock=clock)
     return blobs, catalog
 
 

@@ -1,0 +1,202 @@
+"""Reading: what a ref names, the stored blob a read gets, and the listing of a store.
+
+A ref is a digest or a name. ``Reader.locate`` is the hot path of every ``path``, ``open`` and
+``lease``: one SELECT and one lstat when the blob is stored (hits and misses are counted in
+memory, cas/storage/metrics.py: no write per read); anything unusual (a bad or unknown ref, an
+evicted or damaged blob) takes the full path, where a named fixture evicted from the store is
+fetched again through the fetch callable the store gives (when ``auto_download`` is on).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import BinaryIO, NamedTuple, Protocol
+
+from cas.errors import IntegrityError, NotFound, UsageError
+from cas.ops.leases import dead_leases
+from cas.ops.record import Clock
+from cas.refs import check_name, is_digest
+from cas.settings import Settings
+from cas.storage import queries as q
+from cas.storage.blobs import BlobStore, quarantined
+from cas.storage.catalog import Catalog, Connection
+from cas.storage.metrics import Counter, Stats, Usage
+from cas.storage.staging import staging_debris, staging_usage
+
+log = logging.getLogger("cas")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One line of a listing: a name and its blob, or a blob without a name."""
+
+    name: str | None
+    digest: str
+    size: int | None
+    last_access: float | None
+    pinned: bool
+    source: str | None
+    leases: int = 0  #: live leases on the blob (SPEC: ``ls`` shows lease state)
+    damaged: bool = False  #: its file is missing or of the wrong size, or verify found it so
+
+    @property
+    def present(self) -> bool:
+        """Whether the blob is in the store (a named fixture's may have been evicted)."""
+        return self.size is not None
+
+    @property
+    def state(self) -> str:
+        """``stored``; ``damaged`` (its row is there but its file is missing or of the wrong
+        size, or verify found it damaged and dropped the row); or ``evicted`` (cleanup removed
+        it; a named fixture with a source comes back when used)."""
+        if self.damaged:
+            return "damaged"
+        return "stored" if self.present else "evicted"
+
+
+class Target(NamedTuple):
+    """What a ref resolved to."""
+
+    digest: str
+    name: str | None
+    size: int | None
+    last_access: float | None
+
+
+def resolve(conn: Connection | Catalog, ref: str) -> Target:
+    """What ``ref`` names, read inside ``conn``'s transaction or alone on the catalog.
+
+    Raises UsageError for a ref that is no digest or name, NotFound for an unknown one.
+    """
+    if not isinstance(ref, str):
+        raise UsageError(f"a ref must be a digest or a name, not {type(ref).__name__}")
+    if is_digest(ref):
+        digest = ref.lower()
+        row = q.find_blob(conn, digest)
+        if row is None:
+            raise NotFound(f"no blob {digest} in the store")
+        return Target(digest, None, row.size, row.last_access)
+    check_name(ref)
+    named = q.find_name(conn, ref)
+    if named is None:
+        raise NotFound(f"no name {ref!r} in the store")
+    return Target(named.digest, ref, named.size, named.last_access)
+
+
+class Refetch(Protocol):
+    """Fetches a named fixture's content again from its recorded source (the store's fetch)."""
+
+    def __call__(self, url: str, *, name: str | None, blake3: str, sha256: str | None,
+                 size: int | None) -> object: ...
+
+
+class Reader:
+    """Reads of one store's blobs and catalog."""
+
+    def __init__(self, blobs: BlobStore, catalog: Catalog, clock: Clock, fetch: Refetch,
+                 auto_download: bool) -> None:
+        self._blobs = blobs
+        self._catalog = catalog
+        self._clock = clock
+        self._fetch = fetch
+        self._auto_download = auto_download
+
+    def locate(self, ref: str) -> str:
+        """The digest of the whole, stored blob ``ref`` names, fetched again if it was evicted.
+
+        Raises NotFound, UsageError, or IntegrityError when the blob's file is damaged.
+        """
+        if type(ref) is str:
+            row = q.stored_blob(self._catalog, ref)
+            if row is not None and self._blobs.has(row[0], row[1]):
+                self._catalog.touch(row[0], row[2])
+                self._catalog.count(Counter.HITS)
+                return row[0]
+        try:
+            target = resolve(self._catalog, ref)
+        except NotFound:
+            self._catalog.count(Counter.MISSES)
+            raise
+        missed = False  # one request is one miss or one hit, even when refetched
+        if target.size is None or target.last_access is None:
+            missed = True
+            self._catalog.count(Counter.MISSES)
+            target = self._refetch(ref, target)
+            assert target.size is not None and target.last_access is not None  # refetch checks
+        if not self._blobs.has(target.digest, target.size):
+            if not missed:
+                self._catalog.count(Counter.MISSES)
+            raise IntegrityError(
+                f"blob {target.digest} is in the catalog but its file is missing or damaged;"
+                " run `cas verify`",
+                path=str(self._blobs.path_of(target.digest)),
+            )
+        self._catalog.touch(target.digest, target.last_access)
+        if not missed:
+            self._catalog.count(Counter.HITS)
+        return target.digest
+
+    def open(self, ref: str) -> BinaryIO:
+        """An open file of the blob ``ref`` names. Raises IntegrityError when it cannot be
+        opened: a damaged store, whose blob ``cas verify`` checks."""
+        digest = self.locate(ref)
+        try:
+            return self._blobs.open(digest)
+        except OSError as error:
+            raise IntegrityError(
+                f"cannot open blob {digest}: {error.strerror}; run `cas verify`"
+            ) from error
+
+    def _refetch(self, ref: str, target: Target) -> Target:
+        """Fetch a named fixture whose blob was evicted again from its recorded source."""
+        with self._catalog.read() as conn:
+            source = q.find_name(conn, target.name) if target.name is not None else None
+        if source is None or source.url is None:
+            raise NotFound(f"fixture {ref!r} is named but its blob {target.digest} is not stored")
+        if not self._auto_download:
+            raise NotFound(
+                f"fixture {ref!r} is not stored and auto_download is off;"
+                f" fetch it from {source.url} or turn auto_download on"
+            )
+        log.info("fixture %r is not stored; fetching it again from %s", ref, source.url)
+        self._fetch(source.url, name=target.name, blake3=target.digest, sha256=source.sha256,
+                    size=source.expected_size)
+        with self._catalog.read() as conn:
+            again = resolve(conn, ref)
+        if again.size is None or again.last_access is None:
+            raise NotFound(f"fixture {ref!r} was fetched again but removed at once; retry")
+        return again
+
+    def entries(self) -> list[Entry]:
+        """Every name with its blob, then every blob that has no name, with their live leases
+        and whether a stored blob's file is missing or damaged (checked by size, not hashed)."""
+        with self._catalog.read() as conn:
+            rows = q.entries(conn)
+            now = self._clock()
+            leases = q.live_lease_counts(conn, now, dead_leases(conn, now))
+            damaged = q.damaged_digests(conn)
+
+        def is_damaged(row: q.EntryRow) -> bool:
+            if row.size is None:  # evicted, or dropped by verify as damaged
+                return row.digest in damaged
+            return not self._blobs.has(row.digest, row.size)
+
+        return [
+            Entry(row.name, row.digest, row.size, row.last_access, bool(row.pinned), row.url,
+                  leases.get(row.digest, 0), is_damaged(row))
+            for row in rows
+        ]
+
+    def stats(self, settings: Settings) -> Stats:
+        """Counters, storage use, water marks, staging and quarantine, with this process's
+        waiting counts written first."""
+        self._catalog.flush()
+        now = self._clock()
+        with self._catalog.read() as conn:
+            counts = q.counter_values(conn)
+            row = q.usage(conn, now, dead_leases(conn, now))
+        tmp, locks = self._blobs.tmp_dir, self._blobs.locks_dir
+        usage = Usage(row.bytes, row.blobs, row.names, row.live_leases)
+        return Stats.build(counts, usage, settings, staging_debris(tmp, locks),
+                           staging_usage(tmp, locks), quarantined(self._blobs.quarantine_dir))

@@ -1,0 +1,209 @@
+"""Publish, then record: the one step that moves verified staging files into the store.
+
+Put, fetch and pull all end here. Under the write lock, each staged file whose blob is not
+stored yet is published into ``blobs/`` (renamed, made read-only, synced), and only then are
+the blob rows written, in the same IMMEDIATE transaction; so a crash leaves at most a file
+without a row, never a row without its file (docs/architecture.md). The step is safe to run
+again after a rollback: a file published by a rolled-back try is found in place.
+
+``Recorder`` adds what a transfer records besides (its SHA-256 alias, the URL's source, a name)
+and checks a stored blob's SHA-256 before anyone records it as an alias. The transfer types are
+only annotations here, so this module stays light: ``put`` imports it at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from cas.errors import IntegrityError, StoreError, os_error
+from cas.storage import queries as q
+from cas.storage.blobs import BlobStore
+from cas.storage.catalog import Catalog, Connection
+from cas.storage.hashing import CHUNK_SIZE
+from cas.storage.metrics import Counter
+from cas.storage.staging import Staged
+
+if TYPE_CHECKING:
+    from cas.transfer.request import Download, Expected
+
+log = logging.getLogger("cas")
+
+#: A callable returning the wall time, in seconds since the epoch (``time.time``).
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """The outcome of one fetch or pull of one blob."""
+
+    digest: str
+    size: int
+    downloaded: bool  #: False when served from the store without network
+    stored: int | None = None  #: bytes the store holds after recording a download
+
+
+class Restage(Exception):
+    """Staged files vanished between the check and the transaction (a concurrent cleanup
+    removed a blob that a rolled-back try had published): stage them again."""
+
+    def __init__(self, indices: list[int]) -> None:
+        super().__init__(indices)
+        self.indices = indices
+
+
+def publish_and_record(conn: Connection, blobs: BlobStore, items: Sequence[tuple[str, int]],
+                       files: Sequence[Staged | None], now: float, *, sync: bool = True) -> int:
+    """Inside ``conn``'s write transaction, publish what is not stored yet and record a row
+    for every item; return the bytes that were stored already.
+
+    ``items`` are (digest, size); ``files[i]`` is the staged file of ``items[i]``, or None when
+    its content was found stored before staging. Without ``sync``, published files are not
+    fsynced one by one: their shard folders are synced here, their data before (one syncfs of
+    the batch). Raises Restage naming the items to stage again.
+    """
+    known = 0
+    missing = []
+    publishing = []
+    seen = set()
+    for index, (digest, size) in enumerate(items):
+        if digest in seen:
+            continue
+        seen.add(digest)
+        file = files[index]
+        if blobs.has(digest, size):
+            if file is None or not file.published:  # not by a rolled-back try of this one
+                known += size
+        elif file is None or file.published or not os.path.exists(file.path):
+            missing.append(index)
+        else:
+            publishing.append(file)
+    if missing:
+        raise Restage(missing)
+    for file in publishing:
+        blobs.publish(file, sync=sync)
+    if not sync:
+        blobs.sync_shards([file.digest for file in publishing])
+    q.record_blobs(conn, list(items), now)
+    return known
+
+
+class Recorder:
+    """Records verified transfers (from an origin or the remote tier) in one store."""
+
+    def __init__(self, blobs: BlobStore, catalog: Catalog, clock: Clock) -> None:
+        self._blobs = blobs
+        self._catalog = catalog
+        self._clock = clock
+
+    def keep(
+        self,
+        result: Download,
+        *,
+        url: str | None,
+        name: str | None,
+        expected: Expected,
+        via: str,
+        source: bool = True,
+    ) -> Fetched:
+        """Publish and record a verified transfer from ``via`` (the origin, or the remote tier).
+
+        ``name`` remembers ``url`` as its source; ``source`` also records that ``url`` gave this
+        content (not for a pull, where that is only the remote's word). Raises StoreError.
+        """
+        staged = result.staged
+        try:
+            stored = self._catalog.write(
+                lambda conn: self._record(conn, url, name, expected, result, source)
+            )
+        except Restage:
+            raise StoreError(f"blob {staged.digest} was removed by a concurrent cleanup while"
+                             f" being stored from {via}; fetch it again") from None
+        except OSError as error:
+            raise os_error(error, f"cannot store {via}") from error
+        finally:
+            staged.discard()
+        # Content that was stored already saved no transfer: its bytes came over the network
+        # (or from the remote) all the same, so it is not counted as saved by dedup.
+        for counter, amount in (
+            (Counter.DOWNLOADS_SUCCEEDED, 1),
+            (Counter.DOWNLOAD_RETRIES, result.attempts - 1),
+            (Counter.RESUME_SAVED_BYTES, result.resumed),
+        ):
+            self._catalog.count(counter, amount)
+        log.info(
+            "fetched %s (%d bytes) from %s%s%s",
+            staged.digest, staged.size, via,
+            f" as {name!r}" if name else "",
+            f"; resuming saved {result.resumed} bytes" if result.resumed else "",
+        )  # fmt: skip
+        return Fetched(staged.digest, staged.size, downloaded=True, stored=stored)
+
+    def _record(
+        self, conn: Connection, url: str | None, name: str | None, expected: Expected,
+        result: Download, source: bool,
+    ) -> int:  # fmt: skip
+        """Publish and record, under the write lock; the bytes the store now holds."""
+        staged = result.staged
+        now = self._clock()
+        publish_and_record(conn, self._blobs, [(staged.digest, staged.size)], [staged], now)
+        if result.sha256 is not None:
+            q.record_alias(conn, "sha256", result.sha256, staged.digest)
+        if source and url is not None:
+            q.record_source(conn, url, staged.digest, now)
+        if name is not None:
+            q.set_name(
+                conn, name, staged.digest, now,
+                url=url, sha256=result.sha256 or expected.sha256, expected_size=staged.size,
+            )  # fmt: skip
+        return q.stored_totals(conn)[0]
+
+    # -- a stored blob's SHA-256, checked before it is recorded as an alias --------------------
+
+    def confirm_sha256(self, digest: str, sha256: str, where: str | None) -> None:
+        """Check that the stored blob ``digest`` has the SHA-256 ``sha256`` before a caller
+        records it (the remote tier naming a stored blob), and record the alias.
+
+        Raises IntegrityError when it has not (``where`` names the fixture in the message).
+        """
+        with self._catalog.read() as conn:
+            seen = q.find_alias(conn, "sha256", sha256)
+        if seen == digest:
+            return
+        if seen is not None:
+            raise IntegrityError(
+                f"sha256 {sha256} is the content {seen}, not {digest};"
+                f" check the expected digests of {where}",
+                expected=digest,
+                found=seen,
+            )
+        self.confirmed(digest, sha256, where)
+        self._catalog.write(lambda conn: q.record_alias(conn, "sha256", sha256, digest))
+
+    def confirmed(self, digest: str, sha256: str, where: str | None) -> str:
+        """``sha256``, once the stored blob's bytes are hashed and found to have it; else
+        IntegrityError, as a download of other content would raise."""
+        found = self.sha256_of(digest)
+        if found != sha256:
+            raise IntegrityError(
+                f"content {digest} has SHA-256 {found}, not the expected {sha256};"
+                f" check the expected digests of {where}",
+                expected=sha256,
+                found=found,
+            )
+        return sha256
+
+    def sha256_of(self, digest: str) -> str:
+        """The SHA-256 of a stored blob's bytes, computed now (StoreError if unreadable)."""
+        try:
+            sha256 = hashlib.sha256()
+            with self._blobs.open(digest) as blob:
+                for chunk in iter(lambda: blob.read(CHUNK_SIZE), b""):
+                    sha256.update(chunk)
+            return sha256.hexdigest()
+        except OSError as error:
+            raise os_error(error, f"cannot read blob {digest} (`cas verify` checks it)") from error
