@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import click
@@ -34,7 +33,7 @@ T = TypeVar("T")
 class Context:
     """What the global options decided; opens the store on first use."""
 
-    def __init__(self, root: Path | None, config_file: Path | None, profile: str | None) -> None:
+    def __init__(self, root: str | None, config_file: str | None, profile: str | None) -> None:
         self.root = root
         self.config_file = config_file
         self.profile = profile
@@ -57,14 +56,14 @@ pass_context = click.make_pass_decorator(Context)
 @click.group(cls=CasGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--root",
-    type=click.Path(path_type=Path, file_okay=True),
+    type=click.Path(file_okay=True),
     help="Store root (default: $CAS_HOME, else the user cache folder).",
 )
 @click.option(
     "--config",
     "config_file",
     metavar="FILE",
-    type=click.Path(path_type=Path, dir_okay=True),
+    type=click.Path(dir_okay=True),
     help="A settings file read after <root>/config.toml (default: $CAS_CONFIG).",
 )
 @click.option(
@@ -79,8 +78,8 @@ pass_context = click.make_pass_decorator(Context)
 @click.pass_context
 def cli(
     ctx: click.Context,
-    root: Path | None,
-    config_file: Path | None,
+    root: str | None,
+    config_file: str | None,
     profile: str | None,
     verbose: int,
     quiet: bool,
@@ -109,6 +108,8 @@ def put(context: Context, files: tuple[str, ...], name: str | None) -> None:
     if name is not None and len(files) != 1:
         raise UsageError("--name needs exactly one file")
     store = context.store()
+    from pathlib import Path
+
     sources = [sys.stdin.buffer if file == "-" else Path(file) for file in files]
     # Several files go in batches (Store.put_many): shared syncs, and a bad file stores none
     # of its batch.
@@ -359,11 +360,11 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
 
 
 @cli.command()
-@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(path_type=Path))
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path())
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=4, show_default=True,
               help="Downloads at once.")
 @pass_context
-def sync(context: Context, manifest_path: Path, jobs: int) -> None:
+def sync(context: Context, manifest_path: str, jobs: int) -> None:
     """Fetch every fixture of MANIFEST; print "<digest>  <name>" for each that is stored."""
     from cas.ops import manifest  # the report with its summary; Store.sync returns digests only
 
@@ -431,10 +432,10 @@ def push(context: Context, refs: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.argument("refs", nargs=-1)
-@click.option("--manifest", "manifest_path", metavar="FILE", type=click.Path(path_type=Path),
+@click.option("--manifest", "manifest_path", metavar="FILE", type=click.Path(),
               help="Pull every fixture of this manifest.")
 @pass_context
-def pull(context: Context, refs: tuple[str, ...], manifest_path: Path | None) -> None:
+def pull(context: Context, refs: tuple[str, ...], manifest_path: str | None) -> None:
     """Copy REF… (default: every name the remote has) from the remote tier, verified.
 
     Prints "<digest>  <ref>" for each; exits 1 if any failed.
