@@ -36,7 +36,6 @@ import contextlib
 import fcntl
 import logging
 import queue
-import random
 import sqlite3
 import threading
 import time
@@ -307,6 +306,8 @@ class Catalog:
                     conn.execute("COMMIT")
             except sqlite3.OperationalError as error:
                 if is_locked(error) and time.monotonic() < deadline:
+                    import random  # only a busy catalog needs the jitter
+
                     log.debug("catalog busy, retrying the transaction in %.2fs", delay)
                     time.sleep(delay * (1 + random.random()))
                     delay = min(delay * 2, 1.0)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from importlib import resources
 from pathlib import Path
 
 from cas.errors import CatalogError
@@ -19,11 +18,18 @@ log = logging.getLogger("cas")
 
 
 def _schema_text() -> str:
-    """schema.sql: packaged beside the code in a wheel, at the repository root in a checkout."""
-    packaged = resources.files("cas").joinpath("schema.sql")
-    if packaged.is_file():
-        return packaged.read_text(encoding="utf-8")
-    return (Path(__file__).resolve().parents[2] / "schema.sql").read_text(encoding="utf-8")
+    """schema.sql: packaged beside the code in a wheel, at the repository root in a checkout.
+
+    Read as a plain file where the package is one (importlib.resources, only for a package
+    that is not, costs milliseconds to import on every start).
+    """
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "schema.sql", package.parent / "schema.sql"):
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8")
+    from importlib import resources
+
+    return resources.files("cas").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
 def schema_versions() -> list[tuple[int, list[str]]]:
