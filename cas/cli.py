@@ -6,8 +6,8 @@ cas/render.py.
 
 Start-up is part of the interface (scripts call ``cas path`` in loops): at the top this module
 imports click and cas's base only, and each command imports what it uses when it runs, so
-``cas --version`` and ``cas --help`` load no store, and ``cas path`` no SQLAlchemy, HTTP or S3
-client (tests/test_startup.py).
+``cas --version`` and ``cas --help`` load no store, and ``cas path`` no SQLAlchemy, S3 client
+or progress bars (tests/test_startup.py).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, TypeVar
 import click
 
 from cas import __version__
-from cas.console import CasGroup, bars, say
+from cas.console import CasGroup, bars, log_to_stderr, say
 from cas.errors import CasError, IntegrityError, InUse, UsageError
 from cas.forwarding import Forwarder
 
@@ -54,48 +54,21 @@ pass_context = click.make_pass_decorator(Context)
 
 
 @click.group(cls=CasGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--root",
-    type=click.Path(file_okay=True),
-    help="Store root (default: $CAS_HOME, else the user cache folder).",
-)
-@click.option(
-    "--config",
-    "config_file",
-    metavar="FILE",
-    type=click.Path(dir_okay=True),
-    help="A settings file read after <root>/config.toml (default: $CAS_CONFIG).",
-)
-@click.option(
-    "--profile",
-    metavar="NAME",
-    help="The [profile.NAME] table of the settings files to use (default: $CAS_PROFILE).",
-)
+@click.option("--root", type=click.Path(file_okay=True),
+              help="Store root (default: $CAS_HOME, else the user cache folder).")
+@click.option("--config", "config_file", metavar="FILE", type=click.Path(dir_okay=True),
+              help="A settings file read after <root>/config.toml (default: $CAS_CONFIG).")
+@click.option("--profile", metavar="NAME",
+              help="The [profile.NAME] table of the settings files to use (default: $CAS_PROFILE).")
 @click.option("-v", "--verbose", count=True, help="Say more (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True,
               help="Only errors and results (digests, paths, listings): no summaries or bars.")
 @click.version_option(__version__, prog_name="cas")
 @click.pass_context
-def cli(
-    ctx: click.Context,
-    root: str | None,
-    config_file: str | None,
-    profile: str | None,
-    verbose: int,
-    quiet: bool,
-) -> None:
+def cli(ctx: click.Context, root: str | None, config_file: str | None, profile: str | None,
+        verbose: int, quiet: bool) -> None:
     """A content-addressed store for test fixtures and other large files."""
-    import logging  # here, not at the top: --version and --help never log
-
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[
-        min(verbose, 2)
-    ]
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("cas: %(message)s"))
-    log = logging.getLogger("cas")
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
+    log_to_stderr(verbose, quiet)
     ctx.obj = Context(root, config_file, profile)
 
 
@@ -107,9 +80,9 @@ def put(context: Context, files: tuple[str, ...], name: str | None) -> None:
     """Store FILE… (or - for stdin); print "<digest>  <file>" for each."""
     if name is not None and len(files) != 1:
         raise UsageError("--name needs exactly one file")
-    store = context.store()
     from pathlib import Path
 
+    store = context.store()
     sources = [sys.stdin.buffer if file == "-" else Path(file) for file in files]
     # Several files go in batches (Store.put_many): shared syncs, and a bad file stores none
     # of its batch.
@@ -202,10 +175,10 @@ def lease(context: Context, words: tuple[str, ...]) -> None:
     refs, command = words[:split], words[split + 1 :]
     if not refs or not command:
         raise UsageError("cas lease needs at least one REF before -- and a COMMAND after it")
-    # Signals are blocked before the store opens, so that no thread it starts (the lease
-    # keeper) can take a SIGTERM meant for the command and end cas without a release.
     from cas.settings import child_environment
 
+    # Signals are blocked before the store opens, so that no thread it starts (the lease
+    # keeper) can take a SIGTERM meant for the command and end cas without a release.
     with Forwarder(child_environment()) as forwarder:
         store = context.store()
         with contextlib.ExitStack() as held:

@@ -2,7 +2,8 @@
 
 ``CasGroup`` turns every error (a CasError, click's usage errors, Ctrl-C, a closed pipe) into a
 single ``cas: error:`` line and the exit status SPEC promises; ``say`` writes the summaries that
-``-q`` leaves out; ``bars`` decides whether progress bars are drawn.
+``-q`` leaves out; ``bars`` decides whether progress bars are drawn; ``log_to_stderr`` points
+cas's log there at the level -v, -vv or -q asks for.
 """
 
 from __future__ import annotations
@@ -78,3 +79,19 @@ def say(message: str) -> None:
 def fail(message: str, status: int) -> None:
     click.echo(f"cas: error: {' '.join(message.split())}", err=True)
     sys.exit(status)
+
+
+def log_to_stderr(verbose: int, quiet: bool) -> None:
+    """Send cas's log to stderr as ``cas: message`` lines: warnings, -v info, -vv debug, and
+    with -q errors only."""
+    import logging  # here, not at the top: --version and --help never log
+
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[
+        min(verbose, 2)
+    ]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("cas: %(message)s"))
+    log = logging.getLogger("cas")
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False
