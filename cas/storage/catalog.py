@@ -3,12 +3,11 @@
 Two kinds of connection, made alike (cas/storage/catalog_file.py: the same ``connect``, the same
 pragmas):
 
-- SQLAlchemy's engine pools the connections of read and write transactions: it opens them,
-  keeps them, and disposes of them after a fork. Statements run on the DBAPI (sqlite3)
-  connection it hands out: SQLAlchemy's Connection and Result layer cost about 135 µs per
-  transaction here, twice the transaction itself (benchmarks/RESULTS.md), and cas's statements
-  are hand-written SQL anyway (cas/storage/queries.py). SQLAlchemy is imported when the first
-  such transaction begins, not before.
+- SQLAlchemy's engine pools the connections of read and write transactions, and disposes of
+  them after a fork; it is made (and SQLAlchemy imported) when the first such transaction
+  begins. Statements run on the DBAPI (sqlite3) connection it hands out: its Connection and
+  Result layer cost about 135 µs per transaction, twice the transaction itself
+  (benchmarks/RESULTS.md), and cas's statements are hand-written SQL (cas/storage/queries.py).
 - Plain sqlite3 connections serve what a look-up needs: the look-ups themselves
   (cas/storage/lookups.py), the schema version check at open when nothing needs migrating, and
   the small flush of waiting access times and counters (at close, or when due after a read). A
@@ -97,8 +96,10 @@ class Catalog:
     """One store's catalog.db: its connections plus the write and read protocols."""
 
     def __init__(self, path: Path, setup_lock: Path, *, durable: bool = True,
-                 read_only: str | None = None, locks: Folder | None = None) -> None:
+                 read_only: str | None = None, locks: Folder | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = path
+        self._clock = clock  # the wall time of last accesses
         self._locks = locks  # the Folder of setup_lock's folder, opened without following links
         #: Why the catalog was opened for reading only (a read-only filesystem or folder, a full
         #: disk), or None: writes then raise StoreError, and reads record no access or counts.
@@ -113,7 +114,7 @@ class Catalog:
         self._kept: queue.SimpleQueue[_Pooled] = queue.SimpleQueue()
         self._spare: sqlite3.Connection | None = None  # one plain connection kept for reuse
         self._locks_made()
-        self._pending = Pending()
+        self._pending = Pending(clock)
         self._forks = forks()
         self._lookups = Lookups(self._connect, enabled=not read_only)
         self._next_flush = 0.0  # monotonic time before which reads do not try to flush
@@ -147,7 +148,7 @@ class Catalog:
             self._spare = None
             self._locks_made()
             # New ones rather than clear(): another thread may have held their lock at the fork.
-            self._pending = Pending()
+            self._pending = Pending(self._clock)
             self._lookups = Lookups(self._connect, enabled=not self.read_only)
             self._forks = forks()
 
@@ -301,7 +302,7 @@ class Catalog:
             try:
                 with self._connection() as conn:
                     conn.execute("BEGIN IMMEDIATE")
-                    self._pending.apply(conn, touches, counts, max(taken, time.time()))
+                    self._pending.apply(conn, touches, counts, max(taken, self._clock()))
                     result = work(conn)
                     conn.execute("COMMIT")
             except sqlite3.OperationalError as error:
@@ -324,7 +325,7 @@ class Catalog:
     def touch(self, digest: str, last_access: float) -> None:
         """Note a read of ``digest`` whose stored last access is ``last_access``: when that is
         older than the granularity, or in the future (written before the clock went back)."""
-        now = time.time()
+        now = self._clock()
         stale = now - last_access >= ACCESS_GRANULARITY or last_access > now
         if stale and not self.read_only:
             self._check_fork()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 #: Seconds within which last-access times are not updated again, and at most how long a touch
 #: waits in memory before it is written. Eviction is LRU to within this.
@@ -27,7 +27,8 @@ class Pending:
     wrote only once that transaction committed; anything added meanwhile stays for the next.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock  # the wall time of last accesses
         self._lock = threading.Lock()
         self._touches: dict[str, float] = {}
         self._counts: dict[str, int] = {}
@@ -44,17 +45,17 @@ class Pending:
     def count(self, name: str, amount: int) -> None:
         with self._lock:
             self._counts[name] = self._counts.get(name, 0) + amount
-            self._since = time.time() if self._since is None else self._since
+            self._since = self._clock() if self._since is None else self._since
 
     def due(self) -> bool:
         """Whether the oldest waiting item has waited ``ACCESS_GRANULARITY``."""
         since = self._since
-        return since is not None and time.time() - since >= ACCESS_GRANULARITY
+        return since is not None and self._clock() - since >= ACCESS_GRANULARITY
 
     def take(self) -> tuple[dict[str, float], dict[str, int], float]:
         """A snapshot to write: touches, counts, and when it was taken."""
         with self._lock:
-            return dict(self._touches), dict(self._counts), time.time()
+            return dict(self._touches), dict(self._counts), self._clock()
 
     @staticmethod
     def apply(conn: sqlite3.Connection, touches: dict[str, float], counts: dict[str, int],
