@@ -22,7 +22,6 @@ import click
 from cas import __version__
 from cas.console import CasGroup, bars, log_to_stderr, say
 from cas.errors import CasError, IntegrityError, InUse, UsageError
-from cas.forwarding import Forwarder
 
 if TYPE_CHECKING:
     from cas import Store, TransferReport
@@ -175,6 +174,7 @@ def lease(context: Context, words: tuple[str, ...]) -> None:
     refs, command = words[:split], words[split + 1 :]
     if not refs or not command:
         raise UsageError("cas lease needs at least one REF before -- and a COMMAND after it")
+    from cas.forwarding import Forwarder
     from cas.settings import child_environment
 
     # Signals are blocked before the store opens, so that no thread it starts (the lease

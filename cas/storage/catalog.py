@@ -34,10 +34,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import queue
 import sqlite3
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -111,7 +111,7 @@ class Catalog:
         self._query = read_only_query(path) if read_only else None
         self._connect_args = connect_args()
         self._engine: Engine | None = None  # made by the first read or write transaction
-        self._kept: queue.SimpleQueue[_Pooled] = queue.SimpleQueue()
+        self._kept: deque[_Pooled] = deque()  # appends and pops are thread-safe
         self._spare: sqlite3.Connection | None = None  # one plain connection kept for reuse
         self._locks_made()
         self._pending = Pending(clock)
@@ -144,7 +144,7 @@ class Catalog:
         if forks() != self._forks:
             if self._engine is not None:
                 self._engine.dispose(close=False)
-            self._kept = queue.SimpleQueue()
+            self._kept = deque()
             self._spare = None
             self._locks_made()
             # New ones rather than clear(): another thread may have held their lock at the fork.
@@ -174,8 +174,8 @@ class Catalog:
         """
         self._check_fork()
         try:
-            return self._kept.get_nowait()
-        except queue.Empty:
+            return self._kept.pop()
+        except IndexError:
             pass
         engine = self._pool()
         from sqlalchemy import exc
@@ -189,8 +189,8 @@ class Catalog:
         return pooled, cast(sqlite3.Connection, pooled.driver_connection)
 
     def _give_back(self, kept: _Pooled) -> None:
-        if self._kept.qsize() < KEPT_CONNECTIONS:
-            self._kept.put(kept)
+        if len(self._kept) < KEPT_CONNECTIONS:
+            self._kept.append(kept)
         else:
             kept[0].close()
 
@@ -253,8 +253,8 @@ class Catalog:
             spare.close()
         while True:
             try:
-                self._kept.get_nowait()[0].close()
-            except queue.Empty:
+                self._kept.pop()[0].close()
+            except IndexError:
                 break
         if self._engine is not None:
             self._engine.dispose()
