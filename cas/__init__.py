@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from cas.ops.eviction import Item as GcItem
     from cas.ops.eviction import Plan as GcPlan
     from cas.ops.leases import Lease
+    from cas.ops.manifest import SyncReport
     from cas.ops.tier import TransferReport
     from cas.ops.verify import Finding, VerifyReport
     from cas.settings import Settings
@@ -60,6 +61,7 @@ _HOMES = {
     "VerifyReport": "cas.ops.verify",
     "Finding": "cas.ops.verify",
     "TransferReport": "cas.ops.tier",
+    "SyncReport": "cas.ops.manifest",
     "Stats": "cas.storage.metrics",
     "Usage": "cas.storage.metrics",
     "Counter": "cas.storage.metrics",
@@ -89,6 +91,7 @@ __all__ = [
     "Stats",
     "Store",
     "StoreError",
+    "SyncReport",
     "TransferReport",
     "Usage",
     "UsageError",
