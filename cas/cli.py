@@ -1,118 +1,38 @@
 """The ``cas`` command line: a thin layer over the Python API.
 
 Every command calls the library; one handler turns any CasError (and click's usage errors) into
-a single ``cas: error:`` line on stderr and the exit status SPEC promises.
+a single ``cas: error:`` line on stderr and the exit status SPEC promises. How results look is
+cas/render.py.
+
+Start-up is part of the interface (scripts call ``cas path`` in loops): at the top this module
+imports click and cas's base only, and each command imports what it uses when it runs, so
+``cas --version`` and ``cas --help`` load no store, and ``cas path`` no SQLAlchemy, S3 client
+or progress bars (tests/test_startup.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime
-import json
-import logging
-import os
-import shutil
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from cas import __version__
+from cas.console import CasGroup, bars, log_to_stderr, say
 from cas.errors import CasError, IntegrityError, InUse, UsageError
-from cas.ops import eviction
-from cas.settings import (
-    COMMAND_LINE,
-    KEYS,
-    child_environment,
-    load_config,
-    parse_duration,
-    parse_interval,
-    parse_size,
-    resolve_root,
-)
-from cas.storage.metrics import Counter, Stats, human_size
-from cas.store import Entry, Store
 
 if TYPE_CHECKING:
-    from cas.ops.tier import TransferReport
-
-log = logging.getLogger("cas")
+    from cas import Store, TransferReport
 
 T = TypeVar("T")
-
-
-class CasGroup(click.Group):
-    """A click group whose every error is one ``cas: error:`` line and a stable exit status."""
-
-    def main(
-        self,
-        args: Sequence[str] | None = None,
-        prog_name: str | None = None,
-        complete_var: str | None = None,
-        standalone_mode: bool = True,
-        **extra: Any,
-    ) -> Any:
-        try:
-            status = super().main(
-                args, prog_name or "cas", complete_var, standalone_mode=False, **extra
-            )
-        except click.exceptions.Abort:
-            _fail("interrupted", 130)
-        except click.ClickException as error:
-            _fail(error.format_message(), error.exit_code)
-        except CasError as error:
-            _fail(str(error), error.exit_status)
-        except BrokenPipeError:
-            sys.stderr.close()  # a closed pipe (`cas cat | head`) is not an error
-            sys.exit(0)
-        if not standalone_mode:
-            return status
-        sys.exit(status if isinstance(status, int) else 0)
-
-
-    def invoke(self, ctx: click.Context) -> Any:
-        """Run the command; a closed pipe and Ctrl-C are handled here, before click turns
-        them into status 1 and an extra blank line."""
-        try:
-            return super().invoke(ctx)
-        except BrokenPipeError:
-            # `cas cat x | head`: the reader has what it wanted. Point stdout at /dev/null so
-            # the flush at exit cannot fail again, and exit 0 like other Unix tools.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            raise click.exceptions.Exit(0) from None
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
-
-
-def _quiet() -> bool:
-    return bool(click.get_current_context().find_root().params.get("quiet"))
-
-
-def _bars() -> bool:
-    """Whether to show progress bars: on a terminal, unless -q."""
-    return sys.stderr.isatty() and not _quiet()
-
-
-def _say(message: str) -> None:
-    """A summary line on stderr, which -q leaves out (only errors and results remain)."""
-    if not _quiet():
-        click.echo(message, err=True)
-
-
-def _fail(message: str, status: int) -> None:
-    click.echo(f"cas: error: {' '.join(message.split())}", err=True)
-    sys.exit(status)
 
 
 class Context:
     """What the global options decided; opens the store on first use."""
 
-    def __init__(self, root: Path | None, config_file: Path | None, profile: str | None) -> None:
+    def __init__(self, root: str | None, config_file: str | None, profile: str | None) -> None:
         self.root = root
         self.config_file = config_file
         self.profile = profile
@@ -120,6 +40,9 @@ class Context:
 
     def store(self) -> Store:
         if self._store is None:
+            from cas import Store
+            from cas.settings import COMMAND_LINE
+
             self._store = Store.open(self.root, config_file=self.config_file,
                                      profile=self.profile, given_as=COMMAND_LINE)
             click.get_current_context().call_on_close(self._store.close)
@@ -130,45 +53,21 @@ pass_context = click.make_pass_decorator(Context)
 
 
 @click.group(cls=CasGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--root",
-    type=click.Path(path_type=Path, file_okay=True),
-    help="Store root (default: $CAS_HOME, else the user cache folder).",
-)
-@click.option(
-    "--config",
-    "config_file",
-    metavar="FILE",
-    type=click.Path(path_type=Path, dir_okay=True),
-    help="A settings file read after <root>/config.toml (default: $CAS_CONFIG).",
-)
-@click.option(
-    "--profile",
-    metavar="NAME",
-    help="The [profile.NAME] table of the settings files to use (default: $CAS_PROFILE).",
-)
+@click.option("--root", type=click.Path(file_okay=True),
+              help="Store root (default: $CAS_HOME, else the user cache folder).")
+@click.option("--config", "config_file", metavar="FILE", type=click.Path(dir_okay=True),
+              help="A settings file read after <root>/config.toml (default: $CAS_CONFIG).")
+@click.option("--profile", metavar="NAME",
+              help="The [profile.NAME] table of the settings files to use (default: $CAS_PROFILE).")
 @click.option("-v", "--verbose", count=True, help="Say more (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True,
               help="Only errors and results (digests, paths, listings): no summaries or bars.")
 @click.version_option(__version__, prog_name="cas")
 @click.pass_context
-def cli(
-    ctx: click.Context,
-    root: Path | None,
-    config_file: Path | None,
-    profile: str | None,
-    verbose: int,
-    quiet: bool,
-) -> None:
+def cli(ctx: click.Context, root: str | None, config_file: str | None, profile: str | None,
+        verbose: int, quiet: bool) -> None:
     """A content-addressed store for test fixtures and other large files."""
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[
-        min(verbose, 2)
-    ]
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("cas: %(message)s"))
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
+    log_to_stderr(verbose, quiet)
     ctx.obj = Context(root, config_file, profile)
 
 
@@ -180,6 +79,8 @@ def put(context: Context, files: tuple[str, ...], name: str | None) -> None:
     """Store FILE… (or - for stdin); print "<digest>  <file>" for each."""
     if name is not None and len(files) != 1:
         raise UsageError("--name needs exactly one file")
+    from pathlib import Path
+
     store = context.store()
     sources = [sys.stdin.buffer if file == "-" else Path(file) for file in files]
     # Several files go in batches (Store.put_many): shared syncs, and a bad file stores none
@@ -202,6 +103,8 @@ def path(context: Context, ref: str) -> None:
 @pass_context
 def cat(context: Context, ref: str) -> None:
     """Write the content of REF to stdout."""
+    import shutil
+
     with context.store().open_blob(ref) as blob:
         shutil.copyfileobj(blob, sys.stdout.buffer, 1 << 20)
     sys.stdout.buffer.flush()
@@ -271,98 +174,18 @@ def lease(context: Context, words: tuple[str, ...]) -> None:
     refs, command = words[:split], words[split + 1 :]
     if not refs or not command:
         raise UsageError("cas lease needs at least one REF before -- and a COMMAND after it")
+    from cas.forwarding import Forwarder
+    from cas.settings import child_environment
+
     # Signals are blocked before the store opens, so that no thread it starts (the lease
     # keeper) can take a SIGTERM meant for the command and end cas without a release.
-    with _Forwarder() as forwarder:
+    with Forwarder(child_environment()) as forwarder:
         store = context.store()
         with contextlib.ExitStack() as held:
             for ref in refs:
                 held.enter_context(store.lease(ref))
             status = forwarder.run(command)
     click.get_current_context().exit(status)
-
-
-class _CommandFailed(CasError):
-    """The command of `cas lease` could not be started; statuses as a shell's."""
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.exit_status = status
-
-
-class _Forwarder:
-    """Runs one command and passes on to it the SIGTERM, SIGINT and SIGHUP sent to cas.
-
-    Inside the ``with`` block those signals are blocked and taken with sigwaitinfo, so cas
-    always lives to wait for its command and release its leases (issue 13, item 12). A signal
-    from a process (``kill``) is forwarded; one from the terminal (Ctrl-C, a hang-up) is not,
-    since the terminal signals the whole foreground process group, the command included.
-    """
-
-    SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGHUP})
-
-    def __enter__(self) -> _Forwarder:
-        self._watched = self.SIGNALS | {signal.SIGCHLD}
-        self._before = signal.pthread_sigmask(signal.SIG_BLOCK, self._watched)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        # Take what is still pending, or unblocking would deliver it now: a SIGTERM would end
-        # cas after the leases were released, but before it could report the status.
-        while signal.sigtimedwait(self._watched, 0) is not None:
-            pass
-        signal.pthread_sigmask(signal.SIG_SETMASK, self._before)
-
-    def run(self, command: Sequence[str]) -> int:
-        """Run ``command`` to its end; its exit status, or 128+N when signal N ended it.
-
-        A signal that came before the command could start ends the run at once, without it.
-        Raises _CommandFailed with status 127 when the command does not exist, 126 when it
-        cannot be executed.
-        """
-        for pending in sorted(signal.sigpending() & self.SIGNALS):
-            return 128 + int(pending)
-        try:
-            pid = os.posix_spawnp(command[0], list(command), child_environment(),
-                                 setsigmask=self._before)
-        except FileNotFoundError as error:
-            raise _CommandFailed(f"{command[0]}: command not found", 127) from error
-        except OSError as error:
-            raise _CommandFailed(f"cannot run {command[0]}: {error.strerror}", 126) from error
-        while True:
-            info = signal.sigwaitinfo(self._watched)
-            if info.si_signo != signal.SIGCHLD:
-                if info.si_code <= 0:  # SI_USER, SI_QUEUE, SI_TKILL: sent by a process
-                    os.kill(pid, info.si_signo)
-                continue
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                code: int = os.waitstatus_to_exitcode(status)
-                return 128 - code if code < 0 else code
-
-
-def _plan_json(plan: eviction.Plan, dry_run: bool) -> dict[str, Any]:
-    def item(entry: eviction.Item) -> dict[str, Any]:
-        return {"digest": entry.digest, "names": list(entry.names), "size": entry.size,
-                "last_access": entry.last_access, "reason": entry.reason}
-
-    return {
-        "dry_run": dry_run,
-        "stored_before": plan.stored_before,
-        "stored_after": plan.stored_after,
-        "low_water": plan.target,
-        "freed_bytes": plan.freed,
-        "removed_count": plan.removed,
-        # The first REPORT_LIMIT of each, oldest first: a report of a cleanup of a million
-        # blobs does not hold them all in memory.
-        "removed": [item(victim) for victim in plan.victims],
-        "kept": [item(kept) for kept in plan.kept],
-    }
-
-
-def _describe(entry: eviction.Item) -> str:
-    names = ", ".join(entry.names) if entry.names else "(no name)"
-    return f"{names}  {entry.digest[:12]}  {_human_size(entry.size)}  {entry.reason}"
 
 
 @cli.command()
@@ -374,26 +197,16 @@ def _describe(entry: eviction.Item) -> str:
 def gc(context: Context, max_size: str | None, max_age: str | None, dry_run: bool,
        as_json: bool) -> None:
     """Remove least recently used and old blobs; never leased, pinned or recent ones."""
+    from cas import render
+    from cas.settings import parse_duration, parse_size
+
     size = _parse("--max-size", max_size, parse_size)
     age = _parse("--max-age", max_age, parse_duration)
     plan = context.store().gc(max_size=size, max_age=age, dry_run=dry_run)
     if as_json:
-        click.echo(json.dumps(_plan_json(plan, dry_run), indent=2))
-        return
-    verb = "would free" if dry_run else "freed"
-    click.echo(
-        f"{verb} {plan.removed} blobs, {_human_size(plan.freed)}: "
-        f"{_human_size(plan.stored_before)} -> {_human_size(plan.stored_after)} "
-        f"(low water {_human_size(plan.target)})"
-    )
-    for victim in plan.victims:
-        click.echo(f"  {'would remove' if dry_run else 'removed'}  {_describe(victim)}")
-    if plan.removed > len(plan.victims):
-        click.echo(f"  ... and {plan.removed - len(plan.victims)} more")
-    if plan.kept:
-        click.echo(f"kept {len(plan.kept)} blobs that cleanup would otherwise have removed:")
-        for kept in plan.kept:
-            click.echo(f"  kept  {_describe(kept)}")
+        click.echo(render.as_json(render.plan_document(plan, dry_run)))
+    else:
+        _echo(render.plan_lines(plan, dry_run))
 
 
 @cli.command()
@@ -401,10 +214,15 @@ def gc(context: Context, max_size: str | None, max_age: str | None, dry_run: boo
 @pass_context
 def maintain(context: Context, interval: str | None) -> None:
     """Run cleanup periodically in the foreground until interrupted."""
+    import logging
+    import threading
+
+    from cas.settings import parse_interval
+
     period = _parse("--interval", interval, parse_interval)
     store = context.store()
-    log.info("cleaning up %s every %.0fs; stop with Ctrl-C", store.root,
-             period or store.settings.cleanup_interval)
+    logging.getLogger("cas").info("cleaning up %s every %.0fs; stop with Ctrl-C", store.root,
+                                  period or store.settings.cleanup_interval)
     store.gc()
     with store.maintenance(period), contextlib.suppress(KeyboardInterrupt):
         threading.Event().wait()
@@ -419,28 +237,9 @@ def _parse(option: str, value: str | None, parse: Callable[[str], T]) -> T | Non
         raise UsageError(f"{option} {value!r}: {error}") from error
 
 
-def _entry_json(entry: Entry) -> dict[str, Any]:
-    return {
-        "name": entry.name,
-        "digest": entry.digest,
-        "size": entry.size,
-        "last_access": entry.last_access,
-        "pinned": entry.pinned,
-        "present": entry.present,
-        "source": entry.source,
-        "state": entry.state,
-        "leases": entry.leases,
-    }
-
-
-def _human_size(size: int | None) -> str:
-    return "-" if size is None else human_size(size)
-
-
-def _when(stamp: float | None) -> str:
-    if stamp is None:
-        return "-"
-    return datetime.datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M")
+def _echo(lines: Sequence[str]) -> None:
+    for line in lines:
+        click.echo(line)
 
 
 @cli.command("ls")
@@ -452,22 +251,16 @@ def list_entries(context: Context, as_json: bool) -> None:
     The state column says ``pinned``, ``leased`` (by a live holder), and ``evicted`` (cleanup
     removed the blob) or ``damaged`` (its file is missing or of the wrong size; `cas verify`).
     """
+    from cas import render
+
     entries = context.store().entries()
     if as_json:
-        click.echo(json.dumps([_entry_json(entry) for entry in entries], indent=2))
-        return
-    state: Callable[[Entry], str] = lambda e: ",".join(  # noqa: E731
-        flag for flag, on in (("pinned", e.pinned), ("leased", e.leases > 0),
-                              ("evicted", e.state == "evicted"), ("damaged", e.damaged)) if on
-    ) or "-"
-    for entry in entries:
-        click.echo(
-            f"{entry.digest[:12]}  {_human_size(entry.size):>10}  {_when(entry.last_access)}"
-            f"  {state(entry):<8}  {entry.name or ''}".rstrip()
-        )
+        click.echo(render.as_json([render.entry_document(entry) for entry in entries]))
+    else:
+        _echo([render.entry_line(entry) for entry in entries])
 
 
-# -- settings and metrics (issue 3) -------------------------------------------------------------
+# -- settings and metrics ---------------------------------------------------------------------
 
 
 @cli.command("config")
@@ -475,36 +268,17 @@ def list_entries(context: Context, as_json: bool) -> None:
 @pass_context
 def show_config(context: Context, as_json: bool) -> None:
     """Show every effective setting and where it came from."""
+    from cas import render
+    from cas.settings import COMMAND_LINE, KEYS, load_config, resolve_root
+
     root, root_source = resolve_root(context.root)
     config = load_config(
         root, config_file=context.config_file, profile=context.profile, given_as=COMMAND_LINE
     )
-    settings = config.settings
     if as_json:
-        document = {
-            "root": {"value": str(root), "source": root_source},
-            "files": [str(path) for path in config.files],
-            "profile": {"value": config.profile, "source": config.profile_source},
-            "settings": {
-                key: {
-                    "value": getattr(settings, key),
-                    "text": settings.show(key),
-                    "source": config.sources[key],
-                }
-                for key in KEYS
-            },
-        }
-        click.echo(json.dumps(document, indent=2))
-        return
-    rows = [
-        ("root", str(root), root_source),
-        ("files", ", ".join(str(path) for path in config.files) or "-", ""),
-        ("profile", config.profile or "-", config.profile_source or ""),
-    ]
-    rows += [(key, settings.show(key), config.sources[key]) for key in KEYS]
-    width = max(len(row[1]) for row in rows)
-    for key, value, source in rows:
-        click.echo(f"{key:<17} {value:<{width}}  {source}".rstrip())
+        click.echo(render.as_json(render.config_document(root, root_source, config, KEYS)))
+    else:
+        _echo(render.config_lines(root, root_source, config, KEYS))
 
 
 @cli.command()
@@ -514,54 +288,23 @@ def show_config(context: Context, as_json: bool) -> None:
 @pass_context
 def stats(context: Context, as_json: bool, prometheus: bool, check: bool) -> None:
     """Show counters, storage use, hit ratio and download success rate."""
+    from cas import render
+
     if as_json and prometheus:
         raise UsageError("--json and --prometheus exclude each other")
     result = context.store().stats()
     if as_json:
-        click.echo(json.dumps(result.as_dict(), indent=2))
+        click.echo(render.as_json(result.as_dict()))
     elif prometheus:
         click.echo(result.prometheus(), nl=False)
     else:
-        for label, value in _stats_rows(result):
-            click.echo(f"{label:<22} {value}")
+        _echo(render.stats_lines(result))
     problems = result.problems()
     if check and problems:
         raise CasError(f"store is unhealthy: {'; '.join(problems)}")
 
 
-def _stats_rows(stats: Stats) -> list[tuple[str, str]]:
-    """The readable table of ``cas stats``."""
-    count, usage = stats.counters, stats.usage
-    percent: Callable[[float | None], str] = lambda ratio: (  # noqa: E731
-        "-" if ratio is None else f"{ratio:.1%}"
-    )
-    return [
-        ("stored", f"{human_size(usage.bytes)} in {usage.blobs} blob{'s' * (usage.blobs != 1)}"),
-        ("names", str(usage.names)),
-        ("live leases", str(usage.live_leases)),
-        ("share of max size", percent(stats.usage_ratio)),
-        ("high water mark", f"{human_size(stats.max_cache_size)} (max_cache_size)"),
-        ("low water mark", f"{human_size(stats.low_water_bytes)}"),
-        ("hits", str(count[Counter.HITS])),
-        ("misses", str(count[Counter.MISSES])),
-        ("hit ratio", percent(stats.hit_ratio)),
-        ("downloads succeeded", str(count[Counter.DOWNLOADS_SUCCEEDED])),
-        ("downloads failed", str(count[Counter.DOWNLOADS_FAILED])),
-        ("download success rate", percent(stats.download_success_rate)),
-        ("download retries", str(count[Counter.DOWNLOAD_RETRIES])),
-        ("downloaded", human_size(count[Counter.DOWNLOADED_BYTES])),
-        ("saved by resume", human_size(count[Counter.RESUME_SAVED_BYTES])),
-        ("saved by dedup", human_size(count[Counter.DEDUP_SAVED_BYTES])),
-        ("evictions", f"{count[Counter.EVICTIONS]} ({human_size(count[Counter.EVICTED_BYTES])})"),
-        ("cleanup runs", str(count[Counter.CLEANUP_RUNS])),
-        ("verification failures", str(count[Counter.VERIFICATION_FAILURES])),
-        ("staging debris", f"{stats.debris_files} files ({human_size(stats.debris_bytes)})"),
-        ("staging (tmp/)", f"{stats.staging_files} files ({human_size(stats.staging_bytes)})"),
-        ("quarantine", f"{stats.quarantine_files} files ({human_size(stats.quarantine_bytes)})"),
-    ]
-
-
-# -- fetching (issue 4) ----------------------------------------------------------------------------
+# -- fetching ---------------------------------------------------------------------------------
 
 
 @cli.command()
@@ -578,7 +321,7 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
     from cas.urls import redact
 
     shown = redact(url)  # a bar never shows the credentials a URL may carry
-    bar = TransferBar(name or shown.rsplit("/", 1)[-1] or shown) if _bars() else None
+    bar = TransferBar(name or shown.rsplit("/", 1)[-1] or shown) if bars() else None
     try:
         digest = context.store().fetch(
             url, name=name, blake3=blake3, sha256=sha256, size=size, progress=bar
@@ -590,27 +333,27 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
 
 
 @cli.command()
-@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(path_type=Path))
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path())
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=4, show_default=True,
               help="Downloads at once.")
 @pass_context
-def sync(context: Context, manifest_path: Path, jobs: int) -> None:
+def sync(context: Context, manifest_path: str, jobs: int) -> None:
     """Fetch every fixture of MANIFEST; print "<digest>  <name>" for each that is stored."""
     from cas.progress import TotalBar, TransferBar
 
-    bars = _bars()
+    show = bars()
     report = context.store().sync_report(manifest_path, jobs=jobs,
-                                         bar=TransferBar if bars else None,
-                                         total_bar=TotalBar if bars else None)
+                                         bar=TransferBar if show else None,
+                                         total_bar=TotalBar if show else None)
     for name, digest in sorted(report.digests.items()):
         click.echo(f"{digest}  {name}")
-    _say(f"cas: sync: {report.summary()}")
+    say(f"cas: sync: {report.summary()}")
     if report.failed:
         total = len(report.digests) + len(report.failed)
         raise CasError(f"{len(report.failed)} of {total} fixtures failed")
 
 
-# -- verification (issue 6) -----------------------------------------------------------------------
+# -- verification -----------------------------------------------------------------------------
 
 
 @cli.command()
@@ -628,10 +371,12 @@ def verify(context: Context, quick: bool, repair: bool, as_json: bool,
 
     Exits with status 4 when damage remains.
     """
+    from cas import render
     from cas.progress import TransferBar
+    from cas.settings import parse_duration
 
     seconds = _parse("--budget", budget, parse_duration)
-    bar = TransferBar("verify") if _bars() else None
+    bar = TransferBar("verify") if bars() else None
     try:
         report = context.store().verify(full=not quick, repair=repair, budget=seconds,
                                         progress=bar)
@@ -639,21 +384,14 @@ def verify(context: Context, quick: bool, repair: bool, as_json: bool,
         if bar is not None:
             bar.close()
     if as_json:
-        click.echo(json.dumps(report.as_dict(), indent=2))
+        click.echo(render.as_json(report.as_dict()))
     else:
-        click.echo(report.summary())
-        for finding in report.findings:
-            state = "REMAINS" if finding.remains else "fixed"
-            names = f" ({', '.join(finding.names)})" if finding.names else ""
-            click.echo(f"  {state:<7}  {finding.kind:<8}  {finding.subject}{names}:"
-                       f" {finding.detail}; {finding.action}")
+        _echo(render.verify_lines(report))
     if report.damaged:
-        kinds = sorted({finding.kind for finding in report.remaining})
-        raise IntegrityError(f"damage remains: {len(report.remaining)} finding(s) of kind"
-                             f" {', '.join(kinds)}; see the report")
+        raise IntegrityError(render.damage_remains(report))
 
 
-# -- the remote tier (issue 8) ---------------------------------------------------------------------
+# -- the remote tier --------------------------------------------------------------------------
 
 
 @cli.command()
@@ -669,10 +407,10 @@ def push(context: Context, refs: tuple[str, ...]) -> None:
 
 @cli.command()
 @click.argument("refs", nargs=-1)
-@click.option("--manifest", "manifest_path", metavar="FILE", type=click.Path(path_type=Path),
+@click.option("--manifest", "manifest_path", metavar="FILE", type=click.Path(),
               help="Pull every fixture of this manifest.")
 @pass_context
-def pull(context: Context, refs: tuple[str, ...], manifest_path: Path | None) -> None:
+def pull(context: Context, refs: tuple[str, ...], manifest_path: str | None) -> None:
     """Copy REF… (default: every name the remote has) from the remote tier, verified.
 
     Prints "<digest>  <ref>" for each; exits 1 if any failed.
@@ -683,9 +421,10 @@ def pull(context: Context, refs: tuple[str, ...], manifest_path: Path | None) ->
 
 
 def _transfer_done(command: str, report: TransferReport) -> None:
-    for ref, digest in sorted({**report.present, **report.done}.items()):
-        click.echo(f"{digest}  {ref}")
-    _say(f"cas: {command}: {report.summary()}")
+    from cas import render
+
+    _echo(render.transfer_lines(report))
+    say(f"cas: {command}: {report.summary()}")
     if report.failed:
         total = len(report.done) + len(report.present) + len(report.failed)
         raise CasError(f"{len(report.failed)} of {total} failed")

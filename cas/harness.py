@@ -17,15 +17,19 @@ import os
 import shlex
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cas.errors import NotFound
 from cas.ops import manifest
 from cas.ops.fetch import expectation
-from cas.ops.leases import Lease
 from cas.store import Store
-from cas.transfer.request import Expected
 from cas.urls import redact
+
+if TYPE_CHECKING:
+    from cas import Lease
+
+#: What a fixture is expected to be: BLAKE3 digest, SHA-256 and size, each optional.
+Wanted = tuple[str | None, str | None, int | None]
 
 
 class FixtureUnavailable(NotFound):
@@ -83,18 +87,19 @@ class FixtureSession:
             if declared is not None:
                 url, blake3, sha256 = declared.url, declared.blake3, declared.sha256
                 size = declared.size
-            lease = self._lease(name, url, expectation(blake3, sha256, size),
-                                declared is not None)  # fmt: skip
+            lease = self._lease(name, url, (blake3, sha256, size), declared is not None)
             self._held[name] = lease
             return lease.path
 
-    def _lease(self, name: str, url: str | None, expected: Expected, declared: bool) -> Lease:
+    def _lease(self, name: str, url: str | None, wanted: Wanted, declared: bool) -> Lease:
+        expected = expectation(*wanted)  # UsageError for a malformed digest or size
+        described = _described(expected.blake3, expected.sha256, expected.size)
         if url is not None and self.store.settings.auto_download:
             # No network when the expected content is already stored.
             digest = self.store.fetch(url, name=name, blake3=expected.blake3,
                                       sha256=expected.sha256, size=expected.size)  # fmt: skip
             return self.store.lease(digest)
-        if expected == Expected():  # nothing to check the content against: the name decides
+        if not described:  # nothing to check the content against: the name decides
             try:
                 return self.store.lease(name)
             except NotFound as missing:
@@ -111,7 +116,7 @@ class FixtureSession:
                 pass  # removed by cleanup since: as unavailable as if never stored
         if url is None:
             raise FixtureUnavailable(
-                f"fixture {name!r} with the expected {_described(expected)} is not in the store"
+                f"fixture {name!r} with the expected {described} is not in the store"
             )
         raise FixtureUnavailable(
             f"fixture {name!r} is not in the store and auto_download is off;"
@@ -144,9 +149,9 @@ class FixtureSession:
         self.close()
 
 
-def _described(expected: Expected) -> str:
+def _described(blake3: str | None, sha256: str | None, size: int | None) -> str:
     """The expected digests and size, for a message."""
-    parts = [f"blake3 {expected.blake3}"] if expected.blake3 else []
-    parts += [f"sha256 {expected.sha256}"] if expected.sha256 else []
-    parts += [f"size {expected.size}"] if expected.size is not None else []
+    parts = [f"blake3 {blake3}"] if blake3 else []
+    parts += [f"sha256 {sha256}"] if sha256 else []
+    parts += [f"size {size}"] if size is not None else []
     return ", ".join(parts)

@@ -49,6 +49,13 @@ def test_quick_run_writes_every_suites_rows(tmp_path: Path) -> None:
         ("cli", "`cas path NAME`, whole process", "`python -c pass`"),
         ("cli", "`python -c 'import cas'`", "`python -c 'import sqlalchemy'`"),
         ("s3-pull", "pull of a 64 MiB blob from a local S3 server", "boto3 download_file"),
+        ("startup", "`cas --version`", "`python -c 'import click'`"),
+        ("startup", "`cas --help`", "`python -c 'import click'`"),
+        ("startup", "`cas path NAME`", "floor script (click, sqlite3, blake3; SELECT, lstat)"),
+        ("startup", "`cas path NAME`, stale access written",
+         "floor script (click, sqlite3, blake3; SELECT, lstat)"),
+        ("startup", "`python -c 'import cas.pytest_plugin'`", "`python -c 'import pytest'`"),
+        ("startup", "pytest run, cas plugin loaded", "`pytest -p no:cas` run"),
     ]
     for suite, metric, peer in expected:
         assert any(

@@ -177,7 +177,7 @@ def test_forked_child_looks_up_on_its_own_connection(store: cas.Store) -> None:
     old, new = store.put(b"old", name="moving"), store.put(b"new")
     assert store.path("moving").name == old
     # SQLite forbids carrying a connection across fork(): the child must open its own.
-    parents = store._catalog._lookups._kept
+    parents = store._catalog._lookups.connection
     assert parents is not None
     pid = os.fork()
     if pid == 0:  # the child: a look-up, a retag, a look-up; then an exit without cleanup
@@ -186,7 +186,7 @@ def test_forked_child_looks_up_on_its_own_connection(store: cas.Store) -> None:
             if store.path("moving").name == old:
                 store.tag("moving", new)
                 status = 0 if store.path("moving").name == new else 2
-            if store._catalog._lookups._kept[1] is parents[1]:  # type: ignore[index]
+            if store._catalog._lookups.connection is parents:
                 status = 3
         finally:
             os._exit(status)

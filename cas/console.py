@@ -1,0 +1,97 @@
+"""What the command line says on stderr, and how it ends: one error line and a stable status.
+
+``CasGroup`` turns every error (a CasError, click's usage errors, Ctrl-C, a closed pipe) into a
+single ``cas: error:`` line and the exit status SPEC promises; ``say`` writes the summaries that
+``-q`` leaves out; ``bars`` decides whether progress bars are drawn; ``log_to_stderr`` points
+cas's log there at the level -v, -vv or -q asks for.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from cas.errors import CasError
+
+
+class CasGroup(click.Group):
+    """A click group whose every error is one ``cas: error:`` line and a stable exit status."""
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        try:
+            status = super().main(
+                args, prog_name or "cas", complete_var, standalone_mode=False, **extra
+            )
+        except click.exceptions.Abort:
+            fail("interrupted", 130)
+        except click.ClickException as error:
+            fail(error.format_message(), error.exit_code)
+        except CasError as error:
+            fail(str(error), error.exit_status)
+        except BrokenPipeError:
+            sys.stderr.close()  # a closed pipe (`cas cat | head`) is not an error
+            sys.exit(0)
+        if not standalone_mode:
+            return status
+        sys.exit(status if isinstance(status, int) else 0)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        """Run the command; a closed pipe and Ctrl-C are handled here, before click turns
+        them into status 1 and an extra blank line."""
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # `cas cat x | head`: the reader has what it wanted. Point stdout at /dev/null so
+            # the flush at exit cannot fail again, and exit 0 like other Unix tools.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise click.exceptions.Exit(0) from None
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+
+def quiet() -> bool:
+    return bool(click.get_current_context().find_root().params.get("quiet"))
+
+
+def bars() -> bool:
+    """Whether to show progress bars: on a terminal, unless -q."""
+    return sys.stderr.isatty() and not quiet()
+
+
+def say(message: str) -> None:
+    """A summary line on stderr, which -q leaves out (only errors and results remain)."""
+    if not quiet():
+        click.echo(message, err=True)
+
+
+def fail(message: str, status: int) -> None:
+    click.echo(f"cas: error: {' '.join(message.split())}", err=True)
+    sys.exit(status)
+
+
+def log_to_stderr(verbose: int, quiet: bool) -> None:
+    """Send cas's log to stderr as ``cas: message`` lines: warnings, -v info, -vv debug, and
+    with -q errors only."""
+    import logging  # here, not at the top: --version and --help never log
+
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[
+        min(verbose, 2)
+    ]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("cas: %(message)s"))
+    log = logging.getLogger("cas")
+    log.handlers[:] = [handler]
+    log.setLevel(level)
+    log.propagate = False

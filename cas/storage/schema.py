@@ -1,0 +1,84 @@
+"""The catalog's schema versions, read from schema.sql, and the migration that applies them.
+
+schema.sql is the one source of truth for the tables: a log of versions, each opened by a
+``-- version: N`` line and followed by its statements. A catalog records the version it is at
+in ``PRAGMA user_version``; opening one that is older applies the versions after it, in one
+write transaction (cas/storage/catalog.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from pathlib import Path
+
+from cas.errors import CatalogError
+
+log = logging.getLogger("cas")
+
+
+def _schema_text() -> str:
+    """schema.sql: packaged beside the code in a wheel, at the repository root in a checkout.
+
+    Read as a plain file where the package is one (importlib.resources, only for a package
+    that is not, costs milliseconds to import on every start).
+    """
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "schema.sql", package.parent / "schema.sql"):
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8")
+    from importlib import resources
+
+    return resources.files("cas").joinpath("schema.sql").read_text(encoding="utf-8")
+
+
+def schema_versions() -> list[tuple[int, list[str]]]:
+    """The versions of schema.sql, oldest first, each with its statements."""
+    versions: list[tuple[int, list[str]]] = []
+    pending = ""
+    for line in _schema_text().splitlines(keepends=True):
+        if line.startswith("-- version:"):
+            versions.append((int(line.split(":", 1)[1]), []))
+            continue
+        if not versions:
+            continue
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statement = pending.strip()
+            if statement.strip(";").strip():
+                versions[-1][1].append(statement)
+            pending = ""
+    numbers = [number for number, _ in versions]
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise CatalogError(f"schema.sql versions are not 1..N in order: {numbers}")
+    return versions
+
+
+SCHEMA_VERSIONS = schema_versions()
+LATEST_VERSION = SCHEMA_VERSIONS[-1][0]
+
+
+def check_not_newer(path: Path, version: int) -> None:
+    """Raise CatalogError when the catalog ``path`` is at a version this cas does not know."""
+    if version > LATEST_VERSION:
+        raise CatalogError(
+            f"{path} has schema version {version}, newer than the {LATEST_VERSION} "
+            "this cas knows; upgrade cas to use this store"
+        )
+
+
+def migrate(conn: sqlite3.Connection, current: int) -> None:
+    """Apply every version after ``current`` inside ``conn``'s write transaction.
+
+    Raises CatalogError for a catalog that has tables but no version (not made by cas).
+    """
+    if current == 0 and conn.execute(
+        "SELECT count(*) FROM sqlite_schema WHERE name = 'blobs'"
+    ).fetchone()[0]:
+        raise CatalogError("catalog has tables but no schema version; it was not made by cas")
+    for number, statements in SCHEMA_VERSIONS:
+        if number > current:
+            log.info("catalog: applying schema version %d", number)
+            for statement in statements:
+                conn.execute(statement)
+    conn.execute(f"PRAGMA user_version = {LATEST_VERSION}")

@@ -1,0 +1,112 @@
+"""Start-up pays only for what it uses: the heavy libraries stay unloaded where they are not needed.
+
+Each check runs in a fresh interpreter and reads its ``sys.modules``; no timing is asserted
+(benchmarks/suite_startup.py measures the times).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import cas
+
+#: Libraries that cost tens to hundreds of milliseconds to import, each needed by few commands.
+HEAVY = ("sqlalchemy", "urllib3", "boto3", "botocore", "tqdm")
+
+#: Runs the command line in this interpreter, then prints the heavy packages it loaded as JSON
+#: on the last line of stderr. ``argv[1]`` shifts the clock by that many seconds first (so a
+#: stored last access looks stale), the rest is the command line.
+_PROBE = textwrap.dedent(
+    """
+    import json, sys, time
+    shift = float(sys.argv[1])
+    if shift:
+        real = time.time
+        time.time = lambda: real() + shift
+    sys.argv = ["cas", *sys.argv[2:]]
+    try:
+        if sys.argv[1:] == ["--import-plugin"]:
+            import cas.pytest_plugin
+        else:
+            from cas.cli import main
+            main()
+    except SystemExit as end:
+        if end.code:
+            raise
+    finally:
+        heavy = sorted({name.split(".")[0] for name in sys.modules} & set(HEAVY))
+        print(json.dumps(heavy), file=sys.stderr)
+    """
+).replace("HEAVY", repr(HEAVY))
+
+
+def loaded(*args: str, shift: float = 0.0) -> tuple[set[str], str]:
+    """The heavy packages a fresh process loaded running ``cas ARGS``, and its stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(shift), *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    return set(json.loads(result.stderr.splitlines()[-1])), result.stdout
+
+
+@pytest.fixture
+def named(root: Path) -> Path:
+    """A store at ``root`` holding one blob under the name ``fixture``."""
+    with cas.Store.open(root) as store:
+        store.put(b"a fixture\n", name="fixture")
+    return root
+
+
+def test_importing_the_pytest_plugin_loads_nothing_heavy() -> None:
+    """Every pytest run of a project with cas installed imports the plugin: it stays light."""
+    assert loaded("--import-plugin")[0] == set()
+
+
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_version_and_help_load_nothing_heavy(flag: str) -> None:
+    """`cas --version` and `cas --help` load no store, and `--help` still lists every command."""
+    from cas.cli import cli
+
+    modules, output = loaded(flag)
+    assert modules == set()
+    if flag == "--help":
+        for name in cli.commands:
+            assert f"  {name} " in output, name
+
+
+def test_path_loads_no_sqlalchemy_s3_or_progress_bars(named: Path) -> None:
+    """`cas path NAME` on a warm store, a look-up only, never loads SQLAlchemy, boto3 or tqdm."""
+    modules, output = loaded("--root", str(named), "path", "fixture")
+    assert Path(output.strip()).read_bytes() == b"a fixture\n"
+    assert modules.isdisjoint({"sqlalchemy", "boto3", "botocore", "tqdm"}), modules
+
+
+def test_path_that_writes_a_stale_access_loads_no_sqlalchemy(named: Path) -> None:
+    """When the stored last access is stale, `cas path` writes the new one at close, on a plain
+    connection: still no SQLAlchemy, and the access time is recorded."""
+    with cas.Store.open(named) as store:
+        (before,) = [entry.last_access for entry in store.entries()]
+    hour = 3600.0
+    modules, output = loaded("--root", str(named), "path", "fixture", shift=hour)
+    assert Path(output.strip()).read_bytes() == b"a fixture\n"
+    assert modules.isdisjoint({"sqlalchemy", "boto3", "botocore", "tqdm"}), modules
+    with cas.Store.open(named) as store:
+        (after,) = [entry.last_access for entry in store.entries()]
+        assert before is not None and after is not None
+        assert after >= before + hour - 60
+        assert store.stats().counters[cas.Counter.HITS] == 1
+    assert after <= time.time() + hour
+
+
+def test_path_loads_no_http_client(named: Path) -> None:
+    """`cas path NAME` never loads urllib3 either: a look-up needs no network."""
+    modules, _ = loaded("--root", str(named), "path", "fixture")
+    assert modules == set(), modules
