@@ -1,10 +1,11 @@
 """The child side of the crash harness (tests/test_crash.py).
 
-Run as ``python -m tests.crash_child ROOT BASE_URL FOCUS PHASE_FILE``: it imports cas once (a
-zygote), says ``ready``, then for each ``go SEED`` line on stdin forks a worker, prints ``pid
-N``, waits for it and prints ``exit N STATUS``. The worker opens the store and does random work
-there until it is killed (the harness sends SIGKILL after a random delay). Before each operation
-it writes the operation's name into PHASE_FILE, so the harness can tell what it interrupted.
+Run as ``python -m tests.crash_child ROOT BASE_URL FOCUS PHASE_FILE``: it imports cas and uses
+each operation once in a scratch store (a warm zygote), says ``ready``, then for each ``go SEED``
+line on stdin forks a worker, prints ``pid N``, waits for it and prints ``exit N STATUS``. The
+worker opens the store and does random work there until it is killed (the harness sends SIGKILL
+after a random delay). Before each operation it writes the operation's name into PHASE_FILE, so
+the harness can tell what it interrupted.
 """
 
 from __future__ import annotations
@@ -106,9 +107,23 @@ def _work(root: str, base_url: str, focus: str, phase: int, seed: int) -> None:
         os.pwrite(phase, b"idle    ", 0)
 
 
+def warm_up(scratch: Path, base_url: str) -> None:
+    """Use every operation once in a throwaway store, so that what cas imports on first use is
+    imported here in the zygote, not after each fork, where it would eat the kill delay."""
+    with cas.Store.open(scratch, retries=1) as store:
+        store.put(b"warm-up", name="warm-up")
+        store.fetch(f"{base_url}/u0", name="warm-up/fetch")
+        with store.lease("warm-up") as path:
+            path.read_bytes()
+        store.gc(max_size=0)
+        store.verify()
+        store.remove("warm-up")
+
+
 def main() -> None:
     root, base_url, focus, phase_file = sys.argv[1:5]
     phase = os.open(phase_file, os.O_RDWR | os.O_CREAT, 0o600)
+    warm_up(Path(root).parent / "warm-up", base_url)
     print("ready", flush=True)
     for line in sys.stdin:
         words = line.split()
