@@ -22,7 +22,7 @@ import pytest
 
 import cas
 
-from .conftest import run_cas
+from .conftest import run_cas_process as run_cas
 from .httpserver import Server
 
 CAS = [sys.executable, "-m", "cas"]
