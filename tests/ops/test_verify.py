@@ -20,8 +20,8 @@ import pytest
 import cas
 from cas.storage.processes import staging_tag
 
-from .conftest import run_cas
-from .httpserver import Server
+from tests.conftest import run_cas
+from tests.httpserver import Server
 
 
 @pytest.fixture

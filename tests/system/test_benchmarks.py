@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RUNNER = REPO / "benchmarks" / "run.py"
 
 pytest.importorskip("diskcache", reason="the benchmark extra (diskcache) is not installed")

@@ -23,8 +23,8 @@ import cas
 from cas.storage.blobs import hasher
 from cas.storage.catalog import Catalog
 
-from .conftest import run_cas
-from .httpserver import Server, serve
+from tests.conftest import run_cas
+from tests.httpserver import Server, serve
 
 #: Characters that mean something in a URI or to SQLAlchemy's URL parser, and some that do not.
 _TRICKY = "?#%& =;:@+'\"[]{}()!$,*é中🙂"

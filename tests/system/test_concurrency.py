@@ -12,7 +12,7 @@ import blake3
 
 import cas
 
-from .conftest import blob_files
+from tests.conftest import blob_files
 
 WORKERS = 6
 ROUNDS = 40

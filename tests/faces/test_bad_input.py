@@ -16,7 +16,7 @@ import pytest
 import cas
 from cas.storage.catalog import LATEST_VERSION
 
-from .conftest import run_cas
+from tests.conftest import run_cas
 
 KEPT = b"content stored before the bad input"
 UNNAMED = "76badd64dee45f74c988e2a2e4f9bc50ca9aedfead56d14b17885bb2a6d3384a"  # in ``filled_here``

@@ -30,8 +30,8 @@ import cas
 import cas.ops.manifest
 from cas.transfer.download import Downloader
 
-from .conftest import blob_files, run_cas
-from .httpserver import Reply, Server, serve
+from tests.conftest import blob_files, run_cas
+from tests.httpserver import Reply, Server, serve
 
 BODY = os.urandom(200_000)
 CUT = 70_000

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 import cas
 from cas.storage.blobs import CHUNK_SIZE
 
-from .conftest import blob_files
-from .strategies import BOUNDARY_SIZES, contents, names
+from tests.conftest import blob_files
+from tests.strategies import BOUNDARY_SIZES, contents, names
 
 
 def _b3(data: bytes) -> str:

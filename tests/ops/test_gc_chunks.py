@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 import cas
 import cas.ops.cleanup
 from cas.storage.metrics import Counter
+
 from tests.conftest import blob_files
 
 

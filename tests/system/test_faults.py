@@ -25,9 +25,9 @@ import cas
 import cas.storage.blobs
 import cas.storage.opening
 
-from .conftest import run_cas
-from .httpserver import Server
-from .test_bad_input import _unprivileged
+from tests.conftest import run_cas
+from tests.faces.test_bad_input import _unprivileged
+from tests.httpserver import Server
 
 KEPT = b"stored before the fault"
 BIG = 4 << 20

@@ -15,7 +15,7 @@ import pytest
 
 import cas
 
-from .conftest import blob_files, run_cas, run_cas_process
+from tests.conftest import blob_files, run_cas, run_cas_process
 
 
 def _age(root: Path, digest: str, seconds_ago: float) -> None:

@@ -22,8 +22,8 @@ import pytest
 
 import cas
 
-from .conftest import run_cas_process as run_cas
-from .httpserver import Server
+from tests.conftest import run_cas_process as run_cas
+from tests.httpserver import Server
 
 CAS = [sys.executable, "-m", "cas"]
 
