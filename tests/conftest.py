@@ -23,6 +23,12 @@ settings.register_profile("ci", parent=settings.get_profile("default"), max_exam
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Long tests (marked ``slow``) go first: with ``-n 2`` they then run beside the short ones
+    instead of being what the last worker still waits for."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A fresh, not yet created store root."""

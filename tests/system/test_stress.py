@@ -17,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import blake3
+import pytest
 
 import cas
 
@@ -110,6 +111,7 @@ def _check_store(root: Path) -> list[str]:
     return problems
 
 
+@pytest.mark.slow
 def test_stress_many_processes_one_small_store(tmp_path: Path) -> None:
     """6 processes, 30 s of random work on a store 1/50 of the data: no violations, no errors
     but the documented InUse."""
