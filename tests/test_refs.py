@@ -9,8 +9,8 @@ import cas
 from cas.refs import check_name
 from cas.storage.layout import Layout
 
-from .conftest import blob_files
-from .strategies import names
+from tests.conftest import blob_files
+from tests.strategies import names
 
 
 @given(name=names)

@@ -33,8 +33,8 @@ from cas.settings import (
 )
 from cas.storage.layout import Layout
 
-from .conftest import run_cas
-from .strategies import byte_sizes, durations
+from tests.conftest import run_cas, run_cas_process
+from tests.strategies import byte_sizes, durations
 
 REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs" / "configuration.md"
@@ -617,7 +617,7 @@ def test_cli_out_of_range_setting_is_one_line(
     root = tmp_path / "store"
     assert run_cas("put", "-", "--name", "kept", root=root, input=b"kept").returncode == 0
     Layout(root).config.write_text(f"{key} = {literal}\n", encoding="utf-8")
-    done = run_cas(*args, root=root, input=b"new")
+    done = run_cas_process(*args, root=root, input=b"new")
     lines = done.stderr.decode().splitlines()
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and lines[0].startswith("cas: error:"), lines
@@ -639,7 +639,7 @@ def test_cli_non_utf8_config_is_one_line(tmp_path: Path) -> None:
 def test_maintain_interval_out_of_range(tmp_path: Path, interval: str) -> None:
     """``cas maintain --interval`` below 1 s or beyond 100 years is one line and status 2 (it
     would otherwise clean in a tight loop, or crash)."""
-    done = run_cas("maintain", "--interval", interval, root=tmp_path / "store")
+    done = run_cas_process("maintain", "--interval", interval, root=tmp_path / "store")
     lines = done.stderr.decode().splitlines()
     assert done.returncode == 2, done.stderr
     assert len(lines) == 1 and "--interval" in lines[0], lines

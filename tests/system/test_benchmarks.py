@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 RUNNER = REPO / "benchmarks" / "run.py"
 
 pytest.importorskip("diskcache", reason="the benchmark extra (diskcache) is not installed")
@@ -34,6 +34,7 @@ def summary_rows(report: str) -> list[str]:
     return [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
 
 
+@pytest.mark.slow
 def test_quick_run_writes_every_suites_rows(tmp_path: Path) -> None:
     """`run.py --quick` exits 0 and writes the command, machine facts and each suite's rows."""
     report = run_quick(tmp_path)

@@ -30,8 +30,8 @@ import cas
 from cas.storage.layout import BLOBS, Layout
 from cas.urls import redact, split_credentials
 
-from .conftest import run_cas
-from .httpserver import Reply, Server, serve
+from tests.conftest import run_cas
+from tests.httpserver import Reply, Server, serve
 
 SECRET = "s3cr3t-Pa55w0rd"
 USER = "alice"
@@ -207,7 +207,7 @@ def test_remote_tier_gets_no_credentials(
 ) -> None:
     """What a fetch with credentials pushes to the remote tier (blob, name record, alias)
     holds no password."""
-    remote = pytest.importorskip("tests.test_remote", reason="the remote tier needs moto")
+    remote = pytest.importorskip("tests.ops.test_remote", reason="the remote tier needs moto")
     moto_server = pytest.importorskip("moto.server")
     moto = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()

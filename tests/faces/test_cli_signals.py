@@ -23,8 +23,8 @@ import pytest
 import cas
 from cas.storage.layout import DOWNLOAD_PREFIX, PARTIAL_SUFFIX, Layout
 
-from .conftest import run_cas
-from .httpserver import Server
+from tests.conftest import run_cas_process as run_cas
+from tests.httpserver import Server
 
 CAS = [sys.executable, "-m", "cas"]
 

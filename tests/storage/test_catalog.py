@@ -14,7 +14,7 @@ import cas
 from cas.storage.catalog import LATEST_VERSION, SCHEMA_VERSIONS
 from cas.storage.layout import Layout
 
-from .clock import Clock
+from tests.clock import Clock
 
 
 def _make_catalog_at(root: Path, version: int) -> None:
@@ -29,7 +29,7 @@ def _make_catalog_at(root: Path, version: int) -> None:
 
 def test_schema_comes_from_schema_sql() -> None:
     """The versions the code applies are exactly the sections of schema.sql at the root."""
-    text = (Path(__file__).parent.parent / "schema.sql").read_text()
+    text = (Path(__file__).resolve().parents[2] / "schema.sql").read_text()
     headers = [line for line in text.splitlines() if line.startswith("-- version:")]
     assert len(headers) == LATEST_VERSION == len(SCHEMA_VERSIONS)
     for _, statements in SCHEMA_VERSIONS:

@@ -1,11 +1,11 @@
-"""The child side of the crash harness (tests/test_crash.py).
+"""The child side of the crash harness (tests/system/test_crash.py).
 
-Run as ``python -m tests.crash_child ROOT BASE_URL FOCUS PHASE_FILE``: it imports cas and uses
-each operation once in a scratch store (a warm zygote), says ``ready``, then for each ``go SEED``
-line on stdin forks a worker, prints ``pid N``, waits for it and prints ``exit N STATUS``. The
-worker opens the store and does random work there until it is killed (the harness sends SIGKILL
-after a random delay). Before each operation it writes the operation's name into PHASE_FILE, so
-the harness can tell what it interrupted.
+Run as ``python -m tests.system.crash_child ROOT BASE_URL FOCUS PHASE_FILE``: it imports cas and
+uses each operation once in a scratch store (a warm zygote), says ``ready``, then for each ``go
+SEED`` line on stdin forks a worker, prints ``pid N``, waits for it and prints ``exit N STATUS``.
+The worker opens the store and does random work there until it is killed (the harness sends
+SIGKILL after a random delay). Before each operation it writes the operation's name into
+PHASE_FILE, so the harness can tell what it interrupted.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import cas
 import cas.ops.cleanup
 from cas.storage.layout import Layout
 from cas.storage.metrics import Counter
+
 from tests.conftest import blob_files
 
 

@@ -16,8 +16,8 @@ import pytest
 import cas
 from cas.storage.layout import PUT_PREFIX, Layout
 
-from .clock import Clock
-from .conftest import blob_files, run_cas
+from tests.clock import Clock
+from tests.conftest import blob_files, run_cas, run_cas_process
 
 
 @pytest.fixture
@@ -178,8 +178,8 @@ def test_cli_rm_of_leased_blob_exits_5(root: Path) -> None:
     """`cas rm` of a blob leased by `cas lease` in another process exits 5 with one line."""
     with cas.Store.open(root) as store:
         store.put(b"cli", name="cli")
-    result = run_cas("lease", "cli", "--", sys.executable, "-m", "cas", "--root", str(root),
-                     "rm", "cli", root=root)
+    result = run_cas_process("lease", "cli", "--", sys.executable, "-m", "cas", "--root", str(root),
+                             "rm", "cli", root=root)
     assert result.returncode == 5
     assert result.stderr.decode().splitlines()[-1].startswith("cas: error:")
     assert run_cas("cat", "cli", root=root).stdout == b"cli"
@@ -189,8 +189,8 @@ def test_cli_lease_exits_with_command_status(root: Path) -> None:
     """`cas lease REF -- COMMAND` runs the command and exits with its status."""
     with cas.Store.open(root) as store:
         store.put(b"x", name="x")
-    assert run_cas("lease", "x", "--", "sh", "-c", "exit 7", root=root).returncode == 7
-    assert run_cas("lease", "x", "sh", root=root).returncode == 2
+    assert run_cas_process("lease", "x", "--", "sh", "-c", "exit 7", root=root).returncode == 7
+    assert run_cas_process("lease", "x", "sh", root=root).returncode == 2
     with cas.Store.open(root) as store, sqlite3.connect(Layout(root).catalog) as db:
         assert db.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
 

@@ -16,6 +16,7 @@ import pytest
 import cas
 import cas.ops.cleanup
 from cas.storage.layout import Layout
+
 from tests.conftest import run_cas
 
 DAMAGED = b"these bytes are not what the name says"
@@ -84,6 +85,6 @@ def test_a_planted_quarantine_link_is_neither_counted_through_nor_followed(
 
 
 def test_the_age_is_documented() -> None:
-    text = (Path(__file__).parent.parent / "docs" / "architecture.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
     assert "quarantine/" in text and "30 days" in text
     assert cas.ops.cleanup.QUARANTINE_MAX_AGE == 30 * 86400

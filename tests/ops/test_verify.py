@@ -21,8 +21,8 @@ import cas
 from cas.storage.layout import LOCKS, Layout, put_name, shard_of
 from cas.storage.processes import staging_tag
 
-from .conftest import run_cas
-from .httpserver import Server
+from tests.conftest import run_cas
+from tests.httpserver import Server
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import blake3
 import cas
 from cas.storage.layout import Layout
 
-from .conftest import blob_files
+from tests.conftest import blob_files
 
 WORKERS = 6
 ROUNDS = 40

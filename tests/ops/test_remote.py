@@ -39,10 +39,10 @@ from cas.storage.layout import LOCKS, Layout  # noqa: E402
 from cas.transfer.s3 import Remote, Transfer  # noqa: E402
 from cas.transfer.s3_records import NAME_KEY_MAX, NameRecord  # noqa: E402
 
-from .conftest import blob_files, run_cas  # noqa: E402
-from .httpserver import Server, serve  # noqa: E402
-from .s3servers import Proxy, S3Server, start_moto, start_seaweedfs  # noqa: E402
-from .strategies import names  # noqa: E402
+from tests.conftest import blob_files, run_cas  # noqa: E402
+from tests.httpserver import Server, serve  # noqa: E402
+from tests.s3servers import Proxy, S3Server, start_moto, start_seaweedfs  # noqa: E402
+from tests.strategies import names  # noqa: E402
 
 BODY = os.urandom(300_000)
 MiB = 1 << 20

@@ -24,7 +24,7 @@ from cas.harness import FixtureSession, FixtureUnavailable
 from cas.storage.layout import Layout
 from cas.storage.metrics import Counter
 
-from .httpserver import Server, serve
+from tests.httpserver import Server, serve
 
 BODY = os.urandom(200_000)
 
@@ -216,7 +216,7 @@ def test_pull_of_a_stored_blob_checks_the_manifest_sha256(
 ) -> None:
     """`pull` of a manifest whose blake3 is stored here names the blob only if the entry's
     sha256 is the blob's too: a wrong one fails that fixture and is recorded nowhere."""
-    remote = pytest.importorskip("tests.test_remote", reason="the remote tier needs moto")
+    remote = pytest.importorskip("tests.ops.test_remote", reason="the remote tier needs moto")
     moto = remote.moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     try:

@@ -19,9 +19,9 @@ from cas.storage.catalog import Catalog
 from cas.storage.layout import PUT_PREFIX, Layout
 from cas.storage.metrics import DEBRIS_MAX_FILES, Counter, Stats
 
-from .conftest import run_cas
+from tests.conftest import run_cas
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +87,7 @@ def test_dedup_saves_the_bytes_already_stored(store: cas.Store, tmp_path: Path) 
 
 def test_refetched_fixture_is_one_miss(root: Path) -> None:
     """Reading an evicted fixture that comes back from its source is one miss and no hit."""
-    from .httpserver import Server
+    from tests.httpserver import Server
 
     body = b"payload " * 100
     with Server() as server, cas.Store.open(root, grace_period=0) as store:

@@ -33,8 +33,8 @@ from cas.storage.processes import (
 )
 from cas.transfer.http import Downloader
 
-from .conftest import run_cas
-from .httpserver import Reply, Server, serve
+from tests.conftest import run_cas
+from tests.httpserver import Reply, Server, serve
 
 BODY = os.urandom(600_000)
 

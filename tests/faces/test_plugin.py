@@ -13,7 +13,7 @@ import pytest
 import cas
 from cas.storage.layout import Layout
 
-from .httpserver import Server, serve
+from tests.httpserver import Server, serve
 
 pytest_plugins = ["pytester"]
 
@@ -223,7 +223,7 @@ def test_the_old_hint_cas_fetch_url_satisfies_a_sha256_entry(
 ) -> None:
     """`cas fetch URL` (no name, no digest) beforehand stores content that matches the entry:
     with auto_download off, the plugin hashes it and serves it."""
-    from .conftest import run_cas
+    from tests.conftest import run_cas
 
     root = tmp_path / "store"
     _manifest(pytester, server)

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import blake3
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -33,6 +34,9 @@ OLD = 7 * 86400.0  # how long ago an aged blob was last accessed
 
 contents = st.binary(min_size=0, max_size=300)
 names = st.sampled_from([f"n{i}" for i in range(6)] + ["a/b", "deep/er/name"])
+
+
+pytestmark = pytest.mark.slow
 
 
 class StoreMachine(RuleBasedStateMachine):

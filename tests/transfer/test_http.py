@@ -1,4 +1,4 @@
-"""Fetching: verified, resumable, single-flight downloads against a real misbehaving server.
+"""Downloads: verified, resumable, single-flight transfers against a real misbehaving server.
 
 Every misbehaviour test asserts the outcome, how many requests the server saw, and that
 ``blobs/`` holds nothing wrong (guarantee 1) and ``tmp/`` no leftover partial.
@@ -28,12 +28,11 @@ from hypothesis import strategies as st
 
 import cas
 import cas.ops.manifest
-from cas.progress import TotalBar, TransferBar
 from cas.storage.layout import LOCKS, PARTIAL_SUFFIX, SIDECAR_SUFFIX, Layout
 from cas.transfer.http import Downloader
 
-from .conftest import blob_files, run_cas
-from .httpserver import Reply, Server, serve
+from tests.conftest import blob_files, run_cas
+from tests.httpserver import Reply, Server, serve
 
 BODY = os.urandom(200_000)
 CUT = 70_000
@@ -88,66 +87,6 @@ def assert_holds(root: Path, *contents: bytes) -> None:
     for path in files:
         assert _b3(path.read_bytes()) == path.name
     assert partials(root) == []
-
-
-# -- the basics ------------------------------------------------------------------------------------
-
-
-def test_fetch_stores_verifies_and_identifies_itself(fstore: cas.Store, server: Server) -> None:
-    """A fetch stores the body under its BLAKE3, sends cas's User-Agent and asks for identity."""
-    url = server.add("/a.bin", BODY)
-    seen: list[tuple[int, int | None]] = []
-    digest = fstore.fetch(url, sha256=_sha(BODY), size=len(BODY),
-                          progress=lambda done, total: seen.append((done, total)))
-    assert digest == _b3(BODY)
-    assert fstore.read_bytes(digest) == BODY
-    request = server.seen("/a.bin")[0]
-    assert request.headers["user-agent"] == f"cas-fixtures/{cas.__version__}"
-    assert request.headers["accept-encoding"] == "identity"
-    assert seen[-1] == (len(BODY), len(BODY))
-    assert_holds(fstore.root, BODY)
-
-
-def test_known_content_needs_no_network(fstore: cas.Store, server: Server) -> None:
-    """A stored BLAKE3, a SHA-256 seen before, or the same URL again: served without a request."""
-    url = server.add("/a.bin", BODY)
-    digest = fstore.fetch(url, sha256=_sha(BODY))
-    other = server.url("/elsewhere")  # not served at all: any request would fail
-    assert fstore.fetch(other, blake3=digest) == digest
-    assert fstore.fetch(other, sha256=_sha(BODY), name="by-sha") == digest
-    assert fstore.fetch(url) == digest
-    assert server.requests("/a.bin") == 1 and server.requests("/elsewhere") == 0
-    assert fstore.path("by-sha").read_bytes() == BODY
-
-
-def test_inconsistent_expected_digests_fail_without_network(
-    fstore: cas.Store, server: Server
-) -> None:
-    """A blake3 and a sha256 known to belong to different contents cannot both hold."""
-    fstore.fetch(server.add("/a.bin", BODY), sha256=_sha(BODY))
-    with pytest.raises(cas.IntegrityError, match="not the expected blake3"):
-        fstore.fetch(server.url("/b"), blake3=_b3(b"other"), sha256=_sha(BODY))
-    assert server.requests("/b") == 0
-
-
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"url": "file:///etc/passwd"}, "not an http or https URL"),
-        ({"url": "ftp://example.org/x"}, "not an http or https URL"),
-        ({"blake3": "abc"}, "blake3 'abc' is not 64 hexadecimal digits"),
-        ({"sha256": "z" * 64}, "sha256"),
-        ({"size": -1}, "size -1"),
-        ({"name": ""}, "name must not be empty"),
-    ],
-)
-def test_bad_arguments_are_usage_errors(fstore: cas.Store, server: Server,
-                                        kwargs: dict[str, object], message: str) -> None:
-    """Bad URLs, digests, sizes and names are refused before any request."""
-    arguments: dict[str, object] = {"url": server.add("/a.bin", BODY), **kwargs}
-    with pytest.raises(cas.UsageError, match=message):
-        fstore.fetch(**arguments)  # type: ignore[arg-type]
-    assert server.requests("/a.bin") == 0
 
 
 # -- interrupted bodies are resumed ----------------------------------------------------------------
@@ -300,7 +239,7 @@ def test_stalling_every_time_gives_up_after_the_retries(root: Path, server: Serv
     assert_holds(root)
 
 
-# -- incomplete, endless and trickling responses (issue 13, items 2 and 17) -----------------------
+# -- incomplete, endless and trickling responses -----------------------
 
 HEAD = b'HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nETag: "v9"\r\n\r\n'
 
@@ -809,137 +748,3 @@ def test_single_flight_stays_exclusive_while_its_lock_files_come_and_go(tmp_path
         assert proc.returncode == 0, err.decode()
     assert counter.read_text() == "600"
     assert os.listdir(locks) == []
-
-
-# -- named fixtures and auto-download --------------------------------------------------------------
-
-
-def test_evicted_fixture_comes_back_when_auto_download_is_on(root: Path, server: Server) -> None:
-    """path(name) of an evicted fixture fetches it again from its recorded source."""
-    url = server.add("/fx.bin", BODY)
-    with cas.Store.open(root, grace_period=0, downloader=fast(root)) as store:
-        store.fetch(url, name="fx", sha256=_sha(BODY), size=len(BODY))
-        store.gc(max_size=0)
-        assert blob_files(root) == []
-        assert store.path("fx").read_bytes() == BODY
-    assert server.requests("/fx.bin") == 2
-    assert_holds(root, BODY)
-
-
-def test_evicted_fixture_is_not_found_when_auto_download_is_off(root: Path,
-                                                                 server: Server) -> None:
-    """With auto_download off, NotFound names the fixture (and no request is made)."""
-    url = server.add("/fx.bin", BODY)
-    with cas.Store.open(root, grace_period=0, downloader=fast(root)) as store:
-        store.fetch(url, name="fx", sha256=_sha(BODY))
-        store.gc(max_size=0)
-    with (
-        cas.Store.open(root, auto_download=False) as store,
-        pytest.raises(cas.NotFound, match="'fx' is not stored and auto_download is off"),
-    ):
-        store.path("fx")
-    assert server.requests("/fx.bin") == 1
-
-
-# -- manifests and the command line ----------------------------------------------------------------
-
-
-def _manifest(path: Path, server: Server) -> Path:
-    server.add("/a", b"alpha")
-    server.add("/b", b"beta")
-    path.write_text(textwrap.dedent(f"""
-        [fixtures."data/a.txt"]
-        url = "{server.url('/a')}"
-        sha256 = "{_sha(b'alpha')}"
-
-        [fixtures."data/b.txt"]
-        url = "{server.url('/b')}"
-        blake3 = "{_b3(b'beta')}"
-        size = 4
-
-        [fixtures."data/missing"]
-        url = "{server.url('/missing')}"
-        sha256 = "{'0' * 64}"
-    """))
-    return path
-
-
-def test_cli_sync_reports_and_fails_when_one_fixture_fails(root: Path, server: Server,
-                                                           tmp_path: Path) -> None:
-    """Sync fetches what it can, prints a summary, exits 1; a second run finds them present."""
-    manifest = _manifest(tmp_path / "fixtures.toml", server)
-    result = run_cas("sync", str(manifest), "--jobs", "3", root=root)
-    assert result.returncode == 1, result.stderr
-    assert result.stdout.decode().splitlines() == [
-        f"{_b3(b'alpha')}  data/a.txt", f"{_b3(b'beta')}  data/b.txt"
-    ]
-    err = result.stderr.decode()
-    assert "2 fetched, 0 already present, 1 failed" in err
-    assert "data/missing" in err and "HTTP 404" in err
-    assert err.splitlines()[-1] == "cas: error: 1 of 3 fixtures failed"
-    again = run_cas("sync", str(manifest), root=root)
-    assert "0 fetched, 2 already present, 1 failed" in again.stderr.decode()
-    assert server.requests("/a") == server.requests("/b") == 1
-    assert_holds(root, b"alpha", b"beta")
-
-
-def test_store_sync_returns_digests_or_raises(root: Path, server: Server,
-                                              tmp_path: Path) -> None:
-    """Store.sync returns name -> digest, and raises naming the failed fixture."""
-    manifest = _manifest(tmp_path / "fixtures.toml", server)
-    with cas.Store.open(root, downloader=fast(root)) as store:
-        with pytest.raises(cas.CasError, match="1 of 3 fixtures failed: data/missing"):
-            store.sync(manifest)
-        text = manifest.read_text()
-        manifest.write_text(text[: text.index('[fixtures."data/missing"]')])
-        assert store.sync(manifest, jobs=2) == {
-            "data/a.txt": _b3(b"alpha"), "data/b.txt": _b3(b"beta")
-        }
-        assert store.path("data/b.txt").read_bytes() == b"beta"
-
-
-def test_sync_with_progress_bars(root: Path, server: Server, tmp_path: Path,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
-    """With progress on, bars go to stderr and the report is the same."""
-    manifest = _manifest(tmp_path / "fixtures.toml", server)
-    with cas.Store.open(root, downloader=fast(root)) as store:
-        report = store.sync_report(manifest, jobs=2, bar=TransferBar, total_bar=TotalBar)
-    assert (report.fetched, report.present) == (["data/a.txt", "data/b.txt"], [])
-    assert list(report.failed) == ["data/missing"]
-    assert report.summary() == "2 fetched, 0 already present, 1 failed"
-    assert "total" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize(
-    ("entry", "message"),
-    [
-        ('url = "http://x/a"\nsha256 = 12', "fixture 'bad': key 'sha256'"),
-        ('url = "http://x/a"\nsha1 = "ab"', "fixture 'bad': unknown key 'sha1'"),
-        ('sha256 = "' + "0" * 64 + '"', "fixture 'bad': key 'url' is missing"),
-        ('url = "file:///etc/passwd"\nsha256 = "' + "0" * 64 + '"', "fixture 'bad': key 'url'"),
-        ('url = "http://x/a"', "fixture 'bad': needs key 'sha256' or 'blake3'"),
-        ('url = "http://x/a"\nblake3 = "' + "0" * 64 + '"\nsize = -3', "fixture 'bad': key 'size'"),
-    ],
-)
-def test_bad_manifest_entry_is_a_one_line_usage_error(root: Path, tmp_path: Path, entry: str,
-                                                      message: str) -> None:
-    """A bad entry names the fixture and the key, exits 2, and fetches nothing."""
-    manifest = tmp_path / "m.toml"
-    manifest.write_text(f'[fixtures."bad"]\n{entry}\n')
-    result = run_cas("sync", str(manifest), root=root)
-    assert result.returncode == 2
-    lines = result.stderr.decode().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("cas: error: ") and message in lines[0]
-
-
-def test_cli_fetch_prints_the_digest(root: Path, server: Server) -> None:
-    """`cas fetch URL --sha256 H --name N` prints the digest; a 404 exits 1 with one line."""
-    url = server.add("/a.bin", BODY)
-    result = run_cas("fetch", url, "--sha256", _sha(BODY), "--name", "a", root=root)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.decode().strip() == _b3(BODY)
-    missing = run_cas("fetch", server.url("/nope"), root=root)
-    assert missing.returncode == 1
-    assert missing.stderr.decode().startswith("cas: error: ")
-    assert "HTTP 404" in missing.stderr.decode()
-    assert_holds(root, BODY)

@@ -10,9 +10,9 @@ import pytest
 
 import cas
 
-from .httpserver import Server, serve
+from tests.httpserver import Server, serve
 
-DOCS = Path(__file__).parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 @pytest.fixture

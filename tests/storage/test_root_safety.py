@@ -24,8 +24,8 @@ from cas.storage.catalog import Catalog
 from cas.storage.hashing import hasher
 from cas.storage.layout import CATALOG, PUT_PREFIX, Layout, shard_of
 
-from .conftest import run_cas
-from .httpserver import Server, serve
+from tests.conftest import run_cas
+from tests.httpserver import Server, serve
 
 #: Characters that mean something in a URI or to SQLAlchemy's URL parser, and some that do not.
 _TRICKY = "?#%& =;:@+'\"[]{}()!$,*é中🙂"

@@ -26,9 +26,9 @@ import cas.storage.hashing
 import cas.storage.opening
 from cas.storage.layout import DOWNLOAD_PREFIX, LOCKS, PUT_PREFIX, Layout, lock_name, shard_of
 
-from .conftest import run_cas
-from .httpserver import Server
-from .test_bad_input import _unprivileged
+from tests.conftest import run_cas
+from tests.faces.test_bad_input import _unprivileged
+from tests.httpserver import Server
 
 KEPT = b"stored before the fault"
 BIG = 4 << 20

@@ -25,7 +25,7 @@ from cas.storage.catalog import ACCESS_GRANULARITY
 from cas.storage.layout import Layout
 from cas.storage.metrics import Counter
 
-from .clock import Clock
+from tests.clock import Clock
 
 BOUND = 20.0  # seconds: a read that takes this long is waiting for the lock
 

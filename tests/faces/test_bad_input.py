@@ -17,7 +17,7 @@ import cas
 from cas.storage.catalog import LATEST_VERSION
 from cas.storage.layout import LOCKS, Layout
 
-from .conftest import run_cas
+from tests.conftest import run_cas
 
 KEPT = b"content stored before the bad input"
 UNNAMED = "76badd64dee45f74c988e2a2e4f9bc50ca9aedfead56d14b17885bb2a6d3384a"  # in ``filled_here``

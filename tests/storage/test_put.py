@@ -18,8 +18,8 @@ import cas.ops.put
 from cas.storage.hashing import CHUNK_SIZE
 from cas.storage.layout import LOCKS, Layout
 
-from .conftest import blob_files
-from .strategies import BOUNDARY_SIZES, contents, names
+from tests.conftest import blob_files
+from tests.strategies import BOUNDARY_SIZES, contents, names
 
 
 def _b3(data: bytes) -> str:

@@ -1,8 +1,8 @@
 """Crash safety (SPEC guarantee 5): SIGKILL at random points of put, fetch and gc, and after
 each kill, a check of the store from outside.
 
-A zygote process (tests/crash_child.py) forks one worker at a time that opens the store and does
-random work on it, weighted towards one operation (the "focus"); the harness kills it with
+A zygote process (tests/system/crash_child.py) forks one worker at a time that opens the store
+and does random work on it, weighted towards one operation (the "focus"); the harness kills it with
 SIGKILL after a random delay, reads which operation it interrupted, and checks the store with
 plain sqlite3 and BLAKE3, never through cas:
 
@@ -39,12 +39,12 @@ import cas
 from cas.ops.verify import VerifyReport
 from cas.storage.layout import DOWNLOAD_PREFIX, LOCKS, Layout
 
-from .crash_child import RESOURCES, resource
-from .httpserver import Server
+from tests.httpserver import Server
+from tests.system.crash_child import RESOURCES, resource
 
 KILLS = int(os.environ.get("CRASH_KILLS", "300"))
 FOCUSES = ("put", "fetch", "gc")
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 #: Kill delays, seconds after the fork: from inside Store.open to a few dozen operations in.
 DELAYS = (0.0, 0.12)
 VERIFY_EVERY = 25
@@ -68,7 +68,7 @@ class Zygote:
         self.log_path = log
         self._log = log.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tests.crash_child", str(root), base_url, focus,
+            [sys.executable, "-m", "tests.system.crash_child", str(root), base_url, focus,
              str(self.phase_file)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
             cwd=REPO,
