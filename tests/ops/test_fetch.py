@@ -27,8 +27,8 @@ def server() -> Iterator[Server]:
 
 @pytest.fixture
 def fstore(root: Path) -> Iterator[cas.Store]:
-    with cas.Store.open(root) as store:
-        yield fast(store)
+    with cas.Store.open(root, downloader=fast(root)) as store:
+        yield store
 
 
 # -- the basics ------------------------------------------------------------------------------------
