@@ -6,7 +6,7 @@ so the same parser serves settings (where ``cas.settings`` turns it into a Confi
 the source) and command-line options such as ``cas gc --max-age``.
 
 A base module: it imports only ``cas.errors``, and stays cheap to import (``decimal`` and
-``json`` load in the functions that use them).
+``json`` load in the functions that use them, and a number already in range needs neither).
 """
 
 from __future__ import annotations
@@ -54,13 +54,15 @@ MAX_RETRIES = 100
 
 def _quantity(
     value: object, what: str, units: Mapping[str, int], unit_names: str, maximum: float
-) -> Decimal:
+) -> Decimal | int | float:
     """The number ``value`` stands for: a number, or a string of a number and a unit.
 
     Decimal arithmetic reads ``1e400`` or ``1e300d`` exactly and at once, so any spelling is
     either a value in [0, ``maximum``] or a UsageError, never an overflow.
     """
-    # Imported here: decimal is only needed when a value is parsed, not to import cas.
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value <= maximum:
+        return abs(value)  # in range already (the defaults, TOML numbers): exact; abs: -0.0 is 0
+    # Imported here: only a string or an out-of-range number needs decimal, not opening a store.
     from decimal import Decimal, localcontext
 
     if isinstance(value, bool):
