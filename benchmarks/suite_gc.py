@@ -30,8 +30,8 @@ from harness import remove as remove_path
 
 import cas
 import cas.ops.eviction
-from cas.settings import MAX_DURATION
 from cas.storage.layout import Layout, shard_of
+from cas.values import MAX_DURATION
 
 SIZES = (100_000, 1_000_000)
 QUICK_SIZES = (10_000, 50_000)

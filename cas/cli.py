@@ -198,7 +198,7 @@ def gc(context: Context, max_size: str | None, max_age: str | None, dry_run: boo
        as_json: bool) -> None:
     """Remove least recently used and old blobs; never leased, pinned or recent ones."""
     from cas import render
-    from cas.settings import parse_duration, parse_size
+    from cas.values import parse_duration, parse_size
 
     size = _parse("--max-size", max_size, parse_size)
     age = _parse("--max-age", max_age, parse_duration)
@@ -217,7 +217,7 @@ def maintain(context: Context, interval: str | None) -> None:
     import logging
     import threading
 
-    from cas.settings import parse_interval
+    from cas.values import parse_interval
 
     period = _parse("--interval", interval, parse_interval)
     store = context.store()
@@ -373,7 +373,7 @@ def verify(context: Context, quick: bool, repair: bool, as_json: bool,
     """
     from cas import render
     from cas.progress import TransferBar
-    from cas.settings import parse_duration
+    from cas.values import parse_duration
 
     seconds = _parse("--budget", budget, parse_duration)
     bar = TransferBar("verify") if bars() else None

@@ -31,11 +31,11 @@ from cas.ops.put import Putter, Source
 from cas.ops.record import Clock, Recorder
 from cas.ops.upkeep import Upkeep
 from cas.settings import Settings, default_root, load_config
-from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog
 from cas.storage.metrics import Stats
 from cas.storage.opening import open_files
+from cas.storage.verification import DamagedRow
 
 if TYPE_CHECKING:
     from cas.ops.fetch import Fetched, Fetcher
@@ -374,7 +374,7 @@ class Store:
         """
         from cas.ops.verify import Verifier
 
-        def refetch(row: q.DamagedRow) -> None:
+        def refetch(row: DamagedRow) -> None:
             self._fetch(row.url or "", name=row.name, blake3=row.digest, sha256=row.sha256,
                         size=row.expected_size)
 

@@ -1,7 +1,8 @@
 """The package's layers, checked over its imports: no upward import and no import circle.
 
-    base       cas (the package), errors, settings, refs, urls
-    storage    cas/storage/   this machine's disk: layout, processes, blobs, catalog, queries
+    base       cas (the package), errors, values, settings, refs, urls
+    storage    cas/storage/   this machine's disk: layout, processes, blobs, catalog, queries,
+                              verification
     transfer   cas/transfer/  bytes from elsewhere into staging; never the catalog
     ops        cas/ops/       one verb each, policy over storage and transfer
     façade     cas/store.py   wiring and the public methods
@@ -23,11 +24,13 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cas"
 
-BASE = {"cas", "cas.errors", "cas.settings", "cas.refs", "cas.urls"}
+BASE = {"cas", "cas.errors", "cas.settings", "cas.values", "cas.refs", "cas.urls"}
 LAYERS = ["base", "storage", "transfer", "ops", "façade", "faces"]
 #: Modules of a lower layer that a higher one must still not import.
 FORBIDDEN = {
-    "transfer": {"cas.storage.catalog", "cas.storage.queries"},  # transfer knows no catalog
+    "transfer": {  # transfer knows no catalog
+        "cas.storage.catalog", "cas.storage.queries", "cas.storage.verification",
+    },
     "faces": {"storage", "transfer"},  # faces go through the public API
 }
 

@@ -19,19 +19,16 @@ from hypothesis import strategies as st
 
 import cas
 from cas.errors import ConfigError, UsageError
-from cas.settings import (
-    KEYS,
+from cas.settings import KEYS, Config, Settings, load_config
+from cas.storage.layout import Layout
+from cas.values import (
     MAX_DURATION,
     MAX_SIZE,
-    Config,
-    Settings,
     format_duration,
     format_size,
-    load_config,
     parse_duration,
     parse_size,
 )
-from cas.storage.layout import Layout
 
 from tests.conftest import run_cas, run_cas_process
 from tests.strategies import byte_sizes, durations

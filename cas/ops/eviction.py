@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from cas.errors import UsageError
-from cas.settings import Settings, parse_duration, parse_size
+from cas.settings import Settings
 from cas.storage.catalog import Connection
 from cas.storage.queries import LIVE_LEASE
+from cas.values import parse_duration, parse_size
 
 #: Blobs listed by name in a report (each of removed and kept); the rest are only counted.
 REPORT_LIMIT = 1000

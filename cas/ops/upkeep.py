@@ -19,9 +19,10 @@ from cas.errors import StoreError, UsageError
 from cas.ops.cleanup import Cleaner
 from cas.ops.eviction import Limits, Plan
 from cas.ops.record import Clock
-from cas.settings import Settings, parse_interval
+from cas.settings import Settings
 from cas.storage import queries as q
 from cas.storage.catalog import Catalog
+from cas.values import parse_interval
 
 log = logging.getLogger("cas")
 

@@ -52,6 +52,7 @@ from cas.errors import CasError, StoreError, UsageError
 from cas.ops.findings import KINDS, Finding, VerifyReport
 from cas.ops.leases import dead_leases
 from cas.storage import queries as q
+from cas.storage import verification as v
 from cas.storage.blobs import BlobStore, Found, signature, unchanged
 from cas.storage.catalog import Catalog, Connection, damaged_catalog
 from cas.storage.metrics import Counter
@@ -69,7 +70,7 @@ TASK_BYTES = 8 << 20
 TASK_FILES = 64
 
 #: Fetch a damaged named fixture again from its recorded source (``Store.fetch``).
-Refetch = Callable[[q.DamagedRow], None]
+Refetch = Callable[[v.DamagedRow], None]
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ class Verifier:
         self._clear_debris(report)
         files = self._scan(report)
         with self._catalog.read() as conn:
-            rows = q.verify_rows(conn)
+            rows = v.verify_rows(conn)
         self._drop_missing([digest for digest in rows if digest not in files])
         files = self._fix_modes(report, files)
         wrong_size = [found for digest, found in files.items()
@@ -208,7 +209,7 @@ class Verifier:
             gone = [digest for digest in digests
                     if q.find_blob(conn, digest) is not None and self._blobs.stat(digest) is None]
             for digest in gone:
-                q.record_damaged(conn, digest, "missing", None, now)
+                v.record_damaged(conn, digest, "missing", None, now)
             return gone
 
         for digest in self._catalog.write(work):
@@ -250,7 +251,7 @@ class Verifier:
                 had_row = found.digest is not None and q.find_blob(conn, found.digest) is not None
                 if had_row:
                     assert found.digest is not None
-                    q.record_damaged(conn, found.digest, damage.kind, where, now)
+                    v.record_damaged(conn, found.digest, damage.kind, where, now)
                 moved.append((found, damage, where, had_row))
             return moved
 
@@ -265,7 +266,7 @@ class Verifier:
 
     # -- content -------------------------------------------------------------------------------
 
-    def _hash(self, report: VerifyReport, candidates: list[Found], rows: dict[str, q.VerifyRow],
+    def _hash(self, report: VerifyReport, candidates: list[Found], rows: dict[str, v.VerifyRow],
               deadline: float | None) -> None:
         """Rehash ``candidates`` in order on a thread pool until done or out of time.
 
@@ -323,7 +324,7 @@ class Verifier:
         return results
 
     def _record_right(self, report: VerifyReport, right: list[Found],
-                      rows: dict[str, q.VerifyRow]) -> None:
+                      rows: dict[str, v.VerifyRow]) -> None:
         """Mark verified blobs; adopt right files that had no row."""
         if not right:
             return
@@ -331,12 +332,12 @@ class Verifier:
 
         def work(conn: Connection) -> list[Found]:
             now = time.time()
-            q.mark_verified(conn, [(found.digest or "", found.info.st_size,
+            v.mark_verified(conn, [(found.digest or "", found.info.st_size,
                                     signature(found.info)) for found in batch
                                    if found.digest in rows], now)
             return [found for found in batch if found.digest not in rows
                     and found.digest is not None and unchanged(found)
-                    and q.adopt_blob(conn, found.digest, found.info.st_size,
+                    and v.adopt_blob(conn, found.digest, found.info.st_size,
                                      found.info.st_mtime, signature(found.info), now)]
 
         for found in self._catalog.write(work):
@@ -348,8 +349,8 @@ class Verifier:
     # -- damage: repair, and what remains --------------------------------------------------------
 
     def _settle_damage(self, report: VerifyReport) -> None:
-        def survey(conn: Connection) -> tuple[list[q.DamagedRow], list[tuple[str, str]]]:
-            return q.damaged(conn), q.dangling_names(conn)
+        def survey(conn: Connection) -> tuple[list[v.DamagedRow], list[tuple[str, str]]]:
+            return v.damaged(conn), v.dangling_names(conn)
 
         damaged, dangling = self._catalog.write(survey)
         repaired: dict[str, str | None] = {}  # digest -> None when fetched again, else why not
@@ -361,14 +362,14 @@ class Verifier:
             report.findings.append(self._damage_finding(row, repaired))
         forget = [row.digest for row in damaged if not row.names]
         if forget:
-            self._catalog.write(lambda conn: q.forget_damaged(conn, forget))
+            self._catalog.write(lambda conn: v.forget_damaged(conn, forget))
         for name, digest in dangling:
             report.findings.append(Finding(
                 "dangling", name, f"points at {digest}, which is not stored and has no source",
                 "none: put the content again, or untag the name", remains=True, names=(name,),
             ))  # fmt: skip
 
-    def _repair(self, row: q.DamagedRow) -> str | None:
+    def _repair(self, row: v.DamagedRow) -> str | None:
         assert self._refetch is not None
         try:
             self._refetch(row)
@@ -378,7 +379,7 @@ class Verifier:
         log.info("fetched %s again from %s", row.digest, row.url)
         return None
 
-    def _damage_finding(self, row: q.DamagedRow, repaired: dict[str, str | None]) -> Finding:
+    def _damage_finding(self, row: v.DamagedRow, repaired: dict[str, str | None]) -> Finding:
         names = tuple(row.names.split("\n")) if row.names else ()
         new = self._found.get(row.digest)
         kind = new.kind if new else "damaged"
@@ -404,7 +405,7 @@ class Verifier:
         return os.path.relpath(path, self._blobs.root)
 
 
-def _to_hash(files: dict[str, Found], rows: dict[str, q.VerifyRow], full: bool,
+def _to_hash(files: dict[str, Found], rows: dict[str, v.VerifyRow], full: bool,
              skip: set[str | None]) -> list[Found]:
     """What to rehash, in order: files without rows (to adopt them or move them aside), then
     files changed since their last verification, then never verified ones, then the least

@@ -1,21 +1,22 @@
-"""Every SQL statement about blobs, names, leases, counters, downloads and verification.
+"""Every SQL statement about blobs, names, leases, counters and downloads.
 
 Each function takes the caller's transaction (the DBAPI connection that ``Catalog.write`` or
 ``Catalog.read`` hands out) and runs its statements through it; ``find_blob`` and
 ``find_name`` also take the Catalog itself, for a lone read outside any transaction
-(``Catalog.lookup``). The tables are defined in schema.sql.
+(``Catalog.lookup``). The statements about verification are in ``cas.storage.verification``.
+The tables are defined in schema.sql.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Protocol, Self, TypeVar
 
 from cas.refs import is_digest
 from cas.storage.catalog import Catalog, Connection
 from cas.urls import redact, redact_optional
 
-# -- queries: every statement about blobs and names lives here ------------------------------------
+# -- blobs and names ------------------------------------------------------------------------------
 
 
 class BlobRow(NamedTuple):
@@ -56,14 +57,22 @@ def find_name(source: Connection | Catalog, name: str) -> NameRow | None:
         " b.last_access FROM names n LEFT JOIN blobs b ON b.digest = n.digest WHERE n.name = ?",
         (name,),
     )
-    return None if row is None else _without_credentials(NameRow._make(row))
+    return None if row is None else without_credentials(NameRow._make(row))
 
 
-#: A row with a ``url`` column.
-Row = TypeVar("Row", "NameRow", "EntryRow", "DamagedRow")
+class RowWithUrl(Protocol):
+    """A row with a ``url`` column (names, entries, damaged blobs)."""
+
+    @property
+    def url(self) -> str | None: ...
+
+    def _replace(self, *, url: str | None = ...) -> Self: ...
 
 
-def _without_credentials(row: Row) -> Row:
+Row = TypeVar("Row", bound=RowWithUrl)
+
+
+def without_credentials(row: Row) -> Row:
     """``row`` with its URL redacted: a catalog written before cas stripped credentials may
     still hold some, and they must not be shown, logged or pushed from there either."""
     if row.url is None or "@" not in row.url:
@@ -155,7 +164,7 @@ class EntryRow(NamedTuple):
 
 def entries(conn: Connection) -> list[EntryRow]:
     """Every name with its blob, then every blob without a name, for listings."""
-    return list(map(lambda row: _without_credentials(EntryRow._make(row)),
+    return list(map(lambda row: without_credentials(EntryRow._make(row)),
         conn.execute(
             "SELECT n.name, n.digest, b.size, b.last_access, n.pinned, n.url"
             " FROM names n LEFT JOIN blobs b ON b.digest = n.digest"
@@ -310,7 +319,7 @@ def without_rows(conn: Connection, digests: list[str]) -> list[str]:
     return [digest for digest in digests if digest not in present]
 
 
-# -- queries for metrics (issue 3) ---------------------------------------------------------------
+# -- counters and cleanup times ------------------------------------------------------------------
 
 
 def counter_values(conn: Connection) -> dict[str, int]:
@@ -354,7 +363,7 @@ def last_cleanup(conn: Connection) -> float:
     return float(row[0] or 0) if row else 0.0
 
 
-# -- queries for downloads (issue 4) ---------------------------------------------------------------
+# -- downloads: hash aliases and sources ---------------------------------------------------------
 
 
 def find_alias(conn: Connection, algorithm: str, value: str) -> str | None:
@@ -387,106 +396,3 @@ def record_source(conn: Connection, url: str, digest: str, now: float) -> None:
         " ON CONFLICT (url) DO UPDATE SET digest = excluded.digest, fetched = excluded.fetched",
         (redact(url), digest, now),
     )
-
-
-# -- queries for verification (issue 6) ------------------------------------------------------------
-
-
-class VerifyRow(NamedTuple):
-    digest: str
-    size: int
-    verified: float | None  #: when its content was last hashed and right; None: never
-    signature: str | None  #: its file's stat signature then (cas/storage/blobs.py ``signature``)
-
-
-def verify_rows(conn: Connection) -> dict[str, VerifyRow]:
-    """Every blob row with its last verification."""
-    return {
-        row[0]: VerifyRow._make(row)
-        for row in conn.execute("SELECT digest, size, verified, signature FROM blobs")
-    }
-
-
-def mark_verified(conn: Connection, checked: list[tuple[str, int, str]], now: float) -> None:
-    """Record that each (digest, size, signature) was hashed at ``now`` and found right."""
-    if not checked:
-        return
-    conn.executemany(
-        "UPDATE blobs SET verified = ?, signature = ? WHERE digest = ? AND size = ?",
-        [(now, signature, digest, size) for digest, size, signature in checked],
-    )
-
-
-def adopt_blob(conn: Connection, digest: str, size: int, since: float, signature: str,
-               now: float) -> bool:
-    """Give a right file without a row its row, as accessed at ``since`` (its file's mtime, so
-    cleanup takes it in its turn); whether a row was added."""
-    return conn.execute(
-        "INSERT INTO blobs (digest, size, created, last_access, verified, signature)"
-        " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (digest) DO NOTHING",
-        (digest, size, since, since, now, signature),
-    ).rowcount > 0
-
-
-def record_damaged(conn: Connection, digest: str, problem: str, quarantined: str | None,
-                   now: float) -> None:
-    """Drop a missing or damaged blob's row and remember the digest (names stay)."""
-    conn.execute("DELETE FROM blobs WHERE digest = ?", (digest,))
-    conn.execute(
-        "INSERT INTO damaged (digest, found, problem, quarantined) VALUES (?, ?, ?, ?)"
-        " ON CONFLICT (digest) DO UPDATE SET found = excluded.found,"
-        " problem = excluded.problem, quarantined = excluded.quarantined",
-        (digest, now, problem, quarantined),
-    )
-
-
-class DamagedRow(NamedTuple):
-    digest: str
-    found: float
-    problem: str
-    quarantined: str | None
-    names: str | None  #: newline-separated
-    url: str | None  #: a source of one of its names, to fetch it again from
-    name: str | None  #: the name that has ``url``
-    sha256: str | None
-    expected_size: int | None
-
-
-def damaged(conn: Connection) -> list[DamagedRow]:
-    """Damaged digests not stored again, with their names and one recorded source.
-
-    Entries whose blob is back (put or fetched again) are cleared first: call it inside a
-    write transaction.
-    """
-    conn.execute(
-        "DELETE FROM damaged WHERE digest IN (SELECT digest FROM blobs)"
-    )
-    return [_without_credentials(DamagedRow._make(row)) for row in conn.execute(
-        "SELECT d.digest, d.found, d.problem, d.quarantined,"
-        " (SELECT group_concat(name, char(10)) FROM names n WHERE n.digest = d.digest),"
-        " s.url, s.name, s.sha256, s.expected_size"
-        " FROM damaged d LEFT JOIN names s ON s.name = (SELECT min(name) FROM names m"
-        "  WHERE m.digest = d.digest AND m.url IS NOT NULL)"
-        " ORDER BY d.digest"
-    )]
-
-
-def forget_damaged(conn: Connection, digests: list[str]) -> None:
-    """Forget damaged digests that nothing refers to any more (reported once, when found)."""
-    if not digests:
-        return
-    conn.executemany(
-        "DELETE FROM damaged WHERE digest = ? AND NOT EXISTS"
-        " (SELECT 1 FROM names n WHERE n.digest = damaged.digest)",
-        [(digest,) for digest in digests],
-    )
-
-
-def dangling_names(conn: Connection) -> list[tuple[str, str]]:
-    """(name, digest) of names whose blob is not stored, that have no source to fetch it from,
-    and that verify did not explain as damaged: no cas operation leaves one (guarantee 5)."""
-    return [(str(name), str(digest)) for name, digest in conn.execute(
-        "SELECT name, digest FROM names n WHERE url IS NULL"
-        " AND NOT EXISTS (SELECT 1 FROM blobs b WHERE b.digest = n.digest)"
-        " AND NOT EXISTS (SELECT 1 FROM damaged d WHERE d.digest = n.digest) ORDER BY name"
-    )]
