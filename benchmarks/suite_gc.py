@@ -46,7 +46,7 @@ REAL_SIZE = 100_000
 QUICK_REAL_SIZE = 2_000
 REAL_ROUNDS = 3
 #: Seconds allowed for the catalog work of a gc freeing 20 % of 100,000 blobs: what the rows on
-#: the store of inserted rows and empty files measured for it (issue 13, item 25). The target is
+#: the store of inserted rows and empty files measured for it. The target is
 #: gc within 1.5x of removing the same files plus this.
 CATALOG_ALLOWANCE = 0.35
 

@@ -47,7 +47,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(variable)
 
 
-# -- precedence -----------------------------------------------------------------------------------
+# -- precedence ------------------------------------------------------------------------------------
 
 #: Every source, earliest first.
 LEVELS = ["default", "root", "root profile", "file", "file profile", "environment", "keyword"]
@@ -195,7 +195,7 @@ def test_store_open_reaches_the_loader(tmp_path: Path) -> None:
         assert store.settings.retries == 7
 
 
-# -- profiles -------------------------------------------------------------------------------------
+# -- profiles --------------------------------------------------------------------------------------
 
 PROFILES = """\
 max_cache_size = "1GiB"
@@ -267,7 +267,7 @@ def test_unchosen_profiles_are_validated_too(tmp_path: Path) -> None:
         load_config(tmp_path)
 
 
-# -- errors ---------------------------------------------------------------------------------------
+# -- errors ----------------------------------------------------------------------------------------
 
 #: (what, key, TOML literal, text the message must show): each one a bad setting.
 BAD = [
@@ -371,7 +371,7 @@ def test_settings_validate_and_freeze() -> None:
         Settings().retries = 3  # type: ignore[misc]
 
 
-# -- values ---------------------------------------------------------------------------------------
+# -- values ----------------------------------------------------------------------------------------
 
 
 @given(byte_sizes)
@@ -414,7 +414,7 @@ def test_negative_quantities_are_refused(number: int, size_unit: str, time_unit:
                 parse(value)
 
 
-# -- the documented configurations ----------------------------------------------------------------
+# -- the documented configurations -----------------------------------------------------------------
 
 
 def documented_config() -> str:
@@ -461,7 +461,7 @@ def test_documented_table_matches_the_code() -> None:
         assert Settings(**{key: raw}) == defaults, key
 
 
-# -- the command line -----------------------------------------------------------------------------
+# -- the command line ------------------------------------------------------------------------------
 
 
 def test_cas_config_json_shows_sources(tmp_path: Path) -> None:
@@ -527,7 +527,7 @@ def test_only_settings_reads_the_environment() -> None:
     }  # fmt: skip
 
 
-# -- value ranges (issue 13, item 18) -------------------------------------------------------------
+# -- value ranges ----------------------------------------------------------------------------------
 
 #: Odd spellings of numbers: overflow, not-a-number, signed zero, huge exponents and digits.
 odd_numbers = st.one_of(

@@ -1,6 +1,6 @@
 """Signals and pipes through the real command line: `cas lease` forwards signals to its command
 and releases its leases; Ctrl-C stops `cas sync` and keeps partial downloads; a closed pipe is
-not an error (issue 13, items 12 and 19)."""
+not an error."""
 
 from __future__ import annotations
 

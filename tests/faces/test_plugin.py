@@ -180,7 +180,7 @@ def test_dies(cas_fixture):
     assert [item.names for item in plan.victims] == [("data/big",)]
 
 
-# -- issue 13: the hint works, every expected value is checked, a URL manifest is refused ------
+# -- the hint works, every expected value is checked, a URL manifest is refused --------------------
 
 
 def _hint(output: str) -> list[str]:

@@ -252,7 +252,7 @@ def test_maintenance_thread_cleans_periodically(root: Path) -> None:
     """store.maintenance runs cleanup in the background every interval."""
     with cas.Store.open(root, grace_period=0, max_age=0.2) as store:
         store.put(b"old")
-        with store.maintenance(interval=1):  # the shortest interval (issue 13, item 18)
+        with store.maintenance(interval=1):  # the shortest interval
             deadline = time.monotonic() + 20
             while blob_files(root) and time.monotonic() < deadline:
                 time.sleep(0.05)

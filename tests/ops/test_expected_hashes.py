@@ -1,4 +1,4 @@
-"""Every expected hash is checked against the content (issue 13, items 3 to 5).
+"""Every expected hash is checked against the content.
 
 A fetch, and a FixtureSession with ``auto_download`` off, serve stored content only when it
 matches every expected digest and size: a SHA-256 not yet known for the blob is computed from

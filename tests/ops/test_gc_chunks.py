@@ -2,7 +2,7 @@
 
 Each unlink transaction stops after ``UNLINK_CHUNK`` files or after holding the write lock
 ``UNLINK_HOLD`` seconds (here 0: one slice per transaction, the worst case for the bookkeeping),
-and the eviction counters are written with the rows' deletion (issue 13 item 25).
+and the eviction counters are written with the rows' deletion.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The remote tier (issue 8) against real S3-compatible servers on 127.0.0.1: moto, and
-SeaweedFS (issue 13: a real store found what moto let pass).
+"""The remote tier against real S3-compatible servers on 127.0.0.1: moto, and
+SeaweedFS (a real store finds what moto lets pass).
 
 Each test that uses a server runs against both (the ``s3`` fixture's parameters); each gets a
 bucket of its own on one server per session (per xdist worker), and the AWS_* variables that
@@ -436,7 +436,7 @@ def test_large_blobs_move_in_parts(tmp_path: Path, remote_url: str, bucket: str)
     assert_clean(tmp_path / "b", data)
 
 
-# -- what a real store found (issue 13) ------------------------------------------------------------
+# -- what a real store found -----------------------------------------------------------------------
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""A last access in the future (the clock went back) ages like any other (issue 13 item 16).
+"""A last access in the future (the clock went back) ages like any other.
 
 The future time is written with plain sqlite3, as a catalog written before the clock was set
 back holds it. Every writer of last access clamps it to its current time: a touch, a put of the

@@ -1,6 +1,6 @@
 """Is a process alive? One answer (cas/storage/processes.py) for leases, staging files and partial
 downloads, everywhere: gc, ``rm``, verify, ``stats``, ``ls`` and a download looking for a partial
-to resume (issue 13, items 10, 13 and 15). Holders are real processes: in another PID namespace
+to resume. Holders are real processes: in another PID namespace
 (``unshare``), SIGKILLed, or exited and not yet reaped (zombies)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""quarantine/ is counted in stats and cleaned by gc after a documented age (issue 13 item 16).
+"""quarantine/ is counted in stats and cleaned by gc after a documented age.
 
 verify moves damaged and stray entries there for a person to look at; cleanup removes those that
 have been there ``QUARANTINE_MAX_AGE`` (by the time they were moved there, their ctime), and

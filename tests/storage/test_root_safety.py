@@ -1,4 +1,4 @@
-"""Never outside the root, never through a planted link (SPEC guarantee 7; issue 13, items 7-8).
+"""Never outside the root, never through a planted link (SPEC guarantee 7).
 
 Roots whose path holds URI syntax (`?`, `#`, `%41`) keep their catalog inside them; a symlink
 planted as `catalog.db` (or beside it) is refused; and folders of the root swapped for symlinks

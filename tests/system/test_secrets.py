@@ -1,4 +1,4 @@
-"""Credentials in URLs (issue 13, item 9): used by the download, never recorded or shown.
+"""Credentials in URLs: used by the download, never recorded or shown.
 
 A URL's ``user:password@`` goes into the HTTP Basic Authorization header of requests to its own
 origin and nowhere else: not the catalog, a log line, ``ls --json``, an error message, a staging
