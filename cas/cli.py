@@ -66,7 +66,12 @@ pass_context = click.make_pass_decorator(Context)
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, config_file: str | None, profile: str | None,
         verbose: int, quiet: bool) -> None:
-    """A content-addressed store for test fixtures and other large files."""
+    """A content-addressed store for test fixtures and other large files.
+
+    REF is a full 64-hex digest, a name, or a prefix of at least 8 hex digits of a stored
+    blob's digest (as `cas ls` prints them) that no other blob's digest shares. A name wins
+    over a prefix spelled the same; `cas pull` takes names and full digests only.
+    """
     log_to_stderr(verbose, quiet)
     ctx.obj = Context(root, config_file, profile)
 
@@ -94,7 +99,7 @@ def put(context: Context, files: tuple[str, ...], name: str | None) -> None:
 @click.argument("ref")
 @pass_context
 def path(context: Context, ref: str) -> None:
-    """Print the path of the blob REF (a digest or a name)."""
+    """Print the path of the blob REF (a digest, a digest prefix or a name)."""
     click.echo(str(context.store().path(ref)))
 
 

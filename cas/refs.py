@@ -1,6 +1,9 @@
-"""What a ref is: a full BLAKE3 digest or a name, and which names are valid.
+"""What a ref is: a full BLAKE3 digest, a name, or a digest prefix; which names are valid.
 
 Names are catalog keys, never paths (guarantee 7): their only constraints come from here.
+A ref of 64 hex digits is a digest. Any other ref is first a name; when no such name exists
+and the ref is 8 to 63 hex digits, it is a prefix of a stored blob's digest (any case), which
+must match exactly one blob.
 """
 
 from __future__ import annotations
@@ -10,12 +13,21 @@ import re
 from cas.errors import UsageError
 
 MAX_NAME_LENGTH = 255
+#: The fewest hex digits a digest prefix may have (32 bits: ambiguity stays rare).
+MIN_PREFIX = 8
 _DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+_PREFIX = re.compile(rf"[0-9a-fA-F]{{{MIN_PREFIX},63}}")
 
 
 def is_digest(ref: str) -> bool:
     """Whether ``ref`` has the form of a full hex BLAKE3-256 digest (any case)."""
     return _DIGEST.fullmatch(ref) is not None
+
+
+def is_digest_prefix(ref: str) -> bool:
+    """Whether ``ref`` may be a digest prefix: 8 to 63 hex digits (any case). It is one only
+    when no name ``ref`` exists: a name wins."""
+    return _PREFIX.fullmatch(ref) is not None
 
 
 def check_digest(value: str, what: str = "digest") -> str:

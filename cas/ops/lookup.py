@@ -1,7 +1,8 @@
 """Reading: what a ref names, the stored blob a read gets, and the listing of a store.
 
-A ref is a digest or a name. ``Reader.locate`` is the hot path of every ``path``, ``open`` and
-``lease``: one SELECT and one lstat when the blob is stored (hits and misses are counted in
+A ref is a digest, a name, or a digest prefix of 8 to 63 hex digits that is no name (a name
+wins). ``Reader.locate`` is the hot path of every ``path``, ``open`` and ``lease`` of a digest
+or a name: one SELECT and one lstat when the blob is stored (hits and misses are counted in
 memory, cas/storage/metrics.py: no write per read); anything unusual (a bad or unknown ref, an
 evicted or damaged blob) takes the full path, where a named fixture evicted from the store is
 fetched again through the fetch callable the store gives (when ``auto_download`` is on).
@@ -16,7 +17,7 @@ from typing import BinaryIO, NamedTuple, Protocol
 from cas.errors import IntegrityError, NotFound, UsageError
 from cas.ops.leases import dead_leases
 from cas.ops.record import Clock
-from cas.refs import check_name, is_digest
+from cas.refs import check_name, is_digest, is_digest_prefix
 from cas.settings import Settings
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore, quarantined
@@ -79,9 +80,34 @@ def resolve(conn: Connection | Catalog, ref: str) -> Target:
         return Target(digest, None, row.size, row.last_access)
     check_name(ref)
     named = q.find_name(conn, ref)
-    if named is None:
-        raise NotFound(f"no name {ref!r} in the store")
-    return Target(named.digest, ref, named.size, named.last_access)
+    if named is not None:
+        return Target(named.digest, ref, named.size, named.last_access)
+    if is_digest_prefix(ref):  # only when no name matched: a name wins
+        return _by_prefix(conn, ref)
+    raise NotFound(f"no name {ref!r} in the store")
+
+
+def _by_prefix(conn: Connection | Catalog, ref: str) -> Target:
+    """The one stored blob whose digest begins with ``ref`` (8 to 63 hex digits, any case).
+
+    Raises NotFound when none does, UsageError naming the candidates when several do.
+    """
+    prefix = ref.lower()
+    matches = q.blobs_with_prefix(conn, prefix)
+    row = q.find_blob(conn, matches.digests[0]) if matches.matched == 1 else None
+    if row is not None:
+        return Target(row.digest, None, row.size, row.last_access)
+    if matches.matched > 1:
+        raise UsageError(ambiguous(prefix, matches.matched, matches.digests))
+    raise NotFound(f"no name {ref!r} and no blob whose digest begins with {prefix} in the store")
+
+
+def ambiguous(prefix: str, count: int, digests: list[str]) -> str:
+    """The one line that refuses a digest prefix matching ``count`` blobs, of which
+    ``digests`` are named."""
+    more = f" and {count - len(digests)} more" if count > len(digests) else ""
+    return (f"digest prefix {prefix} is ambiguous: {count} blobs match ({', '.join(digests)}"
+            f"{more}); give more digits")
 
 
 class Refetch(Protocol):

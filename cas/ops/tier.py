@@ -44,6 +44,7 @@ from cas.errors import (
     os_error,
 )
 from cas.ops import manifest as manifests
+from cas.ops.lookup import resolve
 from cas.ops.manifest import Fixture
 from cas.ops.record import Clock, Fetched, Recorder
 from cas.refs import check_name, is_digest
@@ -240,17 +241,11 @@ class RemoteTier:
         return report
 
     def _resolve(self, conn: Connection, ref: str) -> _Local:
-        if not isinstance(ref, str):
-            raise UsageError(f"a ref must be a digest or a name, not {type(ref).__name__}")
-        if is_digest(ref):
-            row = q.find_blob(conn, ref.lower())
-            if row is None:
-                raise NotFound(f"no blob {ref.lower()} in the store")
-            return _Local(row.digest, row.size)
-        named = q.find_name(conn, check_name(ref))
+        target = resolve(conn, ref)
+        named = q.find_name(conn, target.name) if target.name is not None else None
         if named is None:
-            raise NotFound(f"no name {ref!r} in the store")
-        return _Local(named.digest, named.size, ref, named.url, named.sha256)
+            return _Local(target.digest, target.size)
+        return _Local(named.digest, named.size, named.name, named.url, named.sha256)
 
     def _push(self, local: _Local, blobs: _Once[tuple[int, bool]] | None = None) -> _Moved:
         """Blob first, then records: a record never names a blob the remote lacks. ``blobs``

@@ -95,6 +95,31 @@ def stored_blob(catalog: Catalog, ref: str) -> tuple[str, int, float] | None:
     return catalog.lookup(_BLOB_BY_NAME, (ref,))  # type: ignore[no-any-return]
 
 
+#: The candidates an ambiguous digest prefix's error names; past these, only their number.
+PREFIX_CANDIDATES = 5
+
+# Digests are lowercase hex and "g" sorts after every hex digit, so the digests that begin with
+# a prefix are exactly those in [prefix, prefix + "g"): a range of the primary key, no scan.
+_BLOBS_BY_PREFIX = (
+    "SELECT (SELECT count(*) FROM blobs WHERE digest >= ?1 AND digest < ?2),"
+    " (SELECT group_concat(digest, ' ') FROM (SELECT digest FROM blobs"
+    " WHERE digest >= ?1 AND digest < ?2 ORDER BY digest LIMIT ?3))"
+)
+
+
+class PrefixMatches(NamedTuple):
+    matched: int  #: stored blobs whose digest begins with the prefix
+    digests: list[str]  #: the first of them in digest order, at most ``PREFIX_CANDIDATES``
+
+
+def blobs_with_prefix(source: Connection | Catalog, prefix: str) -> PrefixMatches:
+    """The stored blobs whose digest begins with ``prefix`` (lowercase hex digits): one row,
+    so that it also runs alone on the catalog (``Catalog.lookup``)."""
+    upper = prefix + "g"
+    matched, digests = _one(source, _BLOBS_BY_PREFIX, (prefix, upper, PREFIX_CANDIDATES))
+    return PrefixMatches(matched, sorted(digests.split(" ")) if digests else [])
+
+
 def record_blobs(conn: Connection, blobs: list[tuple[str, int]], now: float) -> None:
     """Insert the rows of (digest, size) blobs, or mark existing ones as just accessed (at
     ``now``, also when the stored time is later: written before the clock went back)."""

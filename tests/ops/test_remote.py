@@ -400,6 +400,36 @@ def test_push_and_pull_need_a_remote(tmp_path: Path) -> None:
         store.push()
 
 
+def test_push_takes_a_digest_prefix(tmp_path: Path, remote_url: str) -> None:
+    """`push` takes a unique digest prefix as it takes a digest (API and CLI); an ambiguous
+    one fails for that ref alone, naming the candidates."""
+    from tests.ops.test_digest_prefixes import SHARED, TWINS
+
+    with open_store(tmp_path / "a", remote_url, remote_push=False) as store:
+        digest = store.put(b"pushed by prefix\n")
+        for twin in TWINS:
+            store.put(twin)
+        report = store.push([digest[:12].upper(), SHARED])
+    assert report.done == {digest[:12].upper(): digest}
+    assert "is ambiguous: 2 blobs match" in str(report.failed[SHARED])
+    other = put_file(tmp_path, b"pushed by the cli\n")
+    env = {"CAS_REMOTE": remote_url, "CAS_RETRIES": "1"}
+    stored = run_cas("put", str(other), root=tmp_path / "a", env=env).stdout.decode().split()[0]
+    done = run_cas("push", stored[:8], root=tmp_path / "a", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode() == f"{stored}  {stored[:8]}\n"
+    with open_store(tmp_path / "b", remote_url) as store:
+        pulled = store.pull([digest, stored])
+        assert pulled.summary() == "2 pulled, 0 already in the store, 0 failed"
+        assert store.read_bytes(digest[:8]) == b"pushed by prefix\n"
+
+
+def put_file(tmp_path: Path, content: bytes) -> Path:
+    path = tmp_path / "to-put"
+    path.write_bytes(content)
+    return path
+
+
 def test_pull_refuses_an_invalid_record(tmp_path: Path, remote_url: str, bucket: str) -> None:
     """A name record that is not what cas writes is an error for that name only."""
     boto3.client("s3").put_object(
