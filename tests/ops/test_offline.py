@@ -134,6 +134,23 @@ def test_verify_repair_reports_the_damage_and_says_offline(root: Path, server: S
     assert server.requests("/fx.bin") == 1
 
 
+def test_fixture_session_serves_stored_and_fails_missing(root: Path, server: Server,
+                                                         tmp_path: Path) -> None:
+    """An offline FixtureSession serves what is stored, and a missing fixture is a
+    FixtureUnavailable (a NotFound) saying cas is offline."""
+    from cas.harness import FixtureSession, FixtureUnavailable
+
+    manifest = _manifest(tmp_path / "fixtures.toml", server)
+    with cas.Store.open(root) as store:
+        store.fetch(server.url("/a"), sha256=_sha(b"alpha"))
+    with FixtureSession.open(manifest, root=root, offline=True) as session:
+        assert session.path("data/a").read_bytes() == b"alpha"
+        with pytest.raises(FixtureUnavailable, match=rf"'data/b' is not in the store \({OFFLINE}"):
+            session.path("data/b")
+    assert issubclass(FixtureUnavailable, cas.NotFound)
+    assert (server.requests("/a"), server.requests("/b")) == (1, 0)
+
+
 # -- every source of the setting, through the command line -----------------------------------------
 
 
