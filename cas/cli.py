@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
@@ -32,10 +32,13 @@ T = TypeVar("T")
 class Context:
     """What the global options decided; opens the store on first use."""
 
-    def __init__(self, root: str | None, config_file: str | None, profile: str | None) -> None:
+    def __init__(self, root: str | None, config_file: str | None, profile: str | None,
+                 offline: bool) -> None:
         self.root = root
         self.config_file = config_file
         self.profile = profile
+        #: The settings the flags give (``--offline``), above every other source.
+        self.overrides: dict[str, Any] = {"offline": True} if offline else {}
         self._store: Store | None = None
 
     def store(self) -> Store:
@@ -44,7 +47,8 @@ class Context:
             from cas.settings import COMMAND_LINE
 
             self._store = Store.open(self.root, config_file=self.config_file,
-                                     profile=self.profile, given_as=COMMAND_LINE)
+                                     profile=self.profile, given_as=COMMAND_LINE,
+                                     **self.overrides)
             click.get_current_context().call_on_close(self._store.close)
         return self._store
 
@@ -59,13 +63,15 @@ pass_context = click.make_pass_decorator(Context)
               help="A settings file read after <root>/config.toml (default: $CAS_CONFIG).")
 @click.option("--profile", metavar="NAME",
               help="The [profile.NAME] table of the settings files to use (default: $CAS_PROFILE).")
+@click.option("--offline", is_flag=True,
+              help="No network at all: serve what is stored, fail the rest (setting offline).")
 @click.option("-v", "--verbose", count=True, help="Say more (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True,
               help="Only errors and results (digests, paths, listings): no summaries or bars.")
 @click.version_option(__version__, prog_name="cas")
 @click.pass_context
 def cli(ctx: click.Context, root: str | None, config_file: str | None, profile: str | None,
-        verbose: int, quiet: bool) -> None:
+        offline: bool, verbose: int, quiet: bool) -> None:
     """A content-addressed store for test fixtures and other large files.
 
     REF is a full 64-hex digest, a name, or a prefix of at least 8 hex digits of a stored
@@ -73,7 +79,7 @@ def cli(ctx: click.Context, root: str | None, config_file: str | None, profile: 
     over a prefix spelled the same; `cas pull` takes names and full digests only.
     """
     log_to_stderr(verbose, quiet)
-    ctx.obj = Context(root, config_file, profile)
+    ctx.obj = Context(root, config_file, profile, offline)
 
 
 @cli.command()
@@ -277,9 +283,8 @@ def show_config(context: Context, as_json: bool) -> None:
     from cas.settings import COMMAND_LINE, KEYS, load_config, resolve_root
 
     root, root_source = resolve_root(context.root)
-    config = load_config(
-        root, config_file=context.config_file, profile=context.profile, given_as=COMMAND_LINE
-    )
+    config = load_config(root, context.overrides, config_file=context.config_file,
+                         profile=context.profile, given_as=COMMAND_LINE)
     if as_json:
         click.echo(render.as_json(render.config_document(root, root_source, config, KEYS)))
     else:

@@ -123,3 +123,14 @@ def os_error(error: OSError, doing: str) -> StoreError:
         where = f" ({error.filename})" if error.filename else ""
         return StoreError(f"{doing}: {error.strerror}{where}; nothing was changed")
     return StoreError(f"{doing}: {error.strerror or error}")
+
+
+def offline_message(what: str) -> str:
+    """The one wording of whatever would need the network while the ``offline`` setting is on:
+    ``what`` names the fixture or the command ("fixture 'x' (https://...) is not stored")."""
+    return f"{what} (cas is offline: no network is used while offline = true)"
+
+
+def offline_error(what: str) -> NotFound:
+    """The error of ``what`` needing the network while cas is offline (``offline_message``)."""
+    return NotFound(offline_message(what))

@@ -6,9 +6,9 @@ fetched if needed (one transfer however many processes ask at once) and leased u
 session ends, so cleanup cannot remove it while tests use it.
 
 Every expected digest and size of a fixture is checked against the content it is served from,
-with ``auto_download`` off too: a stored blob whose content matches the entry satisfies it
-(``cas fetch URL`` beforehand is enough), whatever the name points at does not unless it
-matches. The hint for an unavailable fixture is a command that makes it available.
+with ``auto_download`` off or offline too: a stored blob whose content matches the entry
+satisfies it (``cas fetch URL`` beforehand is enough), whatever the name points at does not
+unless it matches. The hint for an unavailable fixture is a command that makes it available.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cas.errors import NotFound
+from cas.errors import NotFound, offline_message
 from cas.ops import manifest
 from cas.ops.fetch import expectation
 from cas.store import Store
@@ -33,7 +33,8 @@ Wanted = tuple[str | None, str | None, int | None]
 
 
 class FixtureUnavailable(NotFound):
-    """A fixture is not in the store and may not be fetched (``auto_download`` is off)."""
+    """A fixture is not in the store and may not be fetched (``auto_download`` is off, or cas
+    is offline)."""
 
 
 class FixtureSession:
@@ -77,7 +78,8 @@ class FixtureSession:
         """The local path of fixture ``name``, fetched if needed and leased until close.
 
         Without ``url``, the fixture comes from the manifest, or from the store by name.
-        Raises FixtureUnavailable when it is not stored and ``auto_download`` is off, and
+        Raises FixtureUnavailable when it is not stored and ``auto_download`` is off or cas is
+        offline, and
         DownloadError or IntegrityError when fetching it fails.
         """
         with self._lock:
@@ -94,7 +96,8 @@ class FixtureSession:
     def _lease(self, name: str, url: str | None, wanted: Wanted, declared: bool) -> Lease:
         expected = expectation(*wanted)  # UsageError for a malformed digest or size
         described = _described(expected.blake3, expected.sha256, expected.size)
-        if url is not None and self.store.settings.auto_download:
+        settings = self.store.settings
+        if url is not None and settings.auto_download and not settings.offline:
             # No network when the expected content is already stored.
             digest = self.store.fetch(url, name=name, blake3=expected.blake3,
                                       sha256=expected.sha256, size=expected.size)  # fmt: skip
@@ -117,6 +120,11 @@ class FixtureSession:
         if url is None:
             raise FixtureUnavailable(
                 f"fixture {name!r} with the expected {described} is not in the store"
+            )
+        if settings.offline:
+            raise FixtureUnavailable(
+                offline_message(f"fixture {name!r} is not in the store")
+                + f"; run `{self._hint(url, declared)}` beforehand, with the network"
             )
         raise FixtureUnavailable(
             f"fixture {name!r} is not in the store and auto_download is off;"

@@ -91,6 +91,7 @@ class Settings:
     remote: str | None = _setting(None, parse_remote, format_value)
     remote_push: bool = _setting(True, parse_bool, format_value)
     shared: bool = _setting(False, parse_bool, format_value)
+    offline: bool = _setting(False, parse_bool, format_value)
     durable: bool = _setting(True, parse_bool, format_value)
     allow_network_fs: bool = _setting(False, parse_bool, format_value)
 

@@ -21,7 +21,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from cas.errors import ConfigError, StoreError, os_error
+from cas.errors import ConfigError, StoreError, offline_error, os_error
 from cas.ops.cleanup import Cleaner
 from cas.ops.eviction import Limits, Plan
 from cas.ops.leases import Lease, LeaseKeeper
@@ -172,6 +172,11 @@ class Store:
         with self._wiring:
             if self._fetcher is None:
                 from cas.ops.fetch import Fetcher
+
+                if self.settings.offline:  # no downloader, no tier: cas/transfer/ is not called
+                    self._fetcher = Fetcher(self._blobs, self._catalog, None, self._recorder,
+                                            clock=self._clock)
+                    return self._fetcher
                 from cas.transfer.http import Downloader
 
                 settings = self.settings
@@ -194,7 +199,9 @@ class Store:
                                         tier=self._tier, clock=self._clock)
             return self._fetcher
 
-    def _remote_tier(self) -> RemoteTier:
+    def _remote_tier(self, doing: str) -> RemoteTier:
+        if self.settings.offline:
+            raise offline_error(f"{doing}: the remote tier is not reached")
         self._fetching()
         if self._tier is None:
             raise ConfigError(
@@ -328,9 +335,9 @@ class Store:
 
         Returns the report (``done``, ``present``, ``failed``, ``summary()``): a failed ref does
         not stop the others; ``report.raise_for_failures()`` raises if any failed. Raises
-        ConfigError when no remote is configured.
+        ConfigError when no remote is configured, NotFound when cas is offline.
         """
-        return self._remote_tier().push([refs] if isinstance(refs, str) else refs)
+        return self._remote_tier("cannot push").push([refs] if isinstance(refs, str) else refs)
 
     def pull(
         self,
@@ -341,10 +348,11 @@ class Store:
         fixture of ``manifest``, or by default every name the remote has. Nothing comes from
         the fixtures' origins: a fixture the remote lacks fails.
 
-        Returns the report, as ``push`` does. Raises ConfigError when no remote is configured,
-        UsageError for a bad manifest or for both refs and a manifest.
+        Returns the report, as ``push`` does. Raises as ``push`` does, and UsageError for a
+        bad manifest or for both refs and a manifest.
         """
-        report = self._remote_tier().pull([refs] if isinstance(refs, str) else refs, manifest)
+        tier = self._remote_tier("cannot pull")
+        report = tier.pull([refs] if isinstance(refs, str) else refs, manifest)
         if report.stored is not None:
             self._upkeep.after_write(report.stored)
         return report
@@ -368,9 +376,9 @@ class Store:
         checked and only files changed since their last verification are rehashed. With
         ``budget`` (seconds) rehashing stops when it is spent, least recently verified blobs
         first, and the next run continues. ``repair`` fetches damaged or missing named fixtures
-        again from their recorded sources. ``progress(done, total)`` is told the bytes hashed.
-        What is found and what is done: cas/ops/verify.py. Raises UsageError for a bad budget,
-        StoreError for a read-only store.
+        again from their recorded sources (offline: it reports them). ``progress(done, total)``
+        is told the bytes hashed. What is found and what is done: cas/ops/verify.py. Raises
+        UsageError for a bad budget, StoreError for a read-only store.
         """
         from cas.ops.verify import Verifier
 

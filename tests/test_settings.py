@@ -127,6 +127,7 @@ SAMPLES: dict[str, tuple[str, str, Any, Any]] = {
                "s3://bucket/pre/fix"),
     "remote_push": ("false", "no", False, False),
     "shared": ("true", "yes", True, True),
+    "offline": ("true", "1", True, True),
     "durable": ("false", "no", False, False),
     "allow_network_fs": ("true", "1", True, True),
 }  # fmt: skip

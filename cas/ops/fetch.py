@@ -7,7 +7,8 @@ no digest, when the URL's last content is still stored (the ``sources`` table). 
 thread of one process downloads (single flight: the others wait on its lock, then find the blob
 on their re-check), and the verified staging file goes through the publish-then-record step
 that put and pull share (cas/ops/record.py): file first, then rows. A store with a remote tier
-passes it as a ``Tier``, asked after a local miss and before the origin.
+passes it as a ``Tier``, asked after a local miss and before the origin. An offline store
+(the ``offline`` setting) has neither downloader nor tier: a local miss is ``offline_error``.
 
 Every expected hash is checked against the content before it is trusted or recorded:
 a SHA-256 not yet known as an alias of the stored blob it would be served from is computed from
@@ -22,7 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from cas.errors import DownloadError, IntegrityError, UsageError, os_error
+from cas.errors import DownloadError, IntegrityError, UsageError, offline_error, os_error
 from cas.ops.record import Clock, Fetched, Recorder
 from cas.refs import check_digest, check_name
 from cas.storage import queries as q
@@ -65,8 +66,10 @@ class Fetcher:
     """Fetches for one store: its blobs, catalog and downloader, the recorder that keeps what
     arrives, and the tier tried before the origin (the remote, when one is configured)."""
 
-    def __init__(self, blobs: BlobStore, catalog: Catalog, downloader: Downloader,
+    def __init__(self, blobs: BlobStore, catalog: Catalog, downloader: Downloader | None,
                  recorder: Recorder, *, tier: Tier | None = None, clock: Clock) -> None:
+        """``downloader`` None is a store that is offline: only what is stored is served, and
+        anything else is ``offline_error`` (give no tier either)."""
         self._blobs = blobs
         self._catalog = catalog
         self.downloader = downloader
@@ -98,6 +101,9 @@ class Fetcher:
         served = self._serve(url, name, expected, ruled_out)
         if served is not None:
             return served
+        if self.downloader is None:
+            what = f"fixture {name!r} ({url})" if name is not None else url
+            raise offline_error(f"{what} is not stored")
         keys = [f"url:{url}"]
         keys += [f"blake3:{expected.blake3}"] if expected.blake3 else []
         keys += [f"sha256:{expected.sha256}"] if expected.sha256 else []
@@ -237,6 +243,7 @@ class Fetcher:
         progress: Progress | None,
     ) -> Fetched:  # fmt: skip
         """Download ``source`` (``url`` with its credentials, if any) and keep it as ``url``'s."""
+        assert self.downloader is not None  # offline fetches stop in fetch()
         try:
             result = self.downloader.download(
                 source, expected, progress,

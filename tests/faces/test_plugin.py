@@ -13,6 +13,7 @@ import pytest
 import cas
 from cas.storage.layout import Layout
 
+from tests.conftest import run_cas_process
 from tests.httpserver import Server, serve
 
 pytest_plugins = ["pytester"]
@@ -271,3 +272,44 @@ def test_a_manifest_url_is_one_usage_error(pytester: pytest.Pytester, tmp_path: 
     output = result.stdout.str() + result.stderr.str()
     assert output.count("is a URL (https://example.org/fixtures.toml)") == 1, output
     assert "hunter2" not in output and "Traceback" not in output
+
+
+def test_offline_plugin_fails_missing_fixtures_without_a_request(
+    pytester: pytest.Pytester, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With CAS_OFFLINE=1 (auto_download on), a missing fixture fails saying cas is offline,
+    or skips when asked; the origin sees no request."""
+    monkeypatch.setenv("CAS_OFFLINE", "1")
+    _manifest(pytester, server)
+    _ini(pytester, tmp_path / "store")
+    pytester.makepyfile("""
+import pytest
+
+def test_fails(cas_fixture):
+    cas_fixture("data/big")
+
+@pytest.mark.cas_skip_unavailable
+def test_marked(cas_fixture):
+    cas_fixture("data/big")
+""")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
+    result.assert_outcomes(failed=1, skipped=1)
+    result.stdout.fnmatch_lines(["*FixtureUnavailable*data/big*cas is offline*"])
+    assert server.requests("/data.bin") == 0
+
+
+def test_offline_plugin_serves_stored_fixtures(pytester: pytest.Pytester, server: Server,
+                                               tmp_path: Path) -> None:
+    """With ``offline = true`` in the store's config.toml, synced fixtures are served."""
+    root = tmp_path / "store"
+    manifest = _manifest(pytester, server)
+    # In a child process: pytester drops the modules a test imported, so a store opened here
+    # after another pytester test may meet two copies of a cas module.
+    synced = run_cas_process("sync", str(manifest), root=root)
+    assert synced.returncode == 0, synced.stderr
+    (root / "config.toml").write_text("offline = true\n")
+    _ini(pytester, root)
+    _tests(pytester, 2)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
+    result.assert_outcomes(passed=2)
+    assert server.requests("/data.bin") == 1
