@@ -20,20 +20,16 @@ is the one other reader of the environment, and lives here for that reason.
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any, TypeVar
-
-import platformdirs
 
 from cas.errors import ConfigError, UsageError
 
@@ -318,6 +314,8 @@ def _parse(key: str, value: object, where: str) -> Any:
 
 
 def _unknown(key: str, value: object, where: str) -> ConfigError:
+    import difflib
+
     close = difflib.get_close_matches(key, KEYS, n=1)
     hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(KEYS)}"
     return ConfigError(f"{where}: unknown setting {key} = {_show(value)}{hint}")
@@ -329,7 +327,11 @@ def _unknown(key: str, value: object, where: str) -> ConfigError:
 def default_root() -> Path:
     """``$CAS_HOME``, else the platform's user cache folder for cas."""
     home = os.environ.get(ENV_HOME)
-    return Path(home) if home else Path(platformdirs.user_cache_dir("cas"))
+    if home:
+        return Path(home)
+    import platformdirs  # here: its import costs more than the rest of `cas path`
+
+    return Path(platformdirs.user_cache_dir("cas"))
 
 
 def resolve_root(root: str | os.PathLike[str] | None, given_as: str = "--root") -> tuple[Path, str]:
@@ -463,6 +465,8 @@ def _choice(
 
 def _read_file(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     """A config file's top-level settings and its profiles, or ConfigError naming the file."""
+    import tomllib
+
     try:
         with open(path, "rb") as file:
             document = tomllib.load(file)

@@ -16,7 +16,6 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -370,7 +369,7 @@ class BlobStore:
                 return None
             folder, name = entry
             target = quarantine_name(found.path.relative_to(self.blobs_dir).as_posix(),
-                                     time.strftime("%Y%m%dT%H%M%S"), secrets.token_hex(3))
+                                     time.strftime("%Y%m%dT%H%M%S"), os.urandom(3).hex())
             quarantine = self.quarantine_folder.fd()
             # the entry itself moves: a symlink is not followed
             os.rename(name, target, src_dir_fd=folder, dst_dir_fd=quarantine)

@@ -18,10 +18,8 @@ host name, finds different, and so leaves to expiry, which is safe.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import socket
 from dataclasses import dataclass
 from functools import cache
 
@@ -81,6 +79,8 @@ def _namespace() -> str:
 @cache
 def _place_of(pid: int) -> str:
     # Per pid: a child forked after unshare(CLONE_NEWPID) lives in another namespace.
+    import socket
+
     boot = _read("/proc/sys/kernel/random/boot_id")
     return f"{socket.gethostname()}/{boot}/{_namespace()}"
 
@@ -171,6 +171,8 @@ _TAG = re.compile(r"(?:^|-)([0-9a-f]{16})\.(\d+)\.(\d+)-")
 
 
 def _place_hash(where: str) -> str:
+    import hashlib
+
     return hashlib.blake2s(where.encode(), digest_size=8).hexdigest()
 
 
