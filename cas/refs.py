@@ -5,17 +5,15 @@ Names are catalog keys, never paths (guarantee 7): their only constraints come f
 
 from __future__ import annotations
 
-import re
-
 from cas.errors import UsageError
 
 MAX_NAME_LENGTH = 255
-_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def is_digest(ref: str) -> bool:
     """Whether ``ref`` has the form of a full hex BLAKE3-256 digest (any case)."""
-    return _DIGEST.fullmatch(ref) is not None
+    return len(ref) == 64 and _HEX_DIGITS.issuperset(ref)
 
 
 def check_digest(value: str, what: str = "digest") -> str:

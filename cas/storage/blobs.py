@@ -29,8 +29,9 @@ from cas.storage.hashing import hash_fd
 from cas.storage.layout import Layout, blob_location, quarantine_name, shard_of
 from cas.storage.staging import BLOB_MODE, DEBRIS_AGE, Staged, Staging
 
-_SHARD = re.compile(r"[0-9a-f]{2}")
-_BLOB_NAME = re.compile(r"[0-9a-f]{64}")
+# Patterns as strings: re compiles and caches them on first use (a scan), not at import.
+_SHARD = r"[0-9a-f]{2}"
+_BLOB_NAME = r"[0-9a-f]{64}"
 #: How old a read's check of a folder may be, in seconds. Writes re-check a folder at every use;
 #: a look-up trusting a check this recent saves a lstat, 15 % of its cost (benchmarks/suite_small).
 READ_RECHECK = 1.0
@@ -297,7 +298,7 @@ class BlobStore:
                 info = os.stat(name, dir_fd=blobs, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            kind = _kind(info, _SHARD.fullmatch(name) is not None, folder=True)
+            kind = _kind(info, re.fullmatch(_SHARD, name) is not None, folder=True)
             if kind != "shard":
                 yield Found(self.blobs_dir / name, kind, info)
                 continue
@@ -309,7 +310,8 @@ class BlobStore:
                 for entry in list_names(fd):
                     with contextlib.suppress(FileNotFoundError):
                         info = os.stat(entry, dir_fd=fd, follow_symlinks=False)
-                        named = _BLOB_NAME.fullmatch(entry) is not None and entry.startswith(name)
+                        named = (re.fullmatch(_BLOB_NAME, entry) is not None
+                                 and entry.startswith(name))
                         kind = _kind(info, named, folder=False)
                         yield Found(self.blobs_dir / name / entry, kind, info,
                                     entry if kind == "blob" else None)
