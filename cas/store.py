@@ -330,6 +330,25 @@ class Store:
             url, name=name, blake3=blake3, sha256=sha256, size=size, progress=progress
         ).digest
 
+    def stored(self, url: str | None = None, *, name: str | None = None,
+               blake3: str | None = None, sha256: str | None = None,
+               size: int | None = None) -> str | None:
+        """The digest of stored content that satisfies a fixture, without network: what
+        ``fetch`` with these arguments would serve from the store alone; None when nothing
+        stored matches every expected digest and size.
+
+        As ``fetch``, a SHA-256 not yet known for a stored blob is computed from its file, and
+        ``name`` is pointed at what is found when ``url`` is given too. Without ``url`` only
+        ``name``'s blob and the expected digests are looked at, and the name is left as it is.
+        Raises UsageError for a malformed digest or size, IntegrityError when a stored blob is
+        the expected BLAKE3 but not the expected SHA-256 or size.
+        """
+        from cas.ops.fetch import expectation
+
+        expected = expectation(blake3, sha256, size)
+        found = self._fetching().stored(url, name, expected)
+        return found.digest if found is not None else None
+
     def _fetch(self, url: str, *, name: str | None = None, blake3: str | None = None,
                sha256: str | None = None, size: int | None = None,
                progress: Progress | None = None) -> Fetched:
