@@ -20,7 +20,6 @@ is the one other reader of the environment, and lives here for that reason.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -236,6 +235,8 @@ def _remote(value: object) -> str | None:
 
 def format_value(value: object) -> str:
     """A setting's value as it would be written in config.toml (sizes and durations excepted)."""
+    import json  # here: only showing settings needs it
+
     return json.dumps(value) if isinstance(value, bool | int | float | str) else "none"
 
 
@@ -298,6 +299,8 @@ KEYS: tuple[str, ...] = tuple(_FIELDS)
 
 def _show(value: object) -> str:
     """A raw value for an error message, as TOML would write it."""
+    import json  # here: only error messages need it
+
     try:
         return json.dumps(value)
     except (TypeError, ValueError):
