@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from cas.errors import ConfigError, StoreError, os_error
 from cas.ops.leases import Lease, LeaseKeeper
@@ -34,16 +34,14 @@ from cas.storage.catalog import Catalog
 from cas.storage.opening import open_files
 
 if TYPE_CHECKING:
-    from cas.ops.cleanup import Cleaner
     from cas.ops.eviction import Plan
     from cas.ops.fetch import Fetched, Fetcher
     from cas.ops.manifest import Bar, SyncReport, Total
-    from cas.ops.names import Names
-    from cas.ops.put import Putter, Source
-    from cas.ops.record import Clock, Recorder
+    from cas.ops.put import Source
+    from cas.ops.record import Clock
     from cas.ops.tier import RemoteTier, TransferReport
-    from cas.ops.upkeep import Upkeep
     from cas.ops.verify import VerifyReport
+    from cas.ops.writing import Writers
     from cas.storage import queries as q
     from cas.storage.metrics import Stats
     from cas.transfer.http import Downloader
@@ -62,16 +60,6 @@ def __getattr__(name: str) -> Any:
 
         return Source
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class _Writers(NamedTuple):
-    """The operations that write or clean up, wired on a store's first write."""
-
-    recorder: Recorder
-    cleaner: Cleaner
-    upkeep: Upkeep
-    putter: Putter
-    names: Names
 
 
 def _refused_when_closed(cls: type[T]) -> type[T]:
@@ -114,7 +102,7 @@ class Store:
         self._downloader = downloader
         self._remote_client = remote_client
         self._wiring = threading.Lock()
-        self._writers: _Writers | None = None
+        self._writers: Writers | None = None
         self._fetcher: Fetcher | None = None
         self._tier: RemoteTier | None = None
         self._finalizer = weakref.finalize(self, _close, self._keeper, catalog)
@@ -189,23 +177,13 @@ class Store:
 
     # -- wiring of the operations that load on first use -------------------------------------
 
-    def _writing(self) -> _Writers:
+    def _writing(self) -> Writers:
         with self._wiring:
             if self._writers is None:
-                from cas.ops.cleanup import Cleaner
-                from cas.ops.names import Names
-                from cas.ops.put import Putter
-                from cas.ops.record import Recorder
-                from cas.ops.upkeep import Upkeep
+                from cas.ops.writing import Writers
 
-                blobs, catalog, clock = self._blobs, self._catalog, self._clock
-                cleaner = Cleaner(blobs, catalog, clock)
-                upkeep = Upkeep(catalog, self.settings, clock, cleaner, self._closed)
-                self._writers = _Writers(
-                    Recorder(blobs, catalog, clock), cleaner, upkeep,
-                    Putter(blobs, catalog, clock, upkeep.after_write),
-                    Names(blobs, catalog, cleaner, clock),
-                )  # fmt: skip
+                self._writers = Writers(self._blobs, self._catalog, self.settings, self._clock,
+                                        self._closed)
             return self._writers
 
     def _fetching(self) -> Fetcher:
