@@ -190,27 +190,12 @@ class Store:
         recorder = self._writing().recorder
         with self._wiring:
             if self._fetcher is None:
-                from cas.ops.fetch import Fetcher
-                from cas.transfer.http import Downloader
+                from cas.ops.writing import fetching
 
-                settings = self.settings
-                downloader = self._downloader or Downloader(
-                    self._blobs.tmp, self._blobs.locks, timeout=settings.download_timeout,
-                    retries=settings.retries, max_size=settings.max_cache_size,
+                self._fetcher, self._tier = fetching(
+                    self._blobs, self._catalog, self.settings, recorder, self._clock,
+                    self._downloader, self._remote_client,
                 )  # fmt: skip
-                if self._remote_client is not None or settings.remote is not None:
-                    from cas.ops.tier import RemoteTier
-                    from cas.transfer.s3 import Remote
-
-                    remote = self._remote_client or Remote(
-                        settings.remote or "", timeout=settings.download_timeout,
-                        retries=settings.retries,
-                    )  # fmt: skip
-                    self._tier = RemoteTier(remote, self._blobs, self._catalog, recorder,
-                                            downloader.single_flight, push=settings.remote_push,
-                                            clock=self._clock)  # fmt: skip
-                self._fetcher = Fetcher(self._blobs, self._catalog, downloader, recorder,
-                                        tier=self._tier, clock=self._clock)
             return self._fetcher
 
     def _remote_tier(self) -> RemoteTier:
