@@ -76,6 +76,7 @@ def every_module(*args: str, shift: float = 0.0) -> tuple[set[str], str]:
 NOT_ON_THE_PATH_ROUTE = (
     "cas.ops.put", "cas.ops.record", "cas.ops.names", "cas.ops.cleanup", "cas.ops.eviction",
     "cas.ops.upkeep", "cas.ops.fetch", "cas.ops.tier", "cas.ops.manifest", "cas.ops.verify",
+    "cas.ops.writing",
     "cas.transfer", "cas.render", "cas.progress",
     "platformdirs", "tomllib", "difflib", "hashlib", "socket", "secrets", "shutil", "tempfile",
     "concurrent.futures",
