@@ -7,7 +7,7 @@ cas/render.py.
 Start-up is part of the interface (scripts call ``cas path`` in loops): at the top this module
 imports click and cas's base only, and each command imports what it uses when it runs, so
 ``cas --version`` and ``cas --help`` load no store, and ``cas path`` no SQLAlchemy, S3 client
-or progress bars (tests/test_startup.py).
+or progress bars (tests/faces/test_startup.py).
 """
 
 from __future__ import annotations

@@ -111,10 +111,11 @@ class FixtureSession:
                         f"fixture {name!r} cannot be had: {missing}"
                     ) from missing
         # Served only from content that matches every expected digest and size (no network).
-        found = self.store._fetching().stored(url, name, expected)
+        found = self.store.stored(url, name=name, blake3=expected.blake3,
+                                  sha256=expected.sha256, size=expected.size)  # fmt: skip
         if found is not None:
             try:
-                return self.store.lease(found.digest)
+                return self.store.lease(found)
             except NotFound:
                 pass  # removed by cleanup since: as unavailable as if never stored
         if url is None:

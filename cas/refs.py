@@ -8,26 +8,23 @@ must match exactly one blob.
 
 from __future__ import annotations
 
-import re
-
 from cas.errors import UsageError
 
 MAX_NAME_LENGTH = 255
 #: The fewest hex digits a digest prefix may have (32 bits: ambiguity stays rare).
 MIN_PREFIX = 8
-_DIGEST = re.compile(r"[0-9a-fA-F]{64}")
-_PREFIX = re.compile(rf"[0-9a-fA-F]{{{MIN_PREFIX},63}}")
+_HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
 def is_digest(ref: str) -> bool:
     """Whether ``ref`` has the form of a full hex BLAKE3-256 digest (any case)."""
-    return _DIGEST.fullmatch(ref) is not None
+    return len(ref) == 64 and _HEX_DIGITS.issuperset(ref)
 
 
 def is_digest_prefix(ref: str) -> bool:
     """Whether ``ref`` may be a digest prefix: 8 to 63 hex digits (any case). It is one only
     when no name ``ref`` exists: a name wins."""
-    return _PREFIX.fullmatch(ref) is not None
+    return MIN_PREFIX <= len(ref) < 64 and _HEX_DIGITS.issuperset(ref)
 
 
 def check_digest(value: str, what: str = "digest") -> str:

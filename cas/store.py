@@ -1,7 +1,11 @@
 """The public face of a store: ``Store`` opens the files, wires the operations of ``cas/ops/``
-and delegates to them (docs/architecture.md lists them). The operations that only some commands
-need (fetch and its HTTP client, the remote tier, manifests, verify) load on first use, so
-opening a store and reading from it stays cheap.
+and delegates to them (docs/architecture.md lists them).
+
+Imports are deferred on purpose: ``cas path`` is called in loops by scripts, and opening a store
+to read from it must cost little more than the SELECT and lstat it does. Only reading (ops/lookup,
+ops/leases) is imported here; the operations that write or clean up (put, names, upkeep,
+cleanup, eviction), fetch and its HTTP client, the remote tier, manifests and verify are
+imported and wired when a method first needs them (tests/faces/test_startup.py checks it).
 
 Seams for tests and tools: ``Store.open(downloader=, remote_client=, clock=)`` replace the
 HTTP client, the remote tier's client, and the wall time the store reads (last access, leases,
@@ -11,10 +15,10 @@ eviction ages).
 from __future__ import annotations
 
 import functools
-import inspect
 import os
 import threading
 import time
+import types
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -22,26 +26,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from cas.errors import ConfigError, StoreError, offline_error, os_error
-from cas.ops.cleanup import Cleaner
-from cas.ops.eviction import Limits, Plan
 from cas.ops.leases import Lease, LeaseKeeper
 from cas.ops.lookup import Entry, Reader
-from cas.ops.names import Names
-from cas.ops.put import Putter, Source
-from cas.ops.record import Clock, Recorder
-from cas.ops.upkeep import Upkeep
 from cas.settings import Settings, default_root, load_config
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog
-from cas.storage.metrics import Stats
 from cas.storage.opening import open_files
 from cas.storage.verification import DamagedRow
 
 if TYPE_CHECKING:
+    from cas.ops.eviction import Plan
     from cas.ops.fetch import Fetched, Fetcher
     from cas.ops.manifest import Bar, SyncReport, Total
+    from cas.ops.put import Source
+    from cas.ops.record import Clock
     from cas.ops.tier import RemoteTier, TransferReport
     from cas.ops.verify import VerifyReport
+    from cas.ops.writing import Writers
+    from cas.storage.metrics import Stats
     from cas.transfer.http import Downloader
     from cas.transfer.request import Progress
     from cas.transfer.s3 import Remote
@@ -51,11 +53,21 @@ __all__ = ["Entry", "Source", "Store"]
 T = TypeVar("T")
 
 
+def __getattr__(name: str) -> Any:
+    """``Source``, the type ``put`` takes, is defined with put and loads with it."""
+    if name == "Source":
+        from cas.ops.put import Source
+
+        return Source
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _refused_when_closed(cls: type[T]) -> type[T]:
     """Make every public method of ``cls`` raise StoreError once the store is closed: a closed
     store that kept working would quietly reopen its catalog."""
     for name, method in list(vars(cls).items()):
-        if name.startswith("_") or name in _OPEN_OR_CLOSED or not inspect.isfunction(method):
+        if (name.startswith("_") or name in _OPEN_OR_CLOSED
+                or not isinstance(method, types.FunctionType)):
             continue
 
         def guarded(self: Any, *args: Any, __method: Any = method, **kwargs: Any) -> Any:
@@ -85,16 +97,12 @@ class Store:
         self._clock = clock
         self._closed = threading.Event()
         self._keeper = LeaseKeeper(catalog, settings.lease_ttl, clock)
-        self._cleaner = Cleaner(blobs, catalog, clock)
-        self._recorder = Recorder(blobs, catalog, clock)
-        self._upkeep = Upkeep(catalog, settings, clock, self._cleaner, self._closed)
-        self._putter = Putter(blobs, catalog, clock, self._upkeep.after_write)
-        self._names = Names(blobs, catalog, self._cleaner, clock)
         self._reader = Reader(blobs, catalog, clock, _weakly(self._fetch), settings.auto_download)
-        # The HTTP client and the remote tier load on first use (urllib3, boto3).
+        # Writing, the HTTP client and the remote tier load on first use (urllib3, boto3).
         self._downloader = downloader
         self._remote_client = remote_client
         self._wiring = threading.Lock()
+        self._writers: Writers | None = None
         self._fetcher: Fetcher | None = None
         self._tier: RemoteTier | None = None
         self._finalizer = weakref.finalize(self, _close, self._keeper, catalog)
@@ -153,7 +161,8 @@ class Store:
         harmless; any other method of a closed store raises StoreError."""
         if self._closed.is_set():
             return
-        self._upkeep.wait()
+        if self._writers is not None:
+            self._writers.upkeep.wait()
         self._closed.set()
         self._finalizer()
 
@@ -168,35 +177,25 @@ class Store:
 
     # -- wiring of the operations that load on first use -------------------------------------
 
+    def _writing(self) -> Writers:
+        with self._wiring:
+            if self._writers is None:
+                from cas.ops.writing import Writers
+
+                self._writers = Writers(self._blobs, self._catalog, self.settings, self._clock,
+                                        self._closed)
+            return self._writers
+
     def _fetching(self) -> Fetcher:
+        recorder = self._writing().recorder
         with self._wiring:
             if self._fetcher is None:
-                from cas.ops.fetch import Fetcher
+                from cas.ops.writing import fetching
 
-                if self.settings.offline:  # no downloader, no tier: cas/transfer/ is not called
-                    self._fetcher = Fetcher(self._blobs, self._catalog, None, self._recorder,
-                                            clock=self._clock)
-                    return self._fetcher
-                from cas.transfer.http import Downloader
-
-                settings = self.settings
-                downloader = self._downloader or Downloader(
-                    self._blobs.tmp, self._blobs.locks, timeout=settings.download_timeout,
-                    retries=settings.retries, max_size=settings.max_cache_size,
+                self._fetcher, self._tier = fetching(
+                    self._blobs, self._catalog, self.settings, recorder, self._clock,
+                    self._downloader, self._remote_client,
                 )  # fmt: skip
-                if self._remote_client is not None or settings.remote is not None:
-                    from cas.ops.tier import RemoteTier
-                    from cas.transfer.s3 import Remote
-
-                    remote = self._remote_client or Remote(
-                        settings.remote or "", timeout=settings.download_timeout,
-                        retries=settings.retries,
-                    )  # fmt: skip
-                    self._tier = RemoteTier(remote, self._blobs, self._catalog, self._recorder,
-                                            downloader.single_flight, push=settings.remote_push,
-                                            clock=self._clock)  # fmt: skip
-                self._fetcher = Fetcher(self._blobs, self._catalog, downloader, self._recorder,
-                                        tier=self._tier, clock=self._clock)
             return self._fetcher
 
     def _remote_tier(self, doing: str) -> RemoteTier:
@@ -218,7 +217,7 @@ class Store:
         Content already stored is not written again. Raises NotFound for a missing source
         file, UsageError for a folder or a bad name.
         """
-        return self._putter.put(source, name)
+        return self._writing().putter.put(source, name)
 
     def put_many(self, sources: Mapping[str, Source] | Iterable[Source]) -> list[str]:
         """Store many contents at once; return their digests, in order.
@@ -229,15 +228,15 @@ class Store:
         one transaction, and its staged files are made durable by one filesystem sync instead
         of an fsync each. A bad item raises before its batch is recorded; earlier batches stay.
         """
-        return self._putter.put_many(sources)
+        return self._writing().putter.put_many(sources)
 
     def tag(self, name: str, ref: str) -> str:
         """Point ``name`` at the blob ``ref`` names; return the digest."""
-        return self._names.tag(name, ref)
+        return self._writing().names.tag(name, ref)
 
     def untag(self, name: str) -> None:
         """Remove a name; its blob stays. Raises NotFound for an unknown name."""
-        self._names.untag(name)
+        self._writing().names.untag(name)
 
     def remove(self, ref: str, *, force: bool = False) -> list[str]:
         """Remove a name or a digest; return the digests whose files were removed.
@@ -245,7 +244,7 @@ class Store:
         A digest removes the blob and every name pointing at it. A name removes the name, and
         its blob too when no other name points at it.
         """
-        return self._names.remove(ref, force=force)
+        return self._writing().names.remove(ref, force=force)
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -296,6 +295,25 @@ class Store:
             url, name=name, blake3=blake3, sha256=sha256, size=size, progress=progress
         ).digest
 
+    def stored(self, url: str | None = None, *, name: str | None = None,
+               blake3: str | None = None, sha256: str | None = None,
+               size: int | None = None) -> str | None:
+        """The digest of stored content that satisfies a fixture, without network: what
+        ``fetch`` with these arguments would serve from the store alone; None when nothing
+        stored matches every expected digest and size.
+
+        As ``fetch``, a SHA-256 not yet known for a stored blob is computed from its file, and
+        ``name`` is pointed at what is found when ``url`` is given too. Without ``url`` only
+        ``name``'s blob and the expected digests are looked at, and the name is left as it is.
+        Raises UsageError for a malformed digest or size, IntegrityError when a stored blob is
+        the expected BLAKE3 but not the expected SHA-256 or size.
+        """
+        from cas.ops.fetch import expectation
+
+        expected = expectation(blake3, sha256, size)
+        found = self._fetching().stored(url, name, expected)
+        return found.digest if found is not None else None
+
     def _fetch(self, url: str, *, name: str | None = None, blake3: str | None = None,
                sha256: str | None = None, size: int | None = None,
                progress: Progress | None = None) -> Fetched:
@@ -305,7 +323,7 @@ class Store:
         except OSError as error:  # e.g. the lock or staging file of a full or read-only disk
             raise os_error(error, f"cannot fetch {url}") from error
         if fetched.stored is not None:
-            self._upkeep.after_write(fetched.stored)
+            self._writing().upkeep.after_write(fetched.stored)
         return fetched
 
     def sync(self, manifest_path: str | os.PathLike[str], jobs: int = 4) -> dict[str, str]:
@@ -354,7 +372,7 @@ class Store:
         tier = self._remote_tier("cannot pull")
         report = tier.pull([refs] if isinstance(refs, str) else refs, manifest)
         if report.stored is not None:
-            self._upkeep.after_write(report.stored)
+            self._writing().upkeep.after_write(report.stored)
         return report
 
     # -- metrics -------------------------------------------------------------------------------
@@ -401,11 +419,11 @@ class Store:
 
     def pin(self, ref: str) -> None:
         """Pin a name (or every name of a digest): its blob is never removed by cleanup."""
-        self._names.set_pinned(ref, True)
+        self._writing().names.set_pinned(ref, True)
 
     def unpin(self, ref: str) -> None:
         """Undo ``pin``."""
-        self._names.set_pinned(ref, False)
+        self._writing().names.set_pinned(ref, False)
 
     def gc(self, max_size: int | None = None, max_age: float | None = None,
            dry_run: bool = False) -> Plan:
@@ -416,22 +434,26 @@ class Store:
         for ``max_age`` go. Leased, pinned and recently used blobs always stay. Expired and
         dead holders' leases, and staging debris, are cleaned too.
         """
+        from cas.ops.eviction import Limits
+
         limits = Limits.of(self.settings, max_size, max_age)
+        cleaner = self._writing().cleaner
         if dry_run:
             self._catalog.flush()  # accesses waiting in memory count, as in a real run
-            return self._cleaner.survey(limits)
-        return self._cleaner.run(limits)
+            return cleaner.survey(limits)
+        return cleaner.run(limits)
 
     def wait_for_cleanup(self) -> None:
         """Wait until an automatic cleanup started by a write has finished."""
-        self._upkeep.wait()
+        if self._writers is not None:
+            self._writers.upkeep.wait()
 
     def maintenance(self, interval: float | None = None
                     ) -> AbstractContextManager[threading.Thread]:  # fmt: skip
         """Run cleanup every ``interval`` (default ``cleanup_interval``) in a background thread
         for the duration of the ``with`` block. Raises UsageError for an interval that
         ``cleanup_interval`` would refuse (under 1 s: cleaning in a tight loop)."""
-        return self._upkeep.maintenance(interval)
+        return self._writing().upkeep.maintenance(interval)
 
 
 def _weakly(method: Callable[..., object]) -> Callable[..., object]:

@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 # The userinfo of an absolute URL, for text that urlsplit cannot parse (a bad IPv6 literal):
 # everything between "//" and the last "@" of the authority (which ends at / ? or #).
-_USERINFO = re.compile(r"(?<=//)[^/?#]*@")
+_USERINFO = r"(?<=//)[^/?#]*@"  # compiled and cached by re on first use, not at import
 
 
 def split_credentials(url: str) -> tuple[str, str | None]:
@@ -27,7 +27,7 @@ def split_credentials(url: str) -> tuple[str, str | None]:
     try:
         parts = urlsplit(url)
     except ValueError:
-        return _USERINFO.sub("", url, count=1), None
+        return re.sub(_USERINFO, "", url, count=1), None
     if "@" not in parts.netloc:
         return url, None
     userinfo, _, host = parts.netloc.rpartition("@")

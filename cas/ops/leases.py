@@ -69,7 +69,7 @@ class LeaseKeeper:
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
-        self.holder: Holder = this_process()
+        self._holder: Holder | None = None  # on the first lease: a read takes none
         self._forks = forks()
 
     def acquire(self, conn: Connection, digest: str) -> int:
@@ -142,12 +142,14 @@ class LeaseKeeper:
 
     def _current_holder(self) -> Holder:
         if forks() != self._forks:  # forked: the child is a holder of its own
-            self.holder = this_process()
+            self._holder = this_process()
             self._forks = forks()
             with self._lock:
                 self._held = set()
                 self._thread = None
-        return self.holder
+        if self._holder is None:
+            self._holder = this_process()
+        return self._holder
 
 
 def dead_leases(conn: Connection, now: float) -> list[int]:

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import BinaryIO, NamedTuple, Protocol
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 
 from cas.errors import IntegrityError, NotFound, UsageError
 from cas.ops.leases import dead_leases
-from cas.ops.record import Clock
 from cas.refs import check_name, is_digest, is_digest_prefix
 from cas.settings import Settings
 from cas.storage import queries as q
@@ -24,6 +23,9 @@ from cas.storage.blobs import BlobStore, quarantined
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.metrics import Counter, Stats, Usage
 from cas.storage.staging import staging_debris, staging_usage
+
+if TYPE_CHECKING:
+    from cas.ops.record import Clock
 
 log = logging.getLogger("cas")
 

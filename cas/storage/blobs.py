@@ -16,7 +16,6 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -30,8 +29,9 @@ from cas.storage.hashing import hash_fd
 from cas.storage.layout import Layout, blob_location, quarantine_name, shard_of
 from cas.storage.staging import BLOB_MODE, DEBRIS_AGE, Staged, Staging
 
-_SHARD = re.compile(r"[0-9a-f]{2}")
-_BLOB_NAME = re.compile(r"[0-9a-f]{64}")
+# Patterns as strings: re compiles and caches them on first use (a scan), not at import.
+_SHARD = r"[0-9a-f]{2}"
+_BLOB_NAME = r"[0-9a-f]{64}"
 #: How old a read's check of a folder may be, in seconds. Writes re-check a folder at every use;
 #: a look-up trusting a check this recent saves a lstat, 15 % of its cost (benchmarks/suite_small).
 READ_RECHECK = 1.0
@@ -298,7 +298,7 @@ class BlobStore:
                 info = os.stat(name, dir_fd=blobs, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            kind = _kind(info, _SHARD.fullmatch(name) is not None, folder=True)
+            kind = _kind(info, re.fullmatch(_SHARD, name) is not None, folder=True)
             if kind != "shard":
                 yield Found(self.blobs_dir / name, kind, info)
                 continue
@@ -310,7 +310,8 @@ class BlobStore:
                 for entry in list_names(fd):
                     with contextlib.suppress(FileNotFoundError):
                         info = os.stat(entry, dir_fd=fd, follow_symlinks=False)
-                        named = _BLOB_NAME.fullmatch(entry) is not None and entry.startswith(name)
+                        named = (re.fullmatch(_BLOB_NAME, entry) is not None
+                                 and entry.startswith(name))
                         kind = _kind(info, named, folder=False)
                         yield Found(self.blobs_dir / name / entry, kind, info,
                                     entry if kind == "blob" else None)
@@ -370,7 +371,7 @@ class BlobStore:
                 return None
             folder, name = entry
             target = quarantine_name(found.path.relative_to(self.blobs_dir).as_posix(),
-                                     time.strftime("%Y%m%dT%H%M%S"), secrets.token_hex(3))
+                                     time.strftime("%Y%m%dT%H%M%S"), os.urandom(3).hex())
             quarantine = self.quarantine_folder.fd()
             # the entry itself moves: a symlink is not followed
             os.rename(name, target, src_dir_fd=folder, dst_dir_fd=quarantine)

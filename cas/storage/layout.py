@@ -14,7 +14,6 @@ they are the on-disk format that older and newer cas versions share.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,6 +98,8 @@ def blob_location(blobs_prefix: str, digest: str) -> str:
 def download_key(key: str) -> str:
     """The file-name stem for a download of ``key`` (a URL or an expected digest): partials
     are ``<stem>-<token>.part``, their single-flight lock ``locks/<stem>.lock``."""
+    import hashlib
+
     return DOWNLOAD_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:32]
 
 

@@ -8,8 +8,7 @@ is provably of this place (same host name, boot and PID namespace, and a ``/proc
 namespace to look in) and its pid now runs no process started when it did, or a zombie. Any
 other holder is never judged dead: its leases expire and its staging files age out instead.
 
-The start time guards against pid reuse. A zombie has exited: it holds nothing (issue 13, item
-10: two owners of this fact once answered differently for a zombie).
+The start time guards against pid reuse. A zombie has exited: it holds nothing.
 
 The on-disk records stay those of version 2 of the schema: a lease's ``host`` column holds the
 place (``<host name>/<boot id>/<PID namespace>``), which an older cas compares with its bare
@@ -18,10 +17,8 @@ host name, finds different, and so leaves to expiry, which is safe.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import socket
 from dataclasses import dataclass
 from functools import cache
 
@@ -81,6 +78,8 @@ def _namespace() -> str:
 @cache
 def _place_of(pid: int) -> str:
     # Per pid: a child forked after unshare(CLONE_NEWPID) lives in another namespace.
+    import socket
+
     boot = _read("/proc/sys/kernel/random/boot_id")
     return f"{socket.gethostname()}/{boot}/{_namespace()}"
 
@@ -162,15 +161,18 @@ def is_dead(holder: Holder) -> bool:
     return bool(holder.started) and bool(started) and abs(started - holder.started) > 1.0
 
 
-# -- staging files named by their writer (issue 6) ----------------------------------------------
+# -- staging files named by their writer ---------------------------------------------------------
 # A staging file's name says which process writes it, so that cleanup removes a killed writer's
 # files at once instead of after a day, and never a live writer's. Partial downloads are named
 # so too (``dl-<key>-<tag><random>.part`` and its sidecar).
 
-_TAG = re.compile(r"(?:^|-)([0-9a-f]{16})\.(\d+)\.(\d+)-")
+#: A pattern string, compiled and cached by re on first use (a scan of tmp/), not at import.
+_TAG = r"(?:^|-)([0-9a-f]{16})\.(\d+)\.(\d+)-"
 
 
 def _place_hash(where: str) -> str:
+    import hashlib
+
     return hashlib.blake2s(where.encode(), digest_size=8).hexdigest()
 
 
@@ -189,7 +191,7 @@ def written_by_dead_process(name: str) -> bool:
     """Whether the file ``name``, which carries a ``staging_tag`` after its prefix (``put-``,
     ``dl-<key>-``), was written by a process that ``is_dead``. Names without a tag, or with
     the tag of another place (an older cas, another PID namespace, host or boot), never are."""
-    match = _TAG.search(name)
+    match = re.search(_TAG, name)
     if match is None or match[1] != _place_hash(place()):
         return False
     return is_dead(Holder(place(), int(match[2]), float(match[3])))
@@ -197,5 +199,5 @@ def written_by_dead_process(name: str) -> bool:
 
 def written_by_this_process(name: str) -> bool:
     """Whether the file ``name`` carries this process's ``staging_tag``."""
-    match = _TAG.search(name)
+    match = re.search(_TAG, name)
     return match is not None and match.group(0).lstrip("-") == staging_tag()

@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import secrets
-import shutil
 import stat
 import time
 from collections.abc import Callable, Iterator
@@ -87,7 +85,7 @@ class Staging:
             raise StoreError(f"store root {self.layout.root} is not writable ({self.read_only})")
         # Named by its writer, so that cleanup can remove a killed writer's file at once; 64
         # random bits make the name unique (O_EXCL would refuse a collision).
-        name = put_name(staging_tag(), secrets.token_hex(8))
+        name = put_name(staging_tag(), os.urandom(8).hex())
         tmp = self.tmp.fd()
         fd = os.open(name, _NEW_FILE, 0o600, dir_fd=tmp)
         try:
@@ -172,6 +170,8 @@ class Staging:
         folder = (self.locks if in_locks else self.tmp).fd()
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             if entry.is_dir(follow_symlinks=False):
+                import shutil  # rare: a folder left in tmp/ or locks/
+
                 shutil.rmtree(entry.name, dir_fd=folder)
             else:
                 os.unlink(entry.name, dir_fd=folder)

@@ -231,7 +231,8 @@ def test_flag_errors_name_the_flag(tmp_path: Path, args: list[str], flag: str) -
 CALLS: dict[str, tuple[Any, ...]] = {
     "put": (b"x",), "put_many": ([b"x"],), "tag": ("n", "k"), "untag": ("k",), "remove": ("k",),
     "path": ("k",), "open_blob": ("k",), "read_bytes": ("k",), "entries": (),
-    "fetch": ("http://127.0.0.1:9/x",), "sync": ("m.toml",), "sync_report": ("m.toml",),
+    "fetch": ("http://127.0.0.1:9/x",), "stored": ("http://127.0.0.1:9/x",),
+    "sync": ("m.toml",), "sync_report": ("m.toml",),
     "push": (), "pull": (),
     "stats": (), "verify": (), "lease": ("k",), "pin": ("k",), "unpin": ("k",), "gc": (),
     "wait_for_cleanup": (), "maintenance": (), "flush": (),

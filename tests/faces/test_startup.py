@@ -20,9 +20,9 @@ import cas
 #: Libraries that cost tens to hundreds of milliseconds to import, each needed by few commands.
 HEAVY = ("sqlalchemy", "urllib3", "boto3", "botocore", "tqdm")
 
-#: Runs the command line in this interpreter, then prints the heavy packages it loaded as JSON
-#: on the last line of stderr. ``argv[1]`` shifts the clock by that many seconds first (so a
-#: stored last access looks stale), the rest is the command line.
+#: Runs the command line in this interpreter, then prints every module it loaded, then the heavy
+#: packages among them, as JSON on the last two lines of stderr. ``argv[1]`` shifts the clock by
+#: that many seconds first (so a stored last access looks stale), the rest is the command line.
 _PROBE = textwrap.dedent(
     """
     import json, sys, time
@@ -42,19 +42,45 @@ _PROBE = textwrap.dedent(
             raise
     finally:
         heavy = sorted({name.split(".")[0] for name in sys.modules} & set(HEAVY))
+        print(json.dumps(sorted(sys.modules)), file=sys.stderr)
         print(json.dumps(heavy), file=sys.stderr)
     """
 ).replace("HEAVY", repr(HEAVY))
 
 
-def loaded(*args: str, shift: float = 0.0) -> tuple[set[str], str]:
-    """The heavy packages a fresh process loaded running ``cas ARGS``, and its stdout."""
+def _probe(*args: str, shift: float) -> tuple[list[str], str]:
+    """The last lines of stderr and the stdout of a fresh process running ``cas ARGS``."""
     result = subprocess.run(
         [sys.executable, "-c", _PROBE, str(shift), *args],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    return set(json.loads(result.stderr.splitlines()[-1])), result.stdout
+    return result.stderr.splitlines()[-2:], result.stdout
+
+
+def loaded(*args: str, shift: float = 0.0) -> tuple[set[str], str]:
+    """The heavy packages a fresh process loaded running ``cas ARGS``, and its stdout."""
+    lines, stdout = _probe(*args, shift=shift)
+    return set(json.loads(lines[-1])), stdout
+
+
+def every_module(*args: str, shift: float = 0.0) -> tuple[set[str], str]:
+    """Every module a fresh process loaded running ``cas ARGS``, and its stdout."""
+    lines, stdout = _probe(*args, shift=shift)
+    return set(json.loads(lines[0])), stdout
+
+
+#: What `cas path NAME` must not load: the operations that write, clean up, fetch or verify
+#: (Store wires them on first use), and standard-library modules only rare paths need (click
+#: loads ``inspect`` and ``uuid`` itself; ``cas cat`` copies with ``shutil``).
+NOT_ON_THE_PATH_ROUTE = (
+    "cas.ops.put", "cas.ops.record", "cas.ops.names", "cas.ops.cleanup", "cas.ops.eviction",
+    "cas.ops.upkeep", "cas.ops.fetch", "cas.ops.tier", "cas.ops.manifest", "cas.ops.verify",
+    "cas.ops.writing",
+    "cas.transfer", "cas.render", "cas.progress",
+    "platformdirs", "tomllib", "difflib", "hashlib", "socket", "secrets", "shutil", "tempfile",
+    "concurrent.futures",
+)
 
 
 @pytest.fixture
@@ -110,3 +136,16 @@ def test_path_loads_no_http_client(named: Path) -> None:
     """`cas path NAME` never loads urllib3 either: a look-up needs no network."""
     modules, _ = loaded("--root", str(named), "path", "fixture")
     assert modules == set(), modules
+
+
+@pytest.mark.parametrize("command", ["path", "cat"])
+@pytest.mark.parametrize("shift", [0.0, 3600.0])
+def test_reading_loads_no_write_fetch_or_rare_module(named: Path, command: str,
+                                                     shift: float) -> None:
+    """`cas path NAME` and `cas cat NAME`, on a warm store or writing a stale access at close,
+    load only what reading needs: no write or cleanup operation, no fetch, and none of the
+    standard-library modules that only rare paths use."""
+    modules, output = every_module("--root", str(named), command, "fixture", shift=shift)
+    assert output.strip().endswith("a fixture" if command == "cat" else "")
+    unwanted = set(NOT_ON_THE_PATH_ROUTE) - ({"shutil"} if command == "cat" else set())
+    assert modules.isdisjoint(unwanted), modules & unwanted

@@ -61,6 +61,36 @@ def test_known_content_needs_no_network(fstore: cas.Store, server: Server) -> No
     assert fstore.path("by-sha").read_bytes() == BODY
 
 
+def test_stored_answers_from_the_store_alone(root: Path, server: Server) -> None:
+    """``Store.stored`` says which stored content satisfies a fixture, checking every expected
+    value, names it as a fetch would, and never asks the network (a downloader that is never
+    called proves it)."""
+    url, other = server.add("/a.bin", BODY), server.url("/elsewhere")
+    with cas.Store.open(root, downloader=fast(root)) as store:
+        digest = store.fetch(url, sha256=_sha(BODY))
+    with cas.Store.open(root, downloader=_NoNetwork()) as store:  # type: ignore[arg-type]
+        assert store.stored(other, name="a", sha256=_sha(BODY), size=len(BODY)) == digest
+        assert store.path("a").read_bytes() == BODY  # named, as a fetch names it
+        assert store.stored(url) == digest  # the URL's last content
+        assert store.stored(blake3=digest) == digest
+        assert store.stored(name="a", sha256=_sha(BODY)) == digest
+        assert store.stored(other, name="b", sha256=_sha(b"other content")) is None
+        assert store.stored(blake3=_b3(b"other content")) is None
+        assert "b" not in {entry.name for entry in store.entries()}
+        with pytest.raises(cas.IntegrityError):
+            store.stored(blake3=digest, sha256=_sha(b"other content"))
+        with pytest.raises(cas.UsageError, match="not 64 hexadecimal digits"):
+            store.stored(blake3="abc")
+    assert server.requests("/a.bin") == 1 and server.requests("/elsewhere") == 0
+
+
+class _NoNetwork:
+    """A downloader that fails the test if anything asks it for a transfer."""
+
+    def __getattr__(self, name: str) -> object:
+        raise AssertionError(f"the network was asked for ({name})")
+
+
 def test_inconsistent_expected_digests_fail_without_network(
     fstore: cas.Store, server: Server
 ) -> None:
