@@ -96,10 +96,17 @@ def test_offline_skips_when_asked(pytester: pytest.Pytester, server: Server, tmp
     assert server.requests("/data.bin") == 0
 
 
-def test_offline_fails_without_the_option(pytester: pytest.Pytester, server: Server,
-                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Without the skip option, an unavailable fixture is an error naming it; the marker skips."""
-    monkeypatch.setenv("CAS_AUTO_DOWNLOAD", "false")
+@pytest.mark.parametrize(("variable", "says"), [
+    ("CAS_AUTO_DOWNLOAD=false", "*FixtureUnavailable*data/big*"),
+    ("CAS_OFFLINE=1", "*FixtureUnavailable*data/big*cas is offline*"),
+], ids=["auto-download-off", "offline"])
+def test_unavailable_fixture_fails_without_the_option(
+    pytester: pytest.Pytester, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    variable: str, says: str,
+) -> None:
+    """Without the skip option, an unavailable fixture (auto_download off, or cas offline) is an
+    error naming it; the marker skips it; the origin sees no request."""
+    monkeypatch.setenv(*variable.split("="))
     _manifest(pytester, server)
     _ini(pytester, tmp_path / "store")
     pytester.makepyfile("""
@@ -114,7 +121,8 @@ def test_marked(cas_fixture):
 """)
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
     result.assert_outcomes(failed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*FixtureUnavailable*data/big*"])
+    result.stdout.fnmatch_lines([says])
+    assert server.requests("/data.bin") == 0
 
 
 def test_offline_serves_what_is_cached(pytester: pytest.Pytester, server: Server,
@@ -272,30 +280,6 @@ def test_a_manifest_url_is_one_usage_error(pytester: pytest.Pytester, tmp_path: 
     output = result.stdout.str() + result.stderr.str()
     assert output.count("is a URL (https://example.org/fixtures.toml)") == 1, output
     assert "hunter2" not in output and "Traceback" not in output
-
-
-def test_offline_plugin_fails_missing_fixtures_without_a_request(
-    pytester: pytest.Pytester, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """With CAS_OFFLINE=1 (auto_download on), a missing fixture fails saying cas is offline,
-    or skips when asked; the origin sees no request."""
-    monkeypatch.setenv("CAS_OFFLINE", "1")
-    _manifest(pytester, server)
-    _ini(pytester, tmp_path / "store")
-    pytester.makepyfile("""
-import pytest
-
-def test_fails(cas_fixture):
-    cas_fixture("data/big")
-
-@pytest.mark.cas_skip_unavailable
-def test_marked(cas_fixture):
-    cas_fixture("data/big")
-""")
-    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
-    result.assert_outcomes(failed=1, skipped=1)
-    result.stdout.fnmatch_lines(["*FixtureUnavailable*data/big*cas is offline*"])
-    assert server.requests("/data.bin") == 0
 
 
 def test_offline_plugin_serves_stored_fixtures(pytester: pytest.Pytester, server: Server,
