@@ -21,7 +21,7 @@ catalog, logs and messages get the URL without them (cas/urls.py).
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cas.errors import DownloadError, IntegrityError, UsageError, offline_error, os_error
 from cas.ops.record import Clock, Fetched, Recorder
@@ -30,9 +30,11 @@ from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.metrics import Counter
-from cas.transfer.http import Downloader
 from cas.transfer.request import Expected, Progress, check_url
 from cas.urls import redact
+
+if TYPE_CHECKING:
+    from cas.transfer.http import Downloader  # given by the store: urllib3 loads with it
 
 log = logging.getLogger("cas")
 

@@ -96,6 +96,14 @@ def test_importing_the_pytest_plugin_loads_nothing_heavy() -> None:
     assert loaded("--import-plugin")[0] == set()
 
 
+def test_the_harness_loads_no_http_client_until_a_fetch() -> None:
+    """A test session that only reads stored fixtures pays for no HTTP client."""
+    probe = "import sys, cas.harness; print(sorted(m for m in HEAVY if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", probe.replace("HEAVY", repr(HEAVY))],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize("flag", ["--version", "--help"])
 def test_version_and_help_load_nothing_heavy(flag: str) -> None:
     """`cas --version` and `cas --help` load no store, and `--help` still lists every command."""
