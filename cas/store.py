@@ -1,15 +1,10 @@
 """The public face of a store: ``Store`` opens the files, wires the operations of ``cas/ops/``
 and delegates to them (docs/architecture.md lists them).
 
-Imports are deferred on purpose: ``cas path`` is called in loops by scripts, and opening a store
-to read from it must cost little more than the SELECT and lstat it does. Only reading (ops/lookup,
-ops/leases) is imported here; the operations that write or clean up (put, names, upkeep,
-cleanup, eviction), fetch and its HTTP client, the remote tier, manifests and verify are
-imported and wired when a method first needs them (tests/faces/test_startup.py checks it).
-
-Seams for tests and tools: ``Store.open(downloader=, remote_client=, clock=)`` replace the
-HTTP client, the remote tier's client, and the wall time the store reads (last access, leases,
-eviction ages).
+Imports are deferred on purpose: opening a store to read from it (``cas path`` in a script's
+loop) imports only reading (ops/lookup, ops/leases); writing, cleanup, fetch with its HTTP
+client, the remote tier, manifests and verify load when a method first needs them
+(tests/faces/test_startup.py checks it).
 """
 
 from __future__ import annotations
@@ -123,17 +118,13 @@ class Store:
         """Open (creating if needed) the store at ``root``, else ``$CAS_HOME`` or the user cache.
 
         ``settings`` override every other source; ``config_file`` and ``profile`` take the place
-        of CAS_CONFIG and CAS_PROFILE (cas/settings.py). A store that cannot be written opens
-        read-only (storage/opening.py). Raises ConfigError for a bad setting, StoreError when the
-        root cannot be used, CatalogError when catalog.db cannot or is on NFS or SMB.
-        ``given_as`` labels these arguments in errors (the CLI passes "command line", so that
-        they name its --config and --profile flags).
+        of CAS_CONFIG and CAS_PROFILE; ``given_as`` labels them in errors. A store that cannot
+        be written opens read-only. Raises ConfigError for a bad setting, StoreError when the
+        root cannot be used, CatalogError when catalog.db cannot (or is on NFS or SMB).
 
-        Seams: ``downloader`` replaces the HTTP client built from the settings,
-        ``remote_client`` the remote tier's client (a ``cas.transfer.s3.Remote``; a tier is
-        used with it even when the ``remote`` setting is unset), and ``clock`` (a callable
-        returning seconds since the epoch) the wall time read for last access, leases and
-        eviction ages.
+        Seams: ``downloader`` replaces the HTTP client, ``remote_client`` the remote tier's
+        client (a ``cas.transfer.s3.Remote``; used even without the ``remote`` setting), and
+        ``clock`` (seconds since the epoch) the wall time of last access, leases and eviction.
         """
         path = Path(root).expanduser() if root is not None else default_root()
         path = path.absolute()
