@@ -35,6 +35,7 @@ from cas.storage.processes import forks
 from cas.transfer import USER_AGENT
 from cas.transfer.flight import heartbeat, single_flight
 from cas.transfer.partial import Partial
+from cas.transfer.proxies import Proxies, configured
 from cas.transfer.request import SCHEMES, Download, Expected, Progress, check_url
 from cas.transfer.responses import (
     check_continuation,
@@ -117,16 +118,23 @@ class Downloader:
         self._ca_certs = os.fspath(ca_bundle) if ca_bundle is not None else None
         self._forks = forks()
         self._pool = pool_manager(self._ca_certs)
+        # Proxies from HTTP_PROXY, HTTPS_PROXY, NO_PROXY (transfer/proxies.py); None when unset.
+        environment = configured()
+        self._proxies = Proxies(environment, self._pool) if environment else None
 
     def _check_fork(self) -> None:
         # A forked child must not talk over its parent's pooled keep-alive sockets.
         if forks() != self._forks:
             self._pool = pool_manager(self._ca_certs)
+            if self._proxies is not None:
+                self._proxies.clear(self._pool)
             self._forks = forks()
 
     def close(self) -> None:
         """Close pooled connections."""
         self._pool.clear()
+        if self._proxies is not None:
+            self._proxies.clear()
 
     # -- single flight ---------------------------------------------------------------------------
 
@@ -404,8 +412,9 @@ class Downloader:
             retry_after_max=self.retry_after_max,
         )
         retry.label, retry.before = url, budget.used
+        pool, via = (self._pool, "") if self._proxies is None else self._proxies.route(url)
         try:
-            response = self._pool.urlopen(
+            response = pool.urlopen(
                 "GET",
                 url,
                 headers={**self._headers, **headers},
@@ -426,7 +435,7 @@ class Downloader:
         except MaxRetryError as error:
             budget.used = budget.retries
             raise DownloadError(
-                f"download of {url} failed after {budget.attempts} attempts:"
+                f"download of {url}{via} failed after {budget.attempts} attempts:"
                 f" {describe(error.reason)}",
                 url=url,
                 status=budget.status,
@@ -434,7 +443,7 @@ class Downloader:
             ) from error
         except HTTPError as error:
             raise DownloadError(
-                f"{url}: {describe(error)}", url=url, attempts=budget.attempts
+                f"{url}{via}: {describe(error)}", url=url, attempts=budget.attempts
             ) from error
         if isinstance(response.retries, Retry):
             budget.used += len(response.retries.history)
