@@ -49,7 +49,7 @@ class Proxies:
         parts = urlsplit(url)
         proxy = self._environment.get(parts.scheme.lower())
         bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]
-        if not proxy or bypass(parts.netloc, self._environment):
+        if not proxy or bypass(parts.netloc.rpartition("@")[2], self._environment):
             return None
         return proxy if "://" in proxy else f"http://{proxy}"
 

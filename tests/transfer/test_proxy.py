@@ -218,6 +218,23 @@ def test_without_proxy_variables_nothing_is_set_up(environment: pytest.MonkeyPat
     assert configured() == {"no": "example.org"}
 
 
+def test_proxy_urls_as_users_write_them() -> None:
+    """A proxy without a scheme is an http proxy; another scheme (socks5) is a UsageError
+    that names the proxy without its credentials."""
+    import urllib3
+
+    from cas.transfer.proxies import Proxies
+
+    proxies = Proxies({"http": "proxy:3128", "https": f"socks5://u:{SECRET}@proxy:1080",
+                       "no": "direct.example"}, urllib3.PoolManager())  # fmt: skip
+    assert proxies.proxy_for("http://files.example/a") == "http://proxy:3128"
+    assert proxies.proxy_for("http://u:p@direct.example/a") is None
+    assert proxies.route("http://direct.example/a")[1] == ""
+    with pytest.raises(cas.UsageError, match="socks5://proxy:1080") as info:
+        proxies.route("https://files.example/a")
+    assert SECRET not in str(info.value)
+
+
 def test_wrong_proxy_password_is_not_shown(root: Path, server: Server, proxy: Proxy,
                                            environment: pytest.MonkeyPatch,
                                            caplog: pytest.LogCaptureFixture) -> None:
