@@ -48,18 +48,16 @@ from cas.storage.catalog_file import (
     configure,
     connect,
     connect_args,
-    damaged_catalog,
     is_locked,
     read_only_query,
-    refuse_links,
     translate,
 )
 from cas.storage.folder import Folder, open_lock
 from cas.storage.lookups import Lookups
 from cas.storage.metrics import Counter
-from cas.storage.pending import ACCESS_GRANULARITY, Pending, add_counts
+from cas.storage.pending import ACCESS_GRANULARITY, Pending
 from cas.storage.processes import forks
-from cas.storage.schema import LATEST_VERSION, SCHEMA_VERSIONS, check_not_newer, migrate
+from cas.storage.schema import LATEST_VERSION, check_not_newer, migrate
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -80,12 +78,6 @@ KEPT_CONNECTIONS = 4
 
 #: What a transaction function receives: the DBAPI connection, inside its transaction.
 Connection = sqlite3.Connection
-
-__all__ = [
-    "ACCESS_GRANULARITY", "BUSY_TIMEOUT", "FLUSH_RETRY", "FLUSH_WAIT", "KEPT_CONNECTIONS",
-    "LATEST_VERSION", "SCHEMA_VERSIONS", "WRITE_DEADLINE", "Catalog", "Connection", "add_counts",
-    "damaged_catalog", "refuse_links",
-]
 
 
 #: A connection kept checked out of the pool: the pool's own entry, and its DBAPI connection.

@@ -22,7 +22,8 @@ from pathlib import Path
 from cas.errors import CatalogError, StoreError
 from cas.settings import Settings
 from cas.storage.blobs import BlobStore
-from cas.storage.catalog import Catalog, damaged_catalog, refuse_links
+from cas.storage.catalog import Catalog
+from cas.storage.catalog_file import damaged_catalog, refuse_links
 from cas.storage.layout import Layout
 
 log = logging.getLogger("cas")

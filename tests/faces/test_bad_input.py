@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import cas
-from cas.storage.catalog import LATEST_VERSION
 from cas.storage.layout import LOCKS, Layout
+from cas.storage.schema import LATEST_VERSION
 
 from tests.conftest import run_cas
 

@@ -46,6 +46,7 @@ def test_public_surface() -> None:
     documented = documented_names()
     assert {"Store", "CasError", "__version__"} <= documented  # the table was found
     assert set(cas.__all__) == documented
+    assert set(cas._HOMES) | {"__version__"} == documented  # the lazy map names the same
     assert set(dir(cas)) >= documented
     for name in cas.__all__:
         value = getattr(cas, name)

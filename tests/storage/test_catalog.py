@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import cas
-from cas.storage.catalog import LATEST_VERSION, SCHEMA_VERSIONS
 from cas.storage.layout import Layout
+from cas.storage.schema import LATEST_VERSION, SCHEMA_VERSIONS
 
 from tests.clock import Clock
 
