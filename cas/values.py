@@ -265,32 +265,36 @@ def parse_headers(value: object) -> Headers:
     if isinstance(value, Mapping):
         pairs = list(value.items())
     elif isinstance(value, list | tuple):
-        pairs = [_header_pair(item) for item in value]
+        pairs = [_header_pair(index, item) for index, item in enumerate(value, 1)]
     else:
         raise ValueError("must be a table of header names and values")
     seen: set[str] = set()
-    for name, text in pairs:
-        _check_header(name, text)
+    for index, (name, text) in enumerate(pairs, 1):
+        _check_header(index, name, text)
         if name.lower() in seen:
             raise ValueError(f"header {name} is given twice")
         seen.add(name.lower())
     return tuple((str(name), str(text)) for name, text in pairs)
 
 
-def _header_pair(item: object) -> tuple[object, object]:
+def _header_pair(index: int, item: object) -> tuple[object, object]:
+    # A line that is not "Name: value" is not shown: it may be a token with a typo.
     if isinstance(item, str):
         name, colon, text = item.partition(":")
         if not colon:
-            raise ValueError(f"{name.strip()[:40]!r} is not a 'Name: value' header") from None
+            raise ValueError(f"header {index} is not 'Name: value' (it has no colon)") from None
         return name.strip(), text.strip()
     if isinstance(item, list | tuple) and len(item) == 2:
         return item[0], item[1]
-    raise ValueError("each header must be 'Name: value'")
+    raise ValueError(f"header {index} is not 'Name: value'")
 
 
-def _check_header(name: object, text: object) -> None:
+def _check_header(index: int, name: object, text: object) -> None:
     if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
-        raise ValueError(f"{str(name)[:40]!r} is not a valid header name")
+        # Shown only if short and plain: "Authorization Bearer x" is no name, and no message.
+        plain = isinstance(name, str) and len(name) <= 30 and not any(c.isspace() for c in name)
+        shown = repr(name) if plain else f"header {index}"
+        raise ValueError(f"{shown} is not a valid header name (letters, digits and -)")
     if name.lower() in RESERVED_HEADERS:
         raise ValueError(f"header {name} is set by cas itself and cannot be given")
     if not isinstance(text, str):
