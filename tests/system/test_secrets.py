@@ -486,3 +486,20 @@ def test_https_redirect_to_plain_http_is_refused_in_one_line(
     assert len(lines) == 1 and "from https to plain http" in lines[0], lines
     assert server.requests("/a.bin") == 0
     assert_no_secret(root, result.stderr)
+
+
+def test_fixture_session_sends_a_manifest_entrys_headers(
+    root: Path, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`FixtureSession` (what the pytest plugin uses) fetches a declared fixture with its
+    entry's headers, `${VAR}` read from the environment, and records none of them."""
+    monkeypatch.setenv(TOKEN_VARIABLE, SECRET)
+    manifest = tmp_path / "fixtures.toml"
+    manifest.write_text(
+        f'[fixtures."entry"]\nurl = "{_guarded(server)}"\nsha256 = "{_sha(BODY)}"\n'
+        f'headers = {{Authorization = "Bearer ${{{TOKEN_VARIABLE}}}"}}\n'
+    )
+    with cas.FixtureSession.open(manifest, root=root) as fixtures:
+        assert fixtures.path("entry").read_bytes() == BODY
+    assert [s.status for s in server.seen("/guarded.bin")] == [200]
+    assert_no_secret(root, _catalog_dump(root))
