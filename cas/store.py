@@ -281,14 +281,10 @@ class Store:
         content still stored. Otherwise one download for all threads and processes asking at
         once, resumed after interruptions, verified against every expected value before it
         enters the store. ``name`` remembers the source, so an evicted fixture comes back.
-        ``refresh`` revalidates a URL fetched without an expected digest (a conditional
-        request; a 304 costs no body) and stores its new content if it changed; names fetched
-        from it without a digest follow. ``headers`` (``{"Authorization": "Bearer ${TOKEN}"}``
-        or ``["Name: value"]``) go with the requests to ``url``'s origin, over the ``headers``
-        setting, ``${VAR}`` read from the environment then; never recorded or shown.
-        ``progress(done, total)`` is called as bytes arrive. Raises UsageError (also for
-        ``refresh`` with an expected digest, or an unset ``${VAR}``), DownloadError,
-        IntegrityError, and NotFound offline.
+        ``refresh`` revalidates a URL fetched without a digest (a 304 costs no body); names
+        follow new content. ``headers`` (``{"Authorization": "Bearer ${TOKEN}"}``) go to the
+        URL's origin only, over the setting's, never recorded (docs/api.md). ``progress(done,
+        total)`` is told the bytes. Raises UsageError, DownloadError, IntegrityError, NotFound.
         """
         return self._fetch(url, name=name, blake3=blake3, sha256=sha256, size=size,
                            refresh=refresh, headers=headers, progress=progress).digest
@@ -327,10 +323,9 @@ class Store:
 
     def sync(self, manifest_path: str | os.PathLike[str], jobs: int = 4, *,
              update: bool = False) -> dict[str, str]:
-        """Fetch every fixture of a manifest (SPEC "Manifest"), ``jobs`` at a time; return
-        name -> digest. ``update`` refreshes the fixtures that have no hash. Raises CasError
-        naming each failed fixture after the others finished, UsageError for a bad manifest
-        (before anything is fetched)."""
+        """Fetch every fixture of a manifest, ``jobs`` at a time (``update``: refresh those
+        without a hash); return name -> digest. Raises CasError naming each failed fixture
+        after the others finished, UsageError for a bad manifest (before any fetch)."""
         report = self.sync_report(manifest_path, jobs=jobs, update=update)
         report.raise_for_failures()
         return report.digests
