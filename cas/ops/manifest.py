@@ -43,7 +43,8 @@ class Fixture:
     sha256: str | None = None
     blake3: str | None = None
     size: int | None = None
-    headers: Headers = ()  #: extra request headers; values may hold ``${VAR}``
+    #: Extra request headers; values may hold ``${VAR}``, and are secrets: not in the repr.
+    headers: Headers = field(default=(), repr=False)
 
 
 def load(path: str | os.PathLike[str]) -> list[Fixture]:

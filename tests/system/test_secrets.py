@@ -502,4 +502,9 @@ def test_fixture_session_sends_a_manifest_entrys_headers(
     with cas.FixtureSession.open(manifest, root=root) as fixtures:
         assert fixtures.path("entry").read_bytes() == BODY
     assert [s.status for s in server.seen("/guarded.bin")] == [200]
-    assert_no_secret(root, _catalog_dump(root))
+    literal = tmp_path / "literal.toml"
+    literal.write_text(f'[fixtures."x"]\nurl = "{server.url("/x")}"\n'
+                       f'headers = {{Authorization = "Bearer {SECRET}"}}\n')
+    from cas.ops import manifest as manifests
+
+    assert_no_secret(root, _catalog_dump(root), repr(manifests.load(literal)))
