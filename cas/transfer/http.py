@@ -5,7 +5,10 @@ into a private staging file under ``tmp/`` (a ``Partial``, transfer/partial.py) 
 (BLAKE3 always, SHA-256 when one is expected), checks the expected digests and size, and hands
 back a ``Staged`` file for the store to publish. Nothing here ever writes under ``blobs/``
 (guarantee 1). A broken body resumes where it stopped; the retries of requests and of bodies
-draw on one budget (transfer/retry.py); responses are whole (transfer/responses.py).
+draw on one budget (transfer/retry.py); responses are whole (transfer/responses.py). Given the
+validators of stored content (a refresh), the request is conditional, and a 304 hands back
+nothing; extra headers are made at request time and go to the URL's origin only
+(transfer/headers.py).
 
 Bounds. ``timeout`` (``download_timeout``) bounds every wait without progress: a read, a body
 slower than ``MIN_RATE`` (transfer/retry.py), the wait for a stalled single-flight holder
