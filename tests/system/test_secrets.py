@@ -508,3 +508,27 @@ def test_fixture_session_sends_a_manifest_entrys_headers(
     from cas.ops import manifest as manifests
 
     assert_no_secret(root, _catalog_dump(root), repr(manifests.load(literal)))
+
+
+def test_an_evicted_fixture_comes_back_with_the_headers_setting_only(
+    root: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Headers are never recorded: an evicted fixture read again by name is fetched with the
+    `headers` setting (its `${VAR}` read then), and without it the server refuses. A fetch
+    served from the store makes no request, so its unset `${VAR}` is no error."""
+    url = _guarded(server)
+    monkeypatch.setenv(TOKEN_VARIABLE, SECRET)
+    setting = {"Authorization": "Bearer ${" + TOKEN_VARIABLE + "}"}
+    with cas.Store.open(root, grace_period=0) as store:
+        store.fetch(url, name="fx", headers=setting)
+        store.gc(max_size=0)
+        with pytest.raises(cas.DownloadError, match="401"):
+            store.path("fx")
+    with cas.Store.open(root, grace_period=0, headers=setting) as store:
+        assert store.read_bytes("fx") == BODY
+        monkeypatch.delenv(TOKEN_VARIABLE)
+        assert store.fetch(url, headers=setting) == blake3.blake3(BODY).hexdigest()
+        with pytest.raises(cas.UsageError, match=TOKEN_VARIABLE):
+            store.fetch(url, headers=setting, refresh=True)
+    assert [s.status for s in server.seen("/guarded.bin")] == [200, 401, 200]
+    assert_no_secret(root, _catalog_dump(root))
