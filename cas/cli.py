@@ -323,9 +323,13 @@ def stats(context: Context, as_json: bool, prometheus: bool, check: bool) -> Non
 @click.option("--blake3", metavar="HEX", help="Expected BLAKE3 digest of the content.")
 @click.option("--sha256", metavar="HEX", help="Expected SHA-256 of the content.")
 @click.option("--size", type=int, help="Expected size in bytes.")
+@click.option("--refresh", is_flag=True,
+              help="Revalidate a URL fetched without a digest; store its new content.")
+@click.option("--header", "headers", metavar="'NAME: VALUE'", multiple=True,
+              help="An extra request header (repeatable); ${VAR} is read from the environment.")
 @pass_context
 def fetch(context: Context, url: str, name: str | None, blake3: str | None,
-          sha256: str | None, size: int | None) -> None:
+          sha256: str | None, size: int | None, refresh: bool, headers: tuple[str, ...]) -> None:
     """Store the content of URL (verified, resumable); print its digest."""
     from cas.progress import TransferBar  # only commands that transfer need tqdm
     from cas.urls import redact
@@ -333,9 +337,8 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
     shown = redact(url)  # a bar never shows the credentials a URL may carry
     bar = TransferBar(name or shown.rsplit("/", 1)[-1] or shown) if bars() else None
     try:
-        digest = context.store().fetch(
-            url, name=name, blake3=blake3, sha256=sha256, size=size, progress=bar
-        )
+        digest = context.store().fetch(url, name=name, blake3=blake3, sha256=sha256, size=size,
+                                       refresh=refresh, headers=list(headers), progress=bar)
     finally:
         if bar is not None:
             bar.close()
@@ -346,13 +349,14 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
 @click.argument("manifest_path", metavar="MANIFEST", type=click.Path())
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=4, show_default=True,
               help="Downloads at once.")
+@click.option("--update", is_flag=True, help="Refresh the fixtures that have no hash.")
 @pass_context
-def sync(context: Context, manifest_path: str, jobs: int) -> None:
+def sync(context: Context, manifest_path: str, jobs: int, update: bool) -> None:
     """Fetch every fixture of MANIFEST; print "<digest>  <name>" for each that is stored."""
     from cas.progress import TotalBar, TransferBar
 
     show = bars()
-    report = context.store().sync_report(manifest_path, jobs=jobs,
+    report = context.store().sync_report(manifest_path, jobs=jobs, update=update,
                                          bar=TransferBar if show else None,
                                          total_bar=TotalBar if show else None)
     for name, digest in sorted(report.digests.items()):

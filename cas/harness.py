@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shlex
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -89,18 +90,21 @@ class FixtureSession:
             if declared is not None:
                 url, blake3, sha256 = declared.url, declared.blake3, declared.sha256
                 size = declared.size
-            lease = self._lease(name, url, (blake3, sha256, size), declared is not None)
+            headers = declared.headers if declared is not None else ()
+            lease = self._lease(name, url, (blake3, sha256, size), declared is not None, headers)
             self._held[name] = lease
             return lease.path
 
-    def _lease(self, name: str, url: str | None, wanted: Wanted, declared: bool) -> Lease:
+    def _lease(self, name: str, url: str | None, wanted: Wanted, declared: bool,
+               headers: Sequence[tuple[str, str]] = ()) -> Lease:
         expected = expectation(*wanted)  # UsageError for a malformed digest or size
         described = _described(expected.blake3, expected.sha256, expected.size)
         settings = self.store.settings
         if url is not None and settings.auto_download and not settings.offline:
             # No network when the expected content is already stored.
             digest = self.store.fetch(url, name=name, blake3=expected.blake3,
-                                      sha256=expected.sha256, size=expected.size)  # fmt: skip
+                                      sha256=expected.sha256, size=expected.size,
+                                      headers=dict(headers))  # fmt: skip
             return self.store.lease(digest)
         if not described:  # nothing to check the content against: the name decides
             try:

@@ -35,11 +35,13 @@ from typing import Any, TypeVar
 from cas.errors import ConfigError
 from cas.values import (
     format_duration,
+    format_headers,
     format_size,
     format_value,
     parse_bool,
     parse_duration,
     parse_fraction,
+    parse_headers,
     parse_interval,
     parse_lease_ttl,
     parse_remote,
@@ -66,9 +68,13 @@ COMMAND_LINE = "command line"
 # -- the settings object ---------------------------------------------------------------------------
 
 
-def _setting(default: T, parse: Callable[[object], T], show: Callable[[Any], str]) -> T:
-    """A field with the function that parses and validates it, and the one that spells it."""
-    return field(default=default, metadata={"parse": parse, "show": show})
+def _setting(default: T, parse: Callable[[object], T], show: Callable[[Any], str], *,
+             secret: bool = False) -> T:
+    """A field with the function that parses and validates it, and the one that spells it.
+    A ``secret`` one (request headers) is never shown: not in a repr, an error or ``cas
+    config``, which spell its names only."""
+    return field(default=default, repr=not secret,
+                 metadata={"parse": parse, "show": show, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ class Settings:
     offline: bool = _setting(False, parse_bool, format_value)
     durable: bool = _setting(True, parse_bool, format_value)
     allow_network_fs: bool = _setting(False, parse_bool, format_value)
+    headers: tuple[tuple[str, str], ...] = _setting((), parse_headers, format_headers, secret=True)
 
     def __post_init__(self) -> None:
         for key in self.keys():
@@ -110,6 +117,11 @@ class Settings:
         show: Callable[[Any], str] = _FIELDS[key].metadata["show"]
         return show(getattr(self, key))
 
+    def public(self, key: str) -> object:
+        """The value of ``key`` for ``cas config --json``: a secret one as its header names."""
+        value = getattr(self, key)
+        return [name for name, _ in value] if _FIELDS[key].metadata["secret"] else value
+
     @property
     def low_water_bytes(self) -> int:
         """The size that size-based cleanup frees down to."""
@@ -122,9 +134,12 @@ KEYS: tuple[str, ...] = tuple(_FIELDS)
 
 
 def _show(value: object) -> str:
-    """A raw value for an error message, as TOML would write it."""
+    """A raw value for an error message, as TOML would write it; a table as its keys only (a
+    misspelt ``headers`` table must not show its tokens)."""
     import json  # here: only an error message needs it
 
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = …" for key in value) + "}"
     try:
         return json.dumps(value)
     except (TypeError, ValueError):
@@ -137,7 +152,8 @@ def _parse(key: str, value: object, where: str) -> Any:
     try:
         return parse(value)
     except ValueError as error:
-        raise ConfigError(f"{where}: {key} = {_show(value)}: {error}") from None
+        shown = "(value hidden)" if _FIELDS[key].metadata["secret"] else _show(value)
+        raise ConfigError(f"{where}: {key} = {shown}: {error}") from None
 
 
 def _unknown(key: str, value: object, where: str) -> ConfigError:
@@ -145,7 +161,9 @@ def _unknown(key: str, value: object, where: str) -> ConfigError:
 
     close = difflib.get_close_matches(key, KEYS, n=1)
     hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(KEYS)}"
-    return ConfigError(f"{where}: unknown setting {key} = {_show(value)}{hint}")
+    # A misspelt secret (``header = "Authorization: …"``) must not be shown either.
+    shown = "(value hidden)" if close and _FIELDS[close[0]].metadata["secret"] else _show(value)
+    return ConfigError(f"{where}: unknown setting {key} = {shown}{hint}")
 
 
 # -- where values come from ------------------------------------------------------------------------

@@ -270,6 +270,8 @@ class Store:
         blake3: str | None = None,
         sha256: str | None = None,
         size: int | None = None,
+        refresh: bool = False,
+        headers: Mapping[str, str] | Sequence[str] | None = None,
         progress: Progress | None = None,
     ) -> str:
         """Store the content of ``url`` (http or https); return its BLAKE3 digest.
@@ -279,12 +281,13 @@ class Store:
         content still stored. Otherwise one download for all threads and processes asking at
         once, resumed after interruptions, verified against every expected value before it
         enters the store. ``name`` remembers the source, so an evicted fixture comes back.
-        ``progress(done, total)`` is called as bytes arrive. Raises UsageError, DownloadError,
-        IntegrityError.
+        ``refresh`` revalidates a URL fetched without a digest (a 304 costs no body); names
+        follow new content. ``headers`` (``{"Authorization": "Bearer ${TOKEN}"}``) go to the
+        URL's origin only, over the setting's, never recorded (docs/api.md). ``progress(done,
+        total)`` is told the bytes. Raises UsageError, DownloadError, IntegrityError, NotFound.
         """
-        return self._fetch(
-            url, name=name, blake3=blake3, sha256=sha256, size=size, progress=progress
-        ).digest
+        return self._fetch(url, name=name, blake3=blake3, sha256=sha256, size=size,
+                           refresh=refresh, headers=headers, progress=progress).digest
 
     def stored(self, url: str | None = None, *, name: str | None = None,
                blake3: str | None = None, sha256: str | None = None,
@@ -306,34 +309,36 @@ class Store:
         return found.digest if found is not None else None
 
     def _fetch(self, url: str, *, name: str | None = None, blake3: str | None = None,
-               sha256: str | None = None, size: int | None = None,
-               progress: Progress | None = None) -> Fetched:
+               sha256: str | None = None, size: int | None = None, refresh: bool = False,
+               headers: object = None, progress: Progress | None = None) -> Fetched:
         try:
             fetched = self._fetching().fetch(url, name=name, blake3=blake3, sha256=sha256,
-                                             size=size, progress=progress)
+                                             size=size, refresh=refresh, headers=headers,
+                                             progress=progress)
         except OSError as error:  # e.g. the lock or staging file of a full or read-only disk
             raise os_error(error, f"cannot fetch {url}") from error
         if fetched.stored is not None:
             self._writing().upkeep.after_write(fetched.stored)
         return fetched
 
-    def sync(self, manifest_path: str | os.PathLike[str], jobs: int = 4) -> dict[str, str]:
-        """Fetch every fixture of a manifest (SPEC "Manifest"), ``jobs`` at a time; return
-        name -> digest. Raises CasError naming each failed fixture after the others finished,
-        UsageError for a bad manifest (before anything is fetched)."""
-        report = self.sync_report(manifest_path, jobs=jobs)
+    def sync(self, manifest_path: str | os.PathLike[str], jobs: int = 4, *,
+             update: bool = False) -> dict[str, str]:
+        """Fetch every fixture of a manifest, ``jobs`` at a time (``update``: refresh those
+        without a hash); return name -> digest. Raises CasError naming each failed fixture
+        after the others finished, UsageError for a bad manifest (before any fetch)."""
+        report = self.sync_report(manifest_path, jobs=jobs, update=update)
         report.raise_for_failures()
         return report.digests
 
     def sync_report(self, manifest_path: str | os.PathLike[str], *, jobs: int = 4,
-                    bar: Callable[[str], Bar] | None = None,
+                    update: bool = False, bar: Callable[[str], Bar] | None = None,
                     total_bar: Callable[[int], Total] | None = None) -> SyncReport:
         """Fetch every fixture of a manifest as ``sync`` does, and return the report (what was
         fetched, already present, or failed) instead of raising for failures. ``bar(name)``
         and ``total_bar(count)`` make progress bars: one a transfer, one in total."""
         from cas.ops import manifest
 
-        return manifest.sync(self._fetch, manifest_path, jobs=jobs, bar=bar,
+        return manifest.sync(self._fetch, manifest_path, jobs=jobs, update=update, bar=bar,
                              total_bar=total_bar)
 
     # -- the remote tier -----------------------------------------------------------------------

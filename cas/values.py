@@ -217,3 +217,107 @@ def format_value(value: object) -> str:
     import json  # here: only ``cas config`` spells values
 
     return json.dumps(value) if isinstance(value, bool | int | float | str) else "none"
+
+
+# -- request headers -------------------------------------------------------------------------------
+
+#: A header name: an HTTP token (RFC 9110).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: In a header value: ``${NAME}`` (an environment variable), or ``$${`` (a literal ``${``).
+_TOKEN = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: Headers cas sends itself (framing, encoding, ranges, validators, the proxy's credentials):
+#: an extra header may not replace them.
+RESERVED_HEADERS = frozenset({
+    "accept-encoding", "connection", "content-length", "host", "if-match", "if-modified-since",
+    "if-none-match", "if-range", "if-unmodified-since", "keep-alive", "proxy-authorization",
+    "range", "te", "trailer", "transfer-encoding", "upgrade",
+})  # fmt: skip
+
+#: Extra request headers: (name, value) pairs, values possibly holding ``${VAR}`` tokens.
+Headers = tuple[tuple[str, str], ...]
+
+
+def parse_headers(value: object) -> Headers:
+    """Extra request headers from a table (``{"Authorization": "Bearer ${TOKEN}"}``), a JSON
+    object, ``Name: value`` lines (a string, or a list of them), or (name, value) pairs.
+
+    Names are HTTP tokens, not one of ``RESERVED_HEADERS``, each given once (in any case);
+    values are strings without control characters, in which ``${VAR}`` is an environment
+    variable read when the request is made (``$${`` is a literal ``${``; any other ``$`` is
+    itself). A message names the
+    header, never its value: values hold tokens.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            import json  # here: only a JSON object of headers needs it
+
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise ValueError("is not a valid JSON object of headers") from None
+            if not isinstance(value, dict):
+                raise ValueError("must be a JSON object of headers") from None
+        else:
+            value = [line for line in text.splitlines() if line.strip()]
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, list | tuple):
+        pairs = [_header_pair(index, item) for index, item in enumerate(value, 1)]
+    else:
+        raise ValueError("must be a table of header names and values")
+    seen: set[str] = set()
+    for index, (name, text) in enumerate(pairs, 1):
+        _check_header(index, name, text)
+        if name.lower() in seen:
+            raise ValueError(f"header {name} is given twice")
+        seen.add(name.lower())
+    return tuple((str(name), str(text)) for name, text in pairs)
+
+
+def _header_pair(index: int, item: object) -> tuple[object, object]:
+    # A line that is not "Name: value" is not shown: it may be a token with a typo.
+    if isinstance(item, str):
+        name, colon, text = item.partition(":")
+        if not colon:
+            raise ValueError(f"header {index} is not 'Name: value' (it has no colon)") from None
+        return name.strip(), text.strip()
+    if isinstance(item, list | tuple) and len(item) == 2:
+        return item[0], item[1]
+    raise ValueError(f"header {index} is not 'Name: value'")
+
+
+def _check_header(index: int, name: object, text: object) -> None:
+    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+        # Shown only if short and plain: "Authorization Bearer x" is no name, and no message.
+        plain = isinstance(name, str) and len(name) <= 30 and not any(c.isspace() for c in name)
+        shown = repr(name) if plain else f"header {index}"
+        raise ValueError(f"{shown} is not a valid header name (letters, digits and -)")
+    if name.lower() in RESERVED_HEADERS:
+        raise ValueError(f"header {name} is set by cas itself and cannot be given")
+    if not isinstance(text, str):
+        raise ValueError(f"header {name}: its value must be a string")
+    if any((ord(char) < 32 and char != "\t") or ord(char) == 127 for char in text):
+        raise ValueError(f"header {name}: its value holds a line break or control character")
+    if "${" in _TOKEN.sub("", text):
+        raise ValueError(f"header {name}: '${{' must start ${{NAME}} (a literal one is $${{)")
+
+
+def header_variables(text: str) -> list[str]:
+    """The environment variables a header value names (``${VAR}``), in order."""
+    return [match[1] for match in _TOKEN.finditer(text) if match[1]]
+
+
+def expand_header(text: str, environ: Mapping[str, str]) -> str:
+    """``text`` with each ``${VAR}`` replaced by ``environ[VAR]`` and ``$${`` by ``${``; raises
+    KeyError naming the first variable that is not set."""
+    return _TOKEN.sub(lambda match: environ[match[1]] if match[1] else "${", text)
+
+
+def format_headers(headers: Headers) -> str:
+    """The names of the headers, never their values: ``Authorization, X-Team (values hidden)``."""
+    if not headers:
+        return "none"
+    return ", ".join(name for name, _ in headers) + " (values hidden)"

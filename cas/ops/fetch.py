@@ -21,17 +21,19 @@ catalog, logs and messages get the URL without them (cas/urls.py).
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from cas.errors import DownloadError, IntegrityError, UsageError, offline_error, os_error
 from cas.ops.record import Clock, Fetched, Recorder
 from cas.refs import check_digest, check_name
 from cas.storage import queries as q
+from cas.storage import sources
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.metrics import Counter
-from cas.transfer.request import Expected, Progress, check_url
+from cas.transfer.request import Expected, Progress, Validators, check_url
 from cas.urls import redact
+from cas.values import Headers, parse_headers
 
 if TYPE_CHECKING:
     from cas.transfer.http import Downloader  # given by the store: urllib3 loads with it
@@ -64,14 +66,29 @@ def expectation(
     )
 
 
+def request_headers(setting: Headers, given: object) -> Headers:
+    """The extra headers of a fetch: the ``headers`` setting's, then ``given`` (a mapping,
+    ``Name: value`` lines, ...; see ``values.parse_headers``), which wins by name. Raises
+    UsageError naming a bad header, never its value."""
+    try:
+        called = parse_headers(given)
+    except ValueError as error:
+        raise UsageError(f"headers: {error}") from None
+    names = {name.lower() for name, _ in called}
+    return tuple(pair for pair in setting if pair[0].lower() not in names) + called
+
+
 class Fetcher:
     """Fetches for one store: its blobs, catalog and downloader, the recorder that keeps what
     arrives, and the tier tried before the origin (the remote, when one is configured)."""
 
     def __init__(self, blobs: BlobStore, catalog: Catalog, downloader: Downloader | None,
-                 recorder: Recorder, *, tier: Tier | None = None, clock: Clock) -> None:
+                 recorder: Recorder, *, tier: Tier | None = None, clock: Clock,
+                 headers: Headers = ()) -> None:
         """``downloader`` None is a store that is offline: only what is stored is served, and
-        anything else is ``offline_error`` (give no tier either)."""
+        anything else is ``offline_error`` (give no tier either). ``headers`` (the setting)
+        go with every request, under those of a fetch."""
+        self._headers = headers
         self._blobs = blobs
         self._catalog = catalog
         self.downloader = downloader
@@ -87,9 +104,13 @@ class Fetcher:
         blake3: str | None = None,
         sha256: str | None = None,
         size: int | None = None,
+        refresh: bool = False,
+        headers: object = None,
         progress: Progress | None = None,
     ) -> Fetched:
-        """The content of ``url`` in the store, downloaded only if it is not known already.
+        """The content of ``url`` in the store, downloaded only if it is not known already
+        (with ``refresh``, revalidated: ``_refresh``). ``headers`` go with its requests, over
+        the setting's (by name); they are never recorded.
 
         Raises UsageError for bad arguments, DownloadError, IntegrityError (the content does
         not match what was expected), StoreError (the content cannot be written).
@@ -99,6 +120,9 @@ class Fetcher:
         if name is not None:
             check_name(name)
         expected = expectation(blake3, sha256, size)
+        extra = request_headers(self._headers, headers)
+        if refresh:
+            return self._refresh(url, source, name, expected, extra, progress)
         ruled_out: set[str] = set()  # blobs hashed and found not to be the expected content
         served = self._serve(url, name, expected, ruled_out)
         if served is not None:
@@ -118,8 +142,44 @@ class Fetcher:
                 pulled = self._tier.read_through(url, name, expected)
                 if pulled is not None:
                     return pulled
-            fetched = self._download(url, source, name, expected, progress)
+            fetched = self._download(url, source, name, expected, progress, extra)
         if self._tier is not None:  # outside the lock: the others find the blob stored already
+            self._tier.offer(fetched, url, name, expected)
+        return fetched
+
+    def _refresh(self, url: str, source: str, name: str | None, expected: Expected,
+                 extra: Headers, progress: Progress | None) -> Fetched:  # fmt: skip
+        """Revalidate what ``url`` gave last: a conditional request with its validators, whose
+        304 keeps the stored content (no body), while a 200 stores the new content and moves
+        the URL's floating names to it. Single flight: a refresh that waited for another
+        download or revalidation of the URL (its ``checks`` count moved) sends none itself.
+        Raises UsageError when a digest is expected (it fixes the content: nothing to
+        refresh), ``offline_error`` offline."""
+        if expected.pinned:
+            raise UsageError(f"refresh revalidates a URL fetched without an expected digest;"
+                             f" the expected digest of {url} fixes its content")  # fmt: skip
+        if self.downloader is None:
+            raise offline_error(f"cannot refresh {url}")
+        with self._catalog.read() as conn:
+            before = sources.find_source_row(conn, url)
+        checks = before.checks if before is not None else 0
+        with self.downloader.single_flight([f"url:{url}"]):
+            with self._catalog.read() as conn:
+                row = sources.find_source_row(conn, url)
+                blob = self._stored_row(conn, row.digest) if row is not None else None
+            current = blob is not None and expected.size in (None, blob.size)
+            if current and row is not None and row.checks != checks:
+                served = self._serve(url, name, expected, set())  # refreshed while waiting
+                if served is not None:
+                    return served
+            known = Validators(row.etag, row.last_modified) if current and row else None
+            fetched = self._download(url, source, name, expected, progress, extra, known or None)
+            if fetched is None:  # 304 Not Modified: the stored content is current
+                self._catalog.write(lambda conn: sources.count_check(conn, url))
+                served = self._serve(url, name, expected, set())
+                fetched = served or self._download(url, source, name, expected, progress, extra)
+        assert fetched is not None
+        if self._tier is not None and fetched.downloaded:
             self._tier.offer(fetched, url, name, expected)
         return fetched
 
@@ -153,8 +213,8 @@ class Fetcher:
                     q.record_alias(conn, "sha256", alias, row.digest)
                 if name is not None and url is not None:
                     q.set_name(
-                        conn, name, row.digest, self._clock(),
-                        url=url, sha256=expected.sha256, expected_size=row.size,
+                        conn, name, row.digest, self._clock(), url=url, sha256=expected.sha256,
+                        expected_size=row.size, floating=not expected.pinned,
                     )  # fmt: skip
                 return True
 
@@ -240,16 +300,27 @@ class Fetcher:
 
     # -- downloaded ------------------------------------------------------------------------------
 
+    @overload
+    def _download(self, url: str, source: str, name: str | None, expected: Expected,
+                  progress: Progress | None, extra: Headers) -> Fetched: ...
+
+    @overload
+    def _download(self, url: str, source: str, name: str | None, expected: Expected,
+                  progress: Progress | None, extra: Headers,
+                  validators: Validators | None) -> Fetched | None: ...
+
     def _download(
         self, url: str, source: str, name: str | None, expected: Expected,
-        progress: Progress | None,
-    ) -> Fetched:  # fmt: skip
-        """Download ``source`` (``url`` with its credentials, if any) and keep it as ``url``'s."""
+        progress: Progress | None, extra: Headers, validators: Validators | None = None,
+    ) -> Fetched | None:  # fmt: skip
+        """Download ``source`` (``url`` with its credentials, if any) and keep it as ``url``'s;
+        None when ``validators`` were given and the server answered 304 Not Modified."""
         assert self.downloader is not None  # offline fetches stop in fetch()
         try:
             result = self.downloader.download(
                 source, expected, progress,
                 received=lambda amount: self._catalog.count(Counter.DOWNLOADED_BYTES, amount),
+                headers=extra, validators=validators,
             )  # fmt: skip
         except (DownloadError, IntegrityError) as error:
             self._catalog.count(Counter.DOWNLOADS_FAILED)
@@ -258,4 +329,6 @@ class Fetcher:
         except OSError as error:  # e.g. the lock or staging file of a full or read-only disk
             self._catalog.count(Counter.DOWNLOADS_FAILED)
             raise os_error(error, f"cannot download {url}") from error
+        if result is None:
+            return None
         return self._recorder.keep(result, url=url, name=name, expected=expected, via=url)

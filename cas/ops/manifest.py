@@ -27,10 +27,11 @@ from cas.ops.fetch import Fetched, expectation
 from cas.refs import check_name
 from cas.transfer.request import Progress, check_url
 from cas.urls import redact
+from cas.values import Headers, parse_headers
 
 log = logging.getLogger("cas")
 
-KEYS = ("url", "sha256", "blake3", "size")
+KEYS = ("url", "sha256", "blake3", "size", "headers")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class Fixture:
     sha256: str | None = None
     blake3: str | None = None
     size: int | None = None
+    #: Extra request headers; values may hold ``${VAR}``, and are secrets: not in the repr.
+    headers: Headers = field(default=(), repr=False)
 
 
 def load(path: str | os.PathLike[str]) -> list[Fixture]:
@@ -86,8 +89,6 @@ def _fixture(where: str, name: str, entry: Any) -> Fixture:
     for key in ("url", "sha256", "blake3"):
         if key in entry and not isinstance(entry[key], str):
             raise UsageError(f"{here}: key {key!r} must be a string")
-    if "sha256" not in entry and "blake3" not in entry:
-        raise UsageError(f"{here}: needs key 'sha256' or 'blake3' to verify the download")
     try:
         check_url(redact(entry["url"]))  # a message names the URL without its credentials
     except UsageError as error:
@@ -97,12 +98,17 @@ def _fixture(where: str, name: str, entry: Any) -> Fixture:
             expectation(**{"blake3": None, "sha256": None, "size": None, key: entry.get(key)})
         except UsageError as error:
             raise UsageError(f"{here}: key {key!r}: {error}") from error
+    try:  # a message names the header, never its value
+        headers = parse_headers(entry.get("headers"))
+    except ValueError as error:
+        raise UsageError(f"{here}: key 'headers': {error}") from None
     return Fixture(
         name=name,
         url=entry["url"],
         sha256=entry["sha256"].lower() if "sha256" in entry else None,
         blake3=entry["blake3"].lower() if "blake3" in entry else None,
         size=entry.get("size"),
+        headers=headers,
     )
 
 
@@ -110,7 +116,8 @@ class FetchFixture(Protocol):
     """Fetches one fixture into the store (the store's fetch, with its outcome)."""
 
     def __call__(self, url: str, *, name: str | None, blake3: str | None, sha256: str | None,
-                 size: int | None, progress: Progress | None) -> Fetched: ...
+                 size: int | None, refresh: bool, headers: Headers,
+                 progress: Progress | None) -> Fetched: ...
 
 
 class Bar(Protocol):
@@ -155,10 +162,11 @@ class SyncReport:
 
 
 def sync(
-    fetch: FetchFixture, path: str | os.PathLike[str], *, jobs: int = 4,
+    fetch: FetchFixture, path: str | os.PathLike[str], *, jobs: int = 4, update: bool = False,
     bar: Callable[[str], Bar] | None = None, total_bar: Callable[[int], Total] | None = None,
 ) -> SyncReport:
-    """Fetch every fixture of the manifest at ``path`` through ``fetch``, ``jobs`` at a time.
+    """Fetch every fixture of the manifest at ``path`` through ``fetch``, ``jobs`` at a time;
+    with ``update``, the fixtures without an expected hash are refreshed (revalidated).
 
     Failures do not stop the others; they are in the report. ``bar(name)`` makes the progress
     bar of one transfer, ``total_bar(count)`` the one of them all. KeyboardInterrupt (Ctrl-C)
@@ -188,6 +196,8 @@ def sync(
             return fetch(
                 fixture.url, name=fixture.name, blake3=fixture.blake3,
                 sha256=fixture.sha256, size=fixture.size, progress=report,
+                refresh=update and fixture.blake3 is None and fixture.sha256 is None,
+                headers=fixture.headers,
             )  # fmt: skip
         finally:
             if shown is not None:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from cas.errors import IntegrityError, StoreError, os_error
 from cas.storage import queries as q
+from cas.storage import sources
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.hashing import CHUNK_SIZE
@@ -154,11 +155,15 @@ class Recorder:
         if result.sha256 is not None:
             q.record_alias(conn, "sha256", result.sha256, staged.digest)
         if source and url is not None:
-            q.record_source(conn, url, staged.digest, now)
+            found = result.validators
+            q.record_source(conn, url, staged.digest, now, found.etag, found.last_modified)
+            if not expected.pinned:  # the names that follow this URL follow its new content
+                sources.follow(conn, url, staged.digest, staged.size, now)
         if name is not None:
             q.set_name(
                 conn, name, staged.digest, now,
                 url=url, sha256=result.sha256 or expected.sha256, expected_size=staged.size,
+                floating=source and not expected.pinned,
             )  # fmt: skip
         return q.stored_totals(conn)[0]
 

@@ -5,7 +5,10 @@ into a private staging file under ``tmp/`` (a ``Partial``, transfer/partial.py) 
 (BLAKE3 always, SHA-256 when one is expected), checks the expected digests and size, and hands
 back a ``Staged`` file for the store to publish. Nothing here ever writes under ``blobs/``
 (guarantee 1). A broken body resumes where it stopped; the retries of requests and of bodies
-draw on one budget (transfer/retry.py); responses are whole (transfer/responses.py).
+draw on one budget (transfer/retry.py); responses are whole (transfer/responses.py). Given the
+validators of stored content (a refresh), the request is conditional, and a 304 hands back
+nothing; extra headers are made at request time and go to the URL's origin only
+(transfer/headers.py).
 
 Bounds. ``timeout`` (``download_timeout``) bounds every wait without progress: a read, a body
 slower than ``MIN_RATE`` (transfer/retry.py), the wait for a stalled single-flight holder
@@ -19,9 +22,8 @@ import errno
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError, MaxRetryError
@@ -34,15 +36,15 @@ from cas.storage.hashing import CHUNK_SIZE
 from cas.storage.processes import forks
 from cas.transfer import USER_AGENT
 from cas.transfer.flight import heartbeat, single_flight
+from cas.transfer.headers import private_headers
 from cas.transfer.partial import Partial
 from cas.transfer.proxies import Proxies, configured
-from cas.transfer.request import SCHEMES, Download, Expected, Progress, check_url
+from cas.transfer.request import Download, Expected, Progress, Validators, check_url
 from cas.transfer.responses import (
     check_continuation,
     check_size,
     content_range,
-    downgrade,
-    for_origin_of,
+    follow_redirects,
     pool_manager,
     start_from_zero,
     undeclared,
@@ -56,10 +58,12 @@ from cas.transfer.retry import (
     Refused,
     Restart,
     TooLarge,
+    Unchanged,
     backoff,
     describe,
 )
 from cas.urls import split_credentials
+from cas.values import Headers
 
 log = logging.getLogger("cas")
 
@@ -156,19 +160,25 @@ class Downloader:
         expected: Expected | None = None,
         progress: Progress | None = None,
         received: Callable[[int], None] | None = None,
-    ) -> Download:
+        *,
+        headers: Headers = (),
+        validators: Validators | None = None,
+    ) -> Download | None:
         """Transfer ``url`` into a verified staging file.
 
         ``received(n)`` is told the body bytes that came over the network, whatever the
-        outcome (for metrics). Raises DownloadError when the transfer fails after its retries
+        outcome (for metrics). With ``validators`` (of content stored already) the request is
+        conditional (If-None-Match, If-Modified-Since): None means the server answered 304 Not
+        Modified, with no body. Raises DownloadError when the transfer fails after its retries
         (the partial stays for a later resume), IntegrityError when the content does not match
-        ``expected`` (nothing is kept), UsageError for a URL that is not http(s).
-        Credentials in ``url`` (``user:password@``) go only into an Authorization header, to
-        its origin; every message and file here names the URL without them (cas/urls.py).
+        ``expected`` (nothing is kept), UsageError for a URL that is not http(s) or a header
+        whose ``${VAR}`` is not set (transfer/headers.py).
+        Credentials in ``url`` (``user:password@``) and the extra ``headers`` go only to its
+        origin; every message and file here names the URL without them (cas/urls.py).
         """
         url, credentials = split_credentials(url)
         check_url(url)
-        auth = urllib3.util.make_headers(basic_auth=credentials) if credentials else {}
+        private = private_headers(url, credentials, headers)  # ${VAR} read now
         self._check_fork()
         expected = expected or Expected()
         budget = Budget(self.retries)
@@ -178,7 +188,11 @@ class Downloader:
         elif part.size:
             log.info("resuming %s at byte %d of a partial download", url, part.size)
         try:
-            return self._transfer(part, url, expected, budget, progress, auth)
+            return self._transfer(part, url, expected, budget, progress, private, validators)
+        except Unchanged:
+            part.discard()
+            log.debug("%s is unchanged (304 Not Modified)", url)
+            return None
         except (IntegrityError, TooLarge):
             part.discard()  # wrong or unwanted content is never kept, not even for a resume
             raise
@@ -202,12 +216,15 @@ class Downloader:
         expected: Expected,
         budget: Budget,
         progress: Progress | None,
-        auth: dict[str, str],
+        private: dict[str, str],
+        validators: Validators | None,
     ) -> Download:
         restarted = False
+        sent = Validators()
         while True:
             try:
-                self._attempt(part, url, expected, budget, progress, auth)
+                sent = self._attempt(part, url, expected, budget, progress, private,
+                                     validators) or sent
             except Interrupted as error:
                 if budget.remaining <= 0:
                     raise budget.exhausted(url, error) from error
@@ -247,6 +264,7 @@ class Downloader:
                 attempts=budget.attempts,
                 transferred=part.transferred,
                 resumed=part.saved,
+                validators=sent,
             )
 
     def _attempt(
@@ -256,11 +274,13 @@ class Downloader:
         expected: Expected,
         budget: Budget,
         progress: Progress | None,
-        auth: dict[str, str],
-    ) -> None:
-        """One request: interpret its status and headers, then stream the body into ``part``."""
+        private: dict[str, str],
+        validators: Validators | None,
+    ) -> Validators | None:
+        """One request: interpret its status and headers, then stream the body into ``part``;
+        the validators of a response that sent content. Raises Unchanged for a 304."""
         heartbeat()
-        headers: dict[str, str] = dict(auth)
+        headers: dict[str, str] = dict(private)
         ranged = part.size > 0 and part.resumable
         if ranged:
             assert part.validator is not None
@@ -268,9 +288,13 @@ class Downloader:
             headers["If-Range"] = part.validator
         elif part.size:
             part.reset()
-        response = self._open(url, headers, budget)
+        if validators is not None and not ranged:  # a resumed partial is the new content's
+            headers.update(validators.conditions())
+        response = self._open(url, headers, budget, private)
         try:
             status = response.status
+            if status == 304 and validators is not None and not ranged:
+                raise Unchanged
             if status == 200:
                 if part.size:
                     # A server may ignore Range or If-Range: the whole body comes again.
@@ -282,7 +306,7 @@ class Downloader:
             elif status == 416 and ranged:
                 total = content_range(response.headers.get("Content-Range", ""))[2]
                 if total is not None and total == part.size:
-                    return  # the partial was complete already
+                    return None  # the partial was complete already
                 raise Restart(f"416 for a Range from byte {part.size}")
             else:
                 raise DownloadError(
@@ -299,6 +323,7 @@ class Downloader:
                 progress(part.size, part.total)
             self._stream(response, part, expected, url, progress, budget)
             response.release_conn()
+            return Validators.of(response.headers)
         finally:
             # A response abandoned before its end must not go back to the pool half-read.
             if not response.closed:
@@ -359,44 +384,11 @@ class Downloader:
                 attempts=budget.attempts,
             )
 
-    def _open(self, url: str, headers: dict[str, str], budget: Budget) -> BaseHTTPResponse:
-        """GET ``url``, following http(s) redirects here so other schemes get a clear error.
-
-        (urllib3 would surface a redirect to file:// as "No host specified".)
-        """
-        current = url
-        for _ in range(self.max_redirects + 1):
-            response = self._request(current, headers, budget)
-            location = response.get_redirect_location()
-            if not location:
-                return response
-            response.drain_conn()
-            response.release_conn()
-            target = urljoin(current, location)
-            if urlsplit(target).scheme.lower() not in SCHEMES:
-                raise DownloadError(
-                    f"{url} redirects to {target}; only http and https are followed",
-                    url=url,
-                    status=response.status,
-                    attempts=budget.attempts,
-                )
-            if downgrade(current, target):
-                raise DownloadError(
-                    f"{url} redirects from https to plain http ({target}); not followed, since"
-                    " the content would come unprotected: use an http URL to allow it",
-                    url=url,
-                    status=response.status,
-                    attempts=budget.attempts,
-                )
-            log.debug("%s redirects to %s", current, target)
-            headers = for_origin_of(target, current, headers)
-            current = target
-        raise DownloadError(
-            f"{url}: more than {self.max_redirects} redirects (a redirect loop?)",
-            url=url,
-            status=budget.status,
-            attempts=budget.attempts,
-        )
+    def _open(self, url: str, headers: dict[str, str], budget: Budget,
+              private: Mapping[str, str]) -> BaseHTTPResponse:  # fmt: skip
+        """GET ``url``, following its redirects (``follow_redirects``)."""
+        return follow_redirects(self._request, url, headers, budget, private,
+                                self.max_redirects)  # fmt: skip
 
     def _request(self, url: str, headers: dict[str, str], budget: Budget) -> BaseHTTPResponse:
         retry = PolicyRetry(

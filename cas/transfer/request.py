@@ -7,7 +7,7 @@ without paying for an HTTP client: this module imports nothing beyond the standa
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
@@ -42,6 +42,32 @@ class Expected:
     sha256: str | None = None
     size: int | None = None
 
+    @property
+    def pinned(self) -> bool:
+        """Whether an expected digest fixes the content (a size alone does not)."""
+        return self.blake3 is not None or self.sha256 is not None
+
+
+@dataclass(frozen=True)
+class Validators:
+    """What a server said identifies the content it sent (ETag, Last-Modified, as sent): a
+    later request carrying them is answered 304 Not Modified while that content is current."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str]) -> Validators:
+        return cls(headers.get("ETag") or None, headers.get("Last-Modified") or None)
+
+    def conditions(self) -> dict[str, str]:
+        """The headers of a conditional GET (If-None-Match wins where a server has both)."""
+        found = {"If-None-Match": self.etag, "If-Modified-Since": self.last_modified}
+        return {key: value for key, value in found.items() if value}
+
+    def __bool__(self) -> bool:
+        return bool(self.etag or self.last_modified)
+
 
 @dataclass
 class Download:
@@ -52,3 +78,4 @@ class Download:
     attempts: int  #: requests that counted as tries (1 + retries used)
     transferred: int  #: body bytes received over the network
     resumed: int  #: bytes reused from an earlier partial instead of downloaded again
+    validators: Validators = Validators()  #: of the response that sent the content

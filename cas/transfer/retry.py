@@ -66,6 +66,10 @@ class Interrupted(Exception):
     """The body stopped early: worth resuming."""
 
 
+class Unchanged(Exception):
+    """A conditional request was answered 304 Not Modified: the stored content is current."""
+
+
 class Restart(Exception):
     """The server's answer cannot continue the partial: start again from zero at once."""
 
