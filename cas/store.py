@@ -28,6 +28,7 @@ from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog
 from cas.storage.opening import open_files
 from cas.storage.verification import DamagedRow
+from cas.values import SYNC_JOBS
 
 if TYPE_CHECKING:
     from cas.ops.eviction import Plan
@@ -317,7 +318,7 @@ class Store:
             self._writing().upkeep.after_write(fetched.stored)
         return fetched
 
-    def sync(self, manifest_path: str | os.PathLike[str], jobs: int = 4) -> dict[str, str]:
+    def sync(self, manifest_path: str | os.PathLike[str], jobs: int = SYNC_JOBS) -> dict[str, str]:
         """Fetch every fixture of a manifest (SPEC "Manifest"), ``jobs`` at a time; return
         name -> digest. Raises CasError naming each failed fixture after the others finished,
         UsageError for a bad manifest (before anything is fetched)."""
@@ -325,7 +326,7 @@ class Store:
         report.raise_for_failures()
         return report.digests
 
-    def sync_report(self, manifest_path: str | os.PathLike[str], *, jobs: int = 4,
+    def sync_report(self, manifest_path: str | os.PathLike[str], *, jobs: int = SYNC_JOBS,
                     bar: Callable[[str], Bar] | None = None,
                     total_bar: Callable[[int], Total] | None = None) -> SyncReport:
         """Fetch every fixture of a manifest as ``sync`` does, and return the report (what was
