@@ -85,7 +85,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="a suite's own setting, e.g. --set size=256MiB (each suite's docstring lists its keys)",
+        help="a suite's own setting, e.g. --set size=256MiB (see each suite's docstring)",
     )
     parser.add_argument(
         "--scratch",
