@@ -255,7 +255,7 @@ def sync(
                 report.digests[fixture.name] = outcome.digest
                 (report.fetched if outcome.downloaded else report.present).append(fixture.name)
             if tally is not None:
-                tally.finished(fixture.name, getattr(outcome, "size", None))
+                tally.finished(fixture.name, outcome.size if isinstance(outcome, Fetched) else None)
     finally:
         batch.close()  # on an early end: start nothing more, stop the running downloads, wait
         if total is not None:
