@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import cas
@@ -124,6 +124,39 @@ def test_order_is_largest_first_with_unknown_sizes_ahead(sizes: list[int | None]
     assert ordered[: len(unknown)] == [item for item in items if item[1] is None]
     known = ordered[len(unknown) :]
     assert known == sorted(known, key=lambda item: (-(item[1] or 0), item[0]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.integers(0, 50), max_size=25), st.integers(1, 9))
+def test_run_yields_every_outcome_once_with_at_most_jobs_at_once(sizes: list[int],
+                                                                  jobs: int) -> None:
+    """``schedule.run`` hands back each item once with its result, or the exception its work
+    raised (multiples of 7 raise here), and never runs more than ``jobs`` at once."""
+    lock = threading.Lock()
+    running = most = 0
+
+    def work(item: tuple[int, int]) -> int:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        time.sleep(0.001)
+        with lock:
+            running -= 1
+        if item[1] % 7 == 0:
+            raise ValueError(item)
+        return item[1] * 2
+
+    items = list(enumerate(sizes))
+    ordered = schedule.order(items, lambda item: item[1])
+    outcomes = dict(schedule.run(ordered, work, jobs=jobs, stop=threading.Event()))
+    assert sorted(outcomes) == sorted(items)
+    for (index, size), outcome in outcomes.items():
+        if size % 7 == 0:
+            assert isinstance(outcome, ValueError) and outcome.args == ((index, size),)
+        else:
+            assert outcome == size * 2
+    assert most <= jobs
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3, 4, 7, 8, 16, 33])
