@@ -77,6 +77,20 @@ class ThrottledNginx(Nginx):
         user = "user root;" if os.geteuid() == 0 else ""  # else nginx keeps the caller's user
         self.conf.write_text(NGINX_CONF.format(dir=folder, port=self.port, rate=rate, user=user))
 
+    def __exit__(self, *exc: object) -> None:
+        """Stop nginx and wait until its master has exited (and removed its pid file), so that
+        its folder can go."""
+        pid_file = self.folder / "nginx.pid"
+        pid = int(pid_file.read_text()) if pid_file.is_file() else None
+        super().__exit__(*exc)
+        deadline = time.monotonic() + 30
+        while pid is not None and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+
 
 def format_size(size: int) -> str:
     """``size`` for reading: ``512 MiB``, ``1.4 MiB``, ``256 KiB``."""
