@@ -1,6 +1,7 @@
 """Run cas's benchmarks against peers measured in the same run, and write RESULTS.md.
 
-    python benchmarks/run.py [SUITE ...] [--quick] [--rounds N] [--scratch DIR] [--output FILE]
+    python benchmarks/run.py [SUITE ...] [--quick] [--rounds N] [--set KEY=VALUE ...]
+                             [--scratch DIR] [--output FILE]
 
 Each suite is a module ``suite_<name>.py`` beside this file with a ``run(ctx) -> SuiteResult``;
 to add one, write the module and list it in SUITES. Exit status: 0 when every suite ran (missed
@@ -32,6 +33,7 @@ import suite_put_large
 import suite_s3_pull
 import suite_small
 import suite_startup
+import suite_transfer
 import suite_verify
 from harness import Context, Row, SuiteResult, format_number, format_value
 
@@ -58,6 +60,8 @@ SUITES: dict[str, Suite] = {
     "s3-pull": Suite(suite_s3_pull.run, "pull of a 1 GiB blob from a local S3 server vs boto3"),
     "startup": Suite(suite_startup.run, "`cas --version`, `--help`, `path`, the pytest plugin"
                      " vs floors: bare interpreters, click, a script doing the same SELECT"),
+    "transfer": Suite(suite_transfer.run, "512 MiB and a 20-fixture sync from nginx capped at"
+                      " 40m per connection vs curl, aria2c, hf_transfer; RssAnon"),
 }
 
 
@@ -76,6 +80,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, help="rounds per suite (default: each suite's own)")
     parser.add_argument(
+        "--set",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a suite's own setting, e.g. --set size=256MiB (see each suite's docstring)",
+    )
+    parser.add_argument(
         "--scratch",
         type=Path,
         default=HERE / "out",
@@ -89,6 +101,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}")
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    malformed = [option for option in args.options if "=" not in option]
+    if malformed:
+        parser.error(f"--set wants KEY=VALUE, not {malformed[0]!r}")
+    args.options = dict(option.split("=", 1) for option in args.options)
     return args
 
 
@@ -103,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, SuiteResult | str] = {}
     clock = time.monotonic()
     for name in names:
-        ctx = Context(scratch / name, args.quick, args.rounds)
+        ctx = Context(scratch / name, args.quick, args.rounds, options=args.options)
         ctx.log(f"suite {name}")
         try:
             results[name] = SUITES[name].run(ctx)

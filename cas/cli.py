@@ -22,6 +22,7 @@ import click
 from cas import __version__
 from cas.console import CasGroup, bars, log_to_stderr, say
 from cas.errors import CasError, IntegrityError, InUse, UsageError
+from cas.values import SYNC_JOBS
 
 if TYPE_CHECKING:
     from cas import Store, TransferReport
@@ -347,8 +348,8 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
 
 @cli.command()
 @click.argument("manifest_path", metavar="MANIFEST", type=click.Path())
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Downloads at once.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=SYNC_JOBS, show_default=True,
+              help="Fixtures downloading at once (large ones first, small ones beside).")
 @click.option("--update", is_flag=True, help="Refresh the fixtures that have no hash.")
 @pass_context
 def sync(context: Context, manifest_path: str, jobs: int, update: bool) -> None:

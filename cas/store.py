@@ -28,6 +28,7 @@ from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog
 from cas.storage.opening import open_files
 from cas.storage.verification import DamagedRow
+from cas.values import SYNC_JOBS
 
 if TYPE_CHECKING:
     from cas.ops.eviction import Plan
@@ -321,7 +322,7 @@ class Store:
             self._writing().upkeep.after_write(fetched.stored)
         return fetched
 
-    def sync(self, manifest_path: str | os.PathLike[str], jobs: int = 4, *,
+    def sync(self, manifest_path: str | os.PathLike[str], jobs: int = SYNC_JOBS, *,
              update: bool = False) -> dict[str, str]:
         """Fetch every fixture of a manifest, ``jobs`` at a time (``update``: refresh those
         without a hash); return name -> digest. Raises CasError naming each failed fixture
@@ -330,7 +331,7 @@ class Store:
         report.raise_for_failures()
         return report.digests
 
-    def sync_report(self, manifest_path: str | os.PathLike[str], *, jobs: int = 4,
+    def sync_report(self, manifest_path: str | os.PathLike[str], *, jobs: int = SYNC_JOBS,
                     update: bool = False, bar: Callable[[str], Bar] | None = None,
                     total_bar: Callable[[int], Total] | None = None) -> SyncReport:
         """Fetch every fixture of a manifest as ``sync`` does, and return the report (what was

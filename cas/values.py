@@ -50,6 +50,9 @@ MIN_INTERVAL = 1.0
 MIN_LEASE_TTL = 1.0
 #: The most ``retries``: more would keep a failing download going for days.
 MAX_RETRIES = 100
+#: Fixtures a sync downloads at once unless told otherwise (``--jobs``): small ones are bound by
+#: round trips, so several run beside the large ones.
+SYNC_JOBS = 8
 
 
 def _quantity(

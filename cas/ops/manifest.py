@@ -18,16 +18,16 @@ import os
 import threading
 import tomllib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cas.errors import CasError, NotFound, UsageError
+from cas.ops import schedule
 from cas.ops.fetch import Fetched, expectation
 from cas.refs import check_name
 from cas.transfer.request import Progress, check_url
 from cas.urls import redact
-from cas.values import Headers, parse_headers
+from cas.values import SYNC_JOBS, Headers, parse_headers
 
 log = logging.getLogger("cas")
 
@@ -129,11 +129,53 @@ class Bar(Protocol):
 
 
 class Total(Protocol):
-    """A progress bar of the whole sync: advanced once a fixture, then closed."""
+    """A progress bar of the whole sync: told the bytes of all transfers as (done, total), with
+    total None while some size is unknown, and advanced once a fixture ends; then closed."""
+
+    def __call__(self, done: int, total: int | None) -> None: ...
 
     def advance(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class _Tally:
+    """The bytes of a whole sync, summed from each transfer's reports, for the total bar."""
+
+    def __init__(self, fixtures: list[Fixture], total: Total) -> None:
+        self._total = total
+        self._lock = threading.Lock()
+        self._done: dict[str, int] = {}
+        self._size: dict[str, int | None] = {fixture.name: fixture.size for fixture in fixtures}
+        self._sum_done = 0
+        self._sum_size = sum(size for size in self._size.values() if size is not None)
+        self._unknown = sum(size is None for size in self._size.values())
+
+    def __call__(self, name: str, done: int, size: int | None) -> None:
+        """A transfer's report: ``done`` bytes of ``size`` (None while unknown)."""
+        with self._lock:
+            if size is not None and self._size[name] is None:
+                self._resize(name, size)
+            self._set(name, done)
+
+    def finished(self, name: str, size: int | None) -> None:
+        """A fixture ended: ``size`` bytes when it is stored, what came so far when it failed."""
+        with self._lock:
+            final = self._done.get(name, 0) if size is None else size
+            self._resize(name, final)
+            self._set(name, final)
+        self._total.advance()
+
+    def _resize(self, name: str, size: int) -> None:
+        before = self._size[name]
+        self._unknown -= before is None
+        self._sum_size += size - (before or 0)
+        self._size[name] = size
+
+    def _set(self, name: str, done: int) -> None:
+        self._sum_done += done - self._done.get(name, 0)
+        self._done[name] = done
+        self._total(self._sum_done, None if self._unknown else self._sum_size)
 
 
 @dataclass
@@ -162,23 +204,28 @@ class SyncReport:
 
 
 def sync(
-    fetch: FetchFixture, path: str | os.PathLike[str], *, jobs: int = 4, update: bool = False,
+    fetch: FetchFixture, path: str | os.PathLike[str], *, jobs: int = SYNC_JOBS,
+    update: bool = False,
     bar: Callable[[str], Bar] | None = None, total_bar: Callable[[int], Total] | None = None,
 ) -> SyncReport:
     """Fetch every fixture of the manifest at ``path`` through ``fetch``, ``jobs`` at a time;
     with ``update``, the fixtures without an expected hash are refreshed (revalidated).
 
+    Fixtures are scheduled so that the link stays full (``cas.ops.schedule``): the largest
+    first (by the manifest's ``size``; unknown sizes count as large), a quarter of the jobs
+    working down from them, the rest working up from the smallest, many at once.
     Failures do not stop the others; they are in the report. ``bar(name)`` makes the progress
-    bar of one transfer, ``total_bar(count)`` the one of them all. KeyboardInterrupt (Ctrl-C)
-    starts no further
-    fixture, stops the running downloads at their next chunk, keeping their partial files for
-    a resume, and is raised again.
+    bar of one transfer, ``total_bar(count)`` the one of them all (bytes of every transfer, and
+    fixtures ended). KeyboardInterrupt (Ctrl-C) starts no further fixture, stops the running
+    downloads at their next chunk, keeping their partial files for a resume, and is raised
+    again.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"jobs must be a positive number, not {jobs!r}")
     fixtures = load(path)
     report = SyncReport()
     total = total_bar(len(fixtures)) if total_bar is not None and fixtures else None
+    tally = _Tally(fixtures, total) if total is not None else None
 
     stop = threading.Event()  # set on Ctrl-C: running downloads end at their next chunk
 
@@ -191,6 +238,8 @@ def sync(
                 raise KeyboardInterrupt
             if shown is not None:
                 shown(done, size)
+            if tally is not None:
+                tally(fixture.name, done, size)
 
         try:
             return fetch(
@@ -203,28 +252,22 @@ def sync(
             if shown is not None:
                 shown.close()
 
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cas-sync")
+    ordered = schedule.order(fixtures, lambda fixture: fixture.size)
+    batch = schedule.run(ordered, one, jobs=jobs, stop=stop, name="cas-sync")
     try:
-        futures = {pool.submit(one, fixture): fixture for fixture in fixtures}
-        for future in as_completed(futures):
-            name = futures[future].name
-            try:
-                fetched = future.result()
-            except CasError as error:
-                log.error("fixture %r failed: %s", name, error)
-                report.failed[name] = error
+        for fixture, outcome in batch:
+            if isinstance(outcome, CasError):
+                log.error("fixture %r failed: %s", fixture.name, outcome)
+                report.failed[fixture.name] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome  # a bug, or Ctrl-C in a download
             else:
-                report.digests[name] = fetched.digest
-                (report.fetched if fetched.downloaded else report.present).append(name)
-            if total is not None:
-                total.advance()
-    except BaseException:
-        # Ctrl-C (or any other end): start nothing more, stop the running downloads at their
-        # next chunk, and wait only for that.
-        stop.set()
-        raise
+                report.digests[fixture.name] = outcome.digest
+                (report.fetched if outcome.downloaded else report.present).append(fixture.name)
+            if tally is not None:
+                tally.finished(fixture.name, outcome.size if isinstance(outcome, Fetched) else None)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        batch.close()  # on an early end: start nothing more, stop the running downloads, wait
         if total is not None:
             total.close()
     report.fetched.sort()
