@@ -225,15 +225,15 @@ def gc(context: Context, max_size: str | None, max_age: str | None, dry_run: boo
 @pass_context
 def maintain(context: Context, interval: str | None) -> None:
     """Run cleanup periodically in the foreground until interrupted."""
-    import logging
     import threading
 
+    from cas.logs import log
     from cas.values import parse_interval
 
     period = _parse("--interval", interval, parse_interval)
     store = context.store()
-    logging.getLogger("cas").info("cleaning up %s every %.0fs; stop with Ctrl-C", store.root,
-                                  period or store.settings.cleanup_interval)
+    log.info("cleaning up %s every %.0fs; stop with Ctrl-C", store.root,
+             period or store.settings.cleanup_interval)
     store.gc()
     with store.maintenance(period), contextlib.suppress(KeyboardInterrupt):
         threading.Event().wait()

@@ -11,11 +11,15 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from cas.errors import CasError
+from cas.logs import configure
+
+if TYPE_CHECKING:
+    import logging
 
 
 class CasGroup(click.Group):
@@ -83,15 +87,19 @@ def fail(message: str, status: int) -> None:
 
 def log_to_stderr(verbose: int, quiet: bool) -> None:
     """Send cas's log to stderr as ``cas: message`` lines: warnings, -v info, -vv debug, and
-    with -q errors only."""
-    import logging  # here, not at the top: --version and --help never log
+    with -q errors only. A run that logs nothing never imports ``logging`` (cas/logs.py)."""
+    stream = sys.stderr
 
-    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[
-        min(verbose, 2)
-    ]
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("cas: %(message)s"))
-    log = logging.getLogger("cas")
-    log.handlers[:] = [handler]
-    log.setLevel(level)
-    log.propagate = False
+    def setup(log: logging.Logger) -> None:
+        import logging
+
+        level = logging.ERROR if quiet else (logging.WARNING, logging.INFO, logging.DEBUG)[
+            min(verbose, 2)
+        ]
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("cas: %(message)s"))
+        log.handlers[:] = [handler]
+        log.setLevel(level)
+        log.propagate = False
+
+    configure(setup)

@@ -25,7 +25,6 @@ read, ``platformdirs`` only when no root is given, ``json`` and ``difflib`` only
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from cas.errors import ConfigError
+from cas.logs import log
 from cas.values import (
     format_duration,
     format_size,
@@ -47,8 +47,6 @@ from cas.values import (
     parse_size,
     parse_timeout,
 )
-
-log = logging.getLogger("cas")
 
 T = TypeVar("T")
 

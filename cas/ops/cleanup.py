@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import os
 import shutil
 import stat
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from cas.errors import StoreError
+from cas.logs import log
 from cas.ops import eviction
 from cas.ops.leases import dead_leases
 from cas.storage import queries as q
@@ -30,8 +30,6 @@ from cas.storage.catalog import Catalog, Connection
 from cas.storage.metrics import Counter
 from cas.storage.pending import add_counts
 from cas.storage.staging import staging_usage
-
-log = logging.getLogger("cas")
 
 #: Victims per transaction: the write lock is held briefly, and memory stays flat.
 GC_BATCH = 20_000

@@ -20,10 +20,10 @@ catalog, logs and messages get the URL without them (cas/urls.py).
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cas.errors import DownloadError, IntegrityError, UsageError, offline_error, os_error
+from cas.logs import log
 from cas.ops.record import Clock, Fetched, Recorder
 from cas.refs import check_digest, check_name
 from cas.storage import queries as q
@@ -36,7 +36,6 @@ from cas.urls import redact
 if TYPE_CHECKING:
     from cas.transfer.http import Downloader  # given by the store: urllib3 loads with it
 
-log = logging.getLogger("cas")
 
 __all__ = ["Fetched", "Fetcher", "Tier", "expectation"]
 

@@ -10,11 +10,11 @@ fetched again through the fetch callable the store gives (when ``auto_download``
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 
 from cas.errors import IntegrityError, NotFound, UsageError
+from cas.logs import log
 from cas.ops.leases import dead_leases
 from cas.refs import check_name, is_digest, is_digest_prefix
 from cas.settings import Settings
@@ -26,8 +26,6 @@ from cas.storage.staging import staging_debris, staging_usage
 
 if TYPE_CHECKING:
     from cas.ops.record import Clock
-
-log = logging.getLogger("cas")
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ face's), so it knows neither the store nor tqdm.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import tomllib
@@ -23,12 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cas.errors import CasError, NotFound, UsageError
+from cas.logs import log
 from cas.ops.fetch import Fetched, expectation
 from cas.refs import check_name
 from cas.transfer.request import Progress, check_url
 from cas.urls import redact
-
-log = logging.getLogger("cas")
 
 KEYS = ("url", "sha256", "blake3", "size")
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import sqlite3
 import threading
 import time
@@ -43,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from cas.errors import CatalogError, StoreError
+from cas.logs import log
 from cas.storage.catalog_file import (
     BUSY_TIMEOUT,
     configure,
@@ -62,7 +62,6 @@ from cas.storage.schema import LATEST_VERSION, check_not_newer, migrate
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-log = logging.getLogger("cas")
 
 T = TypeVar("T")
 

@@ -8,13 +8,11 @@ write transaction (cas/storage/catalog.py).
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 from pathlib import Path
 
 from cas.errors import CatalogError
-
-log = logging.getLogger("cas")
+from cas.logs import log
 
 
 def _schema_text() -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -29,6 +28,7 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
 from cas.errors import DownloadError, IntegrityError
+from cas.logs import log
 from cas.storage.folder import Folder
 from cas.storage.hashing import CHUNK_SIZE
 from cas.storage.processes import forks
@@ -60,8 +60,6 @@ from cas.transfer.retry import (
     describe,
 )
 from cas.urls import split_credentials
-
-log = logging.getLogger("cas")
 
 
 class Downloader:
