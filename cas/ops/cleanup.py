@@ -27,7 +27,7 @@ from cas.ops.leases import dead_leases
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
-from cas.storage.metrics import Counter
+from cas.storage.counters import Counter
 from cas.storage.pending import add_counts
 from cas.storage.staging import staging_usage
 

@@ -29,7 +29,7 @@ from cas.refs import check_digest, check_name
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
-from cas.storage.metrics import Counter
+from cas.storage.counters import Counter
 from cas.transfer.request import Expected, Progress, check_url
 from cas.urls import redact
 

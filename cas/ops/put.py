@@ -21,8 +21,8 @@ from cas.refs import check_name
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
+from cas.storage.counters import Counter
 from cas.storage.hashing import hasher
-from cas.storage.metrics import Counter
 from cas.storage.staging import Staged
 
 #: What ``put`` takes: a path, bytes, or a binary file.

@@ -24,8 +24,8 @@ from cas.logs import log
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
+from cas.storage.counters import Counter
 from cas.storage.hashing import CHUNK_SIZE
-from cas.storage.metrics import Counter
 from cas.storage.staging import Staged
 
 if TYPE_CHECKING:

@@ -51,7 +51,7 @@ from cas.refs import check_name, is_digest
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
-from cas.storage.metrics import Counter
+from cas.storage.counters import Counter
 from cas.transfer.request import Expected
 from cas.transfer.s3 import Remote
 from cas.transfer.s3_records import NameRecord

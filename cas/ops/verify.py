@@ -56,7 +56,7 @@ from cas.storage import verification as v
 from cas.storage.blobs import BlobStore, Found, signature, unchanged
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.catalog_file import damaged_catalog
-from cas.storage.metrics import Counter
+from cas.storage.counters import Counter
 from cas.storage.staging import BLOB_MODE
 from cas.transfer.request import Progress
 

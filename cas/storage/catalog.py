@@ -52,9 +52,9 @@ from cas.storage.catalog_file import (
     read_only_query,
     translate,
 )
+from cas.storage.counters import Counter
 from cas.storage.folder import Folder, open_lock
 from cas.storage.lookups import Lookups
-from cas.storage.metrics import Counter
 from cas.storage.pending import ACCESS_GRANULARITY, Pending
 from cas.storage.processes import forks
 from cas.storage.schema import LATEST_VERSION, check_not_newer, migrate
@@ -107,7 +107,7 @@ class Catalog:
         self._locks_made()
         self._pending = Pending(clock)
         self._forks = forks()
-        self._lookups = Lookups(self._connect, enabled=not read_only)
+        self._lookups = Lookups(self._lookup_connection, enabled=not read_only)
         self._next_flush = 0.0  # monotonic time before which reads do not try to flush
         self._wrote = False  # whether a write transaction of this catalog committed
         self._setup()
@@ -129,6 +129,13 @@ class Catalog:
             raise
         return conn
 
+    def _lookup_connection(self) -> sqlite3.Connection:
+        """The connection of the look-ups: the kept plain one when there is one (opening
+        checked the schema on it), else a new one. It is theirs from then on, never kept."""
+        with self._spare_lock:
+            conn, self._spare = self._spare, None
+        return conn if conn is not None else self._connect()
+
     def _check_fork(self) -> None:
         """In a forked child, forget the parent's connections and waiting writes, which the
         parent closes and writes itself."""
@@ -140,7 +147,7 @@ class Catalog:
             self._locks_made()
             # New ones rather than clear(): another thread may have held their lock at the fork.
             self._pending = Pending(self._clock)
-            self._lookups = Lookups(self._connect, enabled=not self.read_only)
+            self._lookups = Lookups(self._lookup_connection, enabled=not self.read_only)
             self._forks = forks()
 
     def _pool(self) -> Engine:
