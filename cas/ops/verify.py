@@ -53,10 +53,11 @@ from cas.ops.findings import KINDS, Finding, VerifyReport
 from cas.ops.leases import dead_leases
 from cas.storage import queries as q
 from cas.storage import verification as v
-from cas.storage.blobs import BlobStore, Found, signature, unchanged
+from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.catalog_file import damaged_catalog
 from cas.storage.counters import Counter
+from cas.storage.found import Found, signature, unchanged
 from cas.storage.staging import BLOB_MODE
 from cas.transfer.request import Progress
 
