@@ -8,6 +8,7 @@ cas's log there at the level -v, -vv or -q asks for.
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Sequence
@@ -103,3 +104,26 @@ def log_to_stderr(verbose: int, quiet: bool) -> None:
         log.propagate = False
 
     configure(setup)
+
+
+#: Whether ``pause_collector`` paused the cyclic garbage collector (for ``resume_collector``).
+_paused = False
+
+
+def pause_collector() -> None:
+    """Pause the cyclic garbage collector while a command starts. Start-up (imports, opening
+    the store) makes tens of thousands of objects that live until exit, which the collector
+    would otherwise traverse again and again: about a twentieth of a whole ``cas path``."""
+    global _paused
+    _paused = True
+    gc.disable()
+
+
+def resume_collector() -> None:
+    """Resume the collector if ``pause_collector`` paused it, with what start-up made frozen
+    out of its way (``gc.freeze``): it lives until exit and is never traversed again."""
+    global _paused
+    if _paused:
+        _paused = False
+        gc.freeze()
+        gc.enable()

@@ -158,3 +158,46 @@ def test_reading_loads_no_write_fetch_or_rare_module(named: Path, command: str,
     assert output.strip().endswith("a fixture" if command == "cat" else "")
     unwanted = set(NOT_ON_THE_PATH_ROUTE) - ({"shutil"} if command == "cat" else set())
     assert modules.isdisjoint(unwanted), modules & unwanted
+
+
+#: Runs the console entry point, then prints whether the garbage collector runs and how many
+#: objects are frozen out of its way.
+_COLLECTOR_PROBE = textwrap.dedent(
+    """
+    import gc, sys
+    sys.argv = ["cas", *sys.argv[1:]]
+    from cas.cli import main
+    try:
+        main()
+    except SystemExit as end:
+        if end.code:
+            raise
+    print(gc.isenabled(), gc.get_freeze_count(), file=sys.stderr)
+    """
+)
+
+
+def test_the_collector_resumes_once_the_store_is_open(named: Path) -> None:
+    """The console entry point pauses the garbage collector for start-up; once the store is
+    open it runs again, with what start-up made frozen out of its way."""
+    result = subprocess.run(
+        [sys.executable, "-c", _COLLECTOR_PROBE, "--root", str(named), "path", "fixture"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    enabled, frozen = result.stderr.split()
+    assert Path(result.stdout.strip()).read_bytes() == b"a fixture\n"
+    assert enabled == "True"
+    assert int(frozen) > 10_000
+
+
+def test_the_command_line_in_process_leaves_the_collector_alone(named: Path) -> None:
+    """Only the console entry point pauses the collector: the command line run inside another
+    program (CliRunner here) neither pauses nor freezes anything."""
+    import gc
+
+    from tests.conftest import run_cas
+
+    frozen = gc.get_freeze_count()
+    assert run_cas("--root", str(named), "path", "fixture").returncode == 0
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == frozen
