@@ -1,17 +1,15 @@
 """The SQLite catalog: connections, transactions, and the order in which they are used.
 
-Two kinds of connection, made alike (cas/storage/catalog_file.py: the same ``connect``, the same
-pragmas):
+Two kinds of connection, made alike (cas/storage/catalog_file.py: same ``connect``, pragmas):
 
-- SQLAlchemy's engine pools the connections of read and write transactions, and disposes of
-  them after a fork; it is made (and SQLAlchemy imported) when the first such transaction
-  begins. Statements run on the DBAPI (sqlite3) connection it hands out: its Connection and
-  Result layer cost about 135 µs per transaction, twice the transaction itself
-  (benchmarks/RESULTS.md), and cas's statements are hand-written SQL (cas/storage/queries.py).
-- Plain sqlite3 connections serve what a look-up needs: the look-ups themselves
-  (cas/storage/lookups.py), the schema version check at open when nothing needs migrating, and
-  the small flush of waiting access times and counters (at close, or when due after a read). A
-  command that only looks up (``cas path``) therefore never loads SQLAlchemy (about 200 ms).
+- SQLAlchemy's engine pools those of read and write transactions, disposed of after a fork; it
+  is made (and SQLAlchemy imported) by the first such transaction. Statements run on the DBAPI
+  (sqlite3) connection it hands out: its Connection and Result layer cost about 135 µs per
+  transaction, twice the transaction (benchmarks/RESULTS.md); the SQL is cas/storage/queries.py.
+- Plain sqlite3 connections serve a look-up's needs: the schema check at open (then the
+  look-ups, cas/storage/lookups.py, keep that connection) and the small flush of waiting access
+  times and counters (at close, on the look-ups' connection, or when due after a read). A
+  command that only looks up (``cas path``) never loads SQLAlchemy (about 200 ms).
 
 Transactions: the driver's own transaction handling is switched off and every transaction emits
 its own BEGIN, so a read-then-write is one transaction. Transactions that may write begin
@@ -20,10 +18,10 @@ another process committed meanwhile, whatever the busy timeout), stay short, and
 whole on "database is locked". Reads stay deferred; in WAL mode they never wait for a writer.
 
 Last access is coarse (guarantee 6, cas/storage/pending.py): touches and counter increments wait
-in memory until a write transaction happens anyway, the store closes, or the oldest waiting
-touch is itself older than the granularity. A read never waits for the write lock: the flush a
-read makes takes the lock only if it is free; when another process holds it, what waits stays
-for a later write, and the close of a catalog that never wrote drops it after ``FLUSH_WAIT``.
+in memory for a write transaction, the store's close, or the oldest touch to pass the
+granularity. A read never waits for the write lock: its flush takes the lock only if it is free,
+else what waits stays for a later write (a catalog that never wrote drops it at close after
+``FLUSH_WAIT``).
 
 After a fork (``cas.storage.processes.forks()``), a child forgets the parent's connections of
 both kinds and its waiting writes, and opens its own.
@@ -130,8 +128,7 @@ class Catalog:
         return conn
 
     def _lookup_connection(self) -> sqlite3.Connection:
-        """The connection of the look-ups: the kept plain one when there is one (opening
-        checked the schema on it), else a new one. It is theirs from then on, never kept."""
+        """The look-ups' own connection: the kept one (opening checked the schema on it)."""
         with self._spare_lock:
             conn, self._spare = self._spare, None
         return conn if conn is not None else self._connect()
@@ -389,6 +386,13 @@ class Catalog:
         that wrote waits for the lock as its writes did, so a writer's counts add up exactly.
         """
         try:
+            self._check_fork()
+            conn = self._lookups.detach()  # serves the flush below unless one is kept
+            with self._spare_lock:
+                if self._spare is None:
+                    self._spare, conn = conn, None
+            if conn is not None:
+                conn.close()
             if self._wrote:
                 self.flush()
             elif not self.flush_if_free(FLUSH_WAIT):

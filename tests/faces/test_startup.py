@@ -201,3 +201,41 @@ def test_the_command_line_in_process_leaves_the_collector_alone(named: Path) -> 
     assert run_cas("--root", str(named), "path", "fixture").returncode == 0
     assert gc.isenabled()
     assert gc.get_freeze_count() == frozen
+
+
+#: Runs the console entry point with ``sqlite3.connect`` counted; ``argv[1]`` shifts the clock.
+_CONNECTIONS_PROBE = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    shift = float(sys.argv[1])
+    if shift:
+        real = time.time
+        time.time = lambda: real() + shift
+    made = []
+    connect = sqlite3.connect
+    sqlite3.connect = lambda *args, **kwargs: made.append(args) or connect(*args, **kwargs)
+    sys.argv = ["cas", *sys.argv[2:]]
+    from cas.cli import main
+    try:
+        main()
+    except SystemExit as end:
+        if end.code:
+            raise
+    print(len(made), file=sys.stderr)
+    """
+)
+
+
+@pytest.mark.parametrize("shift", [0.0, 3600.0])
+def test_path_opens_the_catalog_once(named: Path, shift: float) -> None:
+    """`cas path NAME` makes one catalog connection: opening checks the schema on it, the
+    look-up runs on it, and the close writes the hit (and a stale access) on it."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CONNECTIONS_PROBE, str(shift), "--root", str(named), "path",
+         "fixture"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert Path(result.stdout.strip()).read_bytes() == b"a fixture\n"
+    assert result.stderr.split()[-1] == "1"
+    with cas.Store.open(named) as store:
+        assert store.stats().counters[cas.Counter.HITS] == 1
