@@ -32,7 +32,8 @@ if TYPE_CHECKING:
     from cas.ops.tier import TransferReport
     from cas.ops.verify import Finding, VerifyReport
     from cas.settings import Settings
-    from cas.storage.metrics import Counter, Stats, Usage, human_size
+    from cas.storage.counters import Counter
+    from cas.storage.metrics import Stats, Usage, human_size
     from cas.store import Entry, Store
 
 __version__ = "0.1.0"
@@ -64,7 +65,7 @@ _HOMES = {
     "SyncReport": "cas.ops.manifest",
     "Stats": "cas.storage.metrics",
     "Usage": "cas.storage.metrics",
-    "Counter": "cas.storage.metrics",
+    "Counter": "cas.storage.counters",
     "human_size": "cas.storage.metrics",
     "FixtureSession": "cas.harness",
     "FixtureUnavailable": "cas.harness",

@@ -4,10 +4,9 @@ Every command calls the library; one handler turns any CasError (and click's usa
 a single ``cas: error:`` line on stderr and the exit status SPEC promises. How results look is
 cas/render.py.
 
-Start-up is part of the interface (scripts call ``cas path`` in loops): at the top this module
-imports click and cas's base only, and each command imports what it uses when it runs, so
-``cas --version`` and ``cas --help`` load no store, and ``cas path`` no SQLAlchemy, S3 client
-or progress bars (tests/faces/test_startup.py).
+Start-up is part of the interface (scripts call ``cas path`` in loops): this module imports
+click and cas's base only, each command what it uses when it runs (tests/faces/test_startup.py),
+and the garbage collector waits until the store is open (console.py ``pause_collector``).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from cas import __version__
-from cas.console import CasGroup, bars, log_to_stderr, say
+from cas.console import CasGroup, bars, log_to_stderr, pause_collector, resume_collector, say
 from cas.errors import CasError, IntegrityError, InUse, UsageError
 from cas.values import SYNC_JOBS
 
@@ -51,6 +50,7 @@ class Context:
                                      profile=self.profile, given_as=COMMAND_LINE,
                                      **self.overrides)
             click.get_current_context().call_on_close(self._store.close)
+            resume_collector()
         return self._store
 
 
@@ -226,15 +226,15 @@ def gc(context: Context, max_size: str | None, max_age: str | None, dry_run: boo
 @pass_context
 def maintain(context: Context, interval: str | None) -> None:
     """Run cleanup periodically in the foreground until interrupted."""
-    import logging
     import threading
 
+    from cas.logs import log
     from cas.values import parse_interval
 
     period = _parse("--interval", interval, parse_interval)
     store = context.store()
-    logging.getLogger("cas").info("cleaning up %s every %.0fs; stop with Ctrl-C", store.root,
-                                  period or store.settings.cleanup_interval)
+    log.info("cleaning up %s every %.0fs; stop with Ctrl-C", store.root,
+             period or store.settings.cleanup_interval)
     store.gc()
     with store.maintenance(period), contextlib.suppress(KeyboardInterrupt):
         threading.Event().wait()
@@ -447,6 +447,7 @@ def _transfer_done(command: str, report: TransferReport) -> None:
 
 def main() -> None:
     """Console entry point."""
+    pause_collector()
     cli.main(prog_name="cas")
 
 

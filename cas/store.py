@@ -22,17 +22,17 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from cas.errors import ConfigError, StoreError, offline_error, os_error
 from cas.ops.leases import Lease, LeaseKeeper
-from cas.ops.lookup import Entry, Reader
+from cas.ops.lookup import Reader
 from cas.settings import Settings, default_root, load_config
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog
 from cas.storage.opening import open_files
-from cas.storage.verification import DamagedRow
 from cas.values import SYNC_JOBS
 
 if TYPE_CHECKING:
     from cas.ops.eviction import Plan
     from cas.ops.fetch import Fetched, Fetcher
+    from cas.ops.listing import Entry
     from cas.ops.manifest import Bar, SyncReport, Total
     from cas.ops.put import Source
     from cas.ops.record import Clock
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from cas.ops.verify import VerifyReport
     from cas.ops.writing import Writers
     from cas.storage.metrics import Stats
+    from cas.storage.verification import DamagedRow
     from cas.transfer.http import Downloader
     from cas.transfer.request import Progress
     from cas.transfer.s3 import Remote
@@ -50,12 +51,15 @@ T = TypeVar("T")
 
 
 def __getattr__(name: str) -> Any:
-    """``Source``, the type ``put`` takes, is defined with put and loads with it."""
+    """``Source`` (what ``put`` takes) and ``Entry`` (a line of ``entries()``) load with their
+    operations."""
     if name == "Source":
-        from cas.ops.put import Source
-
-        return Source
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from cas.ops.put import Source as value
+    elif name == "Entry":
+        from cas.ops.listing import Entry as value
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return value
 
 
 def _refused_when_closed(cls: type[T]) -> type[T]:
@@ -256,7 +260,9 @@ class Store:
     def entries(self) -> list[Entry]:
         """Every name with its blob, then every blob that has no name, with their live leases
         and whether a stored blob's file is missing or damaged (checked by size, not hashed)."""
-        return self._reader.entries()
+        from cas.ops.listing import entries
+
+        return entries(self._blobs, self._catalog, self._clock)
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries())
@@ -379,7 +385,9 @@ class Store:
 
         This process's waiting counts are written first, so they are included.
         """
-        return self._reader.stats(self.settings)
+        from cas.ops.listing import stats
+
+        return stats(self._blobs, self._catalog, self._clock, self.settings)
 
     # -- verification --------------------------------------------------------------------------
 

@@ -29,10 +29,11 @@ _SIZE_UNITS = {
     "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
 }  # fmt: skip
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_QUANTITY = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-zA-Z]*)\s*")
+# Patterns compiled on first use (re caches them): a store opened with default values needs none.
+_QUANTITY = r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-zA-Z]*)\s*"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
-_REMOTE = re.compile(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?")
+_REMOTE = r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?"
 
 
 #: The largest size: what SQLite's INTEGER holds (about 8 EiB).
@@ -75,7 +76,7 @@ def _quantity(
             raise UsageError(f"a {what} must be finite")
         # Clamped into a range that keeps the sign and any overflow, so a huge int is cheap.
         number, unit = Decimal(max(min(value, 2**64), -1)), ""
-    elif isinstance(value, str) and (match := _QUANTITY.fullmatch(value)):
+    elif isinstance(value, str) and (match := re.fullmatch(_QUANTITY, value)):
         try:
             number, unit = Decimal(match[1]), match[2].lower()
         except ArithmeticError:  # an exponent beyond even Decimal's range
@@ -210,7 +211,7 @@ def parse_remote(value: object) -> str | None:
     """None (also written ``""`` or ``none``), or ``s3://bucket/prefix``."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
         return None
-    if isinstance(value, str) and _REMOTE.fullmatch(value.strip()):
+    if isinstance(value, str) and re.fullmatch(_REMOTE, value.strip()):
         return value.strip().rstrip("/")
     raise ValueError("must be s3://bucket/prefix, or empty for none")
 

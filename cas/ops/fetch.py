@@ -20,17 +20,17 @@ catalog, logs and messages get the URL without them (cas/urls.py).
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any, Protocol, overload
 
 from cas.errors import DownloadError, IntegrityError, UsageError, offline_error, os_error
+from cas.logs import log
 from cas.ops.record import Clock, Fetched, Recorder
 from cas.refs import check_digest, check_name
 from cas.storage import queries as q
 from cas.storage import sources
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
-from cas.storage.metrics import Counter
+from cas.storage.counters import Counter
 from cas.transfer.request import Expected, Progress, Validators, check_url
 from cas.urls import redact
 from cas.values import Headers, parse_headers
@@ -38,7 +38,6 @@ from cas.values import Headers, parse_headers
 if TYPE_CHECKING:
     from cas.transfer.http import Downloader  # given by the store: urllib3 loads with it
 
-log = logging.getLogger("cas")
 
 __all__ = ["Fetched", "Fetcher", "Tier", "expectation"]
 

@@ -13,7 +13,6 @@ face's), so it knows neither the store nor tqdm.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import tomllib
@@ -22,14 +21,13 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cas.errors import CasError, NotFound, UsageError
+from cas.logs import log
 from cas.ops import schedule
 from cas.ops.fetch import Fetched, expectation
 from cas.refs import check_name
 from cas.transfer.request import Progress, check_url
 from cas.urls import redact
 from cas.values import SYNC_JOBS, Headers, parse_headers
-
-log = logging.getLogger("cas")
 
 KEYS = ("url", "sha256", "blake3", "size", "headers")
 

@@ -14,25 +14,24 @@ only annotations here, so this module stays light: ``put`` imports it at start-u
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cas.errors import IntegrityError, StoreError, os_error
+from cas.logs import log
 from cas.storage import queries as q
 from cas.storage import sources
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
+from cas.storage.counters import Counter
 from cas.storage.hashing import CHUNK_SIZE
-from cas.storage.metrics import Counter
 from cas.storage.staging import Staged
 
 if TYPE_CHECKING:
     from cas.transfer.request import Download, Expected
 
-log = logging.getLogger("cas")
 
 #: A callable returning the wall time, in seconds since the epoch (``time.time``).
 Clock = Callable[[], float]

@@ -24,7 +24,6 @@ cannot read (counted as failed) and pulls the rest.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -43,6 +42,7 @@ from cas.errors import (
     UsageError,
     os_error,
 )
+from cas.logs import log
 from cas.ops import manifest as manifests
 from cas.ops.lookup import resolve
 from cas.ops.manifest import Fixture
@@ -51,12 +51,10 @@ from cas.refs import check_name, is_digest
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
-from cas.storage.metrics import Counter
+from cas.storage.counters import Counter
 from cas.transfer.request import Expected
 from cas.transfer.s3 import Remote
 from cas.transfer.s3_records import NameRecord
-
-log = logging.getLogger("cas")
 
 #: After the remote failed, fetches go straight to the origin for this many seconds.
 PAUSE = 60.0

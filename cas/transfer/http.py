@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -31,6 +30,7 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
 from cas.errors import DownloadError, IntegrityError
+from cas.logs import log
 from cas.storage.folder import Folder
 from cas.storage.hashing import CHUNK_SIZE
 from cas.storage.processes import forks
@@ -64,8 +64,6 @@ from cas.transfer.retry import (
 )
 from cas.urls import split_credentials
 from cas.values import Headers
-
-log = logging.getLogger("cas")
 
 
 class Downloader:

@@ -20,7 +20,6 @@ import os
 import queue
 import threading
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -250,7 +249,7 @@ class Partial:
             "token": self.token,
             "validator": self.validator if self.resumable else None,
             "total": self.total,
-            "owner": asdict(this_process()),
+            "owner": this_process()._asdict(),
         }
         scratch = self.meta_path.with_suffix(SIDECAR_SCRATCH_SUFFIX).name
         fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import logging
 import re
 import socket
 import time
@@ -26,6 +25,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.response import BaseHTTPResponse
 
 from cas.errors import DownloadError, IntegrityError
+from cas.logs import log
 from cas.transfer.request import SCHEMES, Expected
 from cas.transfer.retry import Budget, Restart
 from cas.urls import redact
@@ -33,7 +33,6 @@ from cas.urls import redact
 if TYPE_CHECKING:
     from cas.transfer.partial import Partial
 
-log = logging.getLogger("cas")
 
 
 def pool_manager(ca_certs: str | None) -> urllib3.PoolManager:

@@ -12,7 +12,6 @@ retried, nor are 400, 401, 403, 404 and 410.
 from __future__ import annotations
 
 import contextlib
-import logging
 import random
 import re
 import ssl
@@ -25,8 +24,7 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
 from cas.errors import DownloadError
-
-log = logging.getLogger("cas")
+from cas.logs import log
 
 E = TypeVar("E", bound=BaseException)
 
