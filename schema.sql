@@ -127,3 +127,20 @@ CREATE TABLE damaged (
 -- (benchmarks/RESULTS.md, gc).
 DROP INDEX blobs_by_last_access;
 CREATE INDEX blobs_by_access ON blobs (last_access, size);
+
+-- version: 6
+
+-- Upstream checksums besides SHA-256: a fetch may expect an MD5 (32 hex digits) or a SHA-1
+-- (40) too, verified while the content streams in and kept here like a SHA-256. SQLite cannot
+-- alter a CHECK, so the table is made anew, filled from the old one, and renamed into place.
+CREATE TABLE aliases_v6 (
+    algorithm TEXT NOT NULL CHECK (algorithm IN ('sha256', 'sha1', 'md5')),
+    value     TEXT NOT NULL CHECK (length(value) = CASE algorithm
+                                   WHEN 'sha256' THEN 64 WHEN 'sha1' THEN 40 ELSE 32 END),
+    digest    TEXT NOT NULL CHECK (length(digest) = 64),
+    PRIMARY KEY (algorithm, value)
+) WITHOUT ROWID;
+
+INSERT INTO aliases_v6 (algorithm, value, digest) SELECT algorithm, value, digest FROM aliases;
+DROP TABLE aliases;
+ALTER TABLE aliases_v6 RENAME TO aliases;

@@ -322,10 +322,12 @@ def stats(context: Context, as_json: bool, prometheus: bool, check: bool) -> Non
 @click.option("--name", help="Name the fixture; it remembers URL and hashes to fetch it again.")
 @click.option("--blake3", metavar="HEX", help="Expected BLAKE3 digest of the content.")
 @click.option("--sha256", metavar="HEX", help="Expected SHA-256 of the content.")
+@click.option("--md5", metavar="HEX", help="Expected MD5 of the content.")
+@click.option("--sha1", metavar="HEX", help="Expected SHA-1 of the content.")
 @click.option("--size", type=int, help="Expected size in bytes.")
 @pass_context
 def fetch(context: Context, url: str, name: str | None, blake3: str | None,
-          sha256: str | None, size: int | None) -> None:
+          sha256: str | None, md5: str | None, sha1: str | None, size: int | None) -> None:
     """Store the content of URL (verified, resumable); print its digest."""
     from cas.progress import TransferBar  # only commands that transfer need tqdm
     from cas.urls import redact
@@ -334,7 +336,8 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
     bar = TransferBar(name or shown.rsplit("/", 1)[-1] or shown) if bars() else None
     try:
         digest = context.store().fetch(
-            url, name=name, blake3=blake3, sha256=sha256, size=size, progress=bar
+            url, name=name, blake3=blake3, sha256=sha256, sha1=sha1, md5=md5, size=size,
+            progress=bar,
         )
     finally:
         if bar is not None:

@@ -224,10 +224,11 @@ def test_sync_with_progress_bars(root: Path, server: Server, tmp_path: Path,
     ("entry", "message"),
     [
         ('url = "http://x/a"\nsha256 = 12', "fixture 'bad': key 'sha256'"),
-        ('url = "http://x/a"\nsha1 = "ab"', "fixture 'bad': unknown key 'sha1'"),
+        ('url = "http://x/a"\nsha512 = "ab"', "fixture 'bad': unknown key 'sha512'"),
+        ('url = "http://x/a"\nsha1 = "ab"', "fixture 'bad': key 'sha1': sha1 'ab' is not 40"),
+        ('url = "http://x/a"\nmd5 = "' + "g" * 32 + '"', "fixture 'bad': key 'md5'"),
         ('sha256 = "' + "0" * 64 + '"', "fixture 'bad': key 'url' is missing"),
         ('url = "file:///etc/passwd"\nsha256 = "' + "0" * 64 + '"', "fixture 'bad': key 'url'"),
-        ('url = "http://x/a"', "fixture 'bad': needs key 'sha256' or 'blake3'"),
         ('url = "http://x/a"\nblake3 = "' + "0" * 64 + '"\nsize = -3', "fixture 'bad': key 'size'"),
     ],
 )
