@@ -2,20 +2,22 @@
 
 Policy over two mechanisms: transfer/http.py moves and verifies bytes, the catalog knows what is
 stored. A fetch is answered without network when its expected BLAKE3 is stored, when an expected
-SHA-256, SHA-1 or MD5 was seen before for a stored blob (the ``aliases`` table), or, when it expects
-no digest, when the URL's last content is still stored (the ``sources`` table). Otherwise one thread
-of one process downloads (single flight: the others wait on its lock, then find the blob on their
-re-check), and the verified staging file goes through the publish-then-record step that put and pull
-share (cas/ops/record.py): file first, then rows. A store with a remote tier passes it as a
-``Tier``, asked after a local miss and before the origin. An offline store (the ``offline`` setting)
-has neither downloader nor tier: a local miss is ``offline_error``.
+SHA-256, SHA-1 or MD5 was seen before for a stored blob (the ``aliases`` table), or, when it
+expects no digest, when the URL's last content is still stored (the ``sources`` table). A name
+fetched from a URL without a digest keeps what its first fetch got: later fetches of that URL
+under that name expect that digest (``Fetcher.recorded``) until a refresh. Otherwise one thread
+of one process downloads (single flight: the others wait on its lock, then find the blob on
+their re-check), and the verified staging file goes through the publish-then-record step that
+put and pull share (cas/ops/record.py): file first, then rows. A store with a remote tier passes
+it as a ``Tier``, asked after a local miss and before the origin. An offline store (the
+``offline`` setting) has neither downloader nor tier: a local miss is ``offline_error``.
 
-Every expected hash is checked against the content before it is trusted or recorded: a checksum not
-yet known as an alias of the stored blob it would be served from is computed from that blob's file,
-here, without network. A fetch that knows only upstream checksums also hashes the content the URL
-gave last time and the blob its name points at, so a later request for stored content never
-downloads it again. Credentials in a URL are used by the download only; the catalog, logs and
-messages get the URL without them (cas/urls.py).
+Every expected hash is checked against the content before it is trusted or recorded: a checksum
+not yet known as an alias of the stored blob it would be served from is computed from that
+blob's file, here, without network. A fetch that knows only upstream checksums also hashes the
+content the URL gave last time and the blob its name points at, so a later request for stored
+content never downloads it again. Credentials in a URL are used by the download only; the
+catalog, logs and messages get the URL without them (cas/urls.py).
 """
 
 from __future__ import annotations
@@ -101,6 +103,8 @@ class Fetcher:
         if name is not None:
             check_name(name)
         expected = expectation(blake3, sha256, size, sha1, md5)
+        recorded = self.recorded(url, name, expected)
+        expected = recorded or expected
         ruled_out: set[str] = set()  # blobs hashed and found not to be the expected content
         served = self._serve(url, name, expected, ruled_out)
         if served is not None:
@@ -120,10 +124,32 @@ class Fetcher:
                 pulled = self._tier.read_through(url, name, expected)
                 if pulled is not None:
                     return pulled
-            fetched = self._download(url, source, name, expected, progress)
+            try:
+                fetched = self._download(url, source, name, expected, progress)
+            except IntegrityError as error:
+                if recorded is None:
+                    raise
+                raise IntegrityError(
+                    f"{error}; fixture {name!r} holds what {url} gave when first fetched:"
+                    " refresh it to take the new content (`cas sync --update`)",
+                    expected=error.expected, found=error.found,
+                ) from error  # fmt: skip
         if self._tier is not None:  # outside the lock: the others find the blob stored already
             self._tier.offer(fetched, url, name, expected)
         return fetched
+
+    def recorded(self, url: str, name: str | None, expected: Expected) -> Expected | None:
+        """What a fetch of ``url`` named ``name`` that expects no digest must get: the content
+        the name holds, when it was fetched from this same URL (its first fetch recorded the
+        digest; a refresh is what moves it on). None when a digest is expected, or the name is
+        new or came from elsewhere: then whatever the URL gives is taken."""
+        if name is None or expected.blake3 is not None or expected.upstream():
+            return None
+        with self._catalog.read() as conn:
+            named = q.find_name(conn, name)
+        if named is None or named.url != url:
+            return None
+        return Expected(blake3=named.digest, size=expected.size)
 
     # -- served from the store -------------------------------------------------------------------
 

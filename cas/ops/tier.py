@@ -58,6 +58,7 @@ from cas.storage.metrics import Counter
 from cas.transfer.request import Expected
 from cas.transfer.s3 import Remote
 from cas.transfer.s3_records import NameRecord
+from cas.urls import redact
 
 log = logging.getLogger("cas")
 
@@ -335,11 +336,17 @@ class RemoteTier:
         for key, value in (("sha1", fixture.sha1), ("md5", fixture.md5)):
             if digest is None and value is not None:
                 digest = self._local_alias(key, value)
+        hashless = not (fixture.blake3 or sha256 or fixture.sha1 or fixture.md5)
+        if hashless:  # what the name got from this URL: here, else the remote's record of it
+            with self._catalog.read() as conn:
+                named = q.find_name(conn, fixture.name)
+            record = (named if named is not None and named.url == redact(fixture.url)
+                      else self.remote.get_name(fixture.name))  # fmt: skip
+            if record is not None and record.url == redact(fixture.url):
+                digest = record.digest
         if digest is None:
-            raise NotFound(
-                f"fixture {fixture.name!r} is not in the remote (its blake3 is unknown here and"
-                " its sha256 unknown there)"
-            )
+            what = "no record of its URL" if hashless else "its digest is unknown there"
+            raise NotFound(f"fixture {fixture.name!r} is not in the remote ({what})")
         return self._pull(digest, fixture.size, fixture.name, fixture.url, sha256)
 
     def _pull(
