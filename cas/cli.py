@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from cas import __version__
+from cas.cli_manifest import manifest
 from cas.console import CasGroup, bars, log_to_stderr, say
 from cas.errors import CasError, IntegrityError, InUse, UsageError
 
@@ -441,6 +442,9 @@ def _transfer_done(command: str, report: TransferReport) -> None:
     if report.failed:
         total = len(report.done) + len(report.present) + len(report.failed)
         raise CasError(f"{len(report.failed)} of {total} failed")
+
+
+cli.add_command(manifest)
 
 
 def main() -> None:

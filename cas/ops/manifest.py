@@ -105,6 +105,15 @@ def _fixture(where: str, name: str, entry: Any) -> Fixture:
     return Fixture(name=name, url=entry["url"], size=entry.get("size"), **hashes)
 
 
+def check_fixture(fixture: Fixture) -> Fixture:
+    """``fixture`` if its URL is http(s) and its hashes and size are well formed; else a
+    UsageError naming the problem (the URL without its credentials)."""
+    check_name(fixture.name)
+    check_url(redact(fixture.url))
+    expectation(fixture.blake3, fixture.sha256, fixture.size, fixture.sha1, fixture.md5)
+    return fixture
+
+
 class FetchFixture(Protocol):
     """Fetches one fixture into the store (the store's fetch, with its outcome)."""
 
