@@ -234,3 +234,25 @@ def test_manifest_md5_and_sha1_entries_sync_then_serve_from_the_store(
     assert result.returncode != 0
     assert "SHA-1" in result.stderr.decode() and _hex("sha1", one) in result.stderr.decode()
     assert "a/three" not in _names(root)
+
+
+def test_concurrent_fetches_expecting_one_md5_transfer_once(root: Path, server: Server) -> None:
+    """Eight threads fetching two URLs of the same content, each expecting only its MD5, make
+    one request between them (the single-flight lock is keyed by the MD5 too)."""
+    import threading
+
+    body = os.urandom(400_000)
+    urls = [server.add("/flight-a.bin", body, delay=0.01), server.add("/flight-b.bin", body)]
+    md5 = _hex("md5", body)
+    results: list[str] = []
+    with cas.Store.open(root) as store:
+        def one(index: int) -> None:
+            results.append(store.fetch(urls[index % 2], md5=md5))
+
+        threads = [threading.Thread(target=one, args=(index,)) for index in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert results == [blake3.blake3(body).hexdigest()] * 8
+    assert server.requests("/flight-a.bin") + server.requests("/flight-b.bin") == 1
