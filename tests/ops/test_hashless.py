@@ -180,3 +180,24 @@ def test_fixture_session_serves_a_hashless_manifest_entry(
     with FixtureSession.open(manifest, root=root, auto_download=False) as session:
         assert session.path("s/fx").read_bytes() == body
     assert server.requests("/session") == 1
+
+
+def test_an_offline_sync_serves_hashless_entries_from_the_store(
+    root: Path, tmp_path: Path, server: Server
+) -> None:
+    """Once synced, a hash-less manifest syncs offline (API and CLI) without a request; an
+    entry never fetched is a NotFound saying cas is offline."""
+    body = os.urandom(1500)
+    manifest = _manifest(tmp_path / "m.toml", {"off/a": {"url": server.add("/off-a", body)}})
+    with cas.Store.open(root) as store:
+        store.sync(manifest)
+    with cas.Store.open(root, offline=True) as store:
+        assert store.sync(manifest) == {"off/a": _b3(body)}
+    assert run_cas("--offline", "sync", str(manifest), root=root).returncode == 0
+    assert server.requests("/off-a") == 1
+    more = _manifest(tmp_path / "more.toml", {"off/b": {"url": server.add("/off-b", body)}})
+    with cas.Store.open(root, offline=True) as store:
+        report = store.sync_report(more)
+    assert isinstance(report.failed["off/b"], cas.NotFound)
+    assert "offline" in str(report.failed["off/b"])
+    assert server.requests("/off-b") == 0
