@@ -67,7 +67,7 @@ def read_registry(path: str | os.PathLike[str], base_url: str | None = None) -> 
     fixtures = []
     for name, (algorithm, value, number) in hashes.items():
         here = f"{where}:{number}"
-        url = urls.get(name) or _joined(here, base_url, name)
+        url = urls[name] if name in urls else _joined(here, base_url, name)
         try:
             expected: dict[str, Any] = {algorithm: value}
             fixture = check_fixture(Fixture(name, url, **expected))

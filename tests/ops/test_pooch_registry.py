@@ -193,6 +193,7 @@ SHA = "0" * 64
         ("a.txt " + "0" * 40, "sha256 '" + "0" * 40 + "' is not 64"),
         (f"{'a' * 64} {SHA}", "reserved for digests"),
         (f"a.txt {SHA} ftp://x/a.txt", "is not an http or https URL"),
+        (f"a.txt {SHA} ''", "'' is not an http or https URL"),
     ],
 )
 def test_a_bad_line_is_one_error_naming_file_and_line(tmp_path: Path, line: str,
