@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from cas.ops.eviction import Plan as GcPlan
     from cas.ops.leases import Lease
     from cas.ops.manifest import SyncReport
+    from cas.ops.registry import manifest_from_pooch
     from cas.ops.tier import TransferReport
     from cas.ops.verify import Finding, VerifyReport
     from cas.settings import Settings
@@ -63,6 +64,7 @@ _HOMES = {
     "Finding": "cas.ops.verify",
     "TransferReport": "cas.ops.tier",
     "SyncReport": "cas.ops.manifest",
+    "manifest_from_pooch": "cas.ops.registry",
     "Stats": "cas.storage.metrics",
     "Usage": "cas.storage.metrics",
     "Counter": "cas.storage.counters",
@@ -99,6 +101,7 @@ __all__ = [
     "VerifyReport",
     "__version__",
     "human_size",
+    "manifest_from_pooch",
 ]
 
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from cas import __version__
+from cas.cli_manifest import manifest
 from cas.console import CasGroup, bars, log_to_stderr, pause_collector, resume_collector, say
 from cas.errors import CasError, IntegrityError, InUse, UsageError
 from cas.values import SYNC_JOBS
@@ -323,6 +324,8 @@ def stats(context: Context, as_json: bool, prometheus: bool, check: bool) -> Non
 @click.option("--name", help="Name the fixture; it remembers URL and hashes to fetch it again.")
 @click.option("--blake3", metavar="HEX", help="Expected BLAKE3 digest of the content.")
 @click.option("--sha256", metavar="HEX", help="Expected SHA-256 of the content.")
+@click.option("--md5", metavar="HEX", help="Expected MD5 of the content.")
+@click.option("--sha1", metavar="HEX", help="Expected SHA-1 of the content.")
 @click.option("--size", type=int, help="Expected size in bytes.")
 @click.option("--refresh", is_flag=True,
               help="Revalidate a URL fetched without a digest; store its new content.")
@@ -330,7 +333,8 @@ def stats(context: Context, as_json: bool, prometheus: bool, check: bool) -> Non
               help="An extra request header (repeatable); ${VAR} is read from the environment.")
 @pass_context
 def fetch(context: Context, url: str, name: str | None, blake3: str | None,
-          sha256: str | None, size: int | None, refresh: bool, headers: tuple[str, ...]) -> None:
+          sha256: str | None, md5: str | None, sha1: str | None, size: int | None,
+          refresh: bool, headers: tuple[str, ...]) -> None:
     """Store the content of URL (verified, resumable); print its digest."""
     from cas.progress import TransferBar  # only commands that transfer need tqdm
     from cas.urls import redact
@@ -338,8 +342,10 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
     shown = redact(url)  # a bar never shows the credentials a URL may carry
     bar = TransferBar(name or shown.rsplit("/", 1)[-1] or shown) if bars() else None
     try:
-        digest = context.store().fetch(url, name=name, blake3=blake3, sha256=sha256, size=size,
-                                       refresh=refresh, headers=list(headers), progress=bar)
+        digest = context.store().fetch(
+            url, name=name, blake3=blake3, sha256=sha256, sha1=sha1, md5=md5, size=size,
+            refresh=refresh, headers=list(headers), progress=bar,
+        )
     finally:
         if bar is not None:
             bar.close()
@@ -443,6 +449,9 @@ def _transfer_done(command: str, report: TransferReport) -> None:
     if report.failed:
         total = len(report.done) + len(report.present) + len(report.failed)
         raise CasError(f"{len(report.failed)} of {total} failed")
+
+
+cli.add_command(manifest)
 
 
 def main() -> None:

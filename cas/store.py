@@ -276,6 +276,8 @@ class Store:
         name: str | None = None,
         blake3: str | None = None,
         sha256: str | None = None,
+        sha1: str | None = None,
+        md5: str | None = None,
         size: int | None = None,
         refresh: bool = False,
         headers: Mapping[str, str] | Sequence[str] | None = None,
@@ -284,44 +286,47 @@ class Store:
         """Store the content of ``url`` (http or https); return its BLAKE3 digest.
 
         No network when the content is known: an expected ``blake3`` already stored, a
-        ``sha256`` seen before for a stored blob, or, expecting no digest, the URL's last
-        content still stored. Otherwise one download for all threads and processes asking at
-        once, resumed after interruptions, verified against every expected value before it
-        enters the store. ``name`` remembers the source, so an evicted fixture comes back.
-        ``refresh`` revalidates a URL fetched without a digest (a 304 costs no body); names
-        follow new content. ``headers`` (``{"Authorization": "Bearer ${TOKEN}"}``) go to the
-        URL's origin only, over the setting's, never recorded (docs/api.md). ``progress(done,
-        total)`` is told the bytes. Raises UsageError, DownloadError, IntegrityError, NotFound.
+        ``sha256``, ``sha1`` or ``md5`` seen before for a stored blob, or, expecting no digest,
+        the URL's last content still stored (or the one ``name`` got from it). Otherwise one
+        download for all threads and processes asking at once, resumed after interruptions,
+        verified against every expected value before it enters the store. ``name`` remembers
+        the source, so an evicted fixture comes back. ``refresh`` revalidates a URL fetched
+        without a digest (a 304 costs no body); names follow new content. ``headers``
+        (``{"Authorization": "Bearer ${TOKEN}"}``) go to the URL's origin only, over the
+        setting's, never recorded (docs/api.md). ``progress(done, total)`` is told the bytes.
+        Raises UsageError, DownloadError, IntegrityError, NotFound.
         """
-        return self._fetch(url, name=name, blake3=blake3, sha256=sha256, size=size,
-                           refresh=refresh, headers=headers, progress=progress).digest
+        return self._fetch(url, name=name, blake3=blake3, sha256=sha256, sha1=sha1, md5=md5,
+                           size=size, refresh=refresh, headers=headers,
+                           progress=progress).digest  # fmt: skip
 
     def stored(self, url: str | None = None, *, name: str | None = None,
-               blake3: str | None = None, sha256: str | None = None,
-               size: int | None = None) -> str | None:
+               blake3: str | None = None, sha256: str | None = None, sha1: str | None = None,
+               md5: str | None = None, size: int | None = None) -> str | None:
         """The digest of stored content that satisfies a fixture, without network: what
         ``fetch`` with these arguments would serve from the store alone; None when nothing
         stored matches every expected digest and size.
 
-        As ``fetch``, a SHA-256 not yet known for a stored blob is computed from its file, and
+        As ``fetch``, a checksum not yet known for a stored blob is computed from its file, and
         ``name`` is pointed at what is found when ``url`` is given too. Without ``url`` only
         ``name``'s blob and the expected digests are looked at, and the name is left as it is.
         Raises UsageError for a malformed digest or size, IntegrityError when a stored blob is
-        the expected BLAKE3 but not the expected SHA-256 or size.
+        the expected BLAKE3 but not another expected checksum or size.
         """
         from cas.ops.fetch import expectation
 
-        expected = expectation(blake3, sha256, size)
+        expected = expectation(blake3, sha256, size, sha1, md5)
         found = self._fetching().stored(url, name, expected)
         return found.digest if found is not None else None
 
     def _fetch(self, url: str, *, name: str | None = None, blake3: str | None = None,
-               sha256: str | None = None, size: int | None = None, refresh: bool = False,
-               headers: object = None, progress: Progress | None = None) -> Fetched:
+               sha256: str | None = None, sha1: str | None = None, md5: str | None = None,
+               size: int | None = None, refresh: bool = False, headers: object = None,
+               progress: Progress | None = None) -> Fetched:
         try:
             fetched = self._fetching().fetch(url, name=name, blake3=blake3, sha256=sha256,
-                                             size=size, refresh=refresh, headers=headers,
-                                             progress=progress)
+                                             sha1=sha1, md5=md5, size=size, refresh=refresh,
+                                             headers=headers, progress=progress)
         except OSError as error:  # e.g. the lock or staging file of a full or read-only disk
             raise os_error(error, f"cannot fetch {url}") from error
         if fetched.stored is not None:

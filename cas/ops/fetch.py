@@ -1,18 +1,20 @@
 """Fetching into the store: serve what is already known, else download once, verify, publish.
 
 Policy over two mechanisms: transfer/http.py moves and verifies bytes, the catalog knows what is
-stored. A fetch is answered without network when its expected BLAKE3 is stored, when its
-expected SHA-256 was seen before for a stored blob (the ``aliases`` table), or, when it expects
-no digest, when the URL's last content is still stored (the ``sources`` table). Otherwise one
-thread of one process downloads (single flight: the others wait on its lock, then find the blob
-on their re-check), and the verified staging file goes through the publish-then-record step
-that put and pull share (cas/ops/record.py): file first, then rows. A store with a remote tier
-passes it as a ``Tier``, asked after a local miss and before the origin. An offline store
-(the ``offline`` setting) has neither downloader nor tier: a local miss is ``offline_error``.
+stored. A fetch is answered without network when its expected BLAKE3 is stored, when an expected
+SHA-256, SHA-1 or MD5 was seen before for a stored blob (the ``aliases`` table), or, when it
+expects no digest, when the URL's last content is still stored (the ``sources`` table). A name
+fetched from a URL without a digest keeps what its first fetch got: later fetches of that URL
+under that name expect that digest (``Fetcher.recorded``) until a refresh. Otherwise one thread
+of one process downloads (single flight: the others wait on its lock, then find the blob on
+their re-check), and the verified staging file goes through the publish-then-record step that
+put and pull share (cas/ops/record.py): file first, then rows. A store with a remote tier passes
+it as a ``Tier``, asked after a local miss and before the origin. An offline store (the
+``offline`` setting) has neither downloader nor tier: a local miss is ``offline_error``.
 
-Every expected hash is checked against the content before it is trusted or recorded:
-a SHA-256 not yet known as an alias of the stored blob it would be served from is computed from
-that blob's file, here, without network. A fetch that knows only a SHA-256 also hashes the
+Every expected hash is checked against the content before it is trusted or recorded: a checksum
+not yet known as an alias of the stored blob it would be served from is computed from that
+blob's file, here, without network. A fetch that knows only upstream checksums also hashes the
 content the URL gave last time and the blob its name points at, so a later request for stored
 content never downloads it again. Credentials in a URL are used by the download only; the
 catalog, logs and messages get the URL without them (cas/urls.py).
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol, overload
 from cas.errors import DownloadError, IntegrityError, UsageError, offline_error, os_error
 from cas.logs import log
 from cas.ops.record import Clock, Fetched, Recorder
-from cas.refs import check_digest, check_name
+from cas.refs import check_checksum, check_name
 from cas.storage import queries as q
 from cas.storage import sources
 from cas.storage.blobs import BlobStore
@@ -39,7 +41,7 @@ if TYPE_CHECKING:
     from cas.transfer.http import Downloader  # given by the store: urllib3 loads with it
 
 
-__all__ = ["Fetched", "Fetcher", "Tier", "expectation"]
+__all__ = ["Expected", "Fetched", "Fetcher", "Tier", "expectation"]
 
 
 class Tier(Protocol):
@@ -53,16 +55,17 @@ class Tier(Protocol):
 
 
 def expectation(
-    blake3: str | None, sha256: str | None, size: int | None
-) -> Expected:
+    blake3: str | None, sha256: str | None, size: int | None,
+    sha1: str | None = None, md5: str | None = None,
+) -> Expected:  # fmt: skip
     """Validate what a caller expects of a download; raise UsageError naming a bad value."""
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
         raise UsageError(f"size {size!r} is not a non-negative number of bytes")
-    return Expected(
-        blake3=check_digest(blake3, "blake3") if blake3 is not None else None,
-        sha256=check_digest(sha256, "sha256") if sha256 is not None else None,
-        size=size,
-    )
+    def valid(value: str | None, algorithm: str) -> str | None:
+        return check_checksum(value, algorithm) if value is not None else None
+
+    return Expected(blake3=valid(blake3, "blake3"), sha256=valid(sha256, "sha256"), size=size,
+                    sha1=valid(sha1, "sha1"), md5=valid(md5, "md5"))  # fmt: skip
 
 
 def request_headers(setting: Headers, given: object) -> Headers:
@@ -102,6 +105,8 @@ class Fetcher:
         name: str | None = None,
         blake3: str | None = None,
         sha256: str | None = None,
+        sha1: str | None = None,
+        md5: str | None = None,
         size: int | None = None,
         refresh: bool = False,
         headers: object = None,
@@ -118,10 +123,12 @@ class Fetcher:
         url = check_url(redact(url)) if isinstance(url, str) else check_url(url)
         if name is not None:
             check_name(name)
-        expected = expectation(blake3, sha256, size)
+        expected = expectation(blake3, sha256, size, sha1, md5)
         extra = request_headers(self._headers, headers)
         if refresh:
             return self._refresh(url, source, name, expected, extra, progress)
+        recorded = self.recorded(url, name, expected)
+        expected = recorded or expected
         ruled_out: set[str] = set()  # blobs hashed and found not to be the expected content
         served = self._serve(url, name, expected, ruled_out)
         if served is not None:
@@ -131,7 +138,7 @@ class Fetcher:
             raise offline_error(f"{what} is not stored")
         keys = [f"url:{url}"]
         keys += [f"blake3:{expected.blake3}"] if expected.blake3 else []
-        keys += [f"sha256:{expected.sha256}"] if expected.sha256 else []
+        keys += [f"{algorithm}:{value}" for algorithm, value in expected.upstream().items()]
         with self.downloader.single_flight(keys):
             # Another thread or process may have fetched it while this one waited.
             served = self._serve(url, name, expected, ruled_out)
@@ -141,7 +148,17 @@ class Fetcher:
                 pulled = self._tier.read_through(url, name, expected)
                 if pulled is not None:
                     return pulled
-            fetched = self._download(url, source, name, expected, progress, extra)
+            try:
+                fetched = self._download(url, source, name, expected, progress, extra)
+            except IntegrityError as error:
+                if recorded is None:
+                    raise
+                raise IntegrityError(
+                    f"{error}; fixture {name!r} holds what {url} gave when first fetched:"
+                    " refresh it to take the new content (`cas fetch --refresh`,"
+                    " `cas sync --update`)",
+                    expected=error.expected, found=error.found,
+                ) from error  # fmt: skip
         if self._tier is not None:  # outside the lock: the others find the blob stored already
             self._tier.offer(fetched, url, name, expected)
         return fetched
@@ -182,6 +199,19 @@ class Fetcher:
             self._tier.offer(fetched, url, name, expected)
         return fetched
 
+    def recorded(self, url: str, name: str | None, expected: Expected) -> Expected | None:
+        """What a fetch of ``url`` named ``name`` that expects no digest must get: the content
+        the name holds, when it was fetched from this same URL (its first fetch recorded the
+        digest; a refresh is what moves it on). None when a digest is expected, or the name is
+        new or came from elsewhere: then whatever the URL gives is taken."""
+        if name is None or expected.blake3 is not None or expected.upstream():
+            return None
+        with self._catalog.read() as conn:
+            named = q.find_name(conn, name)
+        if named is None or named.url != url:
+            return None
+        return Expected(blake3=named.digest, size=expected.size, held=True)
+
     # -- served from the store -------------------------------------------------------------------
 
     def stored(self, url: str | None, name: str | None, expected: Expected) -> Fetched | None:
@@ -201,15 +231,15 @@ class Fetcher:
         match = self._match(url, name, expected, ruled_out)
         if match is None:
             return None
-        row, alias = match
-        if alias is not None or (name is not None and url is not None):
+        row, computed = match
+        if computed or (name is not None and url is not None):
 
             def work(conn: Connection) -> bool:
                 # Record it only if it is still there: cleanup may have removed it meanwhile.
                 if q.find_blob(conn, row.digest) is None:
                     return False
-                if alias is not None:  # computed from the blob's own bytes just now
-                    q.record_alias(conn, "sha256", alias, row.digest)
+                for algorithm, value in computed.items():  # from the blob's own bytes just now
+                    q.record_alias(conn, algorithm, value, row.digest)
                 if name is not None and url is not None:
                     q.set_name(
                         conn, name, row.digest, self._clock(), url=url, sha256=expected.sha256,
@@ -225,62 +255,78 @@ class Fetcher:
         return Fetched(row.digest, row.size, downloaded=False)
 
     def _match(self, url: str | None, name: str | None, expected: Expected,
-               ruled_out: set[str]) -> tuple[Any, str | None] | None:  # fmt: skip
-        """The stored blob row that answers this fetch and the SHA-256 to record as its alias
-        (one just computed from its file), or None.
+               ruled_out: set[str]) -> tuple[Any, dict[str, str]] | None:  # fmt: skip
+        """The stored blob row that answers this fetch and the upstream checksums to record as
+        its aliases (those just computed from its file), or None.
 
-        A row found by the expected BLAKE3 with an expected SHA-256 not known as its alias is
-        hashed, and a mismatch refuses the fetch (IntegrityError), as a download would; a
-        SHA-256 seen for no stored blob is looked for in the URL's last content and the name's
-        blob, hashed here: the bytes are on this disk already.
+        A row found by its expected BLAKE3 (or one expected checksum) with other expected
+        checksums not known as its aliases is hashed, and a mismatch refuses the fetch
+        (IntegrityError), as a download would; checksums seen for no stored blob are looked
+        for in the URL's last content and the name's blob, hashed here: the bytes are on this
+        disk already.
         """
+        wanted = expected.upstream()
         with self._catalog.read() as conn:
-            row, trusted, candidates = self._look_up(conn, url, name, expected)
+            row, known, candidates = self._look_up(conn, url, name, expected)
         if row is not None:
-            if expected.blake3 is None and expected.sha256 is None:
+            if expected.blake3 is None and not wanted:
                 # What the URL gave last time may not be what is expected now: download.
-                return (row, None) if expected.size in (None, row.size) else None
+                return (row, {}) if expected.size in (None, row.size) else None
             self._check_size(row, url or name, expected)
-            if expected.sha256 is None or trusted:
-                return row, None
-            return row, self._recorder.confirmed(row.digest, expected.sha256, url or name)
+            unknown = {key: value for key, value in wanted.items() if key not in known}
+            if not unknown:
+                return row, {}
+            return row, self._recorder.confirmed(row.digest, unknown, url or name)
         for candidate in candidates:
             if candidate.digest in ruled_out:
                 continue
             right_size = expected.size is None or candidate.size == expected.size
-            if right_size and self._recorder.sha256_of(candidate.digest) == expected.sha256:
-                log.debug("%s is stored already as %s", expected.sha256, candidate.digest)
-                return candidate, expected.sha256
+            if right_size and self._recorder.checksums_of(candidate.digest,
+                                                          tuple(wanted)) == wanted:
+                log.debug("%s is stored already as %s", wanted, candidate.digest)
+                return candidate, wanted
             ruled_out.add(candidate.digest)
         return None
 
     def _look_up(self, conn: Connection, url: str | None, name: str | None, expected: Expected,
-                 ) -> tuple[Any, bool, list[Any]]:  # fmt: skip
-        """(the stored row the expected digests or the URL designate, whether its expected
-        SHA-256 is a known alias of it, stored rows that may hold an expected SHA-256)."""
+                 ) -> tuple[Any, set[str], list[Any]]:  # fmt: skip
+        """(the stored row the expected digests or the URL designate, the expected checksums
+        known as aliases of it, stored rows that may hold the expected checksums)."""
+        wanted = expected.upstream()
+        seen = {key: q.find_alias(conn, key, value) for key, value in wanted.items()}
+        known = {key for key, digest in seen.items() if digest is not None}
         if expected.blake3 is not None:
-            seen = q.find_alias(conn, "sha256", expected.sha256) if expected.sha256 else None
-            if seen is not None and seen != expected.blake3:
+            for key, digest in seen.items():
+                if digest is not None and digest != expected.blake3:
+                    raise IntegrityError(
+                        f"{key} {wanted[key]} is the content {digest}, not the expected"
+                        f" blake3 {expected.blake3}; check the expected digests of {url or name}",
+                        expected=expected.blake3,
+                        found=digest,
+                    )
+            return self._stored_row(conn, expected.blake3), known, []
+        if wanted:
+            contents = {digest: key for key, digest in seen.items() if digest is not None}
+            if len(contents) > 1:
+                (one, first), (other, second) = list(contents.items())[:2]
                 raise IntegrityError(
-                    f"sha256 {expected.sha256} is the content {seen}, not the expected"
-                    f" blake3 {expected.blake3}; check the expected digests of {url or name}",
-                    expected=expected.blake3,
-                    found=seen,
+                    f"{first} {wanted[first]} is the content {one} but {second}"
+                    f" {wanted[second]} is {other}; check the expected digests of {url or name}",
+                    expected=one,
+                    found=other,
                 )
-            return self._stored_row(conn, expected.blake3), seen is not None, []
-        if expected.sha256 is not None:
-            row = self._stored_row(conn, q.find_alias(conn, "sha256", expected.sha256))
+            row = self._stored_row(conn, next(iter(contents), None))
             if row is not None:
-                return row, True, []
+                return row, known, []
             named = q.find_name(conn, name) if name is not None else None
             digests = [q.find_source(conn, url) if url is not None else None,
                        named.digest if named is not None else None]  # fmt: skip
             rows = [self._stored_row(conn, digest) for digest in dict.fromkeys(digests)]
-            return None, False, [row for row in rows if row is not None]
+            return None, set(), [row for row in rows if row is not None]
         if url is not None:
-            return self._stored_row(conn, q.find_source(conn, url)), True, []
+            return self._stored_row(conn, q.find_source(conn, url)), known, []
         named = q.find_name(conn, name) if name is not None else None
-        return self._stored_row(conn, named.digest if named else None), True, []
+        return self._stored_row(conn, named.digest if named else None), known, []
 
     def _stored_row(self, conn: Connection, digest: str | None) -> Any:
         """The row of ``digest`` if its blob is stored whole, else None."""

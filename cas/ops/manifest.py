@@ -2,7 +2,10 @@
 
     [fixtures."models/tiny.gguf"]
     url = "https://example.org/tiny.gguf"
-    sha256 = "…"        # and/or blake3 = "…"; size = 1234 is optional
+    sha256 = "…"        # and/or blake3, sha1, md5 = "…"; size = 1234 is optional
+
+An entry without any hash is allowed: its first fetch records the digest (the name and the
+URL's source row remember it), and later syncs are served that content from the store.
 
 ``load`` checks the whole file before anything is fetched, so a bad entry is a one-line
 UsageError naming the fixture and the key; ``sync`` fetches every fixture, several at a time,
@@ -29,7 +32,8 @@ from cas.transfer.request import Progress, check_url
 from cas.urls import redact
 from cas.values import SYNC_JOBS, Headers, parse_headers
 
-KEYS = ("url", "sha256", "blake3", "size", "headers")
+KEYS = ("url", "sha256", "blake3", "sha1", "md5", "size", "headers")
+HASHES = ("blake3", "sha256", "sha1", "md5")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,8 @@ class Fixture:
     size: int | None = None
     #: Extra request headers; values may hold ``${VAR}``, and are secrets: not in the repr.
     headers: Headers = field(default=(), repr=False)
+    sha1: str | None = None
+    md5: str | None = None
 
 
 def load(path: str | os.PathLike[str]) -> list[Fixture]:
@@ -78,20 +84,20 @@ def _fixture(where: str, name: str, entry: Any) -> Fixture:
         raise UsageError(f"{where}: fixture {name!r}: {error}") from error
     here = f"{where}: fixture {name!r}"
     if not isinstance(entry, dict):
-        raise UsageError(f"{here} must be a table with url and sha256 or blake3")
+        raise UsageError(f"{here} must be a table with a url (and sha256, blake3, sha1 or md5)")
     for key in entry:
         if key not in KEYS:
             raise UsageError(f"{here}: unknown key {key!r} (known: {', '.join(KEYS)})")
     if "url" not in entry:
         raise UsageError(f"{here}: key 'url' is missing")
-    for key in ("url", "sha256", "blake3"):
+    for key in ("url", *HASHES):
         if key in entry and not isinstance(entry[key], str):
             raise UsageError(f"{here}: key {key!r} must be a string")
     try:
         check_url(redact(entry["url"]))  # a message names the URL without its credentials
     except UsageError as error:
         raise UsageError(f"{here}: key 'url': {error}") from error
-    for key in ("sha256", "blake3", "size"):
+    for key in (*HASHES, "size"):
         try:
             expectation(**{"blake3": None, "sha256": None, "size": None, key: entry.get(key)})
         except UsageError as error:
@@ -100,21 +106,26 @@ def _fixture(where: str, name: str, entry: Any) -> Fixture:
         headers = parse_headers(entry.get("headers"))
     except ValueError as error:
         raise UsageError(f"{here}: key 'headers': {error}") from None
-    return Fixture(
-        name=name,
-        url=entry["url"],
-        sha256=entry["sha256"].lower() if "sha256" in entry else None,
-        blake3=entry["blake3"].lower() if "blake3" in entry else None,
-        size=entry.get("size"),
-        headers=headers,
-    )
+    hashes = {key: entry[key].lower() for key in HASHES if key in entry}
+    return Fixture(name=name, url=entry["url"], size=entry.get("size"), headers=headers,
+                   **hashes)  # fmt: skip
+
+
+def check_fixture(fixture: Fixture) -> Fixture:
+    """``fixture`` if its URL is http(s) and its hashes and size are well formed; else a
+    UsageError naming the problem (the URL without its credentials)."""
+    check_name(fixture.name)
+    check_url(redact(fixture.url))
+    expectation(fixture.blake3, fixture.sha256, fixture.size, fixture.sha1, fixture.md5)
+    return fixture
 
 
 class FetchFixture(Protocol):
     """Fetches one fixture into the store (the store's fetch, with its outcome)."""
 
     def __call__(self, url: str, *, name: str | None, blake3: str | None, sha256: str | None,
-                 size: int | None, refresh: bool, headers: Headers,
+                 sha1: str | None, md5: str | None, size: int | None, refresh: bool,
+                 headers: Headers,
                  progress: Progress | None) -> Fetched: ...
 
 
@@ -242,9 +253,9 @@ def sync(
         try:
             return fetch(
                 fixture.url, name=fixture.name, blake3=fixture.blake3,
-                sha256=fixture.sha256, size=fixture.size, progress=report,
-                refresh=update and fixture.blake3 is None and fixture.sha256 is None,
-                headers=fixture.headers,
+                sha256=fixture.sha256, sha1=fixture.sha1, md5=fixture.md5, size=fixture.size,
+                progress=report, headers=fixture.headers,
+                refresh=update and not any(getattr(fixture, key) for key in HASHES),
             )  # fmt: skip
         finally:
             if shown is not None:

@@ -1,13 +1,13 @@
 """The HTTP(S) downloader: one transfer of a URL into a verified staging file.
 
-Pure mechanism: this module knows nothing of the catalog. ``Downloader.download`` streams a URL
-into a private staging file under ``tmp/`` (a ``Partial``, transfer/partial.py) while hashing it
-(BLAKE3 always, SHA-256 when one is expected), checks the expected digests and size, and hands
-back a ``Staged`` file for the store to publish. Nothing here ever writes under ``blobs/``
-(guarantee 1). A broken body resumes where it stopped; the retries of requests and of bodies
-draw on one budget (transfer/retry.py); responses are whole (transfer/responses.py). Given the
-validators of stored content (a refresh), the request is conditional, and a 304 hands back
-nothing; extra headers are made at request time and go to the URL's origin only
+Pure mechanism: this module knows nothing of the catalog. ``Downloader.download`` streams a URL into
+a private staging file under ``tmp/`` (a ``Partial``, transfer/partial.py) while hashing it in one
+pass (BLAKE3 always, SHA-256, SHA-1 or MD5 when one is expected), checks the expected digests and
+size, and hands back a ``Staged`` file for the store to publish. Nothing here ever writes under
+``blobs/`` (guarantee 1). A broken body resumes where it stopped; the retries of requests and of
+bodies draw on one budget (transfer/retry.py); responses are whole (transfer/responses.py).
+Given the validators of stored content (a refresh), the request is conditional, and a 304
+hands back nothing; extra headers are made at request time and go to the URL's origin only
 (transfer/headers.py).
 
 Bounds. ``timeout`` (``download_timeout``) bounds every wait without progress: a read, a body
@@ -180,9 +180,10 @@ class Downloader:
         self._check_fork()
         expected = expected or Expected()
         budget = Budget(self.retries)
-        part = Partial.claim(self._tmp, url, expected.sha256 is not None)
+        want = tuple(expected.upstream())
+        part = Partial.claim(self._tmp, url, want)
         if part is None:
-            part = Partial.create(self._tmp, url, expected.sha256 is not None)
+            part = Partial.create(self._tmp, url, want)
         elif part.size:
             log.info("resuming %s at byte %d of a partial download", url, part.size)
         try:
@@ -258,7 +259,7 @@ class Downloader:
             log.debug("downloaded %s: %d bytes in %d attempt(s)", url, staged.size, budget.attempts)
             return Download(
                 staged=staged,
-                sha256=part.sha256_hex(),
+                upstream=part.upstream(),
                 attempts=budget.attempts,
                 transferred=part.transferred,
                 resumed=part.saved,

@@ -290,8 +290,8 @@ class Remote:
                 expected=expected,
                 found=got,
             )
-        return Download(staged=staged, sha256=found, attempts=1, transferred=pipe.count,
-                        resumed=0)  # fmt: skip
+        return Download(staged=staged, upstream={"sha256": found} if found else {},
+                        attempts=1, transferred=pipe.count, resumed=0)  # fmt: skip
 
     def put(self, digest: str, blob: BinaryIO) -> None:
         """Upload an open blob under its digest (multipart when large).

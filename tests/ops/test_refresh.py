@@ -265,3 +265,23 @@ def test_processes_refreshing_at_once_send_one_request(root: Path, server: Serve
         outputs.append(out.decode().strip())
     assert outputs == [_b3(NEW if changed else OLD)] * 4
     assert [s.status for s in server.seen("/a.bin")] == [200, 200 if changed else 304]
+
+
+def test_a_name_held_without_a_digest_keeps_following_its_url(root: Path, server: Server) -> None:
+    """A name fetched without a digest holds its first content (served, no request, even once
+    the origin changed) and stays floating through those fetches: a later refresh of the URL
+    moves it, and `cas sync --update` of a hash-less entry does the same."""
+    url = server.add("/a.bin", OLD)
+    with cas.Store.open(root, grace_period=0) as store:
+        assert store.fetch(url, name="a") == _b3(OLD)
+        server.update("/a.bin", body=NEW, etag='"v2"')
+        assert store.fetch(url, name="a") == _b3(OLD)  # held: no request
+        assert server.requests("/a.bin") == 1
+        assert store.fetch(url, refresh=True) == _b3(NEW)  # unnamed refresh of the URL
+        assert store.read_bytes("a") == NEW  # the held name followed
+        server.update("/a.bin", body=OLD, etag='"v3"')
+        manifest = root.parent / "m.toml"
+        manifest.write_text(f'[fixtures.a]\nurl = "{url}"\n')
+        assert store.sync(manifest) == {"a": _b3(NEW)}  # without --update: what it holds
+        assert store.sync(manifest, update=True) == {"a": _b3(OLD)}
+        assert store.read_bytes("a") == OLD
