@@ -205,6 +205,28 @@ class Views:
         finally:
             os.close(fd)
 
+    def usage(self) -> tuple[int, int]:
+        """How many views stand, and the bytes of their files that are copies (one link: a
+        tree's executable files); nothing followed."""
+        count = copied = 0
+        for relative, info in self.scan():
+            if relative.count("/") != 2:
+                continue
+            count += 1
+            if stat.S_ISDIR(info.st_mode):
+                try:
+                    walk = os.fwalk(os.path.join(self.layout.views, relative),
+                                    follow_symlinks=False)
+                    for _, _, files, fd in walk:
+                        for name in files:
+                            with contextlib.suppress(FileNotFoundError):
+                                each = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                                if stat.S_ISREG(each.st_mode) and each.st_nlink == 1:
+                                    copied += each.st_size
+                except OSError:
+                    continue
+        return count, copied
+
     def scan(self) -> Iterator[tuple[str, os.stat_result]]:
         """Every entry of ``views/`` to three levels (``ab``, ``ab/<digest>``,
         ``ab/<digest>/<label>``), relative, with its lstat; nothing followed."""
