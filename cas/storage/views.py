@@ -50,10 +50,12 @@ class Views:
         """The path of the view of the blob ``digest`` (whose lstat is ``blob``) labelled
         ``label``, built or rebuilt when missing or not the blob's inode; None when it cannot
         be built (a read-only store): the caller serves the blob's own path."""
-        path = f"{self._prefix}{digest[:2]}{os.sep}{digest}{os.sep}{label}"
+        relative = f"{digest[:2]}{os.sep}{digest}{os.sep}{label}"
+        path = self._prefix + relative
         try:
-            self.folder.fd(max_age=READ_RECHECK)  # views/ itself is no planted link
-            info = os.lstat(path)
+            # relative to views/ checked to be no planted link: a shorter walk than the path's
+            info = os.stat(relative, dir_fd=self.folder.fd(max_age=READ_RECHECK),
+                           follow_symlinks=False)
             if info.st_ino == blob.st_ino and info.st_dev == blob.st_dev:
                 return path
         except (OSError, ValueError):
