@@ -209,8 +209,9 @@ def missing_members(conn: Connection, digests: Iterable[str]) -> list[str]:
     return missing
 
 
-def users_elsewhere(conn: Connection, digest: str, tree: str) -> bool:
-    """Whether a stored tree other than ``tree`` holds the blob ``digest``."""
-    return conn.execute(
-        "SELECT 1 FROM tree_entries e JOIN blobs r ON r.digest = e.tree"
-        " WHERE e.digest = ? AND e.tree != ? LIMIT 1", (digest, tree)).fetchone() is not None
+def holder_of(conn: Connection, digest: str) -> str | None:
+    """A stored tree that holds the blob ``digest`` (its rows exist only while it is stored),
+    or None."""
+    row = conn.execute("SELECT tree FROM tree_entries WHERE digest = ? LIMIT 1",
+                       (digest,)).fetchone()
+    return None if row is None else str(row[0])
