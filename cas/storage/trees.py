@@ -16,7 +16,6 @@ go with the record blob's row (a trigger).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -49,6 +48,8 @@ class Tree:
 
     def encode(self) -> bytes:
         """The canonical record."""
+        import json  # only where records are made or read: not on the look-up route
+
         record = {
             "files": [[f.path, f.digest, f.size, int(f.executable)] for f in self.files],
             "folders": list(self.folders),
@@ -107,6 +108,8 @@ def path_problem(path: str) -> str | None:
 
 def decode(data: bytes) -> Tree:
     """The tree a record describes. Raises IntegrityError for anything but a valid record."""
+    import json
+
     try:
         record: Any = json.loads(data)
     except (ValueError, UnicodeDecodeError) as error:
