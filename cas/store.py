@@ -235,8 +235,8 @@ class Store:
         """Remove a name or a digest; return the digests whose files were removed.
 
         A digest removes the blob and every name pointing at it. A name removes the name, and
-        its blob too when no other name points at it.
-        """
+        its blob too when no other name (nor a stored tree) holds it; a blob a stored tree
+        holds is InUse unless ``force``."""
         return self._writing().names.remove(ref, force=force)
 
     # -- reading -------------------------------------------------------------------------------
