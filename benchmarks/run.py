@@ -35,6 +35,7 @@ import suite_s3_pull
 import suite_small
 import suite_startup
 import suite_transfer
+import suite_trees
 import suite_verify
 from harness import Context, Row, SuiteResult, format_number, format_value
 
@@ -61,6 +62,7 @@ SUITES: dict[str, Suite] = {
     "verify": Suite(suite_verify.run, "full verify of 1 GiB in 1,000 blobs vs b3sum"),
     "cli": Suite(suite_cli.run, "`cas path NAME` as a process vs bare interpreters; imports"),
     "s3-pull": Suite(suite_s3_pull.run, "pull of a 1 GiB blob from a local S3 server vs boto3"),
+    "trees": Suite(suite_trees.run, "path(tree) of 10,000 small files vs cp -r; put; sharing"),
     "startup": Suite(suite_startup.run, "`cas --version`, `--help`, `path`, the pytest plugin"
                      " vs floors: bare interpreters, click, a script doing the same SELECT"),
     "transfer": Suite(suite_transfer.run, "512 MiB and a 20-fixture sync from nginx capped at"

@@ -109,7 +109,7 @@ class FixtureSession:
             digest = self.store.fetch(url, name=name, size=expected.size, blake3=expected.blake3,
                                       sha256=expected.sha256, sha1=expected.sha1,
                                       md5=expected.md5, headers=dict(headers))  # fmt: skip
-            return self.store.lease(digest)
+            return self.store.lease(digest, name=name)
         if not described:  # nothing to check the content against: the name decides
             try:
                 return self.store.lease(name)
@@ -124,7 +124,7 @@ class FixtureSession:
                                   md5=expected.md5)  # fmt: skip
         if found is not None:
             try:
-                return self.store.lease(found)
+                return self.store.lease(found, name=name)
             except NotFound:
                 pass  # removed by cleanup since: as unavailable as if never stored
         if url is None:

@@ -208,11 +208,13 @@ class Store:
     # -- writing -------------------------------------------------------------------------------
 
     def put(self, source: Source, *, name: str | None = None) -> str:
-        """Store the content of a path, bytes, or binary file; return its BLAKE3 digest.
+        """Store the content of a path, bytes, or binary file, or a folder as a tree (each
+        file a blob); return the BLAKE3 digest (a tree's record's). Raises NotFound for a
+        missing source, UsageError for a bad name or an entry a tree cannot hold."""
+        if isinstance(source, str | os.PathLike) and os.path.isdir(source):
+            from cas.ops.trees import put_tree
 
-        Content already stored is not written again. Raises NotFound for a missing source
-        file, UsageError for a folder or a bad name.
-        """
+            return put_tree(self._writing().putter, source, name)
         return self._writing().putter.put(source, name)
 
     def put_many(self, sources: Mapping[str, Source] | Iterable[Source]) -> list[str]:
@@ -238,15 +240,16 @@ class Store:
         """Remove a name or a digest; return the digests whose files were removed.
 
         A digest removes the blob and every name pointing at it. A name removes the name, and
-        its blob too when no other name points at it.
-        """
+        its blob too when no other name (nor a stored tree) holds it; a blob a stored tree
+        holds is InUse unless ``force``."""
         return self._writing().names.remove(ref, force=force)
 
     # -- reading -------------------------------------------------------------------------------
 
     def path(self, ref: str) -> Path:
-        """The read-only path of the blob ``ref`` names. Raises NotFound for an unknown ref."""
-        return self._blobs.path_of(self._reader.locate(ref))
+        """The read-only path of what ``ref`` names: a name's view (named after its last
+        component), a tree's folder, a digest's blob. Raises NotFound for an unknown ref."""
+        return self._reader.path_of(ref)
 
     def open_blob(self, ref: str) -> BinaryIO:
         """An open binary file of the blob's content."""
@@ -419,13 +422,13 @@ class Store:
 
     # -- leases, pins and cleanup -------------------------------------------------------------
 
-    def lease(self, ref: str) -> Lease:
-        """Hold the blob ``ref`` names so that cleanup cannot remove it until released.
-
-        Use as ``with store.lease(ref) as path:``, or keep the Lease and call ``release()``.
-        The lease is renewed while this store stays open, and reclaimed if this process dies.
-        """
-        return self._keeper.hold(self._reader.locate, ref, self._blobs.path_of)
+    def lease(self, ref: str, *, name: str | None = None) -> Lease:
+        """Hold what ``ref`` names so that cleanup cannot remove it until released; its path
+        is ``path(ref)``'s, or the view named after ``name``. Use as ``with store.lease(ref) as
+        path:``; renewed while the store is open, reclaimed if this process dies."""
+        return self._keeper.hold(
+            self._reader.locate, ref,
+            lambda digest: Path(self._reader.shown_for(ref, digest, name)))
 
     def pin(self, ref: str) -> None:
         """Pin a name (or every name of a digest): its blob is never removed by cleanup."""

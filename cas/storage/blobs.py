@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, BinaryIO
 from cas.errors import StoreError
 from cas.storage.folder import NOFOLLOW_DIR, Folder, list_names
 from cas.storage.layout import Layout, blob_location, quarantine_name, shard_of
+from cas.storage.views import Views
 
 if TYPE_CHECKING:
     from cas.storage.found import Found
@@ -66,6 +67,9 @@ class BlobStore:
                                         durable=durable)
         self._read_only = read_only
         self._staging: Staging | None = None
+        #: Named views of blobs and trees (storage/views.py): they go with their blob.
+        self.views = Views(layout, self.root_folder, self.blobs, self.tmp, mode=mode,
+                           durable=durable)
         self._real_shards: dict[str, float] = {}  # shard -> time.monotonic() it was checked
         self._blobs_prefix = f"{self.blobs_dir}{os.sep}"
         self._shards: dict[str, Path] = {}
@@ -99,6 +103,7 @@ class BlobStore:
         self._read_only = why
         if self._staging is not None:
             self._staging.read_only = why
+        self.views.read_only = why is not None
 
     # -- where blobs are, and reading them --------------------------------------------------------
 
@@ -280,7 +285,9 @@ class BlobStore:
 
     def unlink_many(self, digests: list[str]) -> None:
         """Remove blobs' files, if present, shard by shard: relative to an open folder, so the
-        kernel does not walk the whole path again for each of many thousands (gc)."""
+        kernel does not walk the whole path again for each of many thousands (gc); and their
+        views (a hard link would keep the blob's bytes on disk)."""
+        self.views.remove(digests)
         folder_fd, folder = -1, ""
         try:
             for digest in sorted(digests):

@@ -79,16 +79,22 @@ def without_credentials(row: Row) -> Row:
     return row._replace(url=redact(row.url))
 
 
+# The hot path's rows carry the tree's file count (NULL for a file), so a view is chosen
+# without a second query.
 _BLOB_BY_NAME = (
-    "SELECT b.digest, b.size, b.last_access FROM names n JOIN blobs b ON b.digest = n.digest"
+    "SELECT b.digest, b.size, b.last_access, t.files FROM names n"
+    " JOIN blobs b ON b.digest = n.digest LEFT JOIN trees t ON t.digest = b.digest"
     " WHERE n.name = ?"
 )
-_BLOB_BY_DIGEST = "SELECT digest, size, last_access FROM blobs WHERE digest = ?"
+_BLOB_BY_DIGEST = (
+    "SELECT b.digest, b.size, b.last_access, t.files FROM blobs b"
+    " LEFT JOIN trees t ON t.digest = b.digest WHERE b.digest = ?"
+)
 
 
-def stored_blob(catalog: Catalog, ref: str) -> tuple[str, int, float] | None:
-    """(digest, size, last_access) of the stored blob a name or a digest refers to, or None:
-    the hot path of look-ups, one lone SELECT."""
+def stored_blob(catalog: Catalog, ref: str) -> tuple[str, int, float, int | None] | None:
+    """(digest, size, last_access, files of a tree or None) of the stored blob a name or a
+    digest refers to, or None: the hot path of look-ups, one lone SELECT."""
     if len(ref) == 64 and is_digest(ref):
         return catalog.lookup(_BLOB_BY_DIGEST, (ref.lower(),))  # type: ignore[no-any-return]
     return catalog.lookup(_BLOB_BY_NAME, (ref,))  # type: ignore[no-any-return]
@@ -187,17 +193,23 @@ class EntryRow(NamedTuple):
     last_access: float | None
     pinned: int
     url: str | None
+    files: int | None = None  #: a tree's file count; None for a file
+    tree_size: int | None = None  #: a tree's total size
 
 
 def entries(conn: Connection) -> list[EntryRow]:
-    """Every name with its blob, then every blob without a name, for listings."""
+    """Every name with its blob, then every blob without a name, for listings; a tree is one
+    entry (its members, unless named, are not listed)."""
     return list(map(lambda row: without_credentials(EntryRow._make(row)),
         conn.execute(
-            "SELECT n.name, n.digest, b.size, b.last_access, n.pinned, n.url"
+            "SELECT n.name, n.digest, b.size, b.last_access, n.pinned, n.url, t.files, t.size"
             " FROM names n LEFT JOIN blobs b ON b.digest = n.digest"
+            " LEFT JOIN trees t ON t.digest = b.digest"
             " UNION ALL"
-            " SELECT NULL, b.digest, b.size, b.last_access, 0, NULL FROM blobs b"
+            " SELECT NULL, b.digest, b.size, b.last_access, 0, NULL, t.files, t.size"
+            " FROM blobs b LEFT JOIN trees t ON t.digest = b.digest"
             " WHERE NOT EXISTS (SELECT 1 FROM names n WHERE n.digest = b.digest)"
+            " AND NOT EXISTS (SELECT 1 FROM tree_entries e WHERE e.digest = b.digest)"
             " ORDER BY 1 NULLS LAST, 2"
         )
     ))
