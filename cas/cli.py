@@ -323,9 +323,12 @@ def stats(context: Context, as_json: bool, prometheus: bool, check: bool) -> Non
 @click.option("--blake3", metavar="HEX", help="Expected BLAKE3 digest of the content.")
 @click.option("--sha256", metavar="HEX", help="Expected SHA-256 of the content.")
 @click.option("--size", type=int, help="Expected size in bytes.")
+@click.option("--unpack", metavar="KIND",
+              help="Unpack the verified archive (auto, zip, tar, tar.gz, tar.bz2, tar.xz,"
+                   " tar.zst, gz, bz2, xz, zst); the expected values are the archive's.")
 @pass_context
 def fetch(context: Context, url: str, name: str | None, blake3: str | None,
-          sha256: str | None, size: int | None) -> None:
+          sha256: str | None, size: int | None, unpack: str | None) -> None:
     """Store the content of URL (verified, resumable); print its digest."""
     from cas.progress import TransferBar  # only commands that transfer need tqdm
     from cas.urls import redact
@@ -334,7 +337,8 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
     bar = TransferBar(name or shown.rsplit("/", 1)[-1] or shown) if bars() else None
     try:
         digest = context.store().fetch(
-            url, name=name, blake3=blake3, sha256=sha256, size=size, progress=bar
+            url, name=name, blake3=blake3, sha256=sha256, size=size, unpack=unpack,
+            progress=bar,
         )
     finally:
         if bar is not None:

@@ -86,21 +86,25 @@ class FixtureSession:
             if name in self._held:
                 return self._held[name].path
             declared = self._declared.get(name) if url is None else None
+            unpack = None
             if declared is not None:
                 url, blake3, sha256 = declared.url, declared.blake3, declared.sha256
-                size = declared.size
-            lease = self._lease(name, url, (blake3, sha256, size), declared is not None)
+                size, unpack = declared.size, declared.unpack
+            lease = self._lease(name, url, (blake3, sha256, size), declared is not None, unpack)
             self._held[name] = lease
             return lease.path
 
-    def _lease(self, name: str, url: str | None, wanted: Wanted, declared: bool) -> Lease:
+    def _lease(self, name: str, url: str | None, wanted: Wanted, declared: bool,
+               unpack: str | None = None) -> Lease:
         expected = expectation(*wanted)  # UsageError for a malformed digest or size
-        described = _described(expected.blake3, expected.sha256, expected.size)
+        # The expected values of an unpacked fixture are its archive's: the name decides.
+        described = _described(expected.blake3, expected.sha256, expected.size) and not unpack
         settings = self.store.settings
         if url is not None and settings.auto_download and not settings.offline:
             # No network when the expected content is already stored.
             digest = self.store.fetch(url, name=name, blake3=expected.blake3,
-                                      sha256=expected.sha256, size=expected.size)  # fmt: skip
+                                      sha256=expected.sha256, size=expected.size,
+                                      unpack=unpack)  # fmt: skip
             return self.store.lease(digest)
         if not described:  # nothing to check the content against: the name decides
             try:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from cas.ops.put import Source
     from cas.ops.record import Clock
     from cas.ops.tier import RemoteTier, TransferReport
+    from cas.ops.unpack import Unpacker
     from cas.ops.verify import VerifyReport
     from cas.ops.writing import Writers
     from cas.storage.metrics import Stats
@@ -92,13 +93,14 @@ class Store:
         self._clock = clock
         self._closed = threading.Event()
         self._keeper = LeaseKeeper(catalog, settings.lease_ttl, clock)
-        self._reader = Reader(blobs, catalog, clock, _weakly(self._fetch), settings.auto_download)
+        self._reader = Reader(blobs, catalog, clock, _weakly(self._refetch), settings.auto_download)
         # Writing, the HTTP client and the remote tier load on first use (urllib3, boto3).
         self._downloader = downloader
         self._remote_client = remote_client
         self._wiring = threading.Lock()
         self._writers: Writers | None = None
         self._fetcher: Fetcher | None = None
+        self._unpacker: Unpacker | None = None
         self._tier: RemoteTier | None = None
         self._finalizer = weakref.finalize(self, _close, self._keeper, catalog)
 
@@ -189,6 +191,16 @@ class Store:
                 )  # fmt: skip
             return self._fetcher
 
+    def _unpacking(self) -> Unpacker:
+        fetcher = self._fetching()
+        with self._wiring:
+            if self._unpacker is None:
+                from cas.ops.writing import unpacking
+
+                self._unpacker = unpacking(self._blobs, self._catalog, self.settings,
+                                           fetcher.fetch, self._clock)
+            return self._unpacker
+
     def _remote_tier(self, doing: str) -> RemoteTier:
         if self.settings.offline:
             raise offline_error(f"{doing}: the remote tier is not reached")
@@ -270,6 +282,7 @@ class Store:
         blake3: str | None = None,
         sha256: str | None = None,
         size: int | None = None,
+        unpack: str | None = None,
         progress: Progress | None = None,
     ) -> str:
         """Store the content of ``url`` (http or https); return its BLAKE3 digest.
@@ -279,12 +292,13 @@ class Store:
         content still stored. Otherwise one download for all threads and processes asking at
         once, resumed after interruptions, verified against every expected value before it
         enters the store. ``name`` remembers the source, so an evicted fixture comes back.
-        ``progress(done, total)`` is called as bytes arrive. Raises UsageError, DownloadError,
-        IntegrityError.
+        ``unpack`` (``"auto"``, ``"zip"``, ``"tar.gz"``, ``"gz"``…: cas/storage/archives.py)
+        unpacks the verified archive (the expected values are the archive's) and returns the
+        digest of what it holds, unpacked once. ``progress(done, total)`` is called as bytes
+        arrive. Raises UsageError, DownloadError, IntegrityError.
         """
-        return self._fetch(
-            url, name=name, blake3=blake3, sha256=sha256, size=size, progress=progress
-        ).digest
+        return self._fetch(url, name=name, blake3=blake3, sha256=sha256, size=size,
+                           unpack=unpack, progress=progress).digest
 
     def stored(self, url: str | None = None, *, name: str | None = None,
                blake3: str | None = None, sha256: str | None = None,
@@ -306,16 +320,28 @@ class Store:
         return found.digest if found is not None else None
 
     def _fetch(self, url: str, *, name: str | None = None, blake3: str | None = None,
-               sha256: str | None = None, size: int | None = None,
+               sha256: str | None = None, size: int | None = None, unpack: str | None = None,
                progress: Progress | None = None) -> Fetched:
         try:
-            fetched = self._fetching().fetch(url, name=name, blake3=blake3, sha256=sha256,
-                                             size=size, progress=progress)
+            if unpack is not None:
+                fetched = self._unpacking().fetch(url, name=name, blake3=blake3, sha256=sha256,
+                                                  size=size, unpack=unpack, progress=progress)
+            else:
+                fetched = self._fetching().fetch(url, name=name, blake3=blake3, sha256=sha256,
+                                                 size=size, progress=progress)
         except OSError as error:  # e.g. the lock or staging file of a full or read-only disk
             raise os_error(error, f"cannot fetch {url}") from error
         if fetched.stored is not None:
             self._writing().upkeep.after_write(fetched.stored)
         return fetched
+
+    def _refetch(self, url: str, *, name: str | None, blake3: str, sha256: str | None,
+                 size: int | None, unpack: str | None = None) -> Fetched:
+        """Fetch a named fixture's evicted content ``blake3`` again from its source (and
+        unpack it again, as it was)."""
+        if unpack is not None:
+            return self._unpacking().refetch(url, name, unpack, blake3)
+        return self._fetch(url, name=name, blake3=blake3, sha256=sha256, size=size)
 
     def sync(self, manifest_path: str | os.PathLike[str], jobs: int = 4) -> dict[str, str]:
         """Fetch every fixture of a manifest (SPEC "Manifest"), ``jobs`` at a time; return
@@ -392,8 +418,8 @@ class Store:
         from cas.ops.verify import Verifier
 
         def refetch(row: DamagedRow) -> None:
-            self._fetch(row.url or "", name=row.name, blake3=row.digest, sha256=row.sha256,
-                        size=row.expected_size)
+            self._refetch(row.url or "", name=row.name, blake3=row.digest, sha256=row.sha256,
+                          size=row.expected_size, unpack=row.unpack)
 
         verifier = Verifier(self._blobs, self._catalog, refetch if repair else None, progress)
         return verifier.run(full=full, budget=budget)

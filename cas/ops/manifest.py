@@ -3,6 +3,7 @@
     [fixtures."models/tiny.gguf"]
     url = "https://example.org/tiny.gguf"
     sha256 = "…"        # and/or blake3 = "…"; size = 1234 is optional
+    unpack = "tar.gz"   # optional: unpack the verified archive (cas/storage/archives.py)
 
 ``load`` checks the whole file before anything is fetched, so a bad entry is a one-line
 UsageError naming the fixture and the key; ``sync`` fetches every fixture, several at a time,
@@ -30,7 +31,7 @@ from cas.urls import redact
 
 log = logging.getLogger("cas")
 
-KEYS = ("url", "sha256", "blake3", "size")
+KEYS = ("url", "sha256", "blake3", "size", "unpack")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class Fixture:
     sha256: str | None = None
     blake3: str | None = None
     size: int | None = None
+    unpack: str | None = None  #: the kind to unpack the archive as, or None
 
 
 def load(path: str | os.PathLike[str]) -> list[Fixture]:
@@ -83,7 +85,7 @@ def _fixture(where: str, name: str, entry: Any) -> Fixture:
             raise UsageError(f"{here}: unknown key {key!r} (known: {', '.join(KEYS)})")
     if "url" not in entry:
         raise UsageError(f"{here}: key 'url' is missing")
-    for key in ("url", "sha256", "blake3"):
+    for key in ("url", "sha256", "blake3", "unpack"):
         if key in entry and not isinstance(entry[key], str):
             raise UsageError(f"{here}: key {key!r} must be a string")
     if "sha256" not in entry and "blake3" not in entry:
@@ -97,12 +99,20 @@ def _fixture(where: str, name: str, entry: Any) -> Fixture:
             expectation(**{"blake3": None, "sha256": None, "size": None, key: entry.get(key)})
         except UsageError as error:
             raise UsageError(f"{here}: key {key!r}: {error}") from error
+    if "unpack" in entry:
+        from cas.storage.archives import check_kind
+
+        try:
+            check_kind(entry["unpack"])
+        except UsageError as error:
+            raise UsageError(f"{here}: key 'unpack': {error}") from error
     return Fixture(
         name=name,
         url=entry["url"],
         sha256=entry["sha256"].lower() if "sha256" in entry else None,
         blake3=entry["blake3"].lower() if "blake3" in entry else None,
         size=entry.get("size"),
+        unpack=entry["unpack"].lower() if "unpack" in entry else None,
     )
 
 
@@ -110,7 +120,7 @@ class FetchFixture(Protocol):
     """Fetches one fixture into the store (the store's fetch, with its outcome)."""
 
     def __call__(self, url: str, *, name: str | None, blake3: str | None, sha256: str | None,
-                 size: int | None, progress: Progress | None) -> Fetched: ...
+                 size: int | None, unpack: str | None, progress: Progress | None) -> Fetched: ...
 
 
 class Bar(Protocol):
@@ -187,7 +197,8 @@ def sync(
         try:
             return fetch(
                 fixture.url, name=fixture.name, blake3=fixture.blake3,
-                sha256=fixture.sha256, size=fixture.size, progress=report,
+                sha256=fixture.sha256, size=fixture.size, unpack=fixture.unpack,
+                progress=report,
             )  # fmt: skip
         finally:
             if shown is not None:

@@ -1,0 +1,263 @@
+"""Fetching with unpack: the archive is fetched and verified as any fetch, then unpacked once.
+
+``Unpacker.fetch(url, unpack=kind, …)`` answers with the unpacked content's digest: the one
+file of a bare gz, bz2, xz or zst, or the tree of a zip or tar (cas/storage/archives.py and
+extract.py do the unpacking, safely and within bounds). Each unpacking is recorded as
+(archive digest, kind) -> result in the ``unpacked`` table, so a later fetch of the same archive
+with the same unpack is served from the store without network and without unpacking again,
+also once the archive blob itself was evicted; the expected digests and size of a fetch are
+the archive's. A name points at the result and remembers the archive's URL and the kind, so an
+evicted fixture is fetched and unpacked again (``refetch``).
+
+Unpacking is single flight too: the threads and processes that fetch the same archive with the
+same kind at once wait on one lock (``unpack:<archive>:<kind>``), and all but the first find its
+result recorded when they get it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from typing import BinaryIO, Protocol
+
+from cas.errors import IntegrityError, StoreError, UsageError, os_error
+from cas.ops.fetch import expectation
+from cas.ops.record import Clock, Fetched, Restage, publish_and_record
+from cas.refs import check_name
+from cas.storage import queries as q
+from cas.storage.archives import FILE_KINDS, Budget, check_kind, decide, decompress, limit
+from cas.storage.blobs import BlobStore
+from cas.storage.catalog import Catalog, Connection
+from cas.storage.metrics import Counter
+from cas.storage.staging import Staged
+from cas.storage.unpacks import Unpacked, archive_of, find_unpacked, record_unpacked
+from cas.transfer.request import Expected, Progress, check_url
+from cas.urls import redact
+
+log = logging.getLogger("cas")
+
+__all__ = ["FetchArchive", "PutTree", "Unpacker"]
+
+
+class FetchArchive(Protocol):
+    """Fetches the archive itself into the store (the store's fetch without unpack)."""
+
+    def __call__(self, url: str, *, name: str | None, blake3: str | None, sha256: str | None,
+                 size: int | None, progress: Progress | None) -> Fetched: ...
+
+
+class PutTree(Protocol):
+    """Stores a folder as a tree; returns its digest and the bytes the store holds after."""
+
+    def __call__(self, folder: str) -> tuple[str, int | None]: ...
+
+
+#: Holds the single-flight locks of some keys (transfer/flight.py), with a heartbeat.
+Locks = Callable[[Iterable[str]], AbstractContextManager[None]]
+
+
+class Unpacker:
+    """Fetch-and-unpack for one store."""
+
+    def __init__(self, blobs: BlobStore, catalog: Catalog, fetch: FetchArchive, *,
+                 locks: Locks, beat: Callable[[], None], clock: Clock, ceiling: int,
+                 put_tree: PutTree | None = None) -> None:  # fmt: skip
+        """``ceiling`` bounds what any archive unpacks to (``max_cache_size``); ``put_tree``
+        stores the folder a zip or tar unpacked into."""
+        self._blobs = blobs
+        self._catalog = catalog
+        self._fetch = fetch
+        self._locks = locks
+        self._beat = beat
+        self._clock = clock
+        self._ceiling = ceiling
+        self._put_tree = put_tree
+
+    def fetch(self, url: str, *, name: str | None = None, blake3: str | None = None,
+              sha256: str | None = None, size: int | None = None, unpack: str = "auto",
+              progress: Progress | None = None) -> Fetched:  # fmt: skip
+        """The content of the archive at ``url`` unpacked as ``unpack``, in the store.
+
+        ``blake3``, ``sha256`` and ``size`` are the archive's. Raises UsageError for bad
+        arguments or an archive whose kind "auto" cannot tell, IntegrityError for an archive
+        that does not match, is not the kind asked for, is damaged, unsafe or a bomb, and
+        what a fetch raises.
+        """
+        kind = check_kind(unpack)
+        shown = check_url(redact(url)) if isinstance(url, str) else check_url(url)
+        if name is not None:
+            check_name(name)
+        expected = expectation(blake3, sha256, size)
+        served = self._served(shown, name, expected, kind)
+        if served is not None:
+            return served
+        archive = self._fetch(url, name=None, blake3=blake3, sha256=sha256, size=size,
+                              progress=progress)  # fmt: skip
+        return self._unpacked(archive, shown, name, kind)
+
+    def refetch(self, url: str, name: str | None, kind: str, digest: str) -> Fetched:
+        """Fetch and unpack again the fixture whose unpacked content ``digest`` was evicted:
+        the archive expected is the one recorded as giving it. IntegrityError if it gives
+        other content now."""
+        with self._catalog.read() as conn:
+            row = archive_of(conn, digest, kind)
+        fetched = self.fetch(url, name=name, unpack=kind,
+                             blake3=row.archive if row else None,
+                             size=row.archive_size if row else None)  # fmt: skip
+        if fetched.digest != digest:
+            raise IntegrityError(
+                f"{url} unpacked as {kind} gives {fetched.digest}, not {digest} as before",
+                expected=digest, found=fetched.digest,
+            )  # fmt: skip
+        return fetched
+
+    # -- served from the store ---------------------------------------------------------------
+
+    def _served(self, url: str, name: str | None, expected: Expected,
+                kind: str) -> Fetched | None:  # fmt: skip
+        """The recorded result of unpacking the archive this fetch designates, if both the
+        archive's identity is known without network and the result is stored."""
+        with self._catalog.read() as conn:
+            archive = self._known_archive(conn, url, expected)
+            if archive is None:
+                return None
+            found = self._recorded(conn, archive, kind, url)
+        if found is None:
+            return None
+        if expected.size is not None and found.archive_size != expected.size:
+            raise IntegrityError(
+                f"archive {archive} is {found.archive_size} bytes, not the expected"
+                f" {expected.size}; check the expected size of {url}",
+                expected=expected.size, found=found.archive_size,
+            )  # fmt: skip
+        return self._name_result(found, url, name, downloaded=False)
+
+    @staticmethod
+    def _known_archive(conn: Connection, url: str, expected: Expected) -> str | None:
+        """The archive's digest, known without network: the expected BLAKE3 (if an expected
+        SHA-256 is no other content's), an expected SHA-256 seen before, or, expecting
+        nothing, what the URL gave last time."""
+        seen = q.find_alias(conn, "sha256", expected.sha256) if expected.sha256 else None
+        if expected.blake3 is not None:
+            return expected.blake3 if expected.sha256 is None or seen == expected.blake3 else None
+        if expected.sha256 is not None:
+            return seen
+        return q.find_source(conn, url)
+
+    @staticmethod
+    def _recorded(conn: Connection, archive: str, kind: str, url: str) -> Unpacked | None:
+        if kind != "auto":
+            return find_unpacked(conn, archive, kind)
+        from cas.storage.archives import suffix_kind
+
+        by_suffix = suffix_kind(url)
+        found = find_unpacked(conn, archive, by_suffix) if by_suffix else None
+        return found or find_unpacked(conn, archive, None)
+
+    def _name_result(self, found: Unpacked, url: str, name: str | None,
+                     downloaded: bool) -> Fetched | None:  # fmt: skip
+        """Point ``name`` at a recorded result if it is stored; None if it is not."""
+
+        def work(conn: Connection) -> int | None:
+            row = q.find_blob(conn, found.digest)
+            if row is None or not self._blobs.has(row.digest, row.size):
+                return None
+            if name is not None:
+                q.set_name(conn, name, found.digest, self._clock(), url=url,
+                           expected_size=row.size, unpack=found.kind)  # fmt: skip
+            return int(row.size)
+
+        if name is None:  # no write needed: a read answers
+            with self._catalog.read() as conn:
+                row = q.find_blob(conn, found.digest)
+            size = row.size if row is not None and self._blobs.has(row.digest, row.size) else None
+            if row is not None and size is not None:
+                self._catalog.touch(row.digest, row.last_access)
+        else:
+            size = self._catalog.write(work)
+        if size is None:
+            return None
+        self._catalog.count(Counter.HITS)
+        log.debug("%s unpacked as %s is stored as %s", url, found.kind, found.digest)
+        return Fetched(found.digest, size, downloaded=downloaded)
+
+    # -- unpacked ------------------------------------------------------------------------------
+
+    def _unpacked(self, archive: Fetched, url: str, name: str | None, kind: str) -> Fetched:
+        """Unpack the stored ``archive`` as ``kind`` once, however many ask at once."""
+        label = f"archive {url}"
+        try:
+            blob = self._blobs.open(archive.digest)
+        except OSError as error:
+            raise StoreError(f"archive {archive.digest} from {url} was removed by a concurrent"
+                             " cleanup before it was unpacked; fetch it again") from error
+        with blob:
+            resolved = decide(kind, blob, url, label)
+            with self._locks([f"unpack:{archive.digest}:{resolved}"]):
+                with self._catalog.read() as conn:
+                    found = find_unpacked(conn, archive.digest, resolved)
+                if found is not None:  # unpacked by another while this one waited
+                    done = self._name_result(found, url, name, archive.downloaded)
+                    if done is not None:
+                        return done
+                budget = Budget(limit(archive.size, self._ceiling), archive.size, label,
+                                beat=self._beat)  # fmt: skip
+                try:
+                    if resolved in FILE_KINDS:
+                        result = self._one_file(blob, resolved, budget, archive, url, name)
+                    else:
+                        result = self._tree(blob, resolved, budget, archive, url, name)
+                except OSError as error:
+                    raise os_error(error, f"cannot unpack {label}") from error
+        log.info("unpacked %s (%s, %d bytes) as %s: %s", url, archive.digest, archive.size,
+                 resolved, result.digest)  # fmt: skip
+        return result
+
+    def _one_file(self, blob: BinaryIO, compression: str, budget: Budget, archive: Fetched,
+                  url: str, name: str | None) -> Fetched:  # fmt: skip
+        staging = self._blobs.staging
+        with decompress(blob, compression, budget) as stream:
+            staged = staging.stage_stream(stream)
+        try:
+            stored = self._catalog.write(
+                lambda conn: self._record(conn, archive, compression, staged.digest,
+                                          staged.size, url, name, staged)
+            )
+        except Restage:
+            raise StoreError(f"blob {staged.digest} was removed by a concurrent cleanup while"
+                             f" being stored from {url}; fetch it again") from None
+        finally:
+            staged.discard()
+        return Fetched(staged.digest, staged.size, archive.downloaded, stored)
+
+    def _tree(self, blob: BinaryIO, kind: str, budget: Budget, archive: Fetched, url: str,
+              name: str | None) -> Fetched:  # fmt: skip
+        from cas.storage.extract import extract
+
+        with self._blobs.staging.folder() as folder:
+            extract(blob, kind, folder, budget)
+            if self._put_tree is None:
+                raise UsageError(f"unpacking {kind} into a tree needs trees, which this cas"
+                                 " does not store yet; unpack a gz, bz2, xz or zst instead")
+            digest, _ = self._put_tree(folder)
+        with self._catalog.read() as conn:
+            row = q.find_blob(conn, digest)
+        size = int(row.size) if row is not None else 0
+        stored = self._catalog.write(
+            lambda conn: self._record(conn, archive, kind, digest, size, url, name, None)
+        )
+        return Fetched(digest, size, archive.downloaded, stored)
+
+    def _record(self, conn: Connection, archive: Fetched, kind: str, digest: str, size: int,
+                url: str, name: str | None, staged: Staged | None) -> int:  # fmt: skip
+        """Under the write lock: publish a staged result, remember what the archive gave,
+        name it; the bytes the store holds after."""
+        now = self._clock()
+        if staged is not None:
+            publish_and_record(conn, self._blobs, [(digest, size)], [staged], now)
+        record_unpacked(conn, Unpacked(archive.digest, kind, digest, archive.size), now)
+        if name is not None:
+            q.set_name(conn, name, digest, now, url=url, expected_size=size, unpack=kind)
+        return q.stored_totals(conn)[0]
+
