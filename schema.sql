@@ -130,6 +130,36 @@ CREATE INDEX blobs_by_access ON blobs (last_access, size);
 
 -- version: 6
 
+-- Trees: a folder stored as one fixture. Its record (a canonical JSON list of relative paths,
+-- executable bits, sizes and digests; cas/storage/trees.py) is itself a blob, whose digest is
+-- the tree's ref; these rows repeat the record for queries. A tree's members are protected from
+-- cleanup while its record blob is stored (cas/ops/eviction.py walks tree_entries_by_digest).
+CREATE TABLE trees (
+    digest TEXT NOT NULL PRIMARY KEY CHECK (length(digest) = 64),
+    files  INTEGER NOT NULL CHECK (files >= 0),
+    size   INTEGER NOT NULL CHECK (size >= 0)
+) WITHOUT ROWID;
+
+CREATE TABLE tree_entries (
+    tree       TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    digest     TEXT NOT NULL CHECK (length(digest) = 64),
+    size       INTEGER NOT NULL CHECK (size >= 0),
+    executable INTEGER NOT NULL CHECK (executable IN (0, 1)),
+    PRIMARY KEY (tree, path)
+) WITHOUT ROWID;
+
+CREATE INDEX tree_entries_by_digest ON tree_entries (digest);
+
+-- A tree's rows go with its record blob's row (evicted, removed, or dropped as damaged), in the
+-- same transaction.
+CREATE TRIGGER tree_record_deleted AFTER DELETE ON blobs BEGIN
+    DELETE FROM tree_entries WHERE tree = OLD.digest;
+    DELETE FROM trees WHERE digest = OLD.digest;
+END;
+
+-- version: 7
+
 -- Archives (SPEC "Archives"). Which content unpacking an archive gave, by the archive's digest
 -- and the kind it was unpacked as (never "auto": the kind it resolved to). Like aliases, a row
 -- is a fact about content, written once the result is stored, and stays when either blob is

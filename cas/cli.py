@@ -13,6 +13,7 @@ or progress bars (tests/faces/test_startup.py).
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -84,10 +85,10 @@ def cli(ctx: click.Context, root: str | None, config_file: str | None, profile: 
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True)
-@click.option("--name", help="Name the stored content (one file only).")
+@click.option("--name", help="Name the stored content (one file or folder only).")
 @pass_context
 def put(context: Context, files: tuple[str, ...], name: str | None) -> None:
-    """Store FILE… (or - for stdin); print "<digest>  <file>" for each."""
+    """Store FILE… (or - for stdin; a folder as one tree); print "<digest>  <file>" each."""
     if name is not None and len(files) != 1:
         raise UsageError("--name needs exactly one file")
     from pathlib import Path
@@ -96,7 +97,9 @@ def put(context: Context, files: tuple[str, ...], name: str | None) -> None:
     sources = [sys.stdin.buffer if file == "-" else Path(file) for file in files]
     # Several files go in batches (Store.put_many): shared syncs, and a bad file stores none
     # of its batch.
-    digests = store.put_many(sources) if len(sources) > 1 else [store.put(sources[0], name=name)]
+    single = len(sources) == 1 or any(map(os.path.isdir, files))
+    digests = [store.put(each, name=name) for each in sources] if single else store.put_many(
+        sources)
     for digest, file in zip(digests, files, strict=True):
         click.echo(f"{digest}  {file}")
 

@@ -216,10 +216,14 @@ class Store:
 
     def put(self, source: Source, *, name: str | None = None) -> str:
         """Store the content of a path, bytes, or binary file; return its BLAKE3 digest.
-
-        Content already stored is not written again. Raises NotFound for a missing source
-        file, UsageError for a folder or a bad name.
+        A folder is stored as a tree (each file a blob; cas/ops/trees.py) and the digest of
+        its record returned. Content already stored is not written again. Raises NotFound for
+        a missing source, UsageError for a bad name or an entry a tree cannot hold.
         """
+        if isinstance(source, str | os.PathLike) and os.path.isdir(source):
+            from cas.ops.trees import put_tree
+
+            return put_tree(self._writing().putter, source, name)
         return self._writing().putter.put(source, name)
 
     def put_many(self, sources: Mapping[str, Source] | Iterable[Source]) -> list[str]:
@@ -252,8 +256,10 @@ class Store:
     # -- reading -------------------------------------------------------------------------------
 
     def path(self, ref: str) -> Path:
-        """The read-only path of the blob ``ref`` names. Raises NotFound for an unknown ref."""
-        return self._blobs.path_of(self._reader.locate(ref))
+        """The read-only path of what ``ref`` names: for a name, a view ending in the name's
+        last component (a hard link to the blob); for a tree, its read-only folder; for a
+        digest, the blob under ``blobs/``. Raises NotFound for an unknown ref."""
+        return Path(self._reader.path(ref))
 
     def open_blob(self, ref: str) -> BinaryIO:
         """An open binary file of the blob's content."""
@@ -426,13 +432,16 @@ class Store:
 
     # -- leases, pins and cleanup -------------------------------------------------------------
 
-    def lease(self, ref: str) -> Lease:
-        """Hold the blob ``ref`` names so that cleanup cannot remove it until released.
+    def lease(self, ref: str, *, name: str | None = None) -> Lease:
+        """Hold the blob (or tree) ``ref`` names so that cleanup cannot remove it until
+        released. Its path is as ``path(ref)``'s, or the view labelled after ``name``.
 
         Use as ``with store.lease(ref) as path:``, or keep the Lease and call ``release()``.
         The lease is renewed while this store stays open, and reclaimed if this process dies.
         """
-        return self._keeper.hold(self._reader.locate, ref, self._blobs.path_of)
+        return self._keeper.hold(
+            self._reader.locate, ref,
+            lambda digest: Path(self._reader.shown_for(ref, digest, name)))
 
     def pin(self, ref: str) -> None:
         """Pin a name (or every name of a digest): its blob is never removed by cleanup."""

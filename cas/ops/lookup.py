@@ -14,13 +14,15 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 
-from cas.errors import IntegrityError, NotFound, UsageError
+from cas.errors import IntegrityError, NotFound, StoreError, UsageError
 from cas.ops.leases import dead_leases
 from cas.refs import check_name, is_digest, is_digest_prefix
 from cas.settings import Settings
 from cas.storage import queries as q
+from cas.storage import trees
 from cas.storage.blobs import BlobStore, quarantined
 from cas.storage.catalog import Catalog, Connection
+from cas.storage.layout import view_label
 from cas.storage.metrics import Counter, Stats, Usage
 from cas.storage.staging import staging_debris, staging_usage
 
@@ -165,10 +167,75 @@ class Reader:
             self._catalog.count(Counter.HITS)
         return target.digest
 
+    def path(self, ref: str, name: str | None = None) -> str:
+        """The path that shows what ``ref`` names (fetched again if evicted): the named view of
+        a name (``views/ab/<digest>/<label>``), the folder of a tree, or else the blob itself.
+        ``name`` labels the view in place of ``ref``. The hot path is one SELECT, the blob's
+        lstat and the view's.
+
+        Raises as ``locate``; a store that cannot build a file's view serves the blob's path.
+        """
+        if type(ref) is str:
+            row = q.stored_blob(self._catalog, ref)
+            if row is not None:
+                info = self._blobs.stat(row[0])
+                if info is not None and info.st_size == row[1]:
+                    self._catalog.touch(row[0], row[2])
+                    self._catalog.count(Counter.HITS)
+                    named = name if name is not None else (
+                        None if len(ref) == 64 and is_digest(ref) else ref)
+                    return self.shown(row[0], named, row[3] is not None, info)
+        digest = self.locate(ref)
+        return self.shown_for(ref, digest, name)
+
+    def shown_for(self, ref: str, digest: str, name: str | None = None) -> str:
+        """``shown`` of the blob ``digest`` that ``ref`` located (a name labels its view)."""
+        if name is None and not is_digest(ref) and q.find_name(self._catalog, ref) is not None:
+            name = ref
+        tree = trees.find(self._catalog, digest) is not None
+        return self.shown(digest, name, tree, self._blobs.stat(digest))
+
+    def shown(self, digest: str, name: str | None, tree: bool, info: object) -> str:
+        """The path showing the stored blob ``digest``: a tree's folder, a name's view, or
+        the blob's own path (a digest, or a store that cannot build the view)."""
+        views = self._blobs.views
+        if tree:
+            return self.tree_view(digest, view_label(name, digest))
+        if name is not None and info is not None:
+            view = views.file(digest, view_label(name, digest), info)  # type: ignore[arg-type]
+            if view is not None:
+                return view
+        return self._blobs.location(digest)
+
+    def tree_view(self, digest: str, label: str) -> str:
+        """The folder of the tree ``digest``, built from its record when missing. Raises
+        IntegrityError when its record or a member's blob is missing or damaged."""
+        def members() -> trees.Tree:
+            try:
+                with self._blobs.open(digest) as blob:
+                    return trees.decode(blob.read())
+            except OSError as error:
+                raise IntegrityError(f"cannot open tree record {digest}: {error.strerror};"
+                                     " run `cas verify`") from error
+
+        try:
+            view = self._blobs.views.tree(digest, label, members)
+        except FileNotFoundError as error:
+            raise IntegrityError(
+                f"tree {digest} cannot be shown: a member's blob is missing"
+                f" ({error.filename}); run `cas verify`") from error
+        if view is None:
+            raise StoreError(f"tree {digest} has no folder yet and the store is read-only;"
+                             " show it once from a writable store")
+        return view
+
     def open(self, ref: str) -> BinaryIO:
         """An open file of the blob ``ref`` names. Raises IntegrityError when it cannot be
         opened: a damaged store, whose blob ``cas verify`` checks."""
         digest = self.locate(ref)
+        if (tree := trees.find(self._catalog, digest)) is not None:
+            raise UsageError(f"{ref!r} is a tree (a folder of {tree.files} files), not a file;"
+                             " use `cas path` for its folder")
         try:
             return self._blobs.open(digest)
         except OSError as error:

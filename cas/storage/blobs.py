@@ -28,6 +28,7 @@ from cas.storage.folder import NOFOLLOW_DIR, Folder, list_names
 from cas.storage.hashing import hash_fd
 from cas.storage.layout import Layout, blob_location, quarantine_name, shard_of
 from cas.storage.staging import BLOB_MODE, DEBRIS_AGE, Staged, Staging
+from cas.storage.views import Views
 
 # Patterns as strings: re compiles and caches them on first use (a scan), not at import.
 _SHARD = r"[0-9a-f]{2}"
@@ -65,6 +66,9 @@ class BlobStore:
                                         durable=durable)
         self.staging = Staging(layout, self.tmp, self.locks, durable=durable,
                                read_only=read_only)
+        #: Named views of blobs and trees (storage/views.py): they go with their blob.
+        self.views = Views(layout, self.root_folder, self.blobs, self.tmp, mode=mode,
+                           durable=durable)
         self._real_shards: dict[str, float] = {}  # shard -> time.monotonic() it was checked
         self._blobs_prefix = f"{self.blobs_dir}{os.sep}"
         self._shards: dict[str, Path] = {}
@@ -86,6 +90,7 @@ class BlobStore:
     @read_only.setter
     def read_only(self, why: str | None) -> None:
         self.staging.read_only = why
+        self.views.read_only = why is not None
 
     # -- where blobs are, and reading them --------------------------------------------------------
 
@@ -267,7 +272,9 @@ class BlobStore:
 
     def unlink_many(self, digests: list[str]) -> None:
         """Remove blobs' files, if present, shard by shard: relative to an open folder, so the
-        kernel does not walk the whole path again for each of many thousands (gc)."""
+        kernel does not walk the whole path again for each of many thousands (gc); and their
+        views (a hard link would keep the blob's bytes on disk)."""
+        self.views.remove(digests)
         folder_fd, folder = -1, ""
         try:
             for digest in sorted(digests):

@@ -81,16 +81,22 @@ def without_credentials(row: Row) -> Row:
     return row._replace(url=redact(row.url))
 
 
+# The hot path's rows carry the tree's file count (NULL for a file), so a view is chosen
+# without a second query.
 _BLOB_BY_NAME = (
-    "SELECT b.digest, b.size, b.last_access FROM names n JOIN blobs b ON b.digest = n.digest"
+    "SELECT b.digest, b.size, b.last_access, t.files FROM names n"
+    " JOIN blobs b ON b.digest = n.digest LEFT JOIN trees t ON t.digest = b.digest"
     " WHERE n.name = ?"
 )
-_BLOB_BY_DIGEST = "SELECT digest, size, last_access FROM blobs WHERE digest = ?"
+_BLOB_BY_DIGEST = (
+    "SELECT b.digest, b.size, b.last_access, t.files FROM blobs b"
+    " LEFT JOIN trees t ON t.digest = b.digest WHERE b.digest = ?"
+)
 
 
-def stored_blob(catalog: Catalog, ref: str) -> tuple[str, int, float] | None:
-    """(digest, size, last_access) of the stored blob a name or a digest refers to, or None:
-    the hot path of look-ups, one lone SELECT."""
+def stored_blob(catalog: Catalog, ref: str) -> tuple[str, int, float, int | None] | None:
+    """(digest, size, last_access, files of a tree or None) of the stored blob a name or a
+    digest refers to, or None: the hot path of look-ups, one lone SELECT."""
     if len(ref) == 64 and is_digest(ref):
         return catalog.lookup(_BLOB_BY_DIGEST, (ref.lower(),))  # type: ignore[no-any-return]
     return catalog.lookup(_BLOB_BY_NAME, (ref,))  # type: ignore[no-any-return]

@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from cas.errors import StoreError
 from cas.storage import hashing
-from cas.storage.folder import Folder
+from cas.storage.folder import Folder, remove_tree
 from cas.storage.layout import LOCKS, Layout, put_name, unpack_name
 from cas.storage.processes import staging_tag, written_by_dead_process
 
@@ -139,10 +139,7 @@ class Staging:
         try:
             yield f"{self._tmp_prefix}{name}"
         finally:
-            import shutil
-
-            with contextlib.suppress(FileNotFoundError):
-                shutil.rmtree(name, dir_fd=tmp)
+            remove_tree(name, tmp)
 
     def _sync(self, fd: int, sync: bool) -> None:
         if self.durable and sync:
@@ -187,9 +184,8 @@ class Staging:
         folder = (self.locks if in_locks else self.tmp).fd()
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             if entry.is_dir(follow_symlinks=False):
-                import shutil  # rare: a folder left in tmp/ or locks/
-
-                shutil.rmtree(entry.name, dir_fd=folder)
+                # a view's build (its folders may be 0555 already), or another folder
+                remove_tree(entry.name, folder)
             else:
                 os.unlink(entry.name, dir_fd=folder)
             return True
