@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from typing import BinaryIO, Protocol
 
-from cas.errors import IntegrityError, StoreError, UsageError, os_error
+from cas.errors import IntegrityError, StoreError, os_error
 from cas.ops.fetch import expectation
 from cas.ops.record import Clock, Fetched, Restage, publish_and_record
 from cas.refs import check_name
@@ -48,9 +48,9 @@ class FetchArchive(Protocol):
 
 
 class PutTree(Protocol):
-    """Stores a folder as a tree; returns its digest and the bytes the store holds after."""
+    """Stores a folder as a tree, unnamed; returns its digest (cas/ops/trees.py)."""
 
-    def __call__(self, folder: str) -> tuple[str, int | None]: ...
+    def __call__(self, folder: str) -> str: ...
 
 
 #: Holds the single-flight locks of some keys (transfer/flight.py), with a heartbeat.
@@ -62,7 +62,7 @@ class Unpacker:
 
     def __init__(self, blobs: BlobStore, catalog: Catalog, fetch: FetchArchive, *,
                  locks: Locks, beat: Callable[[], None], clock: Clock, ceiling: int,
-                 put_tree: PutTree | None = None) -> None:  # fmt: skip
+                 put_tree: PutTree) -> None:  # fmt: skip
         """``ceiling`` bounds what any archive unpacks to (``max_cache_size``); ``put_tree``
         stores the folder a zip or tar unpacked into."""
         self._blobs = blobs
@@ -237,10 +237,7 @@ class Unpacker:
 
         with self._blobs.staging.folder() as folder:
             extract(blob, kind, folder, budget)
-            if self._put_tree is None:
-                raise UsageError(f"unpacking {kind} into a tree needs trees, which this cas"
-                                 " does not store yet; unpack a gz, bz2, xz or zst instead")
-            digest, _ = self._put_tree(folder)
+            digest = self._put_tree(folder)
         with self._catalog.read() as conn:
             row = q.find_blob(conn, digest)
         size = int(row.size) if row is not None else 0
