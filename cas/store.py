@@ -325,29 +325,20 @@ class Store:
         found = self._fetching().stored(url, name, expected)
         return found.digest if found is not None else None
 
-    def _fetch(self, url: str, *, name: str | None = None, blake3: str | None = None,
-               sha256: str | None = None, size: int | None = None, unpack: str | None = None,
-               progress: Progress | None = None) -> Fetched:
+    def _fetch(self, url: str, again: bool = False, **how: Any) -> Fetched:
+        """Fetch (with unpack, cas/ops/unpack.py); ``again``: a named fixture's evicted
+        content, ``how["blake3"]``, from its recorded source."""
+        fetching = self._unpacking()
         try:
-            if unpack is not None:
-                fetched = self._unpacking().fetch(url, name=name, blake3=blake3, sha256=sha256,
-                                                  size=size, unpack=unpack, progress=progress)
-            else:
-                fetched = self._fetching().fetch(url, name=name, blake3=blake3, sha256=sha256,
-                                                 size=size, progress=progress)
+            fetched = (fetching.refetch if again else fetching.fetch)(url, **how)
         except OSError as error:  # e.g. the lock or staging file of a full or read-only disk
             raise os_error(error, f"cannot fetch {url}") from error
         if fetched.stored is not None:
             self._writing().upkeep.after_write(fetched.stored)
         return fetched
 
-    def _refetch(self, url: str, *, name: str | None, blake3: str, sha256: str | None,
-                 size: int | None, unpack: str | None = None) -> Fetched:
-        """Fetch a named fixture's evicted content ``blake3`` again from its source (and
-        unpack it again, as it was)."""
-        if unpack is not None:
-            return self._unpacking().refetch(url, name, unpack, blake3)
-        return self._fetch(url, name=name, blake3=blake3, sha256=sha256, size=size)
+    def _refetch(self, url: str, **how: Any) -> Fetched:
+        return self._fetch(url, True, **how)
 
     def sync(self, manifest_path: str | os.PathLike[str], jobs: int = 4) -> dict[str, str]:
         """Fetch every fixture of a manifest (SPEC "Manifest"), ``jobs`` at a time; return

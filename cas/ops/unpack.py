@@ -75,15 +75,19 @@ class Unpacker:
         self._put_tree = put_tree
 
     def fetch(self, url: str, *, name: str | None = None, blake3: str | None = None,
-              sha256: str | None = None, size: int | None = None, unpack: str = "auto",
+              sha256: str | None = None, size: int | None = None, unpack: str | None = None,
               progress: Progress | None = None) -> Fetched:  # fmt: skip
-        """The content of the archive at ``url`` unpacked as ``unpack``, in the store.
+        """The content of the archive at ``url`` unpacked as ``unpack``, in the store (without
+        ``unpack``: the content of ``url``, as the fetch given).
 
         ``blake3``, ``sha256`` and ``size`` are the archive's. Raises UsageError for bad
         arguments or an archive whose kind "auto" cannot tell, IntegrityError for an archive
         that does not match, is not the kind asked for, is damaged, unsafe or a bomb, and
         what a fetch raises.
         """
+        if unpack is None:
+            return self._fetch(url, name=name, blake3=blake3, sha256=sha256, size=size,
+                               progress=progress)  # fmt: skip
         kind = check_kind(unpack)
         shown = check_url(redact(url)) if isinstance(url, str) else check_url(url)
         if name is not None:
@@ -96,10 +100,15 @@ class Unpacker:
                               progress=progress)  # fmt: skip
         return self._unpacked(archive, shown, name, kind)
 
-    def refetch(self, url: str, name: str | None, kind: str, digest: str) -> Fetched:
-        """Fetch and unpack again the fixture whose unpacked content ``digest`` was evicted:
-        the archive expected is the one recorded as giving it. IntegrityError if it gives
-        other content now."""
+    def refetch(self, url: str, *, name: str | None, blake3: str, sha256: str | None,
+                size: int | None, unpack: str | None) -> Fetched:
+        """Fetch again the named fixture whose content ``blake3`` was evicted, from its
+        recorded source (``sha256`` and ``size`` are the name's). With ``unpack``, the
+        archive expected is the one recorded as giving that content unpacked; IntegrityError
+        if it gives other content now."""
+        if unpack is None:
+            return self.fetch(url, name=name, blake3=blake3, sha256=sha256, size=size)
+        kind, digest = unpack, blake3
         with self._catalog.read() as conn:
             row = archive_of(conn, digest, kind)
         fetched = self.fetch(url, name=name, unpack=kind,

@@ -152,7 +152,7 @@ def test_an_unknown_kind_is_a_usage_error(unpack: object, fstore: cas.Store, roo
     """An unpack kind cas does not know is a one-line UsageError (exit 2) listing the kinds,
     before any request."""
     url = server.add("/kinds/a.bin", b"a")
-    with pytest.raises(cas.UsageError, match="tar.zst"):
+    with pytest.raises(cas.UsageError, match=r"tar\.zst"):
         fstore.fetch(url, unpack=unpack)  # type: ignore[arg-type]
     if isinstance(unpack, str):
         done = run_cas("fetch", url, "--unpack", unpack, root=root)
