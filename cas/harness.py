@@ -105,7 +105,7 @@ class FixtureSession:
             digest = self.store.fetch(url, name=name, blake3=expected.blake3,
                                       sha256=expected.sha256, size=expected.size,
                                       unpack=unpack)  # fmt: skip
-            return self.store.lease(digest)
+            return self.store.lease(digest, name=name)
         if not described:  # nothing to check the content against: the name decides
             try:
                 return self.store.lease(name)
@@ -119,7 +119,7 @@ class FixtureSession:
                                   sha256=expected.sha256, size=expected.size)  # fmt: skip
         if found is not None:
             try:
-                return self.store.lease(found)
+                return self.store.lease(found, name=name)
             except NotFound:
                 pass  # removed by cleanup since: as unavailable as if never stored
         if url is None:

@@ -259,7 +259,7 @@ class Store:
         """The read-only path of what ``ref`` names: for a name, a view ending in the name's
         last component (a hard link to the blob); for a tree, its read-only folder; for a
         digest, the blob under ``blobs/``. Raises NotFound for an unknown ref."""
-        return Path(self._reader.path(ref))
+        return self._reader.path_of(ref)
 
     def open_blob(self, ref: str) -> BinaryIO:
         """An open binary file of the blob's content."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 
 from cas.errors import IntegrityError, NotFound, StoreError, UsageError
@@ -20,7 +21,7 @@ from cas.refs import check_name, is_digest, is_digest_prefix
 from cas.settings import Settings
 from cas.storage import queries as q
 from cas.storage import trees
-from cas.storage.blobs import BlobStore, quarantined
+from cas.storage.blobs import REMEMBERED_PATHS, BlobStore, quarantined
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.layout import view_label
 from cas.storage.metrics import Counter, Stats, Usage
@@ -44,6 +45,8 @@ class Entry:
     source: str | None
     leases: int = 0  #: live leases on the blob (SPEC: ``ls`` shows lease state)
     damaged: bool = False  #: its file is missing or of the wrong size, or verify found it so
+    kind: str = "file"  #: ``file``, or ``tree`` (a folder: ``size`` is its files' total)
+    files: int | None = None  #: a tree's number of files
 
     @property
     def present(self) -> bool:
@@ -131,6 +134,7 @@ class Reader:
         self._clock = clock
         self._fetch = fetch
         self._auto_download = auto_download
+        self._paths: dict[str, Path] = {}
 
     def locate(self, ref: str) -> str:
         """The digest of the whole, stored blob ``ref`` names, fetched again if it was evicted.
@@ -167,6 +171,16 @@ class Reader:
             self._catalog.count(Counter.HITS)
         return target.digest
 
+    def path_of(self, ref: str) -> Path:
+        """``path`` as a Path, remembered: building one costs more than the look-up's lstat."""
+        shown = self.path(ref)
+        path = self._paths.get(shown)
+        if path is None:
+            if len(self._paths) >= REMEMBERED_PATHS:
+                self._paths.clear()
+            path = self._paths[shown] = Path(shown)
+        return path
+
     def path(self, ref: str, name: str | None = None) -> str:
         """The path that shows what ``ref`` names (fetched again if evicted): the named view of
         a name (``views/ab/<digest>/<label>``), the folder of a tree, or else the blob itself.
@@ -184,6 +198,10 @@ class Reader:
                     self._catalog.count(Counter.HITS)
                     named = name if name is not None else (
                         None if len(ref) == 64 and is_digest(ref) else ref)
+                    if named is not None and row[3] is None:  # a named file: its view
+                        view = self._blobs.views.file(row[0], view_label(named, row[0]), info)
+                        if view is not None:
+                            return view
                     return self.shown(row[0], named, row[3] is not None, info)
         digest = self.locate(ref)
         return self.shown_for(ref, digest, name)
@@ -278,8 +296,9 @@ class Reader:
             return not self._blobs.has(row.digest, row.size)
 
         return [
-            Entry(row.name, row.digest, row.size, row.last_access, bool(row.pinned), row.url,
-                  leases.get(row.digest, 0), is_damaged(row))
+            Entry(row.name, row.digest, row.size if row.files is None else row.tree_size,
+                  row.last_access, bool(row.pinned), row.url, leases.get(row.digest, 0),
+                  is_damaged(row), "file" if row.files is None else "tree", row.files)
             for row in rows
         ]
 
@@ -291,7 +310,9 @@ class Reader:
         with self._catalog.read() as conn:
             counts = q.counter_values(conn)
             row = q.usage(conn, now, dead_leases(conn, now))
+            tree_count = trees.count(conn)
         tmp, locks = self._blobs.tmp_dir, self._blobs.locks_dir
         usage = Usage(row.bytes, row.blobs, row.names, row.live_leases)
         return Stats.build(counts, usage, settings, staging_debris(tmp, locks),
-                           staging_usage(tmp, locks), quarantined(self._blobs.quarantine_dir))
+                           staging_usage(tmp, locks), quarantined(self._blobs.quarantine_dir),
+                           (tree_count, *self._blobs.views.usage()))

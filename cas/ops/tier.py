@@ -44,6 +44,7 @@ from cas.errors import (
     os_error,
 )
 from cas.ops import manifest as manifests
+from cas.ops import tier_trees
 from cas.ops.lookup import resolve
 from cas.ops.manifest import Fixture
 from cas.ops.record import Clock, Fetched, Recorder
@@ -253,7 +254,11 @@ class RemoteTier:
         """Blob first, then records: a record never names a blob the remote lacks. ``blobs``
         shares each blob's upload between the refs of one push."""
         once = blobs if blobs is not None else _Once()
+        members = tier_trees.members_of(self._catalog, local.digest)  # a tree's, first
+        sent = tier_trees.each(lambda m: once.run(m.digest, partial(
+            self._push_blob, _Local(m.digest, m.size)))[0][1], members)
         (size, uploaded), first = once.run(local.digest, partial(self._push_blob, local))
+        uploaded = uploaded or sent
         uploaded = uploaded and first  # the other refs of this blob found it there
         if local.name is not None:
             self.remote.put_name(
@@ -320,11 +325,25 @@ class RemoteTier:
         if not isinstance(ref, str):
             raise UsageError(f"a ref must be a digest or a name, not {type(ref).__name__}")
         if is_digest(ref):
-            return self._pull(ref.lower())
+            return self._pull_tree(ref.lower())
         record = self.remote.get_name(check_name(ref))
         if record is None:
             raise NotFound(f"no name {ref!r} in the remote {self.remote.url}")
-        return self._pull(record.digest, record.size, ref, record.url, record.sha256)
+        moved = self._pull_tree(record.digest, record.size)
+        named = self._pull(record.digest, record.size, ref, record.url, record.sha256)
+        return moved if moved.transferred else named
+
+    def _pull_tree(self, digest: str, size: int | None = None) -> _Moved:
+        """Pull a blob unnamed; when it is a tree's record, its members too, then the tree's
+        rows (before any name points at it)."""
+        moved = self._pull(digest, size)
+        tree = tier_trees.stored_record(self._blobs, digest)
+        if tree is None:
+            return moved
+        sent = tier_trees.each(lambda m: self._pull(m.digest, m.size).transferred,
+                               list({m.digest: m for m in tree.files}.values()))
+        tier_trees.record_pulled(self._catalog, digest, tree)
+        return moved._replace(transferred=moved.transferred or sent)
 
     def _pull_fixture(self, fixture: Fixture) -> _Moved:
         digest, sha256 = fixture.blake3, fixture.sha256

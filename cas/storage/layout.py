@@ -124,9 +124,10 @@ def view_label(name: str | None, digest: str) -> str:
     ``/``); the digest's first ``LABEL_DIGITS`` hex digits for a digest ref (no name) and for a
     component that cannot be a file name (empty, ``.``, ``..``, longer than
     ``MAX_LABEL_BYTES`` in UTF-8, or holding a NUL)."""
-    label = name.rpartition("/")[2] if name is not None else ""
-    if (label in ("", ".", "..") or "\0" in label
-            or len(label.encode("utf-8", "surrogatepass")) > MAX_LABEL_BYTES):
+    label = name[name.rfind("/") + 1:] if name is not None else ""
+    if label in ("", ".", "..") or "\0" in label or (
+            len(label) > MAX_LABEL_BYTES // 4  # only then can its UTF-8 be too long
+            and len(label.encode("utf-8", "surrogatepass")) > MAX_LABEL_BYTES):
         return digest[:LABEL_DIGITS]
     return label
 

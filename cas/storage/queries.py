@@ -195,17 +195,23 @@ class EntryRow(NamedTuple):
     last_access: float | None
     pinned: int
     url: str | None
+    files: int | None = None  #: a tree's file count; None for a file
+    tree_size: int | None = None  #: a tree's total size
 
 
 def entries(conn: Connection) -> list[EntryRow]:
-    """Every name with its blob, then every blob without a name, for listings."""
+    """Every name with its blob, then every blob without a name, for listings; a tree is one
+    entry (its members, unless named, are not listed)."""
     return list(map(lambda row: without_credentials(EntryRow._make(row)),
         conn.execute(
-            "SELECT n.name, n.digest, b.size, b.last_access, n.pinned, n.url"
+            "SELECT n.name, n.digest, b.size, b.last_access, n.pinned, n.url, t.files, t.size"
             " FROM names n LEFT JOIN blobs b ON b.digest = n.digest"
+            " LEFT JOIN trees t ON t.digest = b.digest"
             " UNION ALL"
-            " SELECT NULL, b.digest, b.size, b.last_access, 0, NULL FROM blobs b"
+            " SELECT NULL, b.digest, b.size, b.last_access, 0, NULL, t.files, t.size"
+            " FROM blobs b LEFT JOIN trees t ON t.digest = b.digest"
             " WHERE NOT EXISTS (SELECT 1 FROM names n WHERE n.digest = b.digest)"
+            " AND NOT EXISTS (SELECT 1 FROM tree_entries e WHERE e.digest = b.digest)"
             " ORDER BY 1 NULLS LAST, 2"
         )
     ))

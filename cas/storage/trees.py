@@ -167,6 +167,22 @@ def find(source: Connection | Catalog, digest: str) -> TreeRow | None:
     return None if row is None else TreeRow._make(row)
 
 
+def any_of(conn: Connection, digests: list[str]) -> bool:
+    """Whether any of ``digests`` is a stored tree (a probe of the primary key each)."""
+    for start in range(0, len(digests), 500):
+        part = digests[start:start + 500]
+        marks = ",".join("?" * len(part))
+        if conn.execute(f"SELECT 1 FROM trees WHERE digest IN ({marks}) LIMIT 1",
+                        part).fetchone():
+            return True
+    return False
+
+
+def count(conn: Connection) -> int:
+    """How many trees are stored."""
+    return int(conn.execute("SELECT count(*) FROM trees").fetchone()[0])
+
+
 def all_trees(conn: Connection) -> dict[str, TreeRow]:
     """Every tree row, by digest."""
     return {row[0]: TreeRow._make(row)

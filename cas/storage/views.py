@@ -50,10 +50,12 @@ class Views:
         """The path of the view of the blob ``digest`` (whose lstat is ``blob``) labelled
         ``label``, built or rebuilt when missing or not the blob's inode; None when it cannot
         be built (a read-only store): the caller serves the blob's own path."""
-        path = f"{self._prefix}{digest[:2]}{os.sep}{digest}{os.sep}{label}"
+        relative = f"{digest[:2]}{os.sep}{digest}{os.sep}{label}"
+        path = self._prefix + relative
         try:
-            self.folder.fd(max_age=READ_RECHECK)  # views/ itself is no planted link
-            info = os.lstat(path)
+            # relative to views/ checked to be no planted link: a shorter walk than the path's
+            info = os.stat(relative, dir_fd=self.folder.fd(max_age=READ_RECHECK),
+                           follow_symlinks=False)
             if info.st_ino == blob.st_ino and info.st_dev == blob.st_dev:
                 return path
         except (OSError, ValueError):
@@ -204,6 +206,28 @@ class Views:
             remove_tree(name, fd)
         finally:
             os.close(fd)
+
+    def usage(self) -> tuple[int, int]:
+        """How many views stand, and the bytes of their files that are copies (one link: a
+        tree's executable files); nothing followed."""
+        count = copied = 0
+        for relative, info in self.scan():
+            if relative.count("/") != 2:
+                continue
+            count += 1
+            if stat.S_ISDIR(info.st_mode):
+                try:
+                    walk = os.fwalk(os.path.join(self.layout.views, relative),
+                                    follow_symlinks=False)
+                    for _, _, files, fd in walk:
+                        for name in files:
+                            with contextlib.suppress(FileNotFoundError):
+                                each = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                                if stat.S_ISREG(each.st_mode) and each.st_nlink == 1:
+                                    copied += each.st_size
+                except OSError:
+                    continue
+        return count, copied
 
     def scan(self) -> Iterator[tuple[str, os.stat_result]]:
         """Every entry of ``views/`` to three levels (``ab``, ``ab/<digest>``,
