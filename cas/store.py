@@ -192,13 +192,13 @@ class Store:
             return self._fetcher
 
     def _unpacking(self) -> Unpacker:
-        fetcher, putter = self._fetching(), self._writing().putter
+        fetcher = self._fetching()
         with self._wiring:
             if self._unpacker is None:
                 from cas.ops.writing import unpacking
 
                 self._unpacker = unpacking(self._blobs, self._catalog, self.settings,
-                                           fetcher.fetch, putter, self._clock)
+                                           fetcher.fetch, self._clock)
             return self._unpacker
 
     def _remote_tier(self, doing: str) -> RemoteTier:

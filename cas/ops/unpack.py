@@ -19,10 +19,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
-from typing import BinaryIO, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from cas.errors import IntegrityError, StoreError, os_error
 from cas.ops.fetch import expectation
+from cas.ops.put import PUT_BATCH
 from cas.ops.record import Clock, Fetched, Restage, publish_and_record
 from cas.refs import check_name
 from cas.storage import queries as q
@@ -35,9 +37,12 @@ from cas.storage.unpacks import Unpacked, archive_of, find_unpacked, record_unpa
 from cas.transfer.request import Expected, Progress, check_url
 from cas.urls import redact
 
+if TYPE_CHECKING:
+    from cas.storage.trees import Tree
+
 log = logging.getLogger("cas")
 
-__all__ = ["FetchArchive", "PutTree", "Unpacker"]
+__all__ = ["FetchArchive", "Unpacker"]
 
 
 class FetchArchive(Protocol):
@@ -45,12 +50,6 @@ class FetchArchive(Protocol):
 
     def __call__(self, url: str, *, name: str | None, blake3: str | None, sha256: str | None,
                  size: int | None, progress: Progress | None) -> Fetched: ...
-
-
-class PutTree(Protocol):
-    """Stores a folder as a tree, unnamed; returns its digest (cas/ops/trees.py)."""
-
-    def __call__(self, folder: str) -> str: ...
 
 
 #: Holds the single-flight locks of some keys (transfer/flight.py), with a heartbeat.
@@ -62,9 +61,8 @@ class Unpacker:
 
     def __init__(self, blobs: BlobStore, catalog: Catalog, fetch: FetchArchive, *,
                  locks: Locks, beat: Callable[[], None], clock: Clock, ceiling: int,
-                 put_tree: PutTree) -> None:  # fmt: skip
-        """``ceiling`` bounds what any archive unpacks to (``max_cache_size``); ``put_tree``
-        stores the folder a zip or tar unpacked into."""
+                 ) -> None:  # fmt: skip
+        """``ceiling`` bounds what any archive unpacks to (``max_cache_size``)."""
         self._blobs = blobs
         self._catalog = catalog
         self._fetch = fetch
@@ -72,7 +70,6 @@ class Unpacker:
         self._beat = beat
         self._clock = clock
         self._ceiling = ceiling
-        self._put_tree = put_tree
 
     def fetch(self, url: str, *, name: str | None = None, blake3: str | None = None,
               sha256: str | None = None, size: int | None = None, unpack: str | None = None,
@@ -242,26 +239,67 @@ class Unpacker:
 
     def _tree(self, blob: BinaryIO, kind: str, budget: Budget, archive: Fetched, url: str,
               name: str | None) -> Fetched:  # fmt: skip
+        """Stage every file of the archive as a blob while reading it (one write of each
+        byte, hashed on the way), sync them at once, publish them in batches, then the tree's
+        record (cas/storage/trees.py) with its rows, the unpacking and the name."""
+        from cas.storage import trees
         from cas.storage.extract import extract
+        from cas.storage.hashing import hasher
 
-        with self._blobs.staging.folder() as folder:
-            extract(blob, kind, folder, budget)
-            digest = self._put_tree(folder)
-        with self._catalog.read() as conn:
-            row = q.find_blob(conn, digest)
-        size = int(row.size) if row is not None else 0
-        stored = self._catalog.write(
-            lambda conn: self._record(conn, archive, kind, digest, size, url, name, None)
-        )
-        return Fetched(digest, size, archive.downloaded, stored)
+        staging = self._blobs.staging
+        with staging.batch_sync() as sync:
+            done = extract(blob, kind, budget,
+                           lambda source: staging.stage_stream(source, sync=False))
+            try:
+                sync()
+                try:
+                    tree = trees.Tree.build(
+                        (trees.TreeFile(path, member.staged.digest, member.staged.size,
+                                        member.executable)
+                         for path, member in done.files.items()),
+                        done.empty_folders(),
+                    )  # fmt: skip
+                except IntegrityError as error:
+                    raise IntegrityError(f"{budget.label}: {error}") from error
+                record = tree.encode()
+                digest = hasher()
+                digest.update(record)
+                staged = staging.stage_bytes(record, str(digest.hexdigest()))
+                done.staged.append(staged)
+                members = done.staged[:-1]
+                for first in range(0, len(members), PUT_BATCH):
+                    self._catalog.write(partial(self._publish, members[first:first + PUT_BATCH]))
+                stored = self._catalog.write(
+                    lambda conn: self._record(conn, archive, kind, staged.digest, staged.size,
+                                              url, name, staged, tree)
+                )
+            except Restage:
+                raise StoreError(f"files of {budget.label} were removed by a concurrent cleanup"
+                                 " while being stored; fetch it again") from None
+            finally:
+                done.discard()
+        return Fetched(staged.digest, staged.size, archive.downloaded, stored)
+
+    def _publish(self, batch: list[Staged], conn: Connection) -> int:
+        """Under the write lock: publish and record a batch of staged members."""
+        return publish_and_record(conn, self._blobs, [(each.digest, each.size) for each in batch],
+                                  batch, self._clock(), sync=False)  # fmt: skip
 
     def _record(self, conn: Connection, archive: Fetched, kind: str, digest: str, size: int,
-                url: str, name: str | None, staged: Staged | None) -> int:  # fmt: skip
-        """Under the write lock: publish a staged result, remember what the archive gave,
-        name it; the bytes the store holds after."""
+                url: str, name: str | None, staged: Staged,
+                tree: Tree | None = None) -> int:  # fmt: skip
+        """Under the write lock: publish the staged result (a tree's record, whose members
+        must be stored), remember what the archive gave, name it; the bytes the store holds
+        after."""
         now = self._clock()
-        if staged is not None:
-            publish_and_record(conn, self._blobs, [(digest, size)], [staged], now)
+        if tree is not None:
+            from cas.storage import trees
+
+            if trees.missing_members(conn, (each.digest for each in tree.files)):
+                raise Restage([])
+        publish_and_record(conn, self._blobs, [(digest, size)], [staged], now)
+        if tree is not None:
+            trees.record(conn, digest, tree)
         record_unpacked(conn, Unpacked(archive.digest, kind, digest, archive.size), now)
         if name is not None:
             q.set_name(conn, name, digest, now, url=url, expected_size=size, unpack=kind)

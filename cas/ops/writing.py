@@ -68,17 +68,14 @@ def fetching(blobs: BlobStore, catalog: Catalog, settings: Settings, recorder: R
 
 
 def unpacking(blobs: BlobStore, catalog: Catalog, settings: Settings, fetch: FetchArchive,
-              putter: Putter, clock: Clock) -> Unpacker:
-    """A store's fetch with unpack, over its fetch and its put of trees: archives unpack at
-    most to ``max_cache_size``, one unpacking at a time per archive and kind across
-    processes."""
+              clock: Clock) -> Unpacker:
+    """A store's fetch with unpack, over its fetch: archives unpack at most to
+    ``max_cache_size``, one unpacking at a time per archive and kind across processes."""
     import functools
 
-    from cas.ops.trees import put_tree
     from cas.ops.unpack import Unpacker
     from cas.transfer.flight import heartbeat, single_flight
 
     locks = functools.partial(single_flight, locks=blobs.locks, stall=settings.download_timeout)
     return Unpacker(blobs, catalog, fetch, locks=locks, beat=heartbeat, clock=clock,
-                    ceiling=settings.max_cache_size,
-                    put_tree=lambda folder: put_tree(putter, folder))
+                    ceiling=settings.max_cache_size)

@@ -216,11 +216,13 @@ class Guarded:
     charged to a budget (when one is given)."""
 
     def __init__(self, stream: IO[bytes], label: str, budget: Budget | None,
-                 errors: tuple[type[BaseException], ...]) -> None:  # fmt: skip
+                 errors: tuple[type[BaseException], ...], member: str | None = None,
+                 ) -> None:  # fmt: skip
         self._stream = stream
         self._label = label
         self._budget = budget
         self._errors = errors
+        self._member = member
 
     def _damaged(self, error: BaseException) -> IntegrityError:
         return IntegrityError(f"{self._label} is damaged or truncated: {error or type(error)}")
@@ -233,7 +235,7 @@ class Guarded:
         except OSError as error:  # bz2 and gzip say "invalid data" as an OSError
             raise self._damaged(error) from error
         if self._budget is not None:
-            self._budget.charge(len(data))
+            self._budget.charge(len(data), self._member)
         return data
 
     def readinto(self, buffer: Any) -> int:

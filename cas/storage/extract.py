@@ -1,22 +1,25 @@
-"""Extracting a zip or tar archive safely into an empty staging folder (storage/archives.py
-decides the kind and holds the bounds).
+"""Extracting a zip or tar archive safely: each regular file is staged as a blob (an ordinary
+staging file of ``tmp/``, hashed as it is written) and the tree is a map of relative paths to
+staged files (storage/archives.py decides the kind and holds the bounds).
 
-Every member path is checked before anything is written: no absolute path, no ``..``, no
-Windows drive, no NUL. Links are never made: a hard link, or a symbolic link to a regular file
-of the same archive (through other links of it), becomes a copy of that file; a link that
-leaves the tree, names a folder or nothing, or loops is refused. Devices and fifos are refused,
-regular files keep only their executable bit (0755 or 0644), a file member is created with
-``O_EXCL | O_NOFOLLOW``. Each member and every byte written is charged to the ``Budget``, and a
-member whose declared size alone passes it is refused before a byte of it is read. tarfile
-reads extended headers whole, so one over ``MAX_HEADER`` is refused before it is read.
+No file is ever made under a member's own path, so no member can write outside the store's
+staging files; and every member path is checked anyway, so a tree never holds one that leaves
+it: no absolute path, no ``..``, no Windows drive, no NUL. Links are never made: a hard link,
+or a symbolic link to a regular file of the same archive (through other links of it), becomes
+that file (the same blob); a link that leaves the tree, names a folder or nothing, or loops is
+refused. Devices and fifos are refused; regular files keep only their executable bit. Each
+member and every byte unpacked is charged to the ``Budget`` (a link as the size of its file),
+and a member whose declared size alone passes it is refused before a byte of it is read.
+tarfile reads extended headers whole, so one over ``MAX_HEADER`` is refused before it is read.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import io
 import posixpath
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
@@ -30,33 +33,55 @@ from cas.storage.archives import (
     decode_errors,
     decompressor,
 )
+from cas.storage.staging import Staged
 
 if TYPE_CHECKING:
     import tarfile
     import zipfile
 
-_CHUNK = 1 << 20
 
 
-# -- extracting into a folder ---------------------------------------------------------------------
+# -- extracting into staged files ----------------------------------------------------------------
+
+
+@dataclass
+class Member:
+    """A regular file of the archive, staged as a blob."""
+
+    staged: Staged
+    executable: bool
 
 
 @dataclass
 class Extracted:
-    """What an extraction wrote under its folder."""
+    """What an extraction staged: each file's staged content by relative path, the folders
+    the archive names, and every staging file made (to publish or discard)."""
 
-    files: int = 0
-    folders: int = 0
-    size: int = 0
-    #: Symbolic links waiting for their target: path -> target path, both relative.
-    links: dict[str, str] = field(default_factory=dict)
+    files: dict[str, Member] = field(default_factory=dict)
+    folders: set[str] = field(default_factory=set)
+    staged: list[Staged] = field(default_factory=list)
+
+    def discard(self) -> None:
+        for each in self.staged:
+            each.discard()
+
+    def empty_folders(self) -> list[str]:
+        """The named folders that hold nothing (a tree keeps those)."""
+        parents = {path.rsplit("/", i)[0] for path in [*self.files, *self.folders]
+                   for i in range(1, path.count("/") + 1)}
+        return sorted(self.folders - parents - set(self.files))
 
 
-def extract(file: BinaryIO, kind: str, into: str, budget: Budget) -> Extracted:
-    """Unpack the zip or tar archive open as ``file`` (``kind`` from ``decide``) under the folder
-    ``into``, which must be empty. Raises IntegrityError for an unsafe member, a bomb, or a
-    damaged archive; UsageError for what cas cannot unpack (an encrypted zip member)."""
-    writer = _Writer(into, budget)
+#: Stages the bytes of a reader as a blob (``Staging.stage_stream`` without its fsync).
+Stage = Callable[[BinaryIO], Staged]
+
+
+def extract(file: BinaryIO, kind: str, budget: Budget, stage: Stage) -> Extracted:
+    """Stage every file of the zip or tar archive open as ``file`` (``kind`` from ``decide``)
+    as a blob, through ``stage``; the caller publishes them or calls ``discard``. Raises
+    IntegrityError for an unsafe member, a bomb, or a damaged archive (having discarded what
+    it staged); UsageError for what cas cannot unpack (an encrypted zip member)."""
+    writer = _Writer(budget, stage)
     try:
         if kind == "zip":
             _unzip(file, writer)
@@ -64,21 +89,28 @@ def extract(file: BinaryIO, kind: str, into: str, budget: Budget) -> Extracted:
             _untar(file, kind, writer)
         writer.resolve_links()
     except OSError as error:
+        writer.done.discard()
         raise os_error(error, f"cannot unpack {budget.label}") from error
+    except BaseException:
+        writer.done.discard()
+        raise
     return writer.done
 
 
 class _Writer:
-    """Writes checked members under one folder; never makes a link, never follows one."""
+    """Stages checked members; makes no file under a member's own path, so nothing an
+    archive names can reach outside ``tmp/``'s staging files."""
 
-    def __init__(self, into: str, budget: Budget) -> None:
-        self.into = into
+    def __init__(self, budget: Budget, stage: Stage) -> None:
         self.budget = budget
+        self.stage = stage
         self.done = Extracted()
         self.members = 0
+        #: Symbolic links waiting for their target: path -> target path, both relative.
+        self.links: dict[str, str] = {}
 
     def relative(self, name: str) -> str | None:
-        """The member's path relative to the folder, checked; None for the folder itself."""
+        """The member's path relative to the tree, checked; None for the tree itself."""
         label = self.budget.label
         self.members += 1
         if self.members > MAX_MEMBERS:
@@ -93,83 +125,44 @@ class _Writer:
             raise IntegrityError(f"{label} has a member that leaves the tree: {name!r}")
         return "/".join(parts) or None
 
-    def _at(self, relative: str) -> str:
-        return os.path.join(self.into, relative)
-
     def folder(self, relative: str | None) -> None:
-        if relative is None:
-            return
-        target = self._at(relative)
-        try:
-            os.makedirs(target, 0o755, exist_ok=True)
-        except (FileExistsError, NotADirectoryError) as error:
-            raise IntegrityError(f"{self.budget.label}: member {relative!r} is a folder and a"
-                                 " file at once") from error
-        self.done.folders += 1
+        if relative is not None:
+            self.done.folders.add(relative)
 
     def file(self, relative: str | None, source: IO[bytes] | None, executable: bool,
              declared: int | None = None) -> None:  # fmt: skip
-        """Write a regular file from ``source`` (None: empty); ``declared`` is the size the
-        archive claims, refused at once when it alone passes the budget."""
-        label = self.budget.label
+        """Stage a regular file from ``source`` (None: empty); ``declared`` is the size the
+        archive claims, refused at once when it alone passes the budget. A later member of
+        the same path wins, as tar does."""
         if relative is None:
-            raise IntegrityError(f"{label} has a file member without a name")
+            raise IntegrityError(f"{self.budget.label} has a file member without a name")
         if declared is not None and self.budget.used + declared > self.budget.limit:
             self.budget.charge(declared, relative)  # raises, naming the bound
-        self.done.links.pop(relative, None)
-        target = self._at(relative)
-        parent = os.path.dirname(relative)
-        if parent:
-            self.folder(parent)
-            self.done.folders -= 1  # made on the way, not a member
-        with contextlib.suppress(FileNotFoundError):
-            info = os.lstat(target)
-            if stat.S_ISDIR(info.st_mode):
-                raise IntegrityError(f"{label}: member {relative!r} is a folder and a file at once")
-            os.unlink(target)  # a later member of the same name wins, as tar does
-            self.done.files -= 1
-            self.done.size -= info.st_size
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(target, flags, 0o755 if executable else 0o644)
-        written = 0
-        try:
-            while source is not None:
-                chunk = source.read(_CHUNK)
-                if not chunk:
-                    break
-                written += len(chunk)
-                self.budget.charge(len(chunk), relative)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view):]
-            os.fchmod(fd, 0o755 if executable else 0o644)  # exactly, whatever the umask
-        finally:
-            os.close(fd)
-        self.done.files += 1
-        self.done.size += written
-
-    def copy(self, relative: str | None, of: str, executable: bool | None = None) -> None:
-        """Write ``relative`` as a copy of the regular file ``of`` already written."""
-        info = os.lstat(self._at(of))
-        if executable is None:
-            executable = bool(info.st_mode & 0o111)
-        with open(self._at(of), "rb") as source:
-            self.file(relative, source, executable, info.st_size)
+        charged = Guarded(source if source is not None else io.BytesIO(), self.budget.label,
+                          self.budget, decode_errors(), relative)  # fmt: skip
+        staged = self.stage(charged)  # type: ignore[arg-type]
+        self.done.staged.append(staged)
+        self.links.pop(relative, None)
+        self.done.files[relative] = Member(staged, executable)
 
     def hard_link(self, relative: str | None, target: str) -> None:
-        label = self.budget.label
         checked = self._target(relative, target, relative_to_root=True)
-        if not os.path.isfile(self._at(checked)) or os.path.islink(self._at(checked)):
-            raise IntegrityError(f"{label}: hard link {relative!r} points at {target!r}, which"
-                                 " is no file written before it")
-        self.copy(relative, checked)
+        assert relative is not None
+        found = self.done.files.get(checked)
+        if found is None:
+            raise IntegrityError(f"{self.budget.label}: hard link {relative!r} points at"
+                                 f" {target!r}, which is no file before it")
+        self.budget.charge(found.staged.size, relative)
+        self.links.pop(relative, None)
+        self.done.files[relative] = found
 
     def symlink(self, relative: str | None, target: str) -> None:
-        """Note a symbolic link; it becomes a copy of its target at the end, if that is a
+        """Note a symbolic link; it becomes the file it names at the end, if that is a
         regular file of the archive."""
         checked = self._target(relative, target, relative_to_root=False)
         assert relative is not None
-        self.done.links[relative] = checked
+        self.done.files.pop(relative, None)
+        self.links[relative] = checked
 
     def _target(self, relative: str | None, target: str, *, relative_to_root: bool) -> str:
         label = self.budget.label
@@ -184,22 +177,23 @@ class _Writer:
         return joined
 
     def resolve_links(self) -> None:
-        """Turn each symbolic link into a copy of the regular file it names (through other
-        links of the archive); refuse one that names a folder, nothing, or a loop."""
-        links = self.done.links
+        """Make each symbolic link the file it names (through other links of the archive);
+        refuse one that names a folder, nothing, or a loop."""
+        links = self.links
         while links:
             progress = False
             for link, target in list(links.items()):
                 if target in links:
                     continue  # a link to a link: after that one
-                full = self._at(target)
-                if not os.path.isfile(full) or os.path.islink(full):
+                found = self.done.files.get(target)
+                if found is None:
                     raise IntegrityError(
                         f"{self.budget.label}: symbolic link {link!r} points at {target!r},"
                         " which is no file of the archive (a tree holds files, not links)"
                     )
                 del links[link]
-                self.copy(link, target)
+                self.budget.charge(found.staged.size, link)
+                self.done.files[link] = found
                 progress = True
             if not progress:
                 raise IntegrityError(f"{self.budget.label}: symbolic links in a loop:"

@@ -3,8 +3,7 @@
     <root>/catalog.db            the catalog (WAL: -wal and -shm beside it)
     <root>/config.toml           optional settings
     <root>/blobs/ab/<digest>     one read-only file per blob
-    <root>/tmp/                  staging: put-<tag>…, dl-<key>-<token>.part and its .json sidecar,
-                                 unpack-<tag>… folders of archives being unpacked
+    <root>/tmp/                  staging: put-<tag>…, dl-<key>-<token>.part and its .json sidecar
     <root>/tmp/locks/            setup.lock, dl-<key>.lock (single flight of a download)
     <root>/quarantine/           blobs verify found damaged, kept for a while
     <root>/views/ab/<digest>/<label>   a named view: a hard link to the blob (a file), or a
@@ -32,8 +31,6 @@ SETUP_LOCK = "setup.lock"
 
 #: Staging files of puts start with this, then the writer's staging tag (storage/processes.py).
 PUT_PREFIX = "put-"
-#: Folders archives are unpacked into start with this, then the writer's staging tag.
-UNPACK_PREFIX = "unpack-"
 #: Partial downloads, their sidecars and their single-flight locks start with this.
 DOWNLOAD_PREFIX = "dl-"
 PARTIAL_SUFFIX = ".part"
@@ -148,11 +145,6 @@ def download_key(key: str) -> str:
 def put_name(tag: str, token: str) -> str:
     """The name of a put's staging file in ``tmp/``: its writer's staging tag, then a token."""
     return f"{PUT_PREFIX}{tag}{token}"
-
-
-def unpack_name(tag: str, token: str) -> str:
-    """The name in ``tmp/`` of a folder an archive is unpacked into: its writer's tag, a token."""
-    return f"{UNPACK_PREFIX}{tag}{token}"
 
 
 def quarantine_name(entry: str, stamp: str, token: str) -> str:

@@ -24,7 +24,7 @@ from typing import BinaryIO
 from cas.errors import StoreError
 from cas.storage import hashing
 from cas.storage.folder import Folder, remove_tree
-from cas.storage.layout import LOCKS, Layout, put_name, unpack_name
+from cas.storage.layout import LOCKS, Layout, put_name
 from cas.storage.processes import staging_tag, written_by_dead_process
 
 #: The mode of every blob file: read-only for everyone (the folders decide who may enter).
@@ -126,20 +126,6 @@ class Staging:
             self._sync(fd, sync)
             staged.digest, staged.size = digest, len(data)
             return staged
-
-    @contextlib.contextmanager
-    def folder(self) -> Iterator[str]:
-        """A new, empty folder in ``tmp/`` (0700, named by its writer, so a killed writer's is
-        debris at once), removed with what it holds when the block ends."""
-        if self.read_only:
-            raise StoreError(f"store root {self.layout.root} is not writable ({self.read_only})")
-        name = unpack_name(staging_tag(), os.urandom(8).hex())
-        tmp = self.tmp.fd()
-        os.mkdir(name, 0o700, dir_fd=tmp)
-        try:
-            yield f"{self._tmp_prefix}{name}"
-        finally:
-            remove_tree(name, tmp)
 
     def _sync(self, fd: int, sync: bool) -> None:
         if self.durable and sync:

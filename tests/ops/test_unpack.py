@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import cas
-from cas.storage.layout import UNPACK_PREFIX, Layout
+from cas.storage.layout import PUT_PREFIX, Layout
 
 from tests.archives import Files, compress, member, tar, tar_members, zip_of
 from tests.conftest import run_cas
@@ -276,7 +276,7 @@ def test_many_processes_unpack_one_archive_once(root: Path, server: Server) -> N
     logs = b"".join(err for _, err in outputs).decode()
     assert logs.count("unpacked http") == 1, logs
     assert server.requests("/many/data.tar.gz") == 1
-    assert not list(Layout(root).tmp.glob(f"{UNPACK_PREFIX}*"))
+    assert not list(Layout(root).tmp.glob(f"{PUT_PREFIX}*"))
     with cas.Store.open(root) as store:
         assert files_under(store.path("data")) == files
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import cas
-from cas.storage.layout import UNPACK_PREFIX, Layout
+from cas.storage.layout import PUT_PREFIX, Layout
 
 from tests.archives import ATTACKS, ESCAPED, Hostile, hostile
 from tests.conftest import run_cas
@@ -44,9 +44,9 @@ def _attack(server: Server, outside: Path, name: str) -> tuple[Hostile, str]:
 
 
 def _assert_contained(tmp_path: Path, root: Path) -> None:
-    """No marker anywhere under the test's folder, and no unpacking folder left in tmp/."""
+    """No marker anywhere under the test's folder, and no staging file left in tmp/."""
     assert not [path for path in tmp_path.rglob(f"*{ESCAPED}*")]
-    assert not list(Layout(root).tmp.glob(f"{UNPACK_PREFIX}*"))
+    assert not list(Layout(root).tmp.glob(f"{PUT_PREFIX}*"))
 
 
 def _seed(store: cas.Store) -> str:
