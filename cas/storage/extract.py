@@ -35,6 +35,10 @@ from cas.storage.archives import (
 )
 from cas.storage.staging import Staged
 
+#: Bytes tarfile reads from the decompressed stream at once (its default, 10 KiB, costs a
+#: Python call and a copy per 10 KiB).
+READ_SIZE = 1 << 20
+
 if TYPE_CHECKING:
     import tarfile
     import zipfile
@@ -218,7 +222,7 @@ def _untar(file: BinaryIO, kind: str, writer: _Writer) -> None:
         try:
             archive = stack.enter_context(
                 tarfile.open(fileobj=stream, mode="r|",  # type: ignore[call-overload]
-                             tarinfo=_safe_tarinfo())
+                             tarinfo=_safe_tarinfo(), bufsize=READ_SIZE)
             )
             for member in archive:
                 _tar_member(archive, member, writer)
