@@ -151,15 +151,22 @@ class Unpacker:
             return seen
         return q.find_source(conn, url)
 
-    @staticmethod
-    def _recorded(conn: Connection, archive: str, kind: str, url: str) -> Unpacked | None:
+    def _recorded(self, conn: Connection, archive: str, kind: str,
+                  url: str) -> Unpacked | None:  # fmt: skip
+        """What unpacking ``archive`` as ``kind`` gave. For "auto": as the URL's suffix says;
+        without one, as the archive's bytes say when it is stored (None here: the unpacking
+        path decides and finds it), else as it was unpacked before."""
         if kind != "auto":
             return find_unpacked(conn, archive, kind)
         from cas.storage.archives import suffix_kind
 
         by_suffix = suffix_kind(url)
-        found = find_unpacked(conn, archive, by_suffix) if by_suffix else None
-        return found or find_unpacked(conn, archive, None)
+        if by_suffix is not None:
+            return find_unpacked(conn, archive, by_suffix)
+        row = q.find_blob(conn, archive)
+        if row is not None and self._blobs.has(row.digest, row.size):
+            return None
+        return find_unpacked(conn, archive, None)
 
     def _name_result(self, found: Unpacked, url: str, name: str | None,
                      downloaded: bool) -> Fetched | None:  # fmt: skip

@@ -302,3 +302,23 @@ def test_random_trees_round_trip(files: Files, kind: str, root: Path, server: Se
     with cas.Store.open(root, downloader=fast(root)) as store:
         store.fetch(url, unpack="auto", name="tree")
         assert files_under(store.path("tree")) == files
+
+
+def test_offline_unpacks_a_stored_archive_and_refuses_the_rest(root: Path,
+                                                               server: Server) -> None:
+    """Offline, an archive already stored is unpacked with no request; one not stored is a
+    NotFound saying cas is offline, on the API and the command line."""
+    archive = tar(FILES, "tar.bz2")
+    url = server.add("/offline/data.tar.bz2", archive)
+    missing = server.add("/offline/other.tar.gz", tar(FILES))
+    with cas.Store.open(root, downloader=fast(root)) as store:
+        store.fetch(url, sha256=_sha(archive))  # the archive alone, not unpacked
+    with cas.Store.open(root, offline=True) as store:
+        store.fetch(url, sha256=_sha(archive), unpack="auto", name="data")
+        assert files_under(store.path("data")) == FILES
+        with pytest.raises(cas.NotFound, match="offline"):
+            store.fetch(missing, unpack="tar.gz")
+    done = run_cas("--offline", "fetch", missing, "--unpack", "auto", root=root)
+    assert done.returncode == 3 and b"offline" in done.stderr
+    assert server.requests("/offline/data.tar.bz2") == 1
+    assert server.requests("/offline/other.tar.gz") == 0
