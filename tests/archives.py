@@ -23,7 +23,7 @@ def compress(data: bytes, kind: str) -> bytes:
     """``data`` compressed as a bare gz, bz2, xz or zst (or a tar's suffix: tar.gz...)."""
     kind = kind.removeprefix("tar").lstrip(".")
     if kind == "gz":
-        return gzip.compress(data, 6)
+        return gzip.compress(data, 6, mtime=0)
     if kind == "bz2":
         return bz2.compress(data)
     if kind == "xz":
@@ -96,12 +96,12 @@ def zip_raw(entries: list[tuple[str, bytes, int]], method: int = zipfile.ZIP_DEF
 def huge_declared_size() -> bytes:
     """A tar whose one member declares 8 GiB - 1 bytes and holds a few."""
     header = member("huge.bin", size=0o77777777777).tobuf(tarfile.USTAR_FORMAT)
-    return gzip.compress(header + b"x" * 1024)
+    return gzip.compress(header + b"x" * 1024, mtime=0)
 
 
 def gz_bomb() -> bytes:
     """64 MiB of zeros as gz: about 1030:1, past the 1000:1 bound and the 1 MiB floor."""
-    return gzip.compress(bytes(64 << 20), 9)
+    return gzip.compress(bytes(64 << 20), 9, mtime=0)
 
 
 def zip_bomb() -> bytes:
