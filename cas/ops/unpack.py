@@ -33,7 +33,7 @@ from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.metrics import Counter
 from cas.storage.staging import Staged
-from cas.storage.unpacks import Unpacked, archive_of, find_unpacked, record_unpacked
+from cas.storage.unpacks import Unpacked, archive_of, demote, find_unpacked, record_unpacked
 from cas.transfer.request import Expected, Progress, check_url
 from cas.urls import redact
 
@@ -308,6 +308,7 @@ class Unpacker:
         if tree is not None:
             trees.record(conn, digest, tree)
         record_unpacked(conn, Unpacked(archive.digest, kind, digest, archive.size), now)
+        demote(conn, archive.digest)
         if name is not None:
             q.set_name(conn, name, digest, now, url=url, expected_size=size, unpack=kind)
         return q.stored_totals(conn)[0]

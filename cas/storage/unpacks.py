@@ -44,3 +44,14 @@ def record_unpacked(conn: Connection, row: Unpacked, now: float) -> None:
         " VALUES (?, ?, ?, ?, ?) ON CONFLICT (archive, kind) DO NOTHING",
         (*row, now),
     )
+
+
+def demote(conn: Connection, archive: str) -> None:
+    """Make an unpacked archive that no name points at the first victim of cleanup (its last
+    access the oldest possible): its content lives on unpacked, and a fetch with the same
+    unpack no longer needs it."""
+    conn.execute(
+        "UPDATE blobs SET last_access = 0 WHERE digest = ?1"
+        " AND NOT EXISTS (SELECT 1 FROM names WHERE digest = ?1)",
+        (archive,),
+    )

@@ -322,3 +322,23 @@ def test_offline_unpacks_a_stored_archive_and_refuses_the_rest(root: Path,
     assert done.returncode == 3 and b"offline" in done.stderr
     assert server.requests("/offline/data.tar.bz2") == 1
     assert server.requests("/offline/other.tar.gz") == 0
+
+
+def test_the_archive_is_evicted_first(fstore: cas.Store, clock: Clock, server: Server) -> None:
+    """Once unpacked, an unnamed archive is cleanup's first victim, before older content, and
+    the unpacked fixture stays; a named archive keeps its place."""
+    older = fstore.put(os.urandom(50_000), name="older")
+    clock.now += 600
+    archive = compress(os.urandom(40_000), "gz")
+    url = server.add("/first/blob.gz", archive)
+    digest = fstore.fetch(url, unpack="gz", name="unpacked")
+    plan = fstore.gc(max_size=len(archive) + 100_000 + 1)
+    assert [victim.digest for victim in plan.victims] == [_b3(archive)]
+    assert fstore.path("older").exists() and fstore.path("unpacked").exists()
+    assert fstore.path(digest).exists() and fstore.path(older).exists()
+    named = server.add("/first/named.gz", compress(b"named", "gz"))
+    fstore.fetch(named, name="the-archive")
+    fstore.fetch(named, unpack="gz")
+    assert fstore.path("the-archive").exists()
+    entry = next(entry for entry in fstore.entries() if entry.name == "the-archive")
+    assert entry.last_access is not None and entry.last_access > 0
