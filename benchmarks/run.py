@@ -33,6 +33,7 @@ import suite_put_large
 import suite_s3_pull
 import suite_small
 import suite_startup
+import suite_trees
 import suite_verify
 from harness import Context, Row, SuiteResult, format_number, format_value
 
@@ -58,6 +59,7 @@ SUITES: dict[str, Suite] = {
     "cli": Suite(suite_cli.run, "`cas path NAME` as a process vs bare interpreters; imports"),
     "s3-pull": Suite(suite_s3_pull.run, "pull of a 1 GiB blob from a local S3 server vs boto3"),
     "archives": Suite(suite_archives.run, "fetch + unpack of a 100 MiB tar.gz vs pooch Untar"),
+    "trees": Suite(suite_trees.run, "path(tree) of 10,000 small files vs cp -r; put; sharing"),
     "startup": Suite(suite_startup.run, "`cas --version`, `--help`, `path`, the pytest plugin"
                      " vs floors: bare interpreters, click, a script doing the same SELECT"),
 }

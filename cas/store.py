@@ -215,11 +215,9 @@ class Store:
     # -- writing -------------------------------------------------------------------------------
 
     def put(self, source: Source, *, name: str | None = None) -> str:
-        """Store the content of a path, bytes, or binary file; return its BLAKE3 digest.
-        A folder is stored as a tree (each file a blob; cas/ops/trees.py) and the digest of
-        its record returned. Content already stored is not written again. Raises NotFound for
-        a missing source, UsageError for a bad name or an entry a tree cannot hold.
-        """
+        """Store the content of a path, bytes, or binary file, or a folder as a tree (each
+        file a blob); return the BLAKE3 digest (a tree's record's). Raises NotFound for a
+        missing source, UsageError for a bad name or an entry a tree cannot hold."""
         if isinstance(source, str | os.PathLike) and os.path.isdir(source):
             from cas.ops.trees import put_tree
 
@@ -256,9 +254,8 @@ class Store:
     # -- reading -------------------------------------------------------------------------------
 
     def path(self, ref: str) -> Path:
-        """The read-only path of what ``ref`` names: for a name, a view ending in the name's
-        last component (a hard link to the blob); for a tree, its read-only folder; for a
-        digest, the blob under ``blobs/``. Raises NotFound for an unknown ref."""
+        """The read-only path of what ``ref`` names: a name's view (named after its last
+        component), a tree's folder, a digest's blob. Raises NotFound for an unknown ref."""
         return self._reader.path_of(ref)
 
     def open_blob(self, ref: str) -> BinaryIO:
@@ -424,12 +421,9 @@ class Store:
     # -- leases, pins and cleanup -------------------------------------------------------------
 
     def lease(self, ref: str, *, name: str | None = None) -> Lease:
-        """Hold the blob (or tree) ``ref`` names so that cleanup cannot remove it until
-        released. Its path is as ``path(ref)``'s, or the view labelled after ``name``.
-
-        Use as ``with store.lease(ref) as path:``, or keep the Lease and call ``release()``.
-        The lease is renewed while this store stays open, and reclaimed if this process dies.
-        """
+        """Hold what ``ref`` names so that cleanup cannot remove it until released; its path
+        is ``path(ref)``'s, or the view named after ``name``. Use as ``with store.lease(ref) as
+        path:``; renewed while the store is open, reclaimed if this process dies."""
         return self._keeper.hold(
             self._reader.locate, ref,
             lambda digest: Path(self._reader.shown_for(ref, digest, name)))

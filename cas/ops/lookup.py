@@ -20,7 +20,6 @@ from cas.ops.leases import dead_leases
 from cas.refs import check_name, is_digest, is_digest_prefix
 from cas.settings import Settings
 from cas.storage import queries as q
-from cas.storage import trees
 from cas.storage.blobs import REMEMBERED_PATHS, BlobStore, quarantined
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.layout import view_label
@@ -29,6 +28,7 @@ from cas.storage.staging import staging_debris, staging_usage
 
 if TYPE_CHECKING:
     from cas.ops.record import Clock
+    from cas.storage.trees import Tree
 
 log = logging.getLogger("cas")
 
@@ -208,6 +208,8 @@ class Reader:
 
     def shown_for(self, ref: str, digest: str, name: str | None = None) -> str:
         """``shown`` of the blob ``digest`` that ``ref`` located (a name labels its view)."""
+        from cas.storage import trees
+
         if name is None and not is_digest(ref) and q.find_name(self._catalog, ref) is not None:
             name = ref
         tree = trees.find(self._catalog, digest) is not None
@@ -228,7 +230,9 @@ class Reader:
     def tree_view(self, digest: str, label: str) -> str:
         """The folder of the tree ``digest``, built from its record when missing. Raises
         IntegrityError when its record or a member's blob is missing or damaged."""
-        def members() -> trees.Tree:
+        from cas.storage import trees
+
+        def members() -> Tree:
             try:
                 with self._blobs.open(digest) as blob:
                     return trees.decode(blob.read())
@@ -250,6 +254,8 @@ class Reader:
     def open(self, ref: str) -> BinaryIO:
         """An open file of the blob ``ref`` names. Raises IntegrityError when it cannot be
         opened: a damaged store, whose blob ``cas verify`` checks."""
+        from cas.storage import trees
+
         digest = self.locate(ref)
         if (tree := trees.find(self._catalog, digest)) is not None:
             raise UsageError(f"{ref!r} is a tree (a folder of {tree.files} files), not a file;"
@@ -309,6 +315,8 @@ class Reader:
         now = self._clock()
         with self._catalog.read() as conn:
             counts = q.counter_values(conn)
+            from cas.storage import trees
+
             row = q.usage(conn, now, dead_leases(conn, now))
             tree_count = trees.count(conn)
         tmp, locks = self._blobs.tmp_dir, self._blobs.locks_dir

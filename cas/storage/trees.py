@@ -16,7 +16,6 @@ go with the record blob's row (a trigger).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -49,6 +48,8 @@ class Tree:
 
     def encode(self) -> bytes:
         """The canonical record."""
+        import json  # only where records are made or read: not on the look-up route
+
         record = {
             "files": [[f.path, f.digest, f.size, int(f.executable)] for f in self.files],
             "folders": list(self.folders),
@@ -107,6 +108,8 @@ def path_problem(path: str) -> str | None:
 
 def decode(data: bytes) -> Tree:
     """The tree a record describes. Raises IntegrityError for anything but a valid record."""
+    import json
+
     try:
         record: Any = json.loads(data)
     except (ValueError, UnicodeDecodeError) as error:
@@ -209,8 +212,9 @@ def missing_members(conn: Connection, digests: Iterable[str]) -> list[str]:
     return missing
 
 
-def users_elsewhere(conn: Connection, digest: str, tree: str) -> bool:
-    """Whether a stored tree other than ``tree`` holds the blob ``digest``."""
-    return conn.execute(
-        "SELECT 1 FROM tree_entries e JOIN blobs r ON r.digest = e.tree"
-        " WHERE e.digest = ? AND e.tree != ? LIMIT 1", (digest, tree)).fetchone() is not None
+def holder_of(conn: Connection, digest: str) -> str | None:
+    """A stored tree that holds the blob ``digest`` (its rows exist only while it is stored),
+    or None."""
+    row = conn.execute("SELECT tree FROM tree_entries WHERE digest = ? LIMIT 1",
+                       (digest,)).fetchone()
+    return None if row is None else str(row[0])

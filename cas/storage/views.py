@@ -20,11 +20,15 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
+from cas.errors import StoreError
 from cas.storage.folder import NOFOLLOW_DIR, Folder, list_names, remove_tree
 from cas.storage.layout import Layout, shard_of, view_build_name
 from cas.storage.processes import staging_tag
-from cas.storage.trees import Tree, TreeFile
+
+if TYPE_CHECKING:  # trees load when one is shown, not on every look-up's route
+    from cas.storage.trees import Tree, TreeFile
 
 #: Mode of a tree view's folders and of its executable files' copies.
 VIEW_DIR_MODE = 0o555
@@ -58,13 +62,13 @@ class Views:
                            follow_symlinks=False)
             if info.st_ino == blob.st_ino and info.st_dev == blob.st_dev:
                 return path
-        except (OSError, ValueError):
+        except (OSError, ValueError, StoreError):  # StoreError: a link planted as views/
             pass
         if self.read_only:
             return None
         try:
             self._build_file(digest, label)
-        except OSError:
+        except (OSError, StoreError):
             return None  # cannot write here (permissions, a full disk): the blob's path serves
         return path
 

@@ -51,7 +51,8 @@ def test_verify_on_the_cli_reports_a_broken_tree(root: Path, tmp_path: Path) -> 
     source = make_folder(tmp_path / "src", {"a": b"aaa", "b": b"bbb"})
     run_cas("put", str(source), "--name", "t", root=root)
     member = run_cas("put", str(source / "a"), root=root).stdout.decode().split()[0]
-    assert run_cas("rm", member, root=root).returncode == 0
+    assert run_cas("rm", member, root=root).returncode != 0  # held by the tree
+    assert run_cas("rm", "--force", member, root=root).returncode == 0
     verify = run_cas("verify", root=root)
     assert verify.returncode == 4
     assert "tree" in verify.stdout.decode() + verify.stderr.decode()

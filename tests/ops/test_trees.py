@@ -244,7 +244,12 @@ def test_the_victim_query_probes_the_members_index(root: Path) -> None:
 def test_verify_reports_a_tree_missing_a_member(store: cas.Store, tmp_path: Path) -> None:
     """A member removed by hand is damage of its tree, reported and left (nothing to re-put)."""
     store.put(make_folder(tmp_path / "src", {"a": b"aaa", "b": b"bbb"}), name="t")
-    store.remove(store.put(b"aaa"))
+    member = store.put(b"aaa", name="also-a-name")
+    store.remove("also-a-name")  # the name goes, the blob stays with its tree
+    assert store.read_bytes(member) == b"aaa"
+    with pytest.raises(cas.InUse, match="file of the stored tree"):
+        store.remove(member)
+    store.remove(member, force=True)
     report = store.verify()
     trees_found = [finding for finding in report.findings if finding.kind == "tree"]
     assert len(trees_found) == 1 and trees_found[0].remains and trees_found[0].names == ("t",)

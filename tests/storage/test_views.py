@@ -142,3 +142,17 @@ def test_verify_removes_wrong_views_and_counts_links_as_no_damage(store: cas.Sto
     assert kinds.count("view") == 3 and not report.damaged
     assert not (views / "zz").exists() and not wrong.exists()
     assert store.path("k/kept.txt").read_bytes() == b"kept"
+
+
+def test_a_link_planted_as_views_is_never_followed(store: cas.Store, root: Path,
+                                                   tmp_path: Path) -> None:
+    """With a symlink standing as views/, path(name) serves the blob and writes nothing
+    through the link; verify-free recovery once the link is removed."""
+    digest = store.put(b"safe", name="s/safe.txt")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Layout(root).views.symlink_to(outside)
+    assert store.path("s/safe.txt") == Layout(root).blob(digest)
+    assert list(outside.iterdir()) == []
+    Layout(root).views.unlink()
+    assert store.path("s/safe.txt").name == "safe.txt"
