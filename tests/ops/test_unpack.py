@@ -342,3 +342,22 @@ def test_the_archive_is_evicted_first(fstore: cas.Store, clock: Clock, server: S
     assert fstore.path("the-archive").exists()
     entry = next(entry for entry in fstore.entries() if entry.name == "the-archive")
     assert entry.last_access is not None and entry.last_access > 0
+
+
+def test_a_fixture_session_serves_an_unpacked_manifest_fixture(root: Path, tmp_path: Path,
+                                                               server: Server) -> None:
+    """FixtureSession (the pytest plugin's) fetches a manifest entry with unpack once and
+    returns the tree's folder, leased; a second session reads it without a request."""
+    from cas.harness import FixtureSession
+
+    archive = tar(FILES, "tar.gz")
+    url = server.add("/session/data.tar.gz", archive)
+    manifest = tmp_path / "session.toml"
+    manifest.write_text(f'[fixtures.data]\nurl = "{url}"\nsha256 = "{_sha(archive)}"\n'
+                        'unpack = "tar.gz"\n')
+    for _ in range(2):
+        with FixtureSession.open(manifest, root=root) as session:
+            assert files_under(session.path("data")) == FILES
+    with FixtureSession.open(manifest, root=root, auto_download=False) as session:
+        assert files_under(session.path("data")) == FILES
+    assert server.requests("/session/data.tar.gz") == 1
