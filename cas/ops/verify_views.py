@@ -58,11 +58,13 @@ def check_views(blobs: BlobStore, catalog: Catalog, report: VerifyReport, *,
                 full: bool) -> None:
     """Remove every entry under ``views/`` that is not a right view of a stored blob."""
     views = blobs.views
-    with catalog.read() as conn:
-        stored = {digest for (digest,) in conn.execute("SELECT digest FROM blobs")}
+    entries = list(views.scan())
+    shown = {relative.split("/")[1] for relative, _ in entries if relative.count("/") == 1}
+    with catalog.read() as conn:  # only the digests that have views: not the whole catalog
+        stored = shown.difference(trees.missing_members(conn, shown))
         tree_rows = trees.all_trees(conn)
     wrong: list[tuple[str, str]] = []
-    for relative, info in views.scan():
+    for relative, info in entries:
         parts = relative.split("/")
         problem = _problem(blobs, parts, info, stored, tree_rows)
         if problem is None and full and len(parts) == 3 and parts[1] in tree_rows:

@@ -297,3 +297,31 @@ def test_offline_plugin_serves_stored_fixtures(pytester: pytest.Pytester, server
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
     result.assert_outcomes(passed=2)
     assert server.requests("/data.bin") == 1
+
+
+def test_a_stored_tree_and_a_named_file_come_as_folder_and_real_name(
+        pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """cas_fixture of a tree's name is its read-only folder; of a file's name, a path ending in
+    the name's last component."""
+    import cas
+
+    root = tmp_path / "store"
+    folder = tmp_path / "images"
+    (folder / "train").mkdir(parents=True)
+    (folder / "train" / "1.png").write_bytes(b"png")
+    with cas.Store.open(root) as store:
+        store.put(folder, name="sets/images")
+        store.put(b"GGUF", name="models/tiny.gguf")
+    pytester.makeini(f"[pytest]\ncas_root = {root}\n")
+    pytester.makepyfile("""
+def test_tree(cas_fixture):
+    folder = cas_fixture("sets/images")
+    assert folder.is_dir() and folder.name == "images"
+    assert (folder / "train" / "1.png").read_bytes() == b"png"
+
+def test_file(cas_fixture):
+    path = cas_fixture("models/tiny.gguf")
+    assert path.name == "tiny.gguf" and path.read_bytes() == b"GGUF"
+""")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
+    result.assert_outcomes(passed=2)
