@@ -189,3 +189,25 @@ CREATE TRIGGER tree_record_deleted AFTER DELETE ON blobs BEGIN
     DELETE FROM tree_entries WHERE tree = OLD.digest;
     DELETE FROM trees WHERE digest = OLD.digest;
 END;
+
+-- version: 9
+
+-- Archives (SPEC "Archives"). Which content unpacking an archive gave, by the archive's digest
+-- and the kind it was unpacked as (never "auto": the kind it resolved to). Like aliases, a row
+-- is a fact about content, written once the result is stored, and stays when either blob is
+-- evicted: a fetch of the archive with the same unpack is served by the result while that is
+-- stored, and a refetch of an evicted result knows which archive to expect.
+CREATE TABLE unpacked (
+    archive      TEXT    NOT NULL CHECK (length(archive) = 64),
+    kind         TEXT    NOT NULL,
+    digest       TEXT    NOT NULL CHECK (length(digest) = 64),
+    archive_size INTEGER NOT NULL CHECK (archive_size >= 0),
+    created      REAL    NOT NULL,
+    PRIMARY KEY (archive, kind)
+) WITHOUT ROWID;
+
+CREATE INDEX unpacked_by_digest ON unpacked (digest, kind);
+
+-- A named fixture fetched with unpack remembers the kind: its url is the archive's, its digest
+-- the unpacked result's, and auto_download fetches and unpacks it again.
+ALTER TABLE names ADD COLUMN unpack TEXT;

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import suite_archives
 import suite_checksums
 import suite_cli
 import suite_fetch
@@ -62,6 +63,7 @@ SUITES: dict[str, Suite] = {
     "verify": Suite(suite_verify.run, "full verify of 1 GiB in 1,000 blobs vs b3sum"),
     "cli": Suite(suite_cli.run, "`cas path NAME` as a process vs bare interpreters; imports"),
     "s3-pull": Suite(suite_s3_pull.run, "pull of a 1 GiB blob from a local S3 server vs boto3"),
+    "archives": Suite(suite_archives.run, "fetch + unpack of a 100 MiB tar.gz vs pooch Untar"),
     "trees": Suite(suite_trees.run, "path(tree) of 10,000 small files vs cp -r; put; sharing"),
     "startup": Suite(suite_startup.run, "`cas --version`, `--help`, `path`, the pytest plugin"
                      " vs floors: bare interpreters, click, a script doing the same SELECT"),

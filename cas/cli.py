@@ -330,6 +330,9 @@ def stats(context: Context, as_json: bool, prometheus: bool, check: bool) -> Non
 @click.option("--md5", metavar="HEX", help="Expected MD5 of the content.")
 @click.option("--sha1", metavar="HEX", help="Expected SHA-1 of the content.")
 @click.option("--size", type=int, help="Expected size in bytes.")
+@click.option("--unpack", metavar="KIND",
+              help="Unpack the verified archive (auto, zip, tar, tar.gz, tar.bz2, tar.xz,"
+                   " tar.zst, gz, bz2, xz, zst); the expected values are the archive's.")
 @click.option("--refresh", is_flag=True,
               help="Revalidate a URL fetched without a digest; store its new content.")
 @click.option("--header", "headers", metavar="'NAME: VALUE'", multiple=True,
@@ -337,7 +340,7 @@ def stats(context: Context, as_json: bool, prometheus: bool, check: bool) -> Non
 @pass_context
 def fetch(context: Context, url: str, name: str | None, blake3: str | None,
           sha256: str | None, md5: str | None, sha1: str | None, size: int | None,
-          refresh: bool, headers: tuple[str, ...]) -> None:
+          unpack: str | None, refresh: bool, headers: tuple[str, ...]) -> None:
     """Store the content of URL (verified, resumable); print its digest."""
     from cas.progress import TransferBar  # only commands that transfer need tqdm
     from cas.urls import redact
@@ -347,7 +350,7 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
     try:
         digest = context.store().fetch(
             url, name=name, blake3=blake3, sha256=sha256, sha1=sha1, md5=md5, size=size,
-            refresh=refresh, headers=list(headers), progress=bar,
+            unpack=unpack, refresh=refresh, headers=list(headers), progress=bar,
         )
     finally:
         if bar is not None:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from cas.ops.put import Source
     from cas.ops.record import Clock
     from cas.ops.tier import RemoteTier, TransferReport
+    from cas.ops.unpack import Unpacker
     from cas.ops.verify import VerifyReport
     from cas.ops.writing import Writers
     from cas.storage.metrics import Stats
@@ -97,13 +98,14 @@ class Store:
         self._clock = clock
         self._closed = threading.Event()
         self._keeper = LeaseKeeper(catalog, settings.lease_ttl, clock)
-        self._reader = Reader(blobs, catalog, clock, _weakly(self._fetch), settings.auto_download)
+        self._reader = Reader(blobs, catalog, clock, _weakly(self._refetch), settings.auto_download)
         # Writing, the HTTP client and the remote tier load on first use (urllib3, boto3).
         self._downloader = downloader
         self._remote_client = remote_client
         self._wiring = threading.Lock()
         self._writers: Writers | None = None
         self._fetcher: Fetcher | None = None
+        self._unpacker: Unpacker | None = None
         self._tier: RemoteTier | None = None
         self._finalizer = weakref.finalize(self, _close, self._keeper, catalog)
 
@@ -194,6 +196,16 @@ class Store:
                 )  # fmt: skip
             return self._fetcher
 
+    def _unpacking(self) -> Unpacker:
+        fetcher = self._fetching()
+        with self._wiring:
+            if self._unpacker is None:
+                from cas.ops.writing import unpacking
+
+                self._unpacker = unpacking(self._blobs, self._catalog, self.settings,
+                                           fetcher.fetch, self._clock)
+            return self._unpacker
+
     def _remote_tier(self, doing: str) -> RemoteTier:
         if self.settings.offline:
             raise offline_error(f"{doing}: the remote tier is not reached")
@@ -282,6 +294,7 @@ class Store:
         sha1: str | None = None,
         md5: str | None = None,
         size: int | None = None,
+        unpack: str | None = None,
         refresh: bool = False,
         headers: Mapping[str, str] | Sequence[str] | None = None,
         progress: Progress | None = None,
@@ -293,14 +306,16 @@ class Store:
         the URL's last content still stored (or the one ``name`` got from it). Otherwise one
         download for all threads and processes asking at once, resumed after interruptions,
         verified against every expected value before it enters the store. ``name`` remembers
-        the source, so an evicted fixture comes back. ``refresh`` revalidates a URL fetched
-        without a digest (a 304 costs no body); names follow new content. ``headers``
-        (``{"Authorization": "Bearer ${TOKEN}"}``) go to the URL's origin only, over the
-        setting's, never recorded (docs/api.md). ``progress(done, total)`` is told the bytes.
-        Raises UsageError, DownloadError, IntegrityError, NotFound.
+        the source, so an evicted fixture comes back. ``unpack`` (``"auto"``, ``"zip"``,
+        ``"tar.gz"``, ``"gz"``…) unpacks the verified archive (the expected values are the
+        archive's) and returns the digest of what it holds, unpacked once. ``refresh``
+        revalidates a URL fetched without a digest (a 304 costs no body); names follow new
+        content. ``headers`` (``{"Authorization": "Bearer ${TOKEN}"}``) go to the URL's origin
+        only, over the setting's, never recorded (docs/api.md). ``progress(done, total)`` is
+        told the bytes. Raises UsageError, DownloadError, IntegrityError, NotFound.
         """
         return self._fetch(url, name=name, blake3=blake3, sha256=sha256, sha1=sha1, md5=md5,
-                           size=size, refresh=refresh, headers=headers,
+                           size=size, unpack=unpack, refresh=refresh, headers=headers,
                            progress=progress).digest  # fmt: skip
 
     def stored(self, url: str | None = None, *, name: str | None = None,
@@ -322,19 +337,20 @@ class Store:
         found = self._fetching().stored(url, name, expected)
         return found.digest if found is not None else None
 
-    def _fetch(self, url: str, *, name: str | None = None, blake3: str | None = None,
-               sha256: str | None = None, sha1: str | None = None, md5: str | None = None,
-               size: int | None = None, refresh: bool = False, headers: object = None,
-               progress: Progress | None = None) -> Fetched:
+    def _fetch(self, url: str, again: bool = False, **how: Any) -> Fetched:
+        """Fetch (with unpack, cas/ops/unpack.py); ``again``: a named fixture's evicted
+        content, ``how["blake3"]``, from its recorded source."""
+        fetching = self._unpacking()
         try:
-            fetched = self._fetching().fetch(url, name=name, blake3=blake3, sha256=sha256,
-                                             sha1=sha1, md5=md5, size=size, refresh=refresh,
-                                             headers=headers, progress=progress)
+            fetched = (fetching.refetch if again else fetching.fetch)(url, **how)
         except OSError as error:  # e.g. the lock or staging file of a full or read-only disk
             raise os_error(error, f"cannot fetch {url}") from error
         if fetched.stored is not None:
             self._writing().upkeep.after_write(fetched.stored)
         return fetched
+
+    def _refetch(self, url: str, **how: Any) -> Fetched:
+        return self._fetch(url, True, **how)
 
     def sync(self, manifest_path: str | os.PathLike[str], jobs: int = SYNC_JOBS, *,
              update: bool = False) -> dict[str, str]:
@@ -414,8 +430,8 @@ class Store:
         from cas.ops.verify import Verifier
 
         def refetch(row: DamagedRow) -> None:
-            self._fetch(row.url or "", name=row.name, blake3=row.digest, sha256=row.sha256,
-                        size=row.expected_size)
+            self._refetch(row.url or "", name=row.name, blake3=row.digest, sha256=row.sha256,
+                          size=row.expected_size, unpack=row.unpack)
 
         verifier = Verifier(self._blobs, self._catalog, refetch if repair else None, progress)
         return verifier.run(full=full, budget=budget)

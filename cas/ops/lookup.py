@@ -86,7 +86,7 @@ class Refetch(Protocol):
     """Fetches a named fixture's content again from its recorded source (the store's fetch)."""
 
     def __call__(self, url: str, *, name: str | None, blake3: str, sha256: str | None,
-                 size: int | None) -> object: ...
+                 size: int | None, unpack: str | None) -> object: ...
 
 
 class Reader:
@@ -245,7 +245,7 @@ class Reader:
             )
         log.info("fixture %r is not stored; fetching it again from %s", ref, source.url)
         self._fetch(source.url, name=target.name, blake3=target.digest, sha256=source.sha256,
-                    size=source.expected_size)
+                    size=source.expected_size, unpack=source.unpack)
         with self._catalog.read() as conn:
             again = resolve(conn, ref)
         if again.size is None or again.last_access is None:

@@ -249,7 +249,9 @@ class RemoteTier:
         named = q.find_name(conn, target.name) if target.name is not None else None
         if named is None:
             return _Local(target.digest, target.size)
-        return _Local(named.digest, named.size, named.name, named.url, named.sha256)
+        # An unpacked fixture's url gives its archive, not this content: not pushed as its source.
+        url = named.url if named.unpack is None else None
+        return _Local(named.digest, named.size, named.name, url, named.sha256)
 
     def _push(self, local: _Local, blobs: _Once[tuple[int, bool]] | None = None) -> _Moved:
         """Blob first, then records: a record never names a blob the remote lacks. ``blobs``
@@ -364,7 +366,10 @@ class RemoteTier:
         if digest is None:
             what = "no record of its URL" if hashless else "its digest is unknown there"
             raise NotFound(f"fixture {fixture.name!r} is not in the remote ({what})")
-        return self._pull(digest, fixture.size, fixture.name, fixture.url, sha256)
+        # An unpacked fixture's digests are its archive's: the archive is pulled, not named
+        # (a sync then unpacks it without network).
+        name = fixture.name if fixture.unpack is None else None
+        return self._pull(digest, fixture.size, name, fixture.url, sha256)
 
     def _pull(
         self, digest: str, size: int | None = None, name: str | None = None,

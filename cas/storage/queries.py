@@ -33,6 +33,7 @@ class NameRow(NamedTuple):
     expected_size: int | None
     size: int | None  #: NULL when the name's blob is not stored
     last_access: float | None
+    unpack: str | None = None  #: the kind its url's archive is unpacked as, or None
 
 
 def _one(source: Connection | Catalog, sql: str, params: tuple[Any, ...]) -> Any:
@@ -53,7 +54,8 @@ def find_name(source: Connection | Catalog, name: str) -> NameRow | None:
     row = _one(
         source,
         "SELECT n.name, n.digest, n.pinned, n.url, n.sha256, n.expected_size, b.size,"
-        " b.last_access FROM names n LEFT JOIN blobs b ON b.digest = n.digest WHERE n.name = ?",
+        " b.last_access, n.unpack FROM names n LEFT JOIN blobs b ON b.digest = n.digest"
+        " WHERE n.name = ?",
         (name,),
     )
     return None if row is None else without_credentials(NameRow._make(row))
@@ -136,11 +138,11 @@ def record_blobs(conn: Connection, blobs: list[tuple[str, int]], now: float) -> 
 
 
 _SET_NAME = (
-    "INSERT INTO names (name, digest, url, sha256, expected_size, created, updated, floating)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO names (name, digest, url, sha256, expected_size, created, updated, floating,"
+    " unpack) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, url = excluded.url,"
     " sha256 = excluded.sha256, expected_size = excluded.expected_size,"
-    " updated = excluded.updated, floating = excluded.floating"
+    " updated = excluded.updated, floating = excluded.floating, unpack = excluded.unpack"
 )
 
 
@@ -154,18 +156,20 @@ def set_name(
     sha256: str | None = None,
     expected_size: int | None = None,
     floating: bool = False,
+    unpack: str | None = None,
 ) -> None:
     """Point ``name`` at ``digest`` with the given source; a pin is kept. ``floating``: fetched
     from ``url`` without an expected digest, so it follows the URL's content (``follow``).
-    The catalog never holds the credentials a URL may carry (cas/urls.py)."""
+    ``unpack``: the kind the archive at ``url`` is unpacked as. The catalog never holds the
+    credentials a URL may carry (cas/urls.py)."""
     conn.execute(_SET_NAME, (name, digest, redact_optional(url), sha256, expected_size, now, now,
-                             int(floating and url is not None)))
+                             int(floating and url is not None), unpack))
 
 
 def set_names(conn: Connection, names: list[tuple[str, str]], now: float) -> None:
     """Point each (name, digest) name at its digest, without a source; pins are kept."""
     conn.executemany(
-        _SET_NAME, [(name, digest, None, None, None, now, now, 0) for name, digest in names]
+        _SET_NAME, [(name, digest, None, None, None, now, now, 0, None) for name, digest in names]
     )
 
 
