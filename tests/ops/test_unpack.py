@@ -361,3 +361,28 @@ def test_a_fixture_session_serves_an_unpacked_manifest_fixture(root: Path, tmp_p
     with FixtureSession.open(manifest, root=root, auto_download=False) as session:
         assert files_under(session.path("data")) == FILES
     assert server.requests("/session/data.tar.gz") == 1
+
+
+def test_unpack_with_refresh_headers_and_md5(fstore: cas.Store, server: Server,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The archive's fetch takes every fetch option: an md5 expected of the archive, headers
+    with ${VAR} (the server refuses without them), and refresh, which revalidates the archive's
+    URL and unpacks a changed archive anew (the name follows it, through the CLI too)."""
+    monkeypatch.setenv("ARCHIVE_TOKEN", "s3cret-token")
+    first = tar(FILES, "tar.gz")
+    url = server.add("/opts/data.tar.gz", first, etag='"v1"',
+                     require={"Authorization": "Bearer s3cret-token"})
+    auth = {"Authorization": "Bearer ${ARCHIVE_TOKEN}"}
+    wrong = hashlib.md5(b"other").hexdigest()
+    with pytest.raises(cas.IntegrityError, match="MD5"):
+        fstore.fetch(url, name="data", md5=wrong, unpack="tar.gz", headers=auth)
+    digest = fstore.fetch(url, name="data", md5=hashlib.md5(first).hexdigest(),
+                          unpack="tar.gz", headers=auth)
+    assert files_under(fstore.path("data")) == FILES
+    changed = {**FILES, "README.md": (b"# data, second edition\n", False)}
+    server.update("/opts/data.tar.gz", body=tar(changed, "tar.gz"), etag='"v2"')
+    assert fstore.fetch(url, name="data", unpack="tar.gz", headers=auth) == digest  # stored
+    newer = fstore.fetch(url, name="data", unpack="tar.gz", headers=auth, refresh=True)
+    assert newer != digest and files_under(fstore.path("data")) == changed
+    statuses = [seen.status for seen in server.seen("/opts/data.tar.gz")]
+    assert statuses.count(200) == 3 and 401 not in statuses  # wrong md5, first, refresh
