@@ -44,9 +44,10 @@ from cas.errors import (
     os_error,
 )
 from cas.ops import manifest as manifests
+from cas.ops.group import GroupCommit
 from cas.ops.lookup import resolve
 from cas.ops.manifest import Fixture
-from cas.ops.record import Clock, Fetched, Recorder
+from cas.ops.record import Clock, Fetched, Keep, Recorder
 from cas.refs import check_name, is_digest
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
@@ -60,8 +61,9 @@ log = logging.getLogger("cas")
 
 #: After the remote failed, fetches go straight to the origin for this many seconds.
 PAUSE = 60.0
-#: Fixtures pushed or pulled at once (each large blob moves in parallel parts besides).
-JOBS = 4
+#: Fixtures pushed or pulled at once (each large blob moves in parallel parts besides): enough
+#: to hide the latency of the two or three requests that each small fixture costs.
+JOBS = 8
 
 
 @dataclass
@@ -298,33 +300,37 @@ class RemoteTier:
         if refs is not None and manifest is not None:
             raise UsageError("pull either refs or a manifest, not both")
         report = TransferReport("pulled", "in the store")
-        items: list[_Item] = []
-        if manifest is not None:
-            for fixture in manifests.load(manifest):
-                items.append((fixture.name, partial(self._pull_fixture, fixture)))
-        elif refs is not None:
-            items = [(ref, partial(self._pull_ref, ref)) for ref in refs]
-        else:
-            for entry in self.remote.listing():
-                if entry.error is not None:  # one bad record must not stop the others
-                    log.warning("skipping %s: %s", entry.where, entry.error)
-                    report.failed[entry.where] = entry.error
-                elif entry.name is not None:
-                    items.append((entry.name, partial(self._pull_ref, entry.name)))
-        self._run(items, report)
+        # The fixtures pulled at once share transactions, and small blobs one syncfs a batch
+        # (opened before the first write: it reports the write errors met since).
+        with self._blobs.batch_sync() as sync_staged:
+            group = GroupCommit(self._recorder, sync_staged)
+            items: list[_Item] = []
+            if manifest is not None:
+                for fixture in manifests.load(manifest):
+                    items.append((fixture.name, partial(self._pull_fixture, fixture, group)))
+            elif refs is not None:
+                items = [(ref, partial(self._pull_ref, ref, group)) for ref in refs]
+            else:
+                for entry in self.remote.listing():
+                    if entry.error is not None:  # one bad record must not stop the others
+                        log.warning("skipping %s: %s", entry.where, entry.error)
+                        report.failed[entry.where] = entry.error
+                    elif entry.name is not None:
+                        items.append((entry.name, partial(self._pull_ref, entry.name, group)))
+            self._run(items, report)
         return report
 
-    def _pull_ref(self, ref: str) -> _Moved:
+    def _pull_ref(self, ref: str, group: GroupCommit) -> _Moved:
         if not isinstance(ref, str):
             raise UsageError(f"a ref must be a digest or a name, not {type(ref).__name__}")
         if is_digest(ref):
-            return self._pull(ref.lower())
+            return self._pull(group, ref.lower())
         record = self.remote.get_name(check_name(ref))
         if record is None:
             raise NotFound(f"no name {ref!r} in the remote {self.remote.url}")
-        return self._pull(record.digest, record.size, ref, record.url, record.sha256)
+        return self._pull(group, record.digest, record.size, ref, record.url, record.sha256)
 
-    def _pull_fixture(self, fixture: Fixture) -> _Moved:
+    def _pull_fixture(self, fixture: Fixture, group: GroupCommit) -> _Moved:
         digest, sha256 = fixture.blake3, fixture.sha256
         if digest is None and sha256 is not None:
             digest = self._local_alias(sha256) or self.remote.get_alias(sha256)
@@ -332,27 +338,28 @@ class RemoteTier:
             raise NotFound(
                 f"fixture {fixture.name!r} is not in the remote (its sha256 is unknown there)"
             )
-        return self._pull(digest, fixture.size, fixture.name, fixture.url, sha256)
+        return self._pull(group, digest, fixture.size, fixture.name, fixture.url, sha256)
 
     def _pull(
-        self, digest: str, size: int | None = None, name: str | None = None,
-        url: str | None = None, sha256: str | None = None,
+        self, group: GroupCommit, digest: str, size: int | None = None,
+        name: str | None = None, url: str | None = None, sha256: str | None = None,
     ) -> _Moved:  # fmt: skip
-        """Pull one blob unless it is stored, and name it."""
+        """Pull one blob unless it is stored, and name it; recorded with ``group``. A small
+        blob is synced with its batch (one syncfs), a large one by its own fsync."""
         keys = [f"blake3:{digest}"] + ([f"sha256:{sha256}"] if sha256 else [])
         expected = Expected(blake3=digest, sha256=sha256, size=size)
         # The fetch's single-flight locks: one transfer however many pull or fetch it at once.
         with self._single_flight(keys):
             if self._name_if_stored(digest, size, name, url, sha256):
                 return _Moved(digest, False)
+            small = size is not None and size < self.remote.transfer.threshold
             pulled = self.remote.get(digest, self._blobs, size=size, sha256=sha256,
-                                     received=self._received)  # fmt: skip
+                                     received=self._received, sync=not small)  # fmt: skip
             if pulled is None:
                 raise NotFound(f"blob {digest} is not in the remote {self.remote.url}")
-            fetched = self._recorder.keep(
-                pulled, url=url, name=name, expected=expected,
-                via=self.remote.url_of(self.remote.blob_key(digest)), source=False,
-            )  # fmt: skip
+            via = self.remote.url_of(self.remote.blob_key(digest))
+            keep = Keep(pulled, url, name, expected, via, source=False)
+            fetched = group.keep(keep, synced=not small)
         return _Moved(digest, True, fetched.stored)
 
     def _name_if_stored(

@@ -193,6 +193,11 @@ class BlobStore:
         """``Staging.stage_stream``: copy ``source`` into a staging file while hashing it."""
         return self.staging.stage_stream(source, sync=sync)
 
+    def stage_written(self, fill: Callable[[int, bool], tuple[str, int]], *,
+                      sync: bool = True) -> Staged:
+        """``Staging.stage_written``: a staging file that ``fill`` writes and hashes."""
+        return self.staging.stage_written(fill, sync=sync)
+
     def stage_file(self, source: Path, *, sync: bool = True) -> Staged:
         """``Staging.stage_file``: copy a local file into staging (a reflink where it can)."""
         return self.staging.stage_file(source, sync=sync)

@@ -596,11 +596,12 @@ def test_an_object_the_store_cannot_serve_costs_one_answer_and_is_repaired(
     with open_store(tmp_path / "a", remote_url) as first:
         first.fetch(url, name="a", blake3=digest)
     broken = _unservable(proxy, digest, delay=0.3)
+    gets = len(proxy.requests("GET", f"/blobs/{digest[:2]}/{digest}"))  # the first store's miss
     with open_store(tmp_path / "b", remote_url,
                     remote_client=Remote(remote_url, retries=3, retry_window=0.2)) as second:
         assert second.fetch(url, name="a", blake3=digest) == digest
     assert origin.requests("/a.bin") == 2
-    assert len(proxy.requests("GET", f"/blobs/{digest[:2]}/{digest}")) == 1  # not 4
+    assert len(proxy.requests("GET", f"/blobs/{digest[:2]}/{digest}")) - gets == 1  # not 4
     assert not broken.is_set()  # uploaded again after the origin served it
     with open_store(tmp_path / "c", remote_url) as third:
         assert third.fetch(url, blake3=digest) == digest
@@ -767,20 +768,22 @@ def test_a_full_disk_during_a_pull_leaves_nothing(
     import errno
 
     import cas.storage.hashing
+    import cas.transfer.s3_ranges
 
     with open_store(tmp_path / "a", remote_url) as first:
         first.put(BODY, name="a")
         first.push()
-    real = cas.storage.hashing.write_all
+    real = cas.storage.hashing.pwrite_all
     writes: list[int] = []
 
-    def full(fd: int, data: Any) -> None:
+    def full(fd: int, data: Any, offset: int) -> None:
         writes.append(len(data))
         if len(writes) > 1:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(fd, data)
+        real(fd, data, offset)
 
-    monkeypatch.setattr(cas.storage.hashing, "write_all", full)
+    monkeypatch.setattr(cas.storage.hashing, "pwrite_all", full)
+    monkeypatch.setattr(cas.transfer.s3_ranges, "CHUNK", 64 * 1024)  # several writes
     with open_store(tmp_path / "b", remote_url) as second:
         report = second.pull(["a"])
     assert isinstance(report.failed["a"], cas.StoreError)
