@@ -29,7 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
@@ -99,6 +99,7 @@ class _Moved(NamedTuple):
     digest: str
     transferred: bool
     stored: int | None = None  #: bytes the store holds after a pull recorded a blob
+    later: Future[Fetched] | None = None  #: the recording of a pulled blob, behind the pull
 
 
 #: One ref's work in a push or a pull.
@@ -109,6 +110,19 @@ _T = TypeVar("_T")
 #: Holds the single-flight locks of some keys (``Downloader.single_flight``): one transfer of a
 #: blob at a time however many fetch or pull it, in this process or another.
 SingleFlight = Callable[[list[str]], AbstractContextManager[None]]
+
+
+def _settle(ref: str, outcome: Callable[[], _T], report: TransferReport) -> _T | None:
+    """The outcome of one ref's work, or None with its failure in ``report``."""
+    try:
+        return outcome()
+    except OSError as error:  # this store's disk: full, read-only, ...
+        failure: CasError = os_error(error, f"cannot store {ref!r}")
+    except CasError as error:
+        failure = error
+    log.error("%s failed: %s", ref, failure)
+    report.failed[ref] = failure
+    return None
 
 
 class _Once(Generic[_T]):
@@ -302,8 +316,8 @@ class RemoteTier:
         report = TransferReport("pulled", "in the store")
         # The fixtures pulled at once share transactions, and small blobs one syncfs a batch
         # (opened before the first write: it reports the write errors met since).
-        with self._blobs.batch_sync() as sync_staged:
-            group = GroupCommit(self._recorder, sync_staged)
+        with (self._blobs.batch_sync() as sync_staged,
+              GroupCommit(self._recorder, sync_staged) as group):  # fmt: skip
             items: list[_Item] = []
             if manifest is not None:
                 for fixture in manifests.load(manifest):
@@ -350,17 +364,20 @@ class RemoteTier:
         expected = Expected(blake3=digest, sha256=sha256, size=size)
         # The fetch's single-flight locks: one transfer however many pull or fetch it at once.
         with self._single_flight(keys):
-            if self._name_if_stored(digest, size, name, url, sha256):
-                return _Moved(digest, False)
-            small = size is not None and size < self.remote.transfer.threshold
-            pulled = self.remote.get(digest, self._blobs, size=size, sha256=sha256,
-                                     received=self._received, sync=not small)  # fmt: skip
-            if pulled is None:
-                raise NotFound(f"blob {digest} is not in the remote {self.remote.url}")
-            via = self.remote.url_of(self.remote.blob_key(digest))
-            keep = Keep(pulled, url, name, expected, via, source=False)
-            fetched = group.keep(keep, synced=not small)
-        return _Moved(digest, True, fetched.stored)
+            recording = group.pending(digest)  # by another ref of this pull
+            if recording is None:
+                if self._name_if_stored(digest, size, name, url, sha256):
+                    return _Moved(digest, False)
+                small = size is not None and size < self.remote.transfer.threshold
+                pulled = self.remote.get(digest, self._blobs, size=size, sha256=sha256,
+                                         received=self._received, sync=not small)  # fmt: skip
+                if pulled is None:
+                    raise NotFound(f"blob {digest} is not in the remote {self.remote.url}")
+                via = self.remote.url_of(self.remote.blob_key(digest))
+                keep = Keep(pulled, url, name, expected, via, source=False)
+                return _Moved(digest, True, later=group.submit(keep, synced=not small))
+        recording.exception()  # recorded (or not) now: name it, or pull it after all
+        return self._pull(group, digest, size, name, url, sha256)
 
     def _name_if_stored(
         self, digest: str, size: int | None, name: str | None, url: str | None,
@@ -394,25 +411,23 @@ class RemoteTier:
 
     @staticmethod
     def _run(items: Iterable[_Item], report: TransferReport) -> None:
-        """Run each item, ``JOBS`` at a time; a failure does not stop the others."""
+        """Run each item, ``JOBS`` at a time; a failure does not stop the others. A pulled
+        blob counts once it is recorded."""
+        later: list[tuple[str, Future[Fetched]]] = []
         with ThreadPoolExecutor(max_workers=JOBS, thread_name_prefix="cas-remote") as pool:
             futures = {pool.submit(work): ref for ref, work in items}
             for future in as_completed(futures):
-                ref = futures[future]
-                try:
-                    moved = future.result()
-                except OSError as error:  # this store's disk: full, read-only, ...
-                    failure: CasError = os_error(error, f"cannot store {ref!r}")
-                    log.error("%s failed: %s", ref, failure)
-                    report.failed[ref] = failure
-                    continue
-                except CasError as error:
-                    log.error("%s failed: %s", ref, error)
-                    report.failed[ref] = error
-                    continue
-                (report.done if moved.transferred else report.present)[ref] = moved.digest
-                if moved.stored is not None:
-                    report.stored = moved.stored
+                moved = _settle(futures[future], future.result, report)
+                if moved is not None and moved.later is not None:
+                    later.append((futures[future], moved.later))
+                elif moved is not None:
+                    (report.done if moved.transferred else report.present)[futures[future]] = (
+                        moved.digest)  # fmt: skip
+        for ref, recording in later:
+            fetched = _settle(ref, recording.result, report)
+            if fetched is not None:
+                report.done[ref] = fetched.digest
+                report.stored = fetched.stored
 
     def _local_alias(self, sha256: str) -> str | None:
         with self._catalog.read() as conn:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from cas.errors import StoreError
+from cas.storage import hashing
 from cas.storage.folder import NOFOLLOW_DIR, Folder, list_names
 from cas.storage.hashing import hash_fd
 from cas.storage.layout import Layout, blob_location, quarantine_name, shard_of
@@ -35,6 +36,8 @@ _BLOB_NAME = r"[0-9a-f]{64}"
 #: How old a read's check of a folder may be, in seconds. Writes re-check a folder at every use;
 #: a look-up trusting a check this recent saves a lstat, 15 % of its cost (benchmarks/suite_small).
 READ_RECHECK = 1.0
+#: A batch published into at least this many shard folders is made durable by one syncfs.
+SYNCFS_MIN_SHARDS = 4
 #: Blob paths remembered for look-ups; past this many, memory restarts.
 REMEMBERED_PATHS = 20_000
 
@@ -167,10 +170,11 @@ class BlobStore:
             raise FileNotFoundError(errno.ENOENT, "not a regular file", str(self.path_of(digest)))
         return fd, info
 
-    def _shard(self, shard: str, *, make: bool) -> int:
+    def _shard(self, shard: str, *, make: bool, settle: bool = True) -> int:
         """A new descriptor of a shard folder (the caller closes it), opened relative to
         ``blobs/``'s checked descriptor without following a link; made when missing and
-        ``make``. Raises StoreError for a symlink or a file in its place."""
+        ``make`` (and ``blobs/`` fsynced then, unless ``settle`` is False: the caller's
+        ``sync_shards``). Raises StoreError for a symlink or a file in its place."""
         blobs = self.blobs.fd()
         try:
             return os.open(shard, NOFOLLOW_DIR, dir_fd=blobs)
@@ -184,7 +188,7 @@ class BlobStore:
         # Made exactly as the other folders are (mode, fsync of blobs/), through a Folder used
         # once: its descriptor is handed over to the caller.
         folder = Folder(self.blobs_dir / shard, self.blobs, mode=self.dir_mode,
-                        durable=self.durable)
+                        durable=self.durable and settle)
         return os.dup(folder.fd())
 
     # -- staging (storage/staging.py) ----------------------------------------------------------
@@ -232,7 +236,7 @@ class BlobStore:
         moves from the very folder it was staged in to a shard folder opened without following
         a link (StoreError when a symlink stands there).
         """
-        shard = self._shard(shard_of(staged.digest), make=True)
+        shard = self._shard(shard_of(staged.digest), make=True, settle=sync)
         try:
             if staged.dir_fd is None:
                 os.rename(staged.path, staged.digest, dst_dir_fd=shard)
@@ -246,15 +250,28 @@ class BlobStore:
             os.close(shard)
 
     def sync_shards(self, digests: list[str]) -> None:
-        """fsync the shard folders of ``digests`` (once each), when durable: their renames are
-        on disk before the rows that name them are committed."""
-        if self.durable:
-            for shard in sorted({shard_of(digest) for digest in digests}):
-                fd = self._shard(shard, make=False)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        """Make the renames into the shard folders of ``digests``, and those folders, durable
+        before the rows that name them are committed (when durable): an fsync of each folder
+        and of ``blobs/`` for a few, one syncfs of the filesystem for more (each fsync costs
+        the disk a cache flush, even when the journal has nothing left to commit)."""
+        if not self.durable:
+            return
+        shards = sorted({shard_of(digest) for digest in digests})
+        if len(shards) >= SYNCFS_MIN_SHARDS:
+            fd = os.dup(self.blobs.fd())
+            try:
+                hashing.syncfs(fd)
+            finally:
+                os.close(fd)
+            return
+        for shard in shards:
+            fd = self._shard(shard, make=False)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if shards:
+            os.fsync(self.blobs.fd())  # a shard folder that publish made without settling
 
     def check_removable(self, digests: list[str]) -> None:
         """Raise StoreError if a blob file of ``digests`` could not be unlinked (its shard
