@@ -154,9 +154,8 @@ class Remote:
             # Parts in flight, and the blobs and records that pushes and pulls move at once.
             max_pool_connections=self.transfer.concurrency + POOL_EXTRA,
             user_agent_extra=USER_AGENT,
-            # No CRC32 of every body sent or received: each blob is checked by its BLAKE3
-            # digest when it comes down, which a transport checksum cannot replace.
-            request_checksum_calculation="when_required",
+            # No CRC32 of every body received: each blob is checked by its BLAKE3 digest. (Sent
+            # bodies keep theirs: without it, botocore signs a body's SHA-256 over plain HTTP.)
             response_checksum_validation="when_required",
         )
         # A session of its own: boto3's default session is not thread-safe to create clients.

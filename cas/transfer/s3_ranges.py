@@ -36,6 +36,14 @@ class Stopped(Exception):
     """Another part failed: this one stops."""
 
 
+class _Disk(Exception):
+    """Writing the staging file failed (not the network: no part is asked again)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 class RangedGet:
     """Downloads the object ``key`` into a file descriptor; ``fill`` is the
     ``BlobStore.stage_written`` callback."""
@@ -87,7 +95,7 @@ class RangedGet:
             if parts:
                 self._part(fd, 0, 0, parts[0][1], first)
             else:
-                self._body(fd, first, 0, 0)  # an empty object: its body must be empty too
+                self._body(fd, first, [0], 0)  # an empty object: its body must be empty too
             digest = self._hash(fd, total, parts, write_behind)
         except BaseException as error:
             self._fail(error)
@@ -96,6 +104,8 @@ class RangedGet:
             wait_all(futures)  # no part may write to fd once it is closed
         with self._lock:
             failed = self._failed
+        if isinstance(failed, _Disk):
+            raise failed.error  # the store's own disk: ENOSPC, EIO, ...
         if failed is not None:
             raise failed
         return digest, total
@@ -132,14 +142,20 @@ class RangedGet:
         first part's, already asked for."""
         from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
 
-        position, tries = start, 0
-        while position < end:
+        at, tries = [start], 0  # where the part's bytes have reached, kept across a break
+        while at[0] < end:
             self._check()
             if response is None:
-                response = self._get(f"bytes={position}-{end - 1}")
-                self._check_range(response, position, end)
+                response = self._get(f"bytes={at[0]}-{end - 1}")
+            if response.get("ContentRange") is not None or at[0] != 0:
+                self._check_range(response, at[0], end)
             try:
-                position = self._body(fd, response, position, end)
+                self._body(fd, response, at, end)
+                if at[0] < end:  # a body shorter than announced, without an error
+                    raise IntegrityError(
+                        f"remote object {self.where} sent {at[0] - start} of the"
+                        f" {end - start} bytes of its part at {start}; it was not stored"
+                    )
             except S3_RETRYABLE_DOWNLOAD_ERRORS:
                 if tries >= self.stream_retries:
                     raise
@@ -160,22 +176,25 @@ class RangedGet:
                 f" request for bytes {start}-{end - 1}; it was not stored"
             )
 
-    def _body(self, fd: int, response: Any, position: int, end: int) -> int:
-        """Write the body at ``position``; where it ended. Refuses bytes beyond ``end``."""
+    def _body(self, fd: int, response: Any, at: list[int], end: int) -> None:
+        """Write the body at ``at[0]``, which follows it. Refuses bytes beyond ``end``."""
         body = response["Body"]
         while True:
             self._check()
-            chunk = body.read(min(CHUNK, end - position) or 1)
+            chunk = body.read(min(CHUNK, end - at[0]) or 1)
             if not chunk:
-                return position
-            if position + len(chunk) > end:
+                return
+            if at[0] + len(chunk) > end:
                 raise IntegrityError(
                     f"remote object {self.where} sent more than the {end} bytes it announced;"
                     " it was not stored",
-                    expected=end, found=position + len(chunk),
+                    expected=end, found=at[0] + len(chunk),
                 )  # fmt: skip
-            hashing.pwrite_all(fd, chunk, position)
-            position += len(chunk)
+            try:
+                hashing.pwrite_all(fd, chunk, at[0])
+            except OSError as error:
+                raise _Disk(error) from error
+            at[0] += len(chunk)
             with self._lock:
                 self.count += len(chunk)
 
