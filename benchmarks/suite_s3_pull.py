@@ -41,6 +41,7 @@ REPO = Path(__file__).resolve().parent.parent
 SIZE = GiB
 QUICK_SIZE = 64 * MiB
 SMALL_COUNT = 200
+QUICK_SMALL_COUNT = 20
 SMALL_SIZE = 64 * 1024
 ROUNDS = 5
 #: moto answers every ranged GET by reading the whole object and slicing it
@@ -166,22 +167,26 @@ def run(ctx: Context) -> SuiteResult:
     ]
     with contextlib.ExitStack() as servers:
         found = [servers.enter_context(moto_server(ctx.python, ctx.scratch / "moto.log"))]
-        weed = servers.enter_context(seaweedfs_server(ctx.scratch / "seaweedfs"))
+        weed = (None if ctx.quick
+                else servers.enter_context(seaweedfs_server(ctx.scratch / "seaweedfs")))
         if weed is None:
-            notes.append("SeaweedFS rows are missing: `weed` is not installed.")
+            notes.append("SeaweedFS rows are missing: quick mode, or `weed` is not installed.")
         else:
             found.append(weed)
         for server in found:
             with aws_env(server):
-                rows += _measure(ctx, server, source, size, rounds)
+                rows += _measure(ctx, server, source, size, rounds,
+                                 QUICK_SMALL_COUNT if ctx.quick else SMALL_COUNT)
     for leftover in ("store", "puller", "download.bin", "small"):
         remove_path(ctx.scratch / leftover)
     return SuiteResult(rows, notes)
 
 
-def _measure(ctx: Context, server: Server, source: Path, size: int, rounds: int) -> list[Row]:
+def _measure(ctx: Context, server: Server, source: Path, size: int, rounds: int,
+             count: int) -> list[Row]:  # fmt: skip
     label = f"{size // GiB} GiB" if size >= GiB else f"{size // MiB} MiB"
     on = f"on {server.kind}"
+    where = f"a local S3 server ({server.kind})"
     client = boto3.session.Session().client("s3")
     bucket = f"cas-bench-{os.urandom(4).hex()}"
     client.create_bucket(Bucket=bucket)
@@ -254,29 +259,29 @@ def _measure(ctx: Context, server: Server, source: Path, size: int, rounds: int)
     remove_path(puller)
     client.delete_object(Bucket=bucket, Key=key)
 
-    small = _small(ctx, server, client, bucket, f"s3://{bucket}/small", rounds)
+    small = _small(ctx, server, client, bucket, f"s3://{bucket}/small", rounds, count)
     rows = [
-        _rate_row(f"pull of a {label} blob {on}", size, pulls, "cas pull",
+        _rate_row(f"pull of a {label} blob from {where}", size, pulls, "cas pull",
                   "boto3 download_file"),
-        _rate_row(f"push of a {label} blob {on}", size, pushes, "cas push",
+        _rate_row(f"push of a {label} blob to {where}", size, pushes, "cas push",
                   "boto3 upload_file"),
-        _rate_row(f"pull of {SMALL_COUNT} x {SMALL_SIZE // 1024} KiB fixtures {on}",
-                  SMALL_COUNT * SMALL_SIZE, small, "cas pull", "boto3 get_object loop"),
+        _rate_row(f"pull of {count} x {SMALL_SIZE // 1024} KiB fixtures from {where}",
+                  count * SMALL_SIZE, small, "cas pull", "boto3 get_object loop"),
     ]  # fmt: skip
     return rows
 
 
 def _small(ctx: Context, server: Server, client: object, bucket: str, url: str,
-           rounds: int) -> dict[str, list[float]]:  # fmt: skip
-    """Push SMALL_COUNT small fixtures once, then time pulling them all both ways."""
-    ctx.log(f"s3-pull on {server.kind}: push of {SMALL_COUNT} small fixtures (setup)")
+           rounds: int, count: int) -> dict[str, list[float]]:  # fmt: skip
+    """Push ``count`` small fixtures once, then time pulling them all both ways."""
+    ctx.log(f"s3-pull on {server.kind}: push of {count} small fixtures (setup)")
     remote = Remote(url)
     remote.client.head_bucket(Bucket=bucket)
     folder = ctx.scratch / "small"
     remove_path(folder)
     with cas.Store.open(folder / "pusher", remote=url, remote_client=remote) as store:
         digests = store.put_many({f"small/{n:03d}": os.urandom(SMALL_SIZE)
-                                  for n in range(SMALL_COUNT)})  # fmt: skip
+                                  for n in range(count)})  # fmt: skip
         store.push().raise_for_failures()
     keys = [remote.blob_key(digest) for digest in digests]
     s3 = client
@@ -288,7 +293,7 @@ def _small(ctx: Context, server: Server, client: object, bucket: str, url: str,
             done = fresh.pull()
             elapsed = time.perf_counter() - start
         done.raise_for_failures()
-        if len(done.done) != SMALL_COUNT:
+        if len(done.done) != count:
             raise AssertionError(f"the pull did not transfer every fixture: {done.summary()}")
         return elapsed
 
@@ -302,7 +307,7 @@ def _small(ctx: Context, server: Server, client: object, bucket: str, url: str,
                 out.write(body)
         return time.perf_counter() - start
 
-    ctx.log(f"s3-pull on {server.kind}: {SMALL_COUNT} small, {rounds} rounds")
+    ctx.log(f"s3-pull on {server.kind}: {count} small, {rounds} rounds")
     samples = interleave({"cas pull": pull, "boto3 get_object loop": loop}, rounds, ctx.log)
     remove_path(folder)
     return samples

@@ -36,8 +36,7 @@ _BLOB_NAME = r"[0-9a-f]{64}"
 #: How old a read's check of a folder may be, in seconds. Writes re-check a folder at every use;
 #: a look-up trusting a check this recent saves a lstat, 15 % of its cost (benchmarks/suite_small).
 READ_RECHECK = 1.0
-#: A batch published into at least this many shard folders is made durable by one syncfs.
-SYNCFS_MIN_SHARDS = 4
+SYNCFS_MIN_SHARDS = 4  #: a batch published into this many shard folders: one syncfs
 #: Blob paths remembered for look-ups; past this many, memory restarts.
 REMEMBERED_PATHS = 20_000
 
@@ -173,8 +172,7 @@ class BlobStore:
     def _shard(self, shard: str, *, make: bool, settle: bool = True) -> int:
         """A new descriptor of a shard folder (the caller closes it), opened relative to
         ``blobs/``'s checked descriptor without following a link; made when missing and
-        ``make`` (and ``blobs/`` fsynced then, unless ``settle`` is False: the caller's
-        ``sync_shards``). Raises StoreError for a symlink or a file in its place."""
+        ``make`` (``settle``: fsync ``blobs/`` then). StoreError for a symlink or a file."""
         blobs = self.blobs.fd()
         try:
             return os.open(shard, NOFOLLOW_DIR, dir_fd=blobs)
@@ -196,11 +194,6 @@ class BlobStore:
     def stage_stream(self, source: BinaryIO, *, sync: bool = True) -> Staged:
         """``Staging.stage_stream``: copy ``source`` into a staging file while hashing it."""
         return self.staging.stage_stream(source, sync=sync)
-
-    def stage_written(self, fill: Callable[[int, bool], tuple[str, int]], *,
-                      sync: bool = True) -> Staged:
-        """``Staging.stage_written``: a staging file that ``fill`` writes and hashes."""
-        return self.staging.stage_written(fill, sync=sync)
 
     def stage_file(self, source: Path, *, sync: bool = True) -> Staged:
         """``Staging.stage_file``: copy a local file into staging (a reflink where it can)."""
@@ -250,20 +243,11 @@ class BlobStore:
             os.close(shard)
 
     def sync_shards(self, digests: list[str]) -> None:
-        """Make the renames into the shard folders of ``digests``, and those folders, durable
-        before the rows that name them are committed (when durable): an fsync of each folder
-        and of ``blobs/`` for a few, one syncfs of the filesystem for more (each fsync costs
-        the disk a cache flush, even when the journal has nothing left to commit)."""
-        if not self.durable:
-            return
-        shards = sorted({shard_of(digest) for digest in digests})
+        """Make the renames into the shard folders of ``digests`` (and new ones) durable before
+        their rows are committed: fsyncs for a few, else one syncfs (each fsync flushes)."""
+        shards = sorted({shard_of(digest) for digest in digests}) if self.durable else []
         if len(shards) >= SYNCFS_MIN_SHARDS:
-            fd = os.dup(self.blobs.fd())
-            try:
-                hashing.syncfs(fd)
-            finally:
-                os.close(fd)
-            return
+            return hashing.syncfs(self.blobs.fd())
         for shard in shards:
             fd = self._shard(shard, make=False)
             try:

@@ -7,7 +7,7 @@ number of stores on any number of machines write without coordinating: two write
 write the same bytes.
 
 Nothing read from the bucket is trusted. A blob is downloaded in ranges, in parallel, into a
-staging file of the store (``BlobStore.stage_written``: a private file under ``tmp/``, hashed
+staging file of the store (``Staging.stage_written``: a private file under ``tmp/``, hashed
 in order as it fills, fsynced) and is handed over only when its BLAKE3 digest and size, and its
 SHA-256 when one is expected, match (transfer/s3_ranges.py); a record is checked field by field
 before it is used.
@@ -283,7 +283,7 @@ class Remote:
             stream_retries=min(self.retries, STREAM_RETRIES),
         )  # fmt: skip
         try:
-            staged = blobs.stage_written(ranged.fill, sync=sync)
+            staged = blobs.staging.stage_written(ranged.fill, sync=sync)
         except CasError:
             raise
         except Exception as error:

@@ -46,7 +46,7 @@ class _Disk(Exception):
 
 class RangedGet:
     """Downloads the object ``key`` into a file descriptor; ``fill`` is the
-    ``BlobStore.stage_written`` callback."""
+    ``Staging.stage_written`` callback."""
 
     def __init__(
         self, client: Any, bucket: str, key: str, where: str, *, part_size: int,
@@ -64,6 +64,7 @@ class RangedGet:
         self.count = 0  #: body bytes received
         self._lock = threading.Condition()
         self._landed: set[int] = set()  # indices of the parts written in full
+        self._reached: dict[int, int] = {}  # part index -> where its bytes reach so far
         self._failed: BaseException | None = None
 
     # -- the staging callback ------------------------------------------------------------------
@@ -95,7 +96,7 @@ class RangedGet:
             if parts:
                 self._part(fd, 0, 0, parts[0][1], first)
             else:
-                self._body(fd, first, [0], 0)  # an empty object: its body must be empty too
+                self._body(fd, first, 0, [0], 0)  # an empty object: its body must be empty
             digest = self._hash(fd, total, parts, write_behind)
         except BaseException as error:
             self._fail(error)
@@ -150,7 +151,7 @@ class RangedGet:
             if response.get("ContentRange") is not None or at[0] != 0:
                 self._check_range(response, at[0], end)
             try:
-                self._body(fd, response, at, end)
+                self._body(fd, response, index, at, end)
                 if at[0] < end:  # a body shorter than announced, without an error
                     raise IntegrityError(
                         f"remote object {self.where} sent {at[0] - start} of the"
@@ -176,8 +177,9 @@ class RangedGet:
                 f" request for bytes {start}-{end - 1}; it was not stored"
             )
 
-    def _body(self, fd: int, response: Any, at: list[int], end: int) -> None:
-        """Write the body at ``at[0]``, which follows it. Refuses bytes beyond ``end``."""
+    def _body(self, fd: int, response: Any, index: int, at: list[int], end: int) -> None:
+        """Write the body of part ``index`` at ``at[0]``, which follows it; refuses bytes
+        beyond ``end``. The hashing follows each chunk written."""
         body = response["Body"]
         while True:
             self._check()
@@ -197,20 +199,21 @@ class RangedGet:
             at[0] += len(chunk)
             with self._lock:
                 self.count += len(chunk)
+                self._reached[index] = at[0]
+                self._lock.notify_all()
 
     # -- hashing in order ----------------------------------------------------------------------
 
     def _hash(self, fd: int, total: int, parts: list[tuple[int, int]],
               write_behind: bool) -> str:  # fmt: skip
         digest = hashing.hasher()
-        hashed = 0
+        hashed = flushed = 0  # bytes hashed; bytes whose writeback was started
         while hashed < total:
             with self._lock:
                 while self._failed is None and self._contiguous(parts) <= hashed:
                     self._lock.wait(0.5)
                 self._check_locked()
                 filled = self._contiguous(parts)
-            start = hashed
             while hashed < filled:
                 chunk = os.pread(fd, min(CHUNK, filled - hashed), hashed)
                 if not chunk:
@@ -219,16 +222,20 @@ class RangedGet:
                 if self.sha256 is not None:
                     self.sha256.update(chunk)
                 hashed += len(chunk)
-            if write_behind:
-                hashing.start_writeback(fd, start, hashed - start)
+            if write_behind and (hashed - flushed >= hashing.WRITE_BEHIND or hashed == total):
+                hashing.start_writeback(fd, flushed, hashed - flushed)
+                flushed = hashed
         return str(digest.hexdigest())
 
     def _contiguous(self, parts: list[tuple[int, int]]) -> int:
-        """Bytes from the start of the file covered by landed parts without a gap."""
+        """Bytes from the start of the file written without a gap: the parts landed in full,
+        and as far as the next one has come."""
         index = 0
         while index < len(parts) and index in self._landed:
             index += 1
-        return parts[index - 1][1] if index else 0
+        if index == len(parts):
+            return parts[-1][1] if parts else 0
+        return self._reached.get(index, parts[index][0])
 
     # -- failures ------------------------------------------------------------------------------
 

@@ -975,8 +975,13 @@ def test_a_pull_of_many_small_fixtures_runs_at_once_and_counts_what_it_skips(
                   Body=b"x" * len(fixtures["small/13"]))  # fmt: skip
     transactions: list[int] = []
     real = Recorder.keep_many
-    monkeypatch.setattr(Recorder, "keep_many", lambda self, batch, **kw: (
-        transactions.append(len(batch)), real(self, batch, **kw))[1])  # fmt: skip
+
+    def slow_commit(self: Recorder, batch: Any, **kw: Any) -> Any:
+        transactions.append(len(batch))
+        time.sleep(0.2)  # a slow disk: the downloads go on meanwhile and wait together
+        return real(self, batch, **kw)
+
+    monkeypatch.setattr(Recorder, "keep_many", slow_commit)
     slow_blob_gets(proxy, 0.05)
     remote = Remote(remote_url, retries=1)
     flying = in_flight(remote)
