@@ -118,6 +118,17 @@ class Staging:
             self._sync(fd, sync)
             return staged
 
+    def stage_written(self, fill: Callable[[int, bool], tuple[str, int]], *,
+                      sync: bool = True) -> Staged:
+        """A staging file that ``fill(fd, write_behind)`` writes (in any order: ranges in
+        parallel) and hashes from its bytes, returning the digest and size; synced as every
+        ``stage_*`` file. ``write_behind`` says that the file will be fsynced, so ``fill``
+        should start the writeback of what it finished (``hashing.start_writeback``)."""
+        with self._staging_file() as (fd, staged):
+            staged.digest, staged.size = fill(fd, self.durable and sync)
+            self._sync(fd, sync)
+            return staged
+
     def stage_bytes(self, data: bytes | bytearray | memoryview, digest: str, *,
                     sync: bool = True) -> Staged:
         """Write ``data``, whose digest the caller computed, into a staging file."""
