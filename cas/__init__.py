@@ -25,12 +25,12 @@ if TYPE_CHECKING:
         UsageError,
     )
     from cas.harness import FixtureSession, FixtureUnavailable
+    from cas.ops.batch import TransferReport
     from cas.ops.eviction import Item as GcItem
     from cas.ops.eviction import Plan as GcPlan
     from cas.ops.leases import Lease
     from cas.ops.manifest import SyncReport
     from cas.ops.registry import manifest_from_pooch
-    from cas.ops.tier import TransferReport
     from cas.ops.verify import Finding, VerifyReport
     from cas.settings import Settings
     from cas.storage.counters import Counter
@@ -62,7 +62,7 @@ _HOMES = {
     "GcItem": "cas.ops.eviction:Item",
     "VerifyReport": "cas.ops.verify",
     "Finding": "cas.ops.verify",
-    "TransferReport": "cas.ops.tier",
+    "TransferReport": "cas.ops.batch",
     "SyncReport": "cas.ops.manifest",
     "manifest_from_pooch": "cas.ops.registry",
     "Stats": "cas.storage.metrics",

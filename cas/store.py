@@ -31,13 +31,13 @@ from cas.storage.opening import open_files
 from cas.values import SYNC_JOBS
 
 if TYPE_CHECKING:
+    from cas.ops.batch import TransferReport
     from cas.ops.eviction import Plan
     from cas.ops.fetch import Fetched
     from cas.ops.listing import Entry
     from cas.ops.manifest import Bar, SyncReport, Total
     from cas.ops.put import Source
     from cas.ops.record import Clock
-    from cas.ops.tier import TransferReport
     from cas.ops.verify import VerifyReport
     from cas.storage.metrics import Stats
     from cas.storage.verification import DamagedRow

@@ -30,12 +30,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
-from typing import Generic, NamedTuple, TypeVar, cast
 
 from cas.errors import (
     CasError,
@@ -43,11 +41,11 @@ from cas.errors import (
     NotFound,
     RemoteError,
     UsageError,
-    os_error,
 )
 from cas.logs import log
 from cas.ops import manifest as manifests
 from cas.ops import tier_trees
+from cas.ops.batch import Item, Moved, Once, TransferReport, run
 from cas.ops.group import GroupCommit
 from cas.ops.lookup import resolve
 from cas.ops.manifest import Fixture
@@ -64,96 +62,10 @@ from cas.urls import redact
 
 #: After the remote failed, fetches go straight to the origin for this many seconds.
 PAUSE = 60.0
-#: Fixtures pushed or pulled at once (each large blob moves in parallel parts besides): enough
-#: to hide the latency of the two or three requests that each small fixture costs.
-JOBS = 8
-
-
-@dataclass
-class TransferReport:
-    """What a push or a pull did, ref by ref."""
-
-    verb: str  #: "pushed" or "pulled"
-    place: str  #: where "already" means: "in the remote" or "in the store"
-    done: dict[str, str] = field(default_factory=dict)  #: ref -> digest, transferred
-    present: dict[str, str] = field(default_factory=dict)  #: ref -> digest, there already
-    failed: dict[str, CasError] = field(default_factory=dict)
-    stored: int | None = None  #: bytes the store held after the last blob a pull recorded
-
-    def summary(self) -> str:
-        return (
-            f"{len(self.done)} {self.verb}, {len(self.present)} already {self.place},"
-            f" {len(self.failed)} failed"
-        )
-
-    def raise_for_failures(self) -> None:
-        """Raise a CasError naming every failed ref, if any failed."""
-        if not self.failed:
-            return
-        total = len(self.done) + len(self.present) + len(self.failed)
-        details = "; ".join(f"{ref}: {error}" for ref, error in sorted(self.failed.items()))
-        first = next(iter(self.failed.values()))
-        raise CasError(f"{len(self.failed)} of {total} failed: {details}") from first
-
-
-class _Moved(NamedTuple):
-    """What one push or pull did."""
-
-    digest: str
-    transferred: bool
-    stored: int | None = None  #: bytes the store holds after a pull recorded a blob
-    later: Future[Fetched] | None = None  #: the recording of a pulled blob, behind the pull
-
-
-#: One ref's work in a push or a pull.
-_Item = tuple[str, Callable[[], _Moved]]
-
-_T = TypeVar("_T")
 
 #: Holds the single-flight locks of some keys (``Downloader.single_flight``): one transfer of a
 #: blob at a time however many fetch or pull it, in this process or another.
 SingleFlight = Callable[[list[str]], AbstractContextManager[None]]
-
-
-def _settle(ref: str, outcome: Callable[[], _T], report: TransferReport) -> _T | None:
-    """The outcome of one ref's work, or None with its failure in ``report``."""
-    try:
-        return outcome()
-    except OSError as error:  # this store's disk: full, read-only, ...
-        failure: CasError = os_error(error, f"cannot store {ref!r}")
-    except CasError as error:
-        failure = error
-    log.error("%s failed: %s", ref, failure)
-    report.failed[ref] = failure
-    return None
-
-
-class _Once(Generic[_T]):
-    """Runs the work of a key once, however many threads ask for it: the first runs it, the
-    others wait and share its result, or its error. A push uploads each blob once this way."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._locks: dict[str, threading.Lock] = {}
-        self._results: dict[str, tuple[_T | None, BaseException | None]] = {}
-
-    def run(self, key: str, work: Callable[[], _T]) -> tuple[_T, bool]:
-        """The result of ``work`` for ``key``, and whether this call ran it."""
-        with self._lock:
-            lock = self._locks.setdefault(key, threading.Lock())
-        with lock:
-            if key in self._results:
-                result, error = self._results[key]
-                if error is not None:
-                    raise error
-                return cast(_T, result), False
-            try:
-                value = work()
-            except BaseException as failure:
-                self._results[key] = (None, failure)
-                raise
-            self._results[key] = (value, None)
-            return value, True
 
 
 @dataclass(frozen=True)
@@ -245,11 +157,11 @@ class RemoteTier:
         """Copy each ref (a name or a digest; default every name) to the remote: the blob
         unless the remote has it, then the name's record and SHA-256 alias."""
         report = TransferReport("pushed", "in the remote")
-        blobs: _Once[tuple[int, bool]] = _Once()  # one upload per blob, however many refs share it
+        blobs: Once[tuple[int, bool]] = Once()  # one upload per blob, however many refs share it
         with self._catalog.read() as conn:
             if refs is None:
                 refs = sorted({row.name for row in q.entries(conn) if row.name is not None})
-            items: list[_Item] = []
+            items: list[Item] = []
             for ref in refs:
                 try:
                     local = self._resolve(conn, ref)
@@ -257,7 +169,7 @@ class RemoteTier:
                     report.failed[ref] = error
                     continue
                 items.append((ref, partial(self._push, local, blobs)))
-        self._run(items, report)
+        run(items, report)
         return report
 
     def _resolve(self, conn: Connection, ref: str) -> _Local:
@@ -269,10 +181,10 @@ class RemoteTier:
         url = named.url if named.unpack is None else None
         return _Local(named.digest, named.size, named.name, url, named.sha256)
 
-    def _push(self, local: _Local, blobs: _Once[tuple[int, bool]] | None = None) -> _Moved:
+    def _push(self, local: _Local, blobs: Once[tuple[int, bool]] | None = None) -> Moved:
         """Blob first, then records: a record never names a blob the remote lacks. ``blobs``
         shares each blob's upload between the refs of one push."""
-        once = blobs if blobs is not None else _Once()
+        once = blobs if blobs is not None else Once()
         members = tier_trees.members_of(self._catalog, local.digest)  # a tree's, first
         sent = tier_trees.each(lambda m: once.run(m.digest, partial(
             self._push_blob, _Local(m.digest, m.size)))[0][1], members)
@@ -287,7 +199,7 @@ class RemoteTier:
             self.remote.put_alias(local.sha256, local.digest)
         log.info("%s %s (%d bytes)%s", "pushed" if uploaded else "published", local.digest,
                  size, f" as {local.name!r}" if local.name else "")
-        return _Moved(local.digest, uploaded)
+        return Moved(local.digest, uploaded)
 
     def _push_blob(self, local: _Local) -> tuple[int, bool]:
         """Make sure the remote holds the blob, readable: its size, and whether it went up."""
@@ -328,7 +240,7 @@ class RemoteTier:
         # (opened before the first write: it reports the write errors met since).
         with (self._blobs.batch_sync() as sync_staged,
               GroupCommit(self._recorder, sync_staged) as group):  # fmt: skip
-            items: list[_Item] = []
+            items: list[Item] = []
             if manifest is not None:
                 for fixture in manifests.load(manifest):
                     items.append((fixture.name, partial(self._pull_fixture, fixture, group)))
@@ -341,10 +253,10 @@ class RemoteTier:
                         report.failed[entry.where] = entry.error
                     elif entry.name is not None:
                         items.append((entry.name, partial(self._pull_ref, entry.name, group)))
-            self._run(items, report)
+            run(items, report)
         return report
 
-    def _pull_ref(self, ref: str, group: GroupCommit) -> _Moved:
+    def _pull_ref(self, ref: str, group: GroupCommit) -> Moved:
         if not isinstance(ref, str):
             raise UsageError(f"a ref must be a digest or a name, not {type(ref).__name__}")
         if is_digest(ref):
@@ -356,11 +268,11 @@ class RemoteTier:
         named = self._pull(group, record.digest, record.size, ref, record.url, record.sha256)
         return moved if moved.transferred else named
 
-    def _pull_tree(self, group: GroupCommit, digest: str, size: int | None = None) -> _Moved:
+    def _pull_tree(self, group: GroupCommit, digest: str, size: int | None = None) -> Moved:
         """Pull a blob unnamed; when it is a tree's record, its members too, then the tree's
         rows (before any name points at it). Each waits for its recording: the record's file
         is read once published, and the rows need every member stored."""
-        def recorded(digest: str, size: int | None) -> _Moved:
+        def recorded(digest: str, size: int | None) -> Moved:
             moved = self._pull(group, digest, size)
             if moved.later is not None:
                 moved.later.result()
@@ -375,7 +287,7 @@ class RemoteTier:
         tier_trees.record_pulled(self._catalog, digest, tree)
         return moved._replace(transferred=moved.transferred or sent)
 
-    def _pull_fixture(self, fixture: Fixture, group: GroupCommit) -> _Moved:
+    def _pull_fixture(self, fixture: Fixture, group: GroupCommit) -> Moved:
         digest, sha256 = fixture.blake3, fixture.sha256
         if digest is None and sha256 is not None:
             digest = self._local_alias("sha256", sha256) or self.remote.get_alias(sha256)
@@ -401,7 +313,7 @@ class RemoteTier:
     def _pull(
         self, group: GroupCommit, digest: str, size: int | None = None,
         name: str | None = None, url: str | None = None, sha256: str | None = None,
-    ) -> _Moved:  # fmt: skip
+    ) -> Moved:  # fmt: skip
         """Pull one blob unless it is stored, and name it; recorded with ``group``. A small
         blob is synced with its batch (one syncfs), a large one by its own fsync."""
         keys = [f"blake3:{digest}"] + ([f"sha256:{sha256}"] if sha256 else [])
@@ -411,7 +323,7 @@ class RemoteTier:
             recording = group.pending(digest)  # by another ref of this pull
             if recording is None:
                 if self._name_if_stored(digest, size, name, url, sha256):
-                    return _Moved(digest, False)
+                    return Moved(digest, False)
                 small = size is not None and size < self.remote.transfer.threshold
                 pulled = self.remote.get(digest, self._blobs, size=size, sha256=sha256,
                                          received=self._received, sync=not small)  # fmt: skip
@@ -419,7 +331,7 @@ class RemoteTier:
                     raise NotFound(f"blob {digest} is not in the remote {self.remote.url}")
                 via = self.remote.url_of(self.remote.blob_key(digest))
                 keep = Keep(pulled, url, name, expected, via, source=False)
-                return _Moved(digest, True, later=group.submit(keep, synced=not small))
+                return Moved(digest, True, later=group.submit(keep, synced=not small))
         recording.exception()  # recorded (or not) now: name it, or pull it after all
         return self._pull(group, digest, size, name, url, sha256)
 
@@ -452,26 +364,6 @@ class RemoteTier:
         return self._catalog.write(work)
 
     # -- shared ------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _run(items: Iterable[_Item], report: TransferReport) -> None:
-        """Run each item, ``JOBS`` at a time; a failure does not stop the others. A pulled
-        blob counts once it is recorded."""
-        later: list[tuple[str, Future[Fetched]]] = []
-        with ThreadPoolExecutor(max_workers=JOBS, thread_name_prefix="cas-remote") as pool:
-            futures = {pool.submit(work): ref for ref, work in items}
-            for future in as_completed(futures):
-                moved = _settle(futures[future], future.result, report)
-                if moved is not None and moved.later is not None:
-                    later.append((futures[future], moved.later))
-                elif moved is not None:
-                    (report.done if moved.transferred else report.present)[futures[future]] = (
-                        moved.digest)  # fmt: skip
-        for ref, recording in later:
-            fetched = _settle(ref, recording.result, report)
-            if fetched is not None:
-                report.done[ref] = fetched.digest
-                report.stored = fetched.stored
 
     def _local_alias(self, algorithm: str, value: str) -> str | None:
         with self._catalog.read() as conn:
