@@ -10,6 +10,9 @@ draw on one budget (transfer/retry.py); responses are whole (transfer/responses.
 Bounds. ``timeout`` (``download_timeout``) bounds every wait without progress: a read, a body
 slower than ``MIN_RATE`` (transfer/retry.py), the wait for a stalled single-flight holder
 (transfer/flight.py); ``max_size`` (``max_cache_size``) bounds a body whose size is not expected.
+
+Large files (``parallel_min_size``) from origins that answer ranges come over ``connections``
+connections at once (transfer/ranges.py), with the same verification and resume.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from cas.transfer import USER_AGENT
 from cas.transfer.flight import heartbeat, single_flight
 from cas.transfer.partial import Partial
 from cas.transfer.proxies import Proxies, configured
+from cas.transfer.ranges import NoRanges, RangedDownload, worth_it
 from cas.transfer.request import SCHEMES, Download, Expected, Progress, check_url
 from cas.transfer.responses import (
     check_continuation,
@@ -58,6 +62,7 @@ from cas.transfer.retry import (
     TooLarge,
     backoff,
     describe,
+    status_error,
 )
 from cas.urls import split_credentials
 
@@ -74,6 +79,8 @@ class Downloader:
     follow a failed one, with exponential backoff (``backoff_factor * 2**(n-1)`` plus jitter, at
     most ``backoff_max``); ``Retry-After`` on 429/503 is obeyed up to ``retry_after_max``
     seconds (urllib3 would wait up to 6 hours). ``ca_bundle`` replaces the system trust store.
+    Bodies of at least ``parallel_min_size`` bytes come in ranges over ``connections``
+    connections at once (transfer/ranges.py).
     ``lock=False`` disables the single-flight lock (a test seam: correctness must not depend on
     it).
     """
@@ -93,6 +100,8 @@ class Downloader:
         ca_bundle: str | os.PathLike[str] | None = None,
         lock: bool = True,
         user_agent: str = USER_AGENT,
+        connections: int = 8,
+        parallel_min_size: int = 32 << 20,
     ) -> None:
         # Partials, sidecars and locks are made relative to these folders' descriptors, opened
         # without following links (storage/blobs.py): a tmp/ swapped for a symlink is not written.
@@ -110,6 +119,8 @@ class Downloader:
         self.max_size = max_size
         self.timeout = timeout
         self.lock = lock
+        self.connections = connections
+        self.parallel_min_size = parallel_min_size
         # Sent with every request (urlopen's headers= replaces the pool's, so they are merged).
         # Identity: with gzip, Content-Length is the encoded size and Range offsets are
         # ambiguous; a body is stored exactly as sent (like curl -o) and never decoded.
@@ -117,7 +128,7 @@ class Downloader:
         self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
         self._ca_certs = os.fspath(ca_bundle) if ca_bundle is not None else None
         self._forks = forks()
-        self._pool = pool_manager(self._ca_certs)
+        self._pool = pool_manager(self._ca_certs, connections)
         # Proxies from HTTP_PROXY, HTTPS_PROXY, NO_PROXY (transfer/proxies.py); None when unset.
         environment = configured()
         self._proxies = Proxies(environment, self._pool) if environment else None
@@ -125,7 +136,7 @@ class Downloader:
     def _check_fork(self) -> None:
         # A forked child must not talk over its parent's pooled keep-alive sockets.
         if forks() != self._forks:
-            self._pool = pool_manager(self._ca_certs)
+            self._pool = pool_manager(self._ca_certs, self.connections)
             if self._proxies is not None:
                 self._proxies.clear(self._pool)
             self._forks = forks()
@@ -175,8 +186,8 @@ class Downloader:
         part = Partial.claim(self._tmp, url, expected.sha256 is not None)
         if part is None:
             part = Partial.create(self._tmp, url, expected.sha256 is not None)
-        elif part.size:
-            log.info("resuming %s at byte %d of a partial download", url, part.size)
+        elif part.kept:
+            log.info("resuming %s with %d bytes of a partial download", url, part.kept)
         try:
             return self._transfer(part, url, expected, budget, progress, auth)
         except (IntegrityError, TooLarge):
@@ -222,6 +233,7 @@ class Downloader:
                 continue
             except Restart as why:
                 part.reset()
+                budget.ranges = budget.ranges and not isinstance(why, NoRanges)
                 if budget.remaining <= 0:
                     raise budget.exhausted(url, why) from None
                 budget.used += 1
@@ -260,6 +272,9 @@ class Downloader:
     ) -> None:
         """One request: interpret its status and headers, then stream the body into ``part``."""
         heartbeat()
+        if part.done is not None and part.resumable and budget.ranges:
+            RangedDownload(self, part, url, auth, None).run(progress)  # a parallel partial
+            return
         headers: dict[str, str] = dict(auth)
         ranged = part.size > 0 and part.resumable
         if ranged:
@@ -268,7 +283,7 @@ class Downloader:
             headers["If-Range"] = part.validator
         elif part.size:
             part.reset()
-        response = self._open(url, headers, budget)
+        response = self.open(url, headers, budget)
         try:
             status = response.status
             if status == 200:
@@ -285,16 +300,12 @@ class Downloader:
                     return  # the partial was complete already
                 raise Restart(f"416 for a Range from byte {part.size}")
             else:
-                raise DownloadError(
-                    f"{url}: HTTP {status} {response.reason or ''}".rstrip()
-                    + (" (not retried)" if status not in RETRY_STATUSES else "")
-                    + (f" after {budget.attempts} attempts" if budget.attempts > 1 else ""),
-                    url=url,
-                    status=status,
-                    attempts=budget.attempts,
-                )
+                raise status_error(url, response, budget)
             check_size(part, expected, url)
             self._check_bound(part.total, expected, url, budget)
+            if status == 200 and budget.ranges and worth_it(self, part, response):
+                RangedDownload(self, part, url, auth, response).run(progress)
+                return
             if progress is not None:
                 progress(part.size, part.total)
             self._stream(response, part, expected, url, progress, budget)
@@ -359,7 +370,7 @@ class Downloader:
                 attempts=budget.attempts,
             )
 
-    def _open(self, url: str, headers: dict[str, str], budget: Budget) -> BaseHTTPResponse:
+    def open(self, url: str, headers: dict[str, str], budget: Budget) -> BaseHTTPResponse:
         """GET ``url``, following http(s) redirects here so other schemes get a clear error.
 
         (urllib3 would surface a redirect to file:// as "No host specified".)

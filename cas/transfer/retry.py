@@ -45,6 +45,7 @@ class Budget:
     retries: int
     used: int = 0
     status: int | None = None
+    ranges: bool = True  #: whether parallel ranges may be tried (False once refused)
 
     @property
     def remaining(self) -> int:
@@ -60,6 +61,19 @@ class Budget:
             f"download of {url} failed after {self.attempts} attempts: {why}",
             url=url, status=self.status, attempts=self.attempts,
         )  # fmt: skip
+
+
+def status_error(url: str, response: BaseHTTPResponse, budget: Budget) -> DownloadError:
+    """The error for a response whose status ends the download (after any retries)."""
+    status = response.status
+    return DownloadError(
+        f"{url}: HTTP {status} {response.reason or ''}".rstrip()
+        + (" (not retried)" if status not in RETRY_STATUSES else "")
+        + (f" after {budget.attempts} attempts" if budget.attempts > 1 else ""),
+        url=url,
+        status=status,
+        attempts=budget.attempts,
+    )
 
 
 class Interrupted(Exception):
