@@ -3,8 +3,9 @@ hash that follows their prefix as it grows.
 
 ``Spans`` keeps the written spans merged, so the sidecar's record stays short whatever the
 number of writes. ``Follower`` hashes the file's written prefix in a thread of its own (BLAKE3
-on every core for large steps, and SHA-256 when one is expected) through a read-only memory map
-of the staging file: file pages, never anonymous memory, so memory stays bounded.
+on every core for large steps, and SHA-256 when one is expected) through read-only memory maps
+of the staging file, one window at a time: file pages, never anonymous memory, and never more
+than a window resident.
 """
 
 from __future__ import annotations
@@ -73,16 +74,11 @@ class Follower(threading.Thread):
 
     def run(self) -> None:
         try:
-            with mmap.mmap(self.fd, self.total, access=mmap.ACCESS_READ) as mapped:
-                view = memoryview(mapped)
-                try:
-                    self._follow(view)
-                finally:
-                    view.release()
+            self._follow()
         except BaseException as error:  # reported by digests()
             self.error = error
 
-    def _follow(self, view: memoryview) -> None:
+    def _follow(self) -> None:
         while self.hashed < self.total:
             with self.cond:
                 self.cond.wait_for(lambda: self.prefix() > self.hashed or self.ended, timeout=1.0)
@@ -92,13 +88,23 @@ class Follower(threading.Thread):
                     return
                 continue
             while self.hashed < upto:
-                end = min(upto, self.hashed + HASH_STEP)
-                piece = view[self.hashed : end]
+                self._hash(min(upto, self.hashed + HASH_STEP))
+
+    def _hash(self, end: int) -> None:
+        """Hash [hashed, end) through a map of that window alone: the pages it maps are
+        unmapped again at once, so the resident size stays one window whatever the file's."""
+        offset = self.hashed - self.hashed % mmap.ALLOCATIONGRANULARITY
+        with mmap.mmap(self.fd, end - offset, offset=offset, access=mmap.ACCESS_READ) as mapped:
+            view = memoryview(mapped)
+            try:
+                piece = view[self.hashed - offset :]
                 self.blake3.update(piece)
                 if self.sha256 is not None:
                     self.sha256.update(piece)
                 piece.release()
-                self.hashed = end
+            finally:
+                view.release()
+        self.hashed = end
 
     def finish(self) -> None:
         """End once the prefix written so far is hashed."""
