@@ -61,6 +61,7 @@ from cas.transfer.retry import (
     Restart,
     TooLarge,
     backoff,
+    check_bound,
     describe,
     status_error,
 )
@@ -302,7 +303,7 @@ class Downloader:
             else:
                 raise status_error(url, response, budget)
             check_size(part, expected, url)
-            self._check_bound(part.total, expected, url, budget)
+            check_bound(part.total, expected, self.max_size, url, budget)
             if status == 200 and budget.ranges and worth_it(self, part, response):
                 RangedDownload(self, part, url, auth, response).run(progress)
                 return
@@ -341,7 +342,7 @@ class Downloader:
                     expected=expected.size,
                     found=part.size + len(chunk),
                 )
-            self._check_bound(part.size + len(chunk), expected, url, budget)
+            check_bound(part.size + len(chunk), expected, self.max_size, url, budget)
             part.append(chunk)
             heartbeat()
             pace.advance(len(chunk))
@@ -356,19 +357,6 @@ class Downloader:
         if undeclared(response, part) and expected == Expected():
             log.warning("%s sent no Content-Length: its end is where the connection closed,"
                         " which cas cannot check; give a size or digest to verify it", url)
-
-    def _check_bound(self, size: int | None, expected: Expected, url: str, budget: Budget) -> None:
-        """Refuse a download without an expected size that outgrows the cache (``max_size``):
-        a server that never stops sending must not fill the disk."""
-        if expected.size is not None or self.max_size is None or size is None:
-            return
-        if size > self.max_size:
-            raise TooLarge(
-                f"{url} is larger than the cache's max_cache_size ({self.max_size} bytes);"
-                " not downloaded (give its expected size, or raise max_cache_size)",
-                url=url,
-                attempts=budget.attempts,
-            )
 
     def open(self, url: str, headers: dict[str, str], budget: Budget) -> BaseHTTPResponse:
         """GET ``url``, following http(s) redirects here so other schemes get a clear error.

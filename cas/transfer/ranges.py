@@ -17,9 +17,11 @@ again as one stream). A 416 is a file that shrank: Restart. A body cut short is 
 where it stopped, with backoff, on the piece's own retry budget; 401, 403 and 404 are final.
 
 Resume: the spans written are recorded in the partial's sidecar (``done``, transfer/partial.py)
-each time another 1/256 of the file has arrived, after an ``fdatasync`` of the file, so a
-record never claims bytes a power cut could lose. A killed download therefore loses at most
-that 1/256 plus the reads in flight; the next one asks only for the missing spans.
+each time another 1/256 of the file has arrived (and when the download stops), always after the
+bytes were written. No fsync is needed for that record to be true: a partial is claimed only
+when its writer died during this boot (storage/processes.py), so the page cache still holds
+every byte written, and one left by an earlier boot is never resumed. A killed download loses
+at most that 1/256 plus the bytes in flight; the next one asks only for the missing spans.
 
 Hashing follows the written prefix of the file in a thread of its own (BLAKE3, and SHA-256 when
 one is expected), through a read-only memory map: file pages, not anonymous memory. Each
@@ -198,13 +200,12 @@ class RangedDownload:
                 shown = size
 
     def _checkpoint(self) -> None:
-        """Record the spans written so far, once they are on disk."""
+        """Record the spans written so far (see the module's docstring: no fsync needed)."""
         with self.cond:
             spans = [list(span) for span in self.done.items]
             size = self.done.size
         if size == self.saved:
             return
-        os.fdatasync(self.fd)
         self.part.done = spans
         self.part.save()
         with self.cond:
@@ -372,7 +373,7 @@ class RangedDownload:
                 view, at = view[written:], at + written
             self._mark(piece, len(chunk))
             pace.advance(len(chunk))
-            if piece.pos - flushed >= WRITE_BEHIND:  # so that checkpoints wait for little
+            if piece.pos - flushed >= WRITE_BEHIND:  # so that the final fsync waits for little
                 start_writeback(self.fd, flushed, piece.pos - flushed)
                 flushed = piece.pos
 

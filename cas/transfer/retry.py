@@ -25,6 +25,7 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
 from cas.errors import DownloadError
+from cas.transfer.request import Expected
 
 log = logging.getLogger("cas")
 
@@ -86,6 +87,21 @@ class Restart(Exception):
 
 class TooLarge(DownloadError):
     """A download without an expected size outgrew the cache: not retried, nothing kept."""
+
+
+def check_bound(size: int | None, expected: Expected, max_size: int | None, url: str,
+                budget: Budget) -> None:
+    """Refuse a download without an expected size that outgrows the cache (``max_size``):
+    a server that never stops sending must not fill the disk."""
+    if expected.size is not None or max_size is None or size is None:
+        return
+    if size > max_size:
+        raise TooLarge(
+            f"{url} is larger than the cache's max_cache_size ({max_size} bytes);"
+            " not downloaded (give its expected size, or raise max_cache_size)",
+            url=url,
+            attempts=budget.attempts,
+        )
 
 
 class Pace:
