@@ -17,15 +17,17 @@ again as one stream). A 416 is a file that shrank: Restart. A body cut short is 
 where it stopped, with backoff, on the piece's own retry budget; 401, 403 and 404 are final.
 
 Resume: the spans written are recorded in the partial's sidecar (``done``, transfer/partial.py)
-each time another 1/256 of the file has arrived (and when the download stops), always after the
+each time another 1/1024 of the file has arrived (and when the download stops), always after the
 bytes were written. No fsync is needed for that record to be true: a partial is claimed only
 when its writer died during this boot (storage/processes.py), so the page cache still holds
 every byte written, and one left by an earlier boot is never resumed. A killed download loses
-at most that 1/256 plus the bytes in flight; the next one asks only for the missing spans.
+at most that 1/1024 plus the bytes in flight (what the sockets' buffers held: on a fast link,
+some MiB per connection); the next one asks only for the missing spans.
 
 Hashing follows the written prefix of the file in a thread of its own (BLAKE3, and SHA-256 when
-one is expected), through a read-only memory map: file pages, not anonymous memory. Each
-connection reads ``READ`` bytes at a time, so memory stays bounded whatever the file's size.
+one is expected; transfer/spans.py), through read-only memory maps of one window at a time: file
+pages, not anonymous memory. Each connection reads ``READ`` bytes at a time, so memory stays
+bounded whatever the file's size.
 """
 
 from __future__ import annotations
@@ -65,7 +67,7 @@ READ = 128 << 10
 PIECES_PER_CONNECTION = 8
 MIN_PIECE, MAX_PIECE = 2 << 20, 64 << 20
 #: The sidecar records the spans written each time this fraction of the file has arrived.
-CHECKPOINTS = 256
+CHECKPOINTS = 1024
 MIN_CHECKPOINT = 256 << 10
 
 

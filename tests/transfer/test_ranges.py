@@ -29,6 +29,7 @@ import cas
 from cas.errors import DownloadError, IntegrityError
 from cas.storage.layout import PARTIAL_SUFFIX, SIDECAR_SUFFIX, Layout
 from cas.transfer.http import Downloader
+from cas.transfer.partial import _spans
 from cas.transfer.spans import Spans
 
 from tests.conftest import blob_files, run_cas
@@ -374,3 +375,12 @@ def test_spans_merge_to_the_union(lengths: list[int], random: Random) -> None:
     add(pieces[1::2])
     assert spans.items == [[0, bounds[-1]]] and spans.prefix == spans.size == bounds[-1]
     assert spans.missing(bounds[-1]) == []
+
+
+@pytest.mark.parametrize("done", [[[0, 5], [3, 8]], [[5, 3]], [[0, 11]], "x", [[0, "1"]],
+                                  [[True, 2]], [[0, 1, 2]], [[-1, 2]]])
+def test_a_malformed_record_of_spans_is_not_trusted(done: object) -> None:
+    """A sidecar's ``done`` that overlaps, runs backwards, passes the end or is not numbers
+    is ignored: the partial is then not resumed from it."""
+    assert _spans(done, 10) is None
+    assert _spans([[0, 2], [4, 10]], 10) == [[0, 2], [4, 10]]
