@@ -43,6 +43,7 @@ class Reply:
     drip: float = 0.0  #: write ``raw`` one byte at a time, this many seconds apart
     endless: bool = False  #: a 200 without Content-Length whose body repeats until the client quits
     at: int | None = None  #: answer only the request whose Range starts at this byte
+    cap: int | None = None  #: answer a Range with at most this many bytes (a 206 of less)
     change: dict[str, Any] | None = None  #: change the resource so (Resource fields) first
 
 
@@ -167,6 +168,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if reply.range_start is not None:
                 first = reply.range_start
+            if reply.cap is not None:
+                last = min(last, first + reply.cap - 1)
         payload = body[first : last + 1]
         seen.status = status
         self.send_response(status)

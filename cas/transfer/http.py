@@ -80,8 +80,7 @@ class Downloader:
     follow a failed one, with exponential backoff (``backoff_factor * 2**(n-1)`` plus jitter, at
     most ``backoff_max``); ``Retry-After`` on 429/503 is obeyed up to ``retry_after_max``
     seconds (urllib3 would wait up to 6 hours). ``ca_bundle`` replaces the system trust store.
-    Bodies of at least ``parallel_min_size`` bytes come in ranges over ``connections``
-    connections at once (transfer/ranges.py).
+    Bodies of ``parallel_min_size`` bytes or more come over ``connections`` connections at once.
     ``lock=False`` disables the single-flight lock (a test seam: correctness must not depend on
     it).
     """
@@ -273,8 +272,9 @@ class Downloader:
     ) -> None:
         """One request: interpret its status and headers, then stream the body into ``part``."""
         heartbeat()
-        if part.done is not None and part.resumable and budget.ranges:
-            RangedDownload(self, part, url, auth, None).run(progress)  # a parallel partial
+        if part.done is not None and part.resumable and budget.ranges:  # a parallel partial
+            check_size(part, expected, url)
+            RangedDownload(self, part, url, auth, None).run(progress)
             return
         headers: dict[str, str] = dict(auth)
         ranged = part.size > 0 and part.resumable

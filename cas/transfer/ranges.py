@@ -62,7 +62,7 @@ from cas.transfer.spans import Follower, Spans
 log = logging.getLogger("cas")
 
 #: Bytes one connection reads at a time (its memory), and the most it may lose when killed.
-READ = 128 << 10
+READ = 512 << 10
 #: Pieces per connection: more pieces even out connections of unequal speed at the end.
 PIECES_PER_CONNECTION = 8
 MIN_PIECE, MAX_PIECE = 2 << 20, 64 << 20
@@ -283,9 +283,10 @@ class RangedDownload:
             response = self.client.open(self.url, headers, budget)
             try:
                 with self._reading(response):
-                    if not self._accept(response, piece, budget):
+                    until = self._accept(response, piece, budget)
+                    if until is None:
                         return
-                    self._copy(response, piece)
+                    self._copy(response, piece, until)  # a shorter answer: ask for the rest
                     response.release_conn()
             except Interrupted as error:
                 if self.stopping:
@@ -300,15 +301,16 @@ class RangedDownload:
                 with self.cond:
                     self.cond.wait_for(lambda: self.stopping, timeout=delay)
 
-    def _accept(self, response: BaseHTTPResponse, piece: _Piece, budget: Budget) -> bool:
-        """Whether ``response`` brings ``piece`` from ``piece.pos``; False when the first
-        response goes on alone instead; raises Restart for a file that changed."""
+    def _accept(self, response: BaseHTTPResponse, piece: _Piece, budget: Budget) -> int | None:
+        """Where the part of ``piece`` that ``response`` brings ends (a server may answer a
+        range with less than asked); None when the first response goes on alone instead.
+        Raises Restart for a file that changed, DownloadError for a final status."""
         status = response.status
         fresh = validator(response)
         if status in (200, 206) and fresh is not None and fresh != self.part.validator:
             raise Restart(f"the file changed between ranges: {self.part.validator} became {fresh}")
         if status == 206:
-            start, _, total = content_range(response.headers.get("Content-Range", ""))
+            start, last, total = content_range(response.headers.get("Content-Range", ""))
             if total is not None and total != self.total:
                 raise Restart(f"the file changed between ranges: {self.total} bytes became"
                               f" {total}")
@@ -316,11 +318,13 @@ class RangedDownload:
                 raise Restart(f"asked for bytes from {piece.pos}, got a 206 starting at {start}")
             if encoding(response) != self.part.encoding:
                 raise Restart("the Content-Encoding changed between ranges")
-            return self._verdict(True)
+            if not self._verdict(True):
+                return None
+            return piece.end if last is None or last >= piece.end else last + 1
         if status == 200:
             if not self._verdict(False):
                 raise NoRanges(f"{self.url} answered a Range request with the whole file")
-            return False
+            return None
         if status == 416:
             raise Restart(f"416 for bytes {piece.pos}-{piece.end - 1} of {self.total}: the file"
                           " changed between ranges")
@@ -354,20 +358,21 @@ class RangedDownload:
                 response.close()
             response.release_conn()
 
-    def _copy(self, response: BaseHTTPResponse, piece: _Piece) -> None:
-        """Write the body of ``response`` at ``piece.pos`` up to ``piece.end``."""
+    def _copy(self, response: BaseHTTPResponse, piece: _Piece, until: int | None = None) -> None:
+        """Write the body of ``response`` at ``piece.pos`` up to ``until`` (``piece.end``)."""
         pace = Pace(self.client.timeout)
         flushed = piece.pos
-        while piece.pos < piece.end:
+        end = piece.end if until is None else until
+        while piece.pos < end:
             if self.stopping:
                 raise Interrupted("stopped")
             try:
-                chunk = response.read1(min(READ, piece.end - piece.pos), decode_content=False)
+                chunk = response.read1(min(READ, end - piece.pos), decode_content=False)
             except (HTTPError, OSError) as error:
                 raise Interrupted(describe(error)) from error
             if not chunk:
                 raise Interrupted(f"short body: stopped at byte {piece.pos} of a range ending"
-                                  f" at {piece.end}")
+                                  f" at {end}")
             view = memoryview(chunk)
             at = piece.pos
             while view:

@@ -154,6 +154,19 @@ def test_a_range_cut_short_resumes_where_it_stopped(rstore: cas.Store, server: S
     assert_holds(rstore.root, BODY)
 
 
+def test_a_206_of_less_than_asked_is_continued_without_a_retry(
+    rstore: cas.Store, server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server may answer a range with fewer bytes than asked (its Content-Range says so):
+    the rest is asked for at once, without counting as a failure."""
+    url = server.add("/f", BODY, Reply(at=AT, cap=100_000))
+    assert rstore.fetch(url) == _b3(BODY)
+    at = [span(s) for s in server.seen("/f") if s.range and AT <= span(s)[0] < AT + PIECE]
+    assert at == [(AT, AT + PIECE), (AT + 100_000, AT + PIECE)]
+    assert "interrupted" not in caplog.text and len(plain(server, "/f")) == 1
+    assert_holds(rstore.root, BODY)
+
+
 def test_a_200_to_a_range_request_keeps_the_first_stream(rstore: cas.Store,
                                                          server: Server) -> None:
     """An origin that ignores Range: the first response goes on alone to the end (nothing is
