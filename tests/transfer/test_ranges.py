@@ -258,6 +258,55 @@ def test_a_failed_parallel_download_resumes_its_spans(rstore: cas.Store, server:
     assert_holds(rstore.root, BODY)
 
 
+def test_an_expected_sha256_is_computed_over_the_ranges(rstore: cas.Store,
+                                                        server: Server) -> None:
+    url = server.add("/f", BODY)
+    assert rstore.fetch(url, sha256=hashlib.sha256(BODY).hexdigest(), size=SIZE) == _b3(BODY)
+    assert any(s.range for s in server.seen("/f"))
+    assert_holds(rstore.root, BODY)
+
+
+def test_an_interrupted_parallel_download_keeps_its_spans(rstore: cas.Store,
+                                                          server: Server) -> None:
+    """Ctrl-C (as ``cas sync`` delivers it, through the progress callback) stops every
+    connection; the partial records what was written, and the next fetch asks for the rest."""
+    url = server.add("/f", BODY, chunk=64 * 1024, delay=0.002)
+
+    def stop(done: int, _: int | None) -> None:
+        if done >= SIZE // 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        rstore.fetch(url, progress=stop)
+    recorded = Spans(_recorded(rstore.root))
+    assert SIZE // 3 <= recorded.size < SIZE
+    server.update("/f", delay=0.0)
+    before = len(server.seen("/f"))
+    assert rstore.fetch(url) == _b3(BODY)
+    again = server.seen("/f")[before:]
+    assert all(s.range and s.status == 206 for s in again)
+    assert sum(s.sent for s in again) == SIZE - recorded.size
+    assert_holds(rstore.root, BODY)
+
+
+def test_a_parallel_partial_of_an_origin_that_stopped_answering_ranges(
+    rstore: cas.Store, server: Server
+) -> None:
+    """A parallel partial is resumed with ranges; if the origin now ignores them, the download
+    starts again as one stream (once), and stores the whole file."""
+    url = server.add("/f", BODY, Reply(at=AT, status=404))
+    with pytest.raises(DownloadError):
+        rstore.fetch(url)
+    assert _recorded(rstore.root)
+    server.update("/f", ranges=False)
+    before = len(server.seen("/f"))
+    assert rstore.fetch(url) == _b3(BODY)
+    again = server.seen("/f")[before:]
+    assert [s.range is None for s in again].count(True) == 1  # one stream from zero
+    assert again[-1].range is None and again[-1].sent == SIZE
+    assert_holds(rstore.root, BODY)
+
+
 # -- across processes ------------------------------------------------------------------------------
 
 CHILD = textwrap.dedent("""
