@@ -211,7 +211,8 @@ class Partial:
             part.total = meta.get("total") if isinstance(meta.get("total"), int) else None
             part.done = _spans(meta.get("done"), part.total)
             part.save()
-            _remove(meta_path)
+            # (and the record its owner was writing when it died, if it was)
+            _remove(meta_path, meta_path.with_suffix(SIDECAR_SCRATCH_SUFFIX))
             if part.done is None:
                 part.rehash()
             return part

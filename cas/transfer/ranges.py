@@ -138,6 +138,7 @@ class RangedDownload:
         self.alone = False  #: the first response goes on alone to the end
         self.running = 0
         self.open: set[BaseHTTPResponse] = set()
+        self.saving = False  #: a worker is writing the sidecar
 
     # -- the calling thread ----------------------------------------------------------------------
 
@@ -174,7 +175,7 @@ class RangedDownload:
                 self._stop()
                 for worker in workers:
                     worker.join()
-            follower.finish()
+            follower.finish(complete)
             if not complete:
                 with contextlib.suppress(OSError):  # (a full disk): the error goes on as it is
                     self._checkpoint()
@@ -184,17 +185,15 @@ class RangedDownload:
             progress(self.total, self.total)
 
     def _watch(self, progress: Progress | None) -> None:
-        """Until the workers end: record the spans written, report progress, show liveness."""
+        """Until the workers end: report progress, show liveness."""
         shown = -1
         while True:
             with self.cond:
-                self.cond.wait_for(lambda: self.running == 0 or self.failure is not None
-                                   or self.done.size - self.saved >= self.step, timeout=0.2)
+                self.cond.wait_for(lambda: self.running == 0 or self.failure is not None,
+                                   timeout=0.2)
                 size, over = self.done.size, self.running == 0 or self.failure is not None
             if over:
                 return
-            if size - self.saved >= self.step:
-                self._checkpoint()
             if size != shown:
                 heartbeat()  # waiters of the single flight see progress (this thread holds it)
                 if progress is not None:
@@ -202,7 +201,8 @@ class RangedDownload:
                 shown = size
 
     def _checkpoint(self) -> None:
-        """Record the spans written so far (see the module's docstring: no fsync needed)."""
+        """Record the spans written so far (see the module's docstring: no fsync needed), once
+        the workers have ended."""
         with self.cond:
             spans = [list(span) for span in self.done.items]
             size = self.done.size
@@ -391,5 +391,22 @@ class RangedDownload:
             before = self.done.prefix
             self.done.add(start, start + count)
             self.part.transferred += count
-            if self.done.prefix != before or self.done.size - self.saved >= self.step:
+            if self.done.prefix != before:
                 self.cond.notify_all()
+            due = self.done.size - self.saved >= self.step and not self.saving
+            if due:  # this worker records the spans: no wait for another thread to wake
+                self.saving = True
+                spans, size = [list(span) for span in self.done.items], self.done.size
+        if due:
+            self._record(spans, size)
+
+    def _record(self, spans: list[list[int]], size: int) -> None:
+        try:
+            self.part.done = spans
+            self.part.save()
+        except BaseException:
+            with self.cond:
+                self.saving = False
+            raise
+        with self.cond:
+            self.saving, self.saved = False, size

@@ -71,6 +71,7 @@ class Follower(threading.Thread):
         self.hashed = 0
         self.error: BaseException | None = None
         self.ended = False
+        self.abandoned = False
 
     def run(self) -> None:
         try:
@@ -87,8 +88,10 @@ class Follower(threading.Thread):
                 if self.ended:
                     return
                 continue
-            while self.hashed < upto:
+            while self.hashed < upto and not self.abandoned:
                 self._hash(min(upto, self.hashed + HASH_STEP))
+            if self.abandoned:
+                return
 
     def _hash(self, end: int) -> None:
         """Hash [hashed, end) through a map of that window alone: the pages it maps are
@@ -106,10 +109,11 @@ class Follower(threading.Thread):
                 view.release()
         self.hashed = end
 
-    def finish(self) -> None:
-        """End once the prefix written so far is hashed."""
+    def finish(self, complete: bool = True) -> None:
+        """End once the prefix written so far is hashed (``complete``), or at once."""
         with self.cond:
             self.ended = True
+            self.abandoned = not complete
             self.cond.notify_all()
         self.join()
 
