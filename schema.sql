@@ -127,3 +127,35 @@ CREATE TABLE damaged (
 -- (benchmarks/RESULTS.md, gc).
 DROP INDEX blobs_by_last_access;
 CREATE INDEX blobs_by_access ON blobs (last_access, size);
+
+-- version: 6
+
+-- Refresh. What identified each URL's last content, as its server sent them (ETag,
+-- Last-Modified), for the conditional request of a refresh; and a count of the times the URL
+-- was downloaded or revalidated, so that a refresh that waited for another process's sees it
+-- move and sends no request of its own. Never a request header: those may hold secrets.
+ALTER TABLE sources ADD COLUMN etag TEXT;
+ALTER TABLE sources ADD COLUMN last_modified TEXT;
+ALTER TABLE sources ADD COLUMN checks INTEGER NOT NULL DEFAULT 0;
+
+-- A name fetched from its url without an expected digest follows what that URL gives: when a
+-- download or refresh of the URL brings other content, the name moves to it.
+ALTER TABLE names ADD COLUMN floating INTEGER NOT NULL DEFAULT 0 CHECK (floating IN (0, 1));
+CREATE INDEX names_by_url ON names (url) WHERE floating = 1;
+
+-- version: 7
+
+-- Upstream checksums besides SHA-256: a fetch may expect an MD5 (32 hex digits) or a SHA-1
+-- (40) too, verified while the content streams in and kept here like a SHA-256. SQLite cannot
+-- alter a CHECK, so the table is made anew, filled from the old one, and renamed into place.
+CREATE TABLE aliases_rebuilt (
+    algorithm TEXT NOT NULL CHECK (algorithm IN ('sha256', 'sha1', 'md5')),
+    value     TEXT NOT NULL CHECK (length(value) = CASE algorithm
+                                   WHEN 'sha256' THEN 64 WHEN 'sha1' THEN 40 ELSE 32 END),
+    digest    TEXT NOT NULL CHECK (length(digest) = 64),
+    PRIMARY KEY (algorithm, value)
+) WITHOUT ROWID;
+
+INSERT INTO aliases_rebuilt (algorithm, value, digest) SELECT algorithm, value, digest FROM aliases;
+DROP TABLE aliases;
+ALTER TABLE aliases_rebuilt RENAME TO aliases;

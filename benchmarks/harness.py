@@ -92,6 +92,11 @@ class Context:
     quick: bool
     rounds: int | None
     python: str = sys.executable
+    options: Mapping[str, str] = field(default_factory=dict)  #: ``--set KEY=VALUE``, per suite
+
+    def option(self, key: str, default: str) -> str:
+        """A suite's own setting from ``--set KEY=VALUE``, else ``default``."""
+        return self.options.get(key, default)
 
     def rounds_or(self, default: int, quick_default: int = 2) -> int:
         """The rounds to run: ``--rounds`` if given, else the suite's default for the mode."""

@@ -1,6 +1,7 @@
 """Run cas's benchmarks against peers measured in the same run, and write RESULTS.md.
 
-    python benchmarks/run.py [SUITE ...] [--quick] [--rounds N] [--scratch DIR] [--output FILE]
+    python benchmarks/run.py [SUITE ...] [--quick] [--rounds N] [--set KEY=VALUE ...]
+                             [--scratch DIR] [--output FILE]
 
 Each suite is a module ``suite_<name>.py`` beside this file with a ``run(ctx) -> SuiteResult``;
 to add one, write the module and list it in SUITES. Exit status: 0 when every suite ran (missed
@@ -25,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import suite_checksums
 import suite_cli
 import suite_fetch
 import suite_gc
@@ -33,6 +35,7 @@ import suite_ranges
 import suite_s3_pull
 import suite_small
 import suite_startup
+import suite_transfer
 import suite_verify
 from harness import Context, Row, SuiteResult, format_number, format_value
 
@@ -55,12 +58,16 @@ SUITES: dict[str, Suite] = {
     "fetch": Suite(suite_fetch.run, "1 GiB over loopback from nginx vs curl, urllib3, pooch"),
     "ranges": Suite(suite_ranges.run, "1 GiB parallel ranged fetch over loopback vs urllib3,"
                     " curl; RssAnon; resume"),
+    "checksums": Suite(suite_checksums.run, "fetch expecting MD5 / SHA-1 / SHA-256 vs BLAKE3"
+                       " only and vs pooch.retrieve with an MD5"),
     "gc": Suite(suite_gc.run, "gc of 100,000 and 1,000,000 blobs freeing 20 % vs rm"),
     "verify": Suite(suite_verify.run, "full verify of 1 GiB in 1,000 blobs vs b3sum"),
     "cli": Suite(suite_cli.run, "`cas path NAME` as a process vs bare interpreters; imports"),
     "s3-pull": Suite(suite_s3_pull.run, "pull of a 1 GiB blob from a local S3 server vs boto3"),
     "startup": Suite(suite_startup.run, "`cas --version`, `--help`, `path`, the pytest plugin"
                      " vs floors: bare interpreters, click, a script doing the same SELECT"),
+    "transfer": Suite(suite_transfer.run, "512 MiB and a 20-fixture sync from nginx capped at"
+                      " 40m per connection vs curl, aria2c, hf_transfer; RssAnon"),
 }
 
 
@@ -79,6 +86,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, help="rounds per suite (default: each suite's own)")
     parser.add_argument(
+        "--set",
+        dest="options",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a suite's own setting, e.g. --set size=256MiB (see each suite's docstring)",
+    )
+    parser.add_argument(
         "--scratch",
         type=Path,
         default=HERE / "out",
@@ -92,6 +107,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"unknown suite {unknown[0]!r}; choose from {', '.join(SUITES)}")
     if args.rounds is not None and args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    malformed = [option for option in args.options if "=" not in option]
+    if malformed:
+        parser.error(f"--set wants KEY=VALUE, not {malformed[0]!r}")
+    args.options = dict(option.split("=", 1) for option in args.options)
     return args
 
 
@@ -106,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict[str, SuiteResult | str] = {}
     clock = time.monotonic()
     for name in names:
-        ctx = Context(scratch / name, args.quick, args.rounds)
+        ctx = Context(scratch / name, args.quick, args.rounds, options=args.options)
         ctx.log(f"suite {name}")
         try:
             results[name] = SUITES[name].run(ctx)

@@ -29,10 +29,12 @@ if TYPE_CHECKING:
     from cas.ops.eviction import Plan as GcPlan
     from cas.ops.leases import Lease
     from cas.ops.manifest import SyncReport
+    from cas.ops.registry import manifest_from_pooch
     from cas.ops.tier import TransferReport
     from cas.ops.verify import Finding, VerifyReport
     from cas.settings import Settings
-    from cas.storage.metrics import Counter, Stats, Usage, human_size
+    from cas.storage.counters import Counter
+    from cas.storage.metrics import Stats, Usage, human_size
     from cas.store import Entry, Store
 
 __version__ = "0.1.0"
@@ -62,9 +64,10 @@ _HOMES = {
     "Finding": "cas.ops.verify",
     "TransferReport": "cas.ops.tier",
     "SyncReport": "cas.ops.manifest",
+    "manifest_from_pooch": "cas.ops.registry",
     "Stats": "cas.storage.metrics",
     "Usage": "cas.storage.metrics",
-    "Counter": "cas.storage.metrics",
+    "Counter": "cas.storage.counters",
     "human_size": "cas.storage.metrics",
     "FixtureSession": "cas.harness",
     "FixtureUnavailable": "cas.harness",
@@ -98,6 +101,7 @@ __all__ = [
     "VerifyReport",
     "__version__",
     "human_size",
+    "manifest_from_pooch",
 ]
 
 

@@ -4,10 +4,9 @@ Every command calls the library; one handler turns any CasError (and click's usa
 a single ``cas: error:`` line on stderr and the exit status SPEC promises. How results look is
 cas/render.py.
 
-Start-up is part of the interface (scripts call ``cas path`` in loops): at the top this module
-imports click and cas's base only, and each command imports what it uses when it runs, so
-``cas --version`` and ``cas --help`` load no store, and ``cas path`` no SQLAlchemy, S3 client
-or progress bars (tests/faces/test_startup.py).
+Start-up is part of the interface (scripts call ``cas path`` in loops): this module imports
+click and cas's base only, each command what it uses when it runs (tests/faces/test_startup.py),
+and the garbage collector waits until the store is open (console.py ``pause_collector``).
 """
 
 from __future__ import annotations
@@ -20,8 +19,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 from cas import __version__
-from cas.console import CasGroup, bars, log_to_stderr, say
+from cas.cli_manifest import manifest
+from cas.console import CasGroup, bars, log_to_stderr, pause_collector, resume_collector, say
 from cas.errors import CasError, IntegrityError, InUse, UsageError
+from cas.values import SYNC_JOBS
 
 if TYPE_CHECKING:
     from cas import Store, TransferReport
@@ -50,6 +51,7 @@ class Context:
                                      profile=self.profile, given_as=COMMAND_LINE,
                                      **self.overrides)
             click.get_current_context().call_on_close(self._store.close)
+            resume_collector()
         return self._store
 
 
@@ -225,15 +227,15 @@ def gc(context: Context, max_size: str | None, max_age: str | None, dry_run: boo
 @pass_context
 def maintain(context: Context, interval: str | None) -> None:
     """Run cleanup periodically in the foreground until interrupted."""
-    import logging
     import threading
 
+    from cas.logs import log
     from cas.values import parse_interval
 
     period = _parse("--interval", interval, parse_interval)
     store = context.store()
-    logging.getLogger("cas").info("cleaning up %s every %.0fs; stop with Ctrl-C", store.root,
-                                  period or store.settings.cleanup_interval)
+    log.info("cleaning up %s every %.0fs; stop with Ctrl-C", store.root,
+             period or store.settings.cleanup_interval)
     store.gc()
     with store.maintenance(period), contextlib.suppress(KeyboardInterrupt):
         threading.Event().wait()
@@ -322,10 +324,17 @@ def stats(context: Context, as_json: bool, prometheus: bool, check: bool) -> Non
 @click.option("--name", help="Name the fixture; it remembers URL and hashes to fetch it again.")
 @click.option("--blake3", metavar="HEX", help="Expected BLAKE3 digest of the content.")
 @click.option("--sha256", metavar="HEX", help="Expected SHA-256 of the content.")
+@click.option("--md5", metavar="HEX", help="Expected MD5 of the content.")
+@click.option("--sha1", metavar="HEX", help="Expected SHA-1 of the content.")
 @click.option("--size", type=int, help="Expected size in bytes.")
+@click.option("--refresh", is_flag=True,
+              help="Revalidate a URL fetched without a digest; store its new content.")
+@click.option("--header", "headers", metavar="'NAME: VALUE'", multiple=True,
+              help="An extra request header (repeatable); ${VAR} is read from the environment.")
 @pass_context
 def fetch(context: Context, url: str, name: str | None, blake3: str | None,
-          sha256: str | None, size: int | None) -> None:
+          sha256: str | None, md5: str | None, sha1: str | None, size: int | None,
+          refresh: bool, headers: tuple[str, ...]) -> None:
     """Store the content of URL (verified, resumable); print its digest."""
     from cas.progress import TransferBar  # only commands that transfer need tqdm
     from cas.urls import redact
@@ -334,7 +343,8 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
     bar = TransferBar(name or shown.rsplit("/", 1)[-1] or shown) if bars() else None
     try:
         digest = context.store().fetch(
-            url, name=name, blake3=blake3, sha256=sha256, size=size, progress=bar
+            url, name=name, blake3=blake3, sha256=sha256, sha1=sha1, md5=md5, size=size,
+            refresh=refresh, headers=list(headers), progress=bar,
         )
     finally:
         if bar is not None:
@@ -344,15 +354,16 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
 
 @cli.command()
 @click.argument("manifest_path", metavar="MANIFEST", type=click.Path())
-@click.option("--jobs", "-j", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Downloads at once.")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=SYNC_JOBS, show_default=True,
+              help="Fixtures downloading at once (large ones first, small ones beside).")
+@click.option("--update", is_flag=True, help="Refresh the fixtures that have no hash.")
 @pass_context
-def sync(context: Context, manifest_path: str, jobs: int) -> None:
+def sync(context: Context, manifest_path: str, jobs: int, update: bool) -> None:
     """Fetch every fixture of MANIFEST; print "<digest>  <name>" for each that is stored."""
     from cas.progress import TotalBar, TransferBar
 
     show = bars()
-    report = context.store().sync_report(manifest_path, jobs=jobs,
+    report = context.store().sync_report(manifest_path, jobs=jobs, update=update,
                                          bar=TransferBar if show else None,
                                          total_bar=TotalBar if show else None)
     for name, digest in sorted(report.digests.items()):
@@ -440,8 +451,12 @@ def _transfer_done(command: str, report: TransferReport) -> None:
         raise CasError(f"{len(report.failed)} of {total} failed")
 
 
+cli.add_command(manifest)
+
+
 def main() -> None:
     """Console entry point."""
+    pause_collector()
     cli.main(prog_name="cas")
 
 

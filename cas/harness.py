@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shlex
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +28,11 @@ from cas.urls import redact
 
 if TYPE_CHECKING:
     from cas import Lease
+    from cas.ops.fetch import Expected
 
 #: What a fixture is expected to be: BLAKE3 digest, SHA-256 and size, each optional.
-Wanted = tuple[str | None, str | None, int | None]
+#: What a fixture is expected to be: blake3, sha256, size, sha1, md5 (``fetch.expectation``).
+Wanted = tuple[str | None, str | None, int | None, str | None, str | None]
 
 
 class FixtureUnavailable(NotFound):
@@ -74,7 +77,8 @@ class FixtureSession:
         return session
 
     def path(self, name: str, *, url: str | None = None, blake3: str | None = None,
-             sha256: str | None = None, size: int | None = None) -> Path:
+             sha256: str | None = None, sha1: str | None = None, md5: str | None = None,
+             size: int | None = None) -> Path:
         """The local path of fixture ``name``, fetched if needed and leased until close.
 
         Without ``url``, the fixture comes from the manifest, or from the store by name.
@@ -88,19 +92,23 @@ class FixtureSession:
             declared = self._declared.get(name) if url is None else None
             if declared is not None:
                 url, blake3, sha256 = declared.url, declared.blake3, declared.sha256
-                size = declared.size
-            lease = self._lease(name, url, (blake3, sha256, size), declared is not None)
+                sha1, md5, size = declared.sha1, declared.md5, declared.size
+            headers = declared.headers if declared is not None else ()
+            lease = self._lease(name, url, (blake3, sha256, size, sha1, md5),
+                                declared is not None, headers)  # fmt: skip
             self._held[name] = lease
             return lease.path
 
-    def _lease(self, name: str, url: str | None, wanted: Wanted, declared: bool) -> Lease:
+    def _lease(self, name: str, url: str | None, wanted: Wanted, declared: bool,
+               headers: Sequence[tuple[str, str]] = ()) -> Lease:
         expected = expectation(*wanted)  # UsageError for a malformed digest or size
-        described = _described(expected.blake3, expected.sha256, expected.size)
+        described = _described(expected)
         settings = self.store.settings
         if url is not None and settings.auto_download and not settings.offline:
             # No network when the expected content is already stored.
-            digest = self.store.fetch(url, name=name, blake3=expected.blake3,
-                                      sha256=expected.sha256, size=expected.size)  # fmt: skip
+            digest = self.store.fetch(url, name=name, size=expected.size, blake3=expected.blake3,
+                                      sha256=expected.sha256, sha1=expected.sha1,
+                                      md5=expected.md5, headers=dict(headers))  # fmt: skip
             return self.store.lease(digest)
         if not described:  # nothing to check the content against: the name decides
             try:
@@ -111,8 +119,9 @@ class FixtureSession:
                         f"fixture {name!r} cannot be had: {missing}"
                     ) from missing
         # Served only from content that matches every expected digest and size (no network).
-        found = self.store.stored(url, name=name, blake3=expected.blake3,
-                                  sha256=expected.sha256, size=expected.size)  # fmt: skip
+        found = self.store.stored(url, name=name, size=expected.size, blake3=expected.blake3,
+                                  sha256=expected.sha256, sha1=expected.sha1,
+                                  md5=expected.md5)  # fmt: skip
         if found is not None:
             try:
                 return self.store.lease(found)
@@ -158,9 +167,9 @@ class FixtureSession:
         self.close()
 
 
-def _described(blake3: str | None, sha256: str | None, size: int | None) -> str:
+def _described(expected: Expected) -> str:
     """The expected digests and size, for a message."""
-    parts = [f"blake3 {blake3}"] if blake3 else []
-    parts += [f"sha256 {sha256}"] if sha256 else []
-    parts += [f"size {size}"] if size is not None else []
+    parts = [f"blake3 {expected.blake3}"] if expected.blake3 else []
+    parts += [f"{key} {value}" for key, value in expected.upstream().items()]
+    parts += [f"size {expected.size}"] if expected.size is not None else []
     return ", ".join(parts)

@@ -39,14 +39,32 @@ class TransferBar:
 
 
 class TotalBar:
-    """A batch's bar: how many of its items are done."""
+    """A batch's bar: the bytes of all its transfers (so its rate is the aggregate rate), and
+    how many of its items have ended, e.g. ``total 3/20``."""
 
     def __init__(self, total: int, label: str = "total") -> None:
-        self._bar = tqdm(total=total, desc=label, unit="fixture", file=sys.stderr,
-                         dynamic_ncols=True)
+        self._label = label
+        self._items = total
+        self._ended = 0
+        self._lock = threading.Lock()
+        self._bar = tqdm(total=None, desc=self._describe(), unit="B", unit_scale=True,
+                         unit_divisor=1024, file=sys.stderr, dynamic_ncols=True)
+
+    def _describe(self) -> str:
+        return f"{self._label} {self._ended}/{self._items}"
+
+    def __call__(self, done: int, total: int | None) -> None:
+        with self._lock:
+            if total != self._bar.total:
+                self._bar.total = total
+            self._bar.update(done - self._bar.n)
 
     def advance(self) -> None:
-        self._bar.update(1)
+        with self._lock:
+            self._ended += 1
+            self._bar.set_description(self._describe(), refresh=False)
+            self._bar.refresh()
 
     def close(self) -> None:
-        self._bar.close()
+        with self._lock:
+            self._bar.close()

@@ -15,6 +15,12 @@ MAX_NAME_LENGTH = 255
 MIN_PREFIX = 8
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
+#: Upstream checksums accepted as expected hashes besides BLAKE3 (hashlib's names), with their
+#: length in hex digits and how messages spell them. Each is verified while the content streams
+#: in and kept as an alias of its BLAKE3 digest (schema.sql's ``aliases``).
+CHECKSUMS = {"sha256": 64, "sha1": 40, "md5": 32}
+CHECKSUM_LABELS = {"blake3": "BLAKE3", "sha256": "SHA-256", "sha1": "SHA-1", "md5": "MD5"}
+
 
 def is_digest(ref: str) -> bool:
     """Whether ``ref`` has the form of a full hex BLAKE3-256 digest (any case)."""
@@ -31,6 +37,15 @@ def check_digest(value: str, what: str = "digest") -> str:
     """Return ``value`` as a lowercase digest, or raise UsageError."""
     if not isinstance(value, str) or not is_digest(value):
         raise UsageError(f"{what} {value!r} is not 64 hexadecimal digits")
+    return value.lower()
+
+
+def check_checksum(value: str, algorithm: str) -> str:
+    """Return ``value`` as a lowercase ``algorithm`` checksum (a key of ``CHECKSUMS``, or
+    ``blake3``), or raise UsageError naming the algorithm and the length it wants."""
+    length = 64 if algorithm == "blake3" else CHECKSUMS[algorithm]
+    if not isinstance(value, str) or len(value) != length or not _HEX_DIGITS.issuperset(value):
+        raise UsageError(f"{algorithm} {value!r} is not {length} hexadecimal digits")
     return value.lower()
 
 

@@ -124,7 +124,7 @@ def config_document(root: Path, root_source: str, config: Config, keys: tuple[st
         "files": [str(path) for path in config.files],
         "profile": {"value": config.profile, "source": config.profile_source},
         "settings": {
-            key: {"value": getattr(settings, key), "text": settings.show(key),
+            key: {"value": settings.public(key), "text": settings.show(key),
                   "source": config.sources[key]}
             for key in keys
         },

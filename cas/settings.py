@@ -25,22 +25,24 @@ read, ``platformdirs`` only when no root is given, ``json`` and ``difflib`` only
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from cas.errors import ConfigError
+from cas.logs import log
 from cas.values import (
     format_duration,
+    format_headers,
     format_size,
     format_value,
     parse_bool,
     parse_connections,
     parse_duration,
     parse_fraction,
+    parse_headers,
     parse_interval,
     parse_lease_ttl,
     parse_remote,
@@ -48,8 +50,6 @@ from cas.values import (
     parse_size,
     parse_timeout,
 )
-
-log = logging.getLogger("cas")
 
 T = TypeVar("T")
 
@@ -67,9 +67,13 @@ COMMAND_LINE = "command line"
 # -- the settings object ---------------------------------------------------------------------------
 
 
-def _setting(default: T, parse: Callable[[object], T], show: Callable[[Any], str]) -> T:
-    """A field with the function that parses and validates it, and the one that spells it."""
-    return field(default=default, metadata={"parse": parse, "show": show})
+def _setting(default: T, parse: Callable[[object], T], show: Callable[[Any], str], *,
+             secret: bool = False) -> T:
+    """A field with the function that parses and validates it, and the one that spells it.
+    A ``secret`` one (request headers) is never shown: not in a repr, an error or ``cas
+    config``, which spell its names only."""
+    return field(default=default, repr=not secret,
+                 metadata={"parse": parse, "show": show, "secret": secret})
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class Settings:
     offline: bool = _setting(False, parse_bool, format_value)
     durable: bool = _setting(True, parse_bool, format_value)
     allow_network_fs: bool = _setting(False, parse_bool, format_value)
+    headers: tuple[tuple[str, str], ...] = _setting((), parse_headers, format_headers, secret=True)
 
     def __post_init__(self) -> None:
         for key in self.keys():
@@ -113,6 +118,11 @@ class Settings:
         show: Callable[[Any], str] = _FIELDS[key].metadata["show"]
         return show(getattr(self, key))
 
+    def public(self, key: str) -> object:
+        """The value of ``key`` for ``cas config --json``: a secret one as its header names."""
+        value = getattr(self, key)
+        return [name for name, _ in value] if _FIELDS[key].metadata["secret"] else value
+
     @property
     def low_water_bytes(self) -> int:
         """The size that size-based cleanup frees down to."""
@@ -125,9 +135,12 @@ KEYS: tuple[str, ...] = tuple(_FIELDS)
 
 
 def _show(value: object) -> str:
-    """A raw value for an error message, as TOML would write it."""
+    """A raw value for an error message, as TOML would write it; a table as its keys only (a
+    misspelt ``headers`` table must not show its tokens)."""
     import json  # here: only an error message needs it
 
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key} = …" for key in value) + "}"
     try:
         return json.dumps(value)
     except (TypeError, ValueError):
@@ -140,7 +153,8 @@ def _parse(key: str, value: object, where: str) -> Any:
     try:
         return parse(value)
     except ValueError as error:
-        raise ConfigError(f"{where}: {key} = {_show(value)}: {error}") from None
+        shown = "(value hidden)" if _FIELDS[key].metadata["secret"] else _show(value)
+        raise ConfigError(f"{where}: {key} = {shown}: {error}") from None
 
 
 def _unknown(key: str, value: object, where: str) -> ConfigError:
@@ -148,7 +162,9 @@ def _unknown(key: str, value: object, where: str) -> ConfigError:
 
     close = difflib.get_close_matches(key, KEYS, n=1)
     hint = f"; did you mean {close[0]}?" if close else f"; known: {', '.join(KEYS)}"
-    return ConfigError(f"{where}: unknown setting {key} = {_show(value)}{hint}")
+    # A misspelt secret (``header = "Authorization: …"``) must not be shown either.
+    shown = "(value hidden)" if close and _FIELDS[close[0]].metadata["secret"] else _show(value)
+    return ConfigError(f"{where}: unknown setting {key} = {shown}{hint}")
 
 
 # -- where values come from ------------------------------------------------------------------------
@@ -172,9 +188,9 @@ def resolve_root(root: str | os.PathLike[str] | None, given_as: str = "--root") 
     return default_root().expanduser().absolute(), source
 
 
-@dataclass(frozen=True)
-class Config:
-    """The effective settings with where each came from, for ``cas config``."""
+class Config(NamedTuple):
+    """The effective settings with where each came from, for ``cas config`` (a named tuple:
+    cheaper to define than a dataclass, on the path of every command)."""
 
     settings: Settings
     #: For each key: "default", a file (with " [profile.NAME]" when from its profile),

@@ -22,16 +22,17 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from cas.errors import ConfigError, StoreError, offline_error, os_error
 from cas.ops.leases import Lease, LeaseKeeper
-from cas.ops.lookup import Entry, Reader
+from cas.ops.lookup import Reader
 from cas.settings import Settings, default_root, load_config
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog
 from cas.storage.opening import open_files
-from cas.storage.verification import DamagedRow
+from cas.values import SYNC_JOBS
 
 if TYPE_CHECKING:
     from cas.ops.eviction import Plan
     from cas.ops.fetch import Fetched, Fetcher
+    from cas.ops.listing import Entry
     from cas.ops.manifest import Bar, SyncReport, Total
     from cas.ops.put import Source
     from cas.ops.record import Clock
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
     from cas.ops.verify import VerifyReport
     from cas.ops.writing import Writers
     from cas.storage.metrics import Stats
+    from cas.storage.verification import DamagedRow
     from cas.transfer.http import Downloader
     from cas.transfer.request import Progress
     from cas.transfer.s3 import Remote
@@ -49,12 +51,15 @@ T = TypeVar("T")
 
 
 def __getattr__(name: str) -> Any:
-    """``Source``, the type ``put`` takes, is defined with put and loads with it."""
+    """``Source`` (what ``put`` takes) and ``Entry`` (a line of ``entries()``) load with their
+    operations."""
     if name == "Source":
-        from cas.ops.put import Source
-
-        return Source
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        from cas.ops.put import Source as value
+    elif name == "Entry":
+        from cas.ops.listing import Entry as value
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return value
 
 
 def _refused_when_closed(cls: type[T]) -> type[T]:
@@ -255,7 +260,9 @@ class Store:
     def entries(self) -> list[Entry]:
         """Every name with its blob, then every blob that has no name, with their live leases
         and whether a stored blob's file is missing or damaged (checked by size, not hashed)."""
-        return self._reader.entries()
+        from cas.ops.listing import entries
+
+        return entries(self._blobs, self._catalog, self._clock)
 
     def __iter__(self) -> Iterator[Entry]:
         return iter(self.entries())
@@ -269,71 +276,81 @@ class Store:
         name: str | None = None,
         blake3: str | None = None,
         sha256: str | None = None,
+        sha1: str | None = None,
+        md5: str | None = None,
         size: int | None = None,
+        refresh: bool = False,
+        headers: Mapping[str, str] | Sequence[str] | None = None,
         progress: Progress | None = None,
     ) -> str:
         """Store the content of ``url`` (http or https); return its BLAKE3 digest.
 
         No network when the content is known: an expected ``blake3`` already stored, a
-        ``sha256`` seen before for a stored blob, or, expecting no digest, the URL's last
-        content still stored. Otherwise one download for all threads and processes asking at
-        once, resumed after interruptions, verified against every expected value before it
-        enters the store. ``name`` remembers the source, so an evicted fixture comes back.
-        ``progress(done, total)`` is called as bytes arrive. Raises UsageError, DownloadError,
-        IntegrityError.
+        ``sha256``, ``sha1`` or ``md5`` seen before for a stored blob, or, expecting no digest,
+        the URL's last content still stored (or the one ``name`` got from it). Otherwise one
+        download for all threads and processes asking at once, resumed after interruptions,
+        verified against every expected value before it enters the store. ``name`` remembers
+        the source, so an evicted fixture comes back. ``refresh`` revalidates a URL fetched
+        without a digest (a 304 costs no body); names follow new content. ``headers``
+        (``{"Authorization": "Bearer ${TOKEN}"}``) go to the URL's origin only, over the
+        setting's, never recorded (docs/api.md). ``progress(done, total)`` is told the bytes.
+        Raises UsageError, DownloadError, IntegrityError, NotFound.
         """
-        return self._fetch(
-            url, name=name, blake3=blake3, sha256=sha256, size=size, progress=progress
-        ).digest
+        return self._fetch(url, name=name, blake3=blake3, sha256=sha256, sha1=sha1, md5=md5,
+                           size=size, refresh=refresh, headers=headers,
+                           progress=progress).digest  # fmt: skip
 
     def stored(self, url: str | None = None, *, name: str | None = None,
-               blake3: str | None = None, sha256: str | None = None,
-               size: int | None = None) -> str | None:
+               blake3: str | None = None, sha256: str | None = None, sha1: str | None = None,
+               md5: str | None = None, size: int | None = None) -> str | None:
         """The digest of stored content that satisfies a fixture, without network: what
         ``fetch`` with these arguments would serve from the store alone; None when nothing
         stored matches every expected digest and size.
 
-        As ``fetch``, a SHA-256 not yet known for a stored blob is computed from its file, and
+        As ``fetch``, a checksum not yet known for a stored blob is computed from its file, and
         ``name`` is pointed at what is found when ``url`` is given too. Without ``url`` only
         ``name``'s blob and the expected digests are looked at, and the name is left as it is.
         Raises UsageError for a malformed digest or size, IntegrityError when a stored blob is
-        the expected BLAKE3 but not the expected SHA-256 or size.
+        the expected BLAKE3 but not another expected checksum or size.
         """
         from cas.ops.fetch import expectation
 
-        expected = expectation(blake3, sha256, size)
+        expected = expectation(blake3, sha256, size, sha1, md5)
         found = self._fetching().stored(url, name, expected)
         return found.digest if found is not None else None
 
     def _fetch(self, url: str, *, name: str | None = None, blake3: str | None = None,
-               sha256: str | None = None, size: int | None = None,
+               sha256: str | None = None, sha1: str | None = None, md5: str | None = None,
+               size: int | None = None, refresh: bool = False, headers: object = None,
                progress: Progress | None = None) -> Fetched:
         try:
             fetched = self._fetching().fetch(url, name=name, blake3=blake3, sha256=sha256,
-                                             size=size, progress=progress)
+                                             sha1=sha1, md5=md5, size=size, refresh=refresh,
+                                             headers=headers, progress=progress)
         except OSError as error:  # e.g. the lock or staging file of a full or read-only disk
             raise os_error(error, f"cannot fetch {url}") from error
         if fetched.stored is not None:
             self._writing().upkeep.after_write(fetched.stored)
         return fetched
 
-    def sync(self, manifest_path: str | os.PathLike[str], jobs: int = 4) -> dict[str, str]:
-        """Fetch every fixture of a manifest (SPEC "Manifest"), ``jobs`` at a time; return
-        name -> digest. Raises CasError naming each failed fixture after the others finished,
-        UsageError for a bad manifest (before anything is fetched)."""
-        report = self.sync_report(manifest_path, jobs=jobs)
+    def sync(self, manifest_path: str | os.PathLike[str], jobs: int = SYNC_JOBS, *,
+             update: bool = False) -> dict[str, str]:
+        """Fetch every fixture of a manifest, ``jobs`` at a time (``update``: refresh those
+        without a hash); return name -> digest. Raises CasError naming each failed fixture
+        after the others finished, UsageError for a bad manifest (before any fetch)."""
+        report = self.sync_report(manifest_path, jobs=jobs, update=update)
         report.raise_for_failures()
         return report.digests
 
-    def sync_report(self, manifest_path: str | os.PathLike[str], *, jobs: int = 4,
-                    bar: Callable[[str], Bar] | None = None,
+    def sync_report(self, manifest_path: str | os.PathLike[str], *, jobs: int = SYNC_JOBS,
+                    update: bool = False, bar: Callable[[str], Bar] | None = None,
                     total_bar: Callable[[int], Total] | None = None) -> SyncReport:
         """Fetch every fixture of a manifest as ``sync`` does, and return the report (what was
         fetched, already present, or failed) instead of raising for failures. ``bar(name)``
         and ``total_bar(count)`` make progress bars: one a transfer, one in total."""
         from cas.ops import manifest
 
-        return manifest.sync(self._fetch, manifest_path, jobs=jobs, bar=bar,
+        return manifest.sync(self._fetch, manifest_path, jobs=jobs, update=update, bar=bar,
                              total_bar=total_bar)
 
     # -- the remote tier -----------------------------------------------------------------------
@@ -373,7 +390,9 @@ class Store:
 
         This process's waiting counts are written first, so they are included.
         """
-        return self._reader.stats(self.settings)
+        from cas.ops.listing import stats
+
+        return stats(self._blobs, self._catalog, self._clock, self.settings)
 
     # -- verification --------------------------------------------------------------------------
 

@@ -29,10 +29,11 @@ _SIZE_UNITS = {
     "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
 }  # fmt: skip
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_QUANTITY = re.compile(r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-zA-Z]*)\s*")
+# Patterns compiled on first use (re caches them): a store opened with default values needs none.
+_QUANTITY = r"\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-zA-Z]*)\s*"
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
-_REMOTE = re.compile(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?")
+_REMOTE = r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/\S*)?"
 
 
 #: The largest size: what SQLite's INTEGER holds (about 8 EiB).
@@ -52,6 +53,9 @@ MIN_LEASE_TTL = 1.0
 MAX_RETRIES = 100
 #: The most connections one download may open at once (``connections``).
 MAX_CONNECTIONS = 64
+#: Fixtures a sync downloads at once unless told otherwise (``--jobs``): small ones are bound by
+#: round trips, so several run beside the large ones.
+SYNC_JOBS = 8
 
 
 def _quantity(
@@ -74,7 +78,7 @@ def _quantity(
             raise UsageError(f"a {what} must be finite")
         # Clamped into a range that keeps the sign and any overflow, so a huge int is cheap.
         number, unit = Decimal(max(min(value, 2**64), -1)), ""
-    elif isinstance(value, str) and (match := _QUANTITY.fullmatch(value)):
+    elif isinstance(value, str) and (match := re.fullmatch(_QUANTITY, value)):
         try:
             number, unit = Decimal(match[1]), match[2].lower()
         except ArithmeticError:  # an exponent beyond even Decimal's range
@@ -219,7 +223,7 @@ def parse_remote(value: object) -> str | None:
     """None (also written ``""`` or ``none``), or ``s3://bucket/prefix``."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
         return None
-    if isinstance(value, str) and _REMOTE.fullmatch(value.strip()):
+    if isinstance(value, str) and re.fullmatch(_REMOTE, value.strip()):
         return value.strip().rstrip("/")
     raise ValueError("must be s3://bucket/prefix, or empty for none")
 
@@ -229,3 +233,107 @@ def format_value(value: object) -> str:
     import json  # here: only ``cas config`` spells values
 
     return json.dumps(value) if isinstance(value, bool | int | float | str) else "none"
+
+
+# -- request headers -------------------------------------------------------------------------------
+
+#: A header name: an HTTP token (RFC 9110).
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+#: In a header value: ``${NAME}`` (an environment variable), or ``$${`` (a literal ``${``).
+_TOKEN = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+#: Headers cas sends itself (framing, encoding, ranges, validators, the proxy's credentials):
+#: an extra header may not replace them.
+RESERVED_HEADERS = frozenset({
+    "accept-encoding", "connection", "content-length", "host", "if-match", "if-modified-since",
+    "if-none-match", "if-range", "if-unmodified-since", "keep-alive", "proxy-authorization",
+    "range", "te", "trailer", "transfer-encoding", "upgrade",
+})  # fmt: skip
+
+#: Extra request headers: (name, value) pairs, values possibly holding ``${VAR}`` tokens.
+Headers = tuple[tuple[str, str], ...]
+
+
+def parse_headers(value: object) -> Headers:
+    """Extra request headers from a table (``{"Authorization": "Bearer ${TOKEN}"}``), a JSON
+    object, ``Name: value`` lines (a string, or a list of them), or (name, value) pairs.
+
+    Names are HTTP tokens, not one of ``RESERVED_HEADERS``, each given once (in any case);
+    values are strings without control characters, in which ``${VAR}`` is an environment
+    variable read when the request is made (``$${`` is a literal ``${``; any other ``$`` is
+    itself). A message names the
+    header, never its value: values hold tokens.
+    """
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("{"):
+            import json  # here: only a JSON object of headers needs it
+
+            try:
+                value = json.loads(text)
+            except ValueError:
+                raise ValueError("is not a valid JSON object of headers") from None
+            if not isinstance(value, dict):
+                raise ValueError("must be a JSON object of headers") from None
+        else:
+            value = [line for line in text.splitlines() if line.strip()]
+    if isinstance(value, Mapping):
+        pairs = list(value.items())
+    elif isinstance(value, list | tuple):
+        pairs = [_header_pair(index, item) for index, item in enumerate(value, 1)]
+    else:
+        raise ValueError("must be a table of header names and values")
+    seen: set[str] = set()
+    for index, (name, text) in enumerate(pairs, 1):
+        _check_header(index, name, text)
+        if name.lower() in seen:
+            raise ValueError(f"header {name} is given twice")
+        seen.add(name.lower())
+    return tuple((str(name), str(text)) for name, text in pairs)
+
+
+def _header_pair(index: int, item: object) -> tuple[object, object]:
+    # A line that is not "Name: value" is not shown: it may be a token with a typo.
+    if isinstance(item, str):
+        name, colon, text = item.partition(":")
+        if not colon:
+            raise ValueError(f"header {index} is not 'Name: value' (it has no colon)") from None
+        return name.strip(), text.strip()
+    if isinstance(item, list | tuple) and len(item) == 2:
+        return item[0], item[1]
+    raise ValueError(f"header {index} is not 'Name: value'")
+
+
+def _check_header(index: int, name: object, text: object) -> None:
+    if not isinstance(name, str) or not _HEADER_NAME.fullmatch(name):
+        # Shown only if short and plain: "Authorization Bearer x" is no name, and no message.
+        plain = isinstance(name, str) and len(name) <= 30 and not any(c.isspace() for c in name)
+        shown = repr(name) if plain else f"header {index}"
+        raise ValueError(f"{shown} is not a valid header name (letters, digits and -)")
+    if name.lower() in RESERVED_HEADERS:
+        raise ValueError(f"header {name} is set by cas itself and cannot be given")
+    if not isinstance(text, str):
+        raise ValueError(f"header {name}: its value must be a string")
+    if any((ord(char) < 32 and char != "\t") or ord(char) == 127 for char in text):
+        raise ValueError(f"header {name}: its value holds a line break or control character")
+    if "${" in _TOKEN.sub("", text):
+        raise ValueError(f"header {name}: '${{' must start ${{NAME}} (a literal one is $${{)")
+
+
+def header_variables(text: str) -> list[str]:
+    """The environment variables a header value names (``${VAR}``), in order."""
+    return [match[1] for match in _TOKEN.finditer(text) if match[1]]
+
+
+def expand_header(text: str, environ: Mapping[str, str]) -> str:
+    """``text`` with each ``${VAR}`` replaced by ``environ[VAR]`` and ``$${`` by ``${``; raises
+    KeyError naming the first variable that is not set."""
+    return _TOKEN.sub(lambda match: environ[match[1]] if match[1] else "${", text)
+
+
+def format_headers(headers: Headers) -> str:
+    """The names of the headers, never their values: ``Authorization, X-Team (values hidden)``."""
+    if not headers:
+        return "none"
+    return ", ".join(name for name, _ in headers) + " (values hidden)"

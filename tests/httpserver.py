@@ -1,7 +1,9 @@
 """A real HTTP(S) server on 127.0.0.1, in a thread, that misbehaves on demand.
 
 Each path serves a ``Resource`` (body, ETag, Last-Modified, Content-Encoding, throttle) and
-honours ``Range`` and ``If-Range`` like a good server, unless the path's script says otherwise:
+honours ``Range``, ``If-Range``, ``If-None-Match`` and ``If-Modified-Since`` (a 304 without a
+body) like a good server, and may require headers (401 without them), unless the path's script
+says otherwise:
 ``server.script(path, Reply(...), ...)`` queues how to answer the next requests (drop the
 connection mid-body, send fewer bytes than Content-Length, stall, ignore Range, answer a 206 at
 the wrong offset, a status with headers, ...); a reply with ``at`` answers only the ranged request
@@ -20,6 +22,7 @@ import struct
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,6 +48,7 @@ class Reply:
     at: int | None = None  #: answer only the request whose Range starts at this byte
     cap: int | None = None  #: answer a Range with at most this many bytes (a 206 of less)
     change: dict[str, Any] | None = None  #: change the resource so (Resource fields) first
+    ignore_conditions: bool = False  #: answer 200 even when If-None-Match/If-Modified-Since match
 
 
 @dataclass
@@ -58,6 +62,8 @@ class Resource:
     chunk: int = 65536  #: bytes per write
     delay: float = 0.0  #: seconds between writes (a throttle)
     auth: str | None = None  #: "user:password" required as HTTP Basic authentication, else 401
+    require: dict[str, str] = field(default_factory=dict)  #: headers required exactly, else 401
+    pause: float = 0.0  #: seconds to wait before answering (a slow origin)
     script: list[Reply] = field(default_factory=list)
     ranges: bool = True  #: honour Range requests (else every answer is a 200 with the body)
 
@@ -95,7 +101,9 @@ class _Handler(BaseHTTPRequestHandler):
                 setattr(resource, key, value)
         if resource is None:
             self._status(seen, Reply(status=404, body=b"no such path"))
-        elif resource.auth is not None and not _authorized(seen, resource.auth):
+        elif (resource.auth is not None and not _authorized(seen, resource.auth)) or any(
+            seen.headers.get(key.lower()) != value for key, value in resource.require.items()
+        ):
             self._status(seen, Reply(status=401, body=b"who are you?",
                                      headers={"WWW-Authenticate": 'Basic realm="cas"'}))
         elif reply.raw is not None:
@@ -150,6 +158,16 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _serve(self, seen: Seen, resource: Resource, reply: Reply) -> None:
+        if resource.pause:
+            self.server.stopping.wait(resource.pause)
+        if not reply.ignore_conditions and _not_modified(seen, resource):
+            seen.status = 304
+            self.send_response(304)
+            for key, value in (("ETag", resource.etag), ("Last-Modified", resource.last_modified)):
+                if value:
+                    self.send_header(key, value)
+            self.end_headers()
+            return
         body = resource.body
         first, last = 0, len(body) - 1
         status = 200
@@ -223,6 +241,23 @@ def _next_reply(resource: Resource, asked: str | None) -> Reply:
         if reply.at is None or reply.at == start:
             return resource.script.pop(index)
     return Reply()
+
+
+def _not_modified(seen: Seen, resource: Resource) -> bool:
+    """Whether a conditional GET matches the current resource (RFC 9110: If-None-Match, by
+    weak comparison, wins over If-Modified-Since)."""
+    tags = seen.headers.get("if-none-match")
+    if tags is not None:
+        current = (resource.etag or "").removeprefix("W/")
+        return bool(current) and (tags.strip() == "*" or current in [
+            tag.strip().removeprefix("W/") for tag in tags.split(",")])
+    since = seen.headers.get("if-modified-since")
+    if since is None or resource.last_modified is None:
+        return False
+    try:
+        return parsedate_to_datetime(resource.last_modified) <= parsedate_to_datetime(since)
+    except (TypeError, ValueError):
+        return False
 
 
 def _authorized(seen: Seen, credentials: str) -> bool:
@@ -318,6 +353,10 @@ class Server:
     def sent(self, path: str) -> int:
         """Body bytes written for ``path`` over all requests."""
         return sum(s.sent for s in self.seen(path))
+
+    def bodies(self, path: str) -> int:
+        """Responses for ``path`` that sent body bytes."""
+        return sum(1 for s in self.seen(path) if s.sent)
 
     @property
     def connections(self) -> int:

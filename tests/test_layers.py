@@ -1,6 +1,6 @@
 """The package's layers, checked over its imports: no upward import and no import circle.
 
-    base       cas (the package), errors, values, settings, refs, urls
+    base       cas (the package), errors, logs, values, settings, refs, urls
     storage    cas/storage/   this machine's disk: layout, processes, blobs, catalog, queries,
                               verification
     transfer   cas/transfer/  bytes from elsewhere into staging; never the catalog
@@ -24,7 +24,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cas"
 
-BASE = {"cas", "cas.errors", "cas.settings", "cas.values", "cas.refs", "cas.urls"}
+BASE = {"cas", "cas.errors", "cas.logs", "cas.settings", "cas.values", "cas.refs", "cas.urls"}
 LAYERS = ["base", "storage", "transfer", "ops", "façade", "faces"]
 #: Modules of a lower layer that a higher one must still not import.
 FORBIDDEN = {
@@ -162,3 +162,18 @@ def test_the_rules_catch_an_upward_import(tmp_path: Path) -> None:
     found = {name for name, _ in _imports("cas.storage.fake", fake, known)}
     assert found == {"cas.ops.fetch", "cas.storage.blobs"}
     assert _layer("cas.ops.fetch") == "ops" and _layer("cas.storage.fake") == "storage"
+
+
+def test_only_the_log_module_imports_logging_at_module_level() -> None:
+    """``logging`` costs a few milliseconds of every start-up; cas/logs.py loads it on the first
+    record, so every other module logs through ``cas.logs.log``."""
+    offenders = []
+    for module, path in _modules().items():
+        if module == "cas.logs":
+            continue
+        for node in ast.parse(path.read_text()).body:
+            names = [alias.name for alias in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(name == "logging" or name.startswith("logging.") for name in names):
+                offenders.append(f"{module}:{node.lineno}")
+    assert offenders == []

@@ -132,6 +132,10 @@ SAMPLES: dict[str, tuple[str, str, Any, Any]] = {
     "offline": ("true", "1", True, True),
     "durable": ("false", "no", False, False),
     "allow_network_fs": ("true", "1", True, True),
+    "headers": ('{X-Team = "ci", Authorization = "Bearer ${TOKEN}"}',
+                "X-Team: ci\nAuthorization: Bearer ${TOKEN}",
+                {"X-Team": "ci", "Authorization": "Bearer ${TOKEN}"},
+                (("X-Team", "ci"), ("Authorization", "Bearer ${TOKEN}"))),
 }  # fmt: skip
 
 

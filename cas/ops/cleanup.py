@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import logging
 import os
 import shutil
 import stat
@@ -22,16 +21,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 from cas.errors import StoreError
+from cas.logs import log
 from cas.ops import eviction
 from cas.ops.leases import dead_leases
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
-from cas.storage.metrics import Counter
+from cas.storage.counters import Counter
 from cas.storage.pending import add_counts
 from cas.storage.staging import disk_bytes, staging_usage
-
-log = logging.getLogger("cas")
 
 #: Victims per transaction: the write lock is held briefly, and memory stays flat.
 GC_BATCH = 20_000

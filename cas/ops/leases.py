@@ -10,20 +10,18 @@ one answer to "which unexpired leases protect nothing": cleanup, ``rm``, verify,
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cas.logs import log
 from cas.storage import queries as q
 from cas.storage.processes import Holder, forks, is_dead, place, this_process
 
 if TYPE_CHECKING:
     from cas.storage.catalog import Catalog, Connection
-
-log = logging.getLogger("cas")
 
 
 class Lease:

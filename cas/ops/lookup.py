@@ -1,61 +1,28 @@
-"""Reading: what a ref names, the stored blob a read gets, and the listing of a store.
+"""Reading: what a ref names, and the stored blob a read gets (the listing of a store and its
+stats are ops/listing.py).
 
 A ref is a digest, a name, or a digest prefix of 8 to 63 hex digits that is no name (a name
 wins). ``Reader.locate`` is the hot path of every ``path``, ``open`` and ``lease`` of a digest
 or a name: one SELECT and one lstat when the blob is stored (hits and misses are counted in
-memory, cas/storage/metrics.py: no write per read); anything unusual (a bad or unknown ref, an
+memory, cas/storage/counters.py: no write per read); anything unusual (a bad or unknown ref, an
 evicted or damaged blob) takes the full path, where a named fixture evicted from the store is
 fetched again through the fetch callable the store gives (when ``auto_download`` is on).
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 
 from cas.errors import IntegrityError, NotFound, UsageError
-from cas.ops.leases import dead_leases
+from cas.logs import log
 from cas.refs import check_name, is_digest, is_digest_prefix
-from cas.settings import Settings
 from cas.storage import queries as q
-from cas.storage.blobs import BlobStore, quarantined
+from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
-from cas.storage.metrics import Counter, Stats, Usage
-from cas.storage.staging import staging_debris, staging_usage
+from cas.storage.counters import Counter
 
 if TYPE_CHECKING:
     from cas.ops.record import Clock
-
-log = logging.getLogger("cas")
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One line of a listing: a name and its blob, or a blob without a name."""
-
-    name: str | None
-    digest: str
-    size: int | None
-    last_access: float | None
-    pinned: bool
-    source: str | None
-    leases: int = 0  #: live leases on the blob (SPEC: ``ls`` shows lease state)
-    damaged: bool = False  #: its file is missing or of the wrong size, or verify found it so
-
-    @property
-    def present(self) -> bool:
-        """Whether the blob is in the store (a named fixture's may have been evicted)."""
-        return self.size is not None
-
-    @property
-    def state(self) -> str:
-        """``stored``; ``damaged`` (its row is there but its file is missing or of the wrong
-        size, or verify found it damaged and dropped the row); or ``evicted`` (cleanup removed
-        it; a named fixture with a source comes back when used)."""
-        if self.damaged:
-            return "damaged"
-        return "stored" if self.present else "evicted"
 
 
 class Target(NamedTuple):
@@ -195,36 +162,3 @@ class Reader:
         if again.size is None or again.last_access is None:
             raise NotFound(f"fixture {ref!r} was fetched again but removed at once; retry")
         return again
-
-    def entries(self) -> list[Entry]:
-        """Every name with its blob, then every blob that has no name, with their live leases
-        and whether a stored blob's file is missing or damaged (checked by size, not hashed)."""
-        with self._catalog.read() as conn:
-            rows = q.entries(conn)
-            now = self._clock()
-            leases = q.live_lease_counts(conn, now, dead_leases(conn, now))
-            damaged = q.damaged_digests(conn)
-
-        def is_damaged(row: q.EntryRow) -> bool:
-            if row.size is None:  # evicted, or dropped by verify as damaged
-                return row.digest in damaged
-            return not self._blobs.has(row.digest, row.size)
-
-        return [
-            Entry(row.name, row.digest, row.size, row.last_access, bool(row.pinned), row.url,
-                  leases.get(row.digest, 0), is_damaged(row))
-            for row in rows
-        ]
-
-    def stats(self, settings: Settings) -> Stats:
-        """Counters, storage use, water marks, staging and quarantine, with this process's
-        waiting counts written first."""
-        self._catalog.flush()
-        now = self._clock()
-        with self._catalog.read() as conn:
-            counts = q.counter_values(conn)
-            row = q.usage(conn, now, dead_leases(conn, now))
-        tmp, locks = self._blobs.tmp_dir, self._blobs.locks_dir
-        usage = Usage(row.bytes, row.blobs, row.names, row.live_leases)
-        return Stats.build(counts, usage, settings, staging_debris(tmp, locks),
-                           staging_usage(tmp, locks), quarantined(self._blobs.quarantine_dir))

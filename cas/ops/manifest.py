@@ -2,7 +2,10 @@
 
     [fixtures."models/tiny.gguf"]
     url = "https://example.org/tiny.gguf"
-    sha256 = "…"        # and/or blake3 = "…"; size = 1234 is optional
+    sha256 = "…"        # and/or blake3, sha1, md5 = "…"; size = 1234 is optional
+
+An entry without any hash is allowed: its first fetch records the digest (the name and the
+URL's source row remember it), and later syncs are served that content from the store.
 
 ``load`` checks the whole file before anything is fetched, so a bad entry is a one-line
 UsageError naming the fixture and the key; ``sync`` fetches every fixture, several at a time,
@@ -13,24 +16,24 @@ face's), so it knows neither the store nor tqdm.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import tomllib
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from cas.errors import CasError, NotFound, UsageError
+from cas.logs import log
+from cas.ops import schedule
 from cas.ops.fetch import Fetched, expectation
 from cas.refs import check_name
 from cas.transfer.request import Progress, check_url
 from cas.urls import redact
+from cas.values import SYNC_JOBS, Headers, parse_headers
 
-log = logging.getLogger("cas")
-
-KEYS = ("url", "sha256", "blake3", "size")
+KEYS = ("url", "sha256", "blake3", "sha1", "md5", "size", "headers")
+HASHES = ("blake3", "sha256", "sha1", "md5")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class Fixture:
     sha256: str | None = None
     blake3: str | None = None
     size: int | None = None
+    #: Extra request headers; values may hold ``${VAR}``, and are secrets: not in the repr.
+    headers: Headers = field(default=(), repr=False)
+    sha1: str | None = None
+    md5: str | None = None
 
 
 def load(path: str | os.PathLike[str]) -> list[Fixture]:
@@ -77,40 +84,49 @@ def _fixture(where: str, name: str, entry: Any) -> Fixture:
         raise UsageError(f"{where}: fixture {name!r}: {error}") from error
     here = f"{where}: fixture {name!r}"
     if not isinstance(entry, dict):
-        raise UsageError(f"{here} must be a table with url and sha256 or blake3")
+        raise UsageError(f"{here} must be a table with a url (and sha256, blake3, sha1 or md5)")
     for key in entry:
         if key not in KEYS:
             raise UsageError(f"{here}: unknown key {key!r} (known: {', '.join(KEYS)})")
     if "url" not in entry:
         raise UsageError(f"{here}: key 'url' is missing")
-    for key in ("url", "sha256", "blake3"):
+    for key in ("url", *HASHES):
         if key in entry and not isinstance(entry[key], str):
             raise UsageError(f"{here}: key {key!r} must be a string")
-    if "sha256" not in entry and "blake3" not in entry:
-        raise UsageError(f"{here}: needs key 'sha256' or 'blake3' to verify the download")
     try:
         check_url(redact(entry["url"]))  # a message names the URL without its credentials
     except UsageError as error:
         raise UsageError(f"{here}: key 'url': {error}") from error
-    for key in ("sha256", "blake3", "size"):
+    for key in (*HASHES, "size"):
         try:
             expectation(**{"blake3": None, "sha256": None, "size": None, key: entry.get(key)})
         except UsageError as error:
             raise UsageError(f"{here}: key {key!r}: {error}") from error
-    return Fixture(
-        name=name,
-        url=entry["url"],
-        sha256=entry["sha256"].lower() if "sha256" in entry else None,
-        blake3=entry["blake3"].lower() if "blake3" in entry else None,
-        size=entry.get("size"),
-    )
+    try:  # a message names the header, never its value
+        headers = parse_headers(entry.get("headers"))
+    except ValueError as error:
+        raise UsageError(f"{here}: key 'headers': {error}") from None
+    hashes = {key: entry[key].lower() for key in HASHES if key in entry}
+    return Fixture(name=name, url=entry["url"], size=entry.get("size"), headers=headers,
+                   **hashes)  # fmt: skip
+
+
+def check_fixture(fixture: Fixture) -> Fixture:
+    """``fixture`` if its URL is http(s) and its hashes and size are well formed; else a
+    UsageError naming the problem (the URL without its credentials)."""
+    check_name(fixture.name)
+    check_url(redact(fixture.url))
+    expectation(fixture.blake3, fixture.sha256, fixture.size, fixture.sha1, fixture.md5)
+    return fixture
 
 
 class FetchFixture(Protocol):
     """Fetches one fixture into the store (the store's fetch, with its outcome)."""
 
     def __call__(self, url: str, *, name: str | None, blake3: str | None, sha256: str | None,
-                 size: int | None, progress: Progress | None) -> Fetched: ...
+                 sha1: str | None, md5: str | None, size: int | None, refresh: bool,
+                 headers: Headers,
+                 progress: Progress | None) -> Fetched: ...
 
 
 class Bar(Protocol):
@@ -122,11 +138,53 @@ class Bar(Protocol):
 
 
 class Total(Protocol):
-    """A progress bar of the whole sync: advanced once a fixture, then closed."""
+    """A progress bar of the whole sync: told the bytes of all transfers as (done, total), with
+    total None while some size is unknown, and advanced once a fixture ends; then closed."""
+
+    def __call__(self, done: int, total: int | None) -> None: ...
 
     def advance(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class _Tally:
+    """The bytes of a whole sync, summed from each transfer's reports, for the total bar."""
+
+    def __init__(self, fixtures: list[Fixture], total: Total) -> None:
+        self._total = total
+        self._lock = threading.Lock()
+        self._done: dict[str, int] = {}
+        self._size: dict[str, int | None] = {fixture.name: fixture.size for fixture in fixtures}
+        self._sum_done = 0
+        self._sum_size = sum(size for size in self._size.values() if size is not None)
+        self._unknown = sum(size is None for size in self._size.values())
+
+    def __call__(self, name: str, done: int, size: int | None) -> None:
+        """A transfer's report: ``done`` bytes of ``size`` (None while unknown)."""
+        with self._lock:
+            if size is not None and self._size[name] is None:
+                self._resize(name, size)
+            self._set(name, done)
+
+    def finished(self, name: str, size: int | None) -> None:
+        """A fixture ended: ``size`` bytes when it is stored, what came so far when it failed."""
+        with self._lock:
+            final = self._done.get(name, 0) if size is None else size
+            self._resize(name, final)
+            self._set(name, final)
+        self._total.advance()
+
+    def _resize(self, name: str, size: int) -> None:
+        before = self._size[name]
+        self._unknown -= before is None
+        self._sum_size += size - (before or 0)
+        self._size[name] = size
+
+    def _set(self, name: str, done: int) -> None:
+        self._sum_done += done - self._done.get(name, 0)
+        self._done[name] = done
+        self._total(self._sum_done, None if self._unknown else self._sum_size)
 
 
 @dataclass
@@ -155,22 +213,28 @@ class SyncReport:
 
 
 def sync(
-    fetch: FetchFixture, path: str | os.PathLike[str], *, jobs: int = 4,
+    fetch: FetchFixture, path: str | os.PathLike[str], *, jobs: int = SYNC_JOBS,
+    update: bool = False,
     bar: Callable[[str], Bar] | None = None, total_bar: Callable[[int], Total] | None = None,
 ) -> SyncReport:
-    """Fetch every fixture of the manifest at ``path`` through ``fetch``, ``jobs`` at a time.
+    """Fetch every fixture of the manifest at ``path`` through ``fetch``, ``jobs`` at a time;
+    with ``update``, the fixtures without an expected hash are refreshed (revalidated).
 
+    Fixtures are scheduled so that the link stays full (``cas.ops.schedule``): the largest
+    first (by the manifest's ``size``; unknown sizes count as large), a quarter of the jobs
+    working down from them, the rest working up from the smallest, many at once.
     Failures do not stop the others; they are in the report. ``bar(name)`` makes the progress
-    bar of one transfer, ``total_bar(count)`` the one of them all. KeyboardInterrupt (Ctrl-C)
-    starts no further
-    fixture, stops the running downloads at their next chunk, keeping their partial files for
-    a resume, and is raised again.
+    bar of one transfer, ``total_bar(count)`` the one of them all (bytes of every transfer, and
+    fixtures ended). KeyboardInterrupt (Ctrl-C) starts no further fixture, stops the running
+    downloads at their next chunk, keeping their partial files for a resume, and is raised
+    again.
     """
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise UsageError(f"jobs must be a positive number, not {jobs!r}")
     fixtures = load(path)
     report = SyncReport()
     total = total_bar(len(fixtures)) if total_bar is not None and fixtures else None
+    tally = _Tally(fixtures, total) if total is not None else None
 
     stop = threading.Event()  # set on Ctrl-C: running downloads end at their next chunk
 
@@ -183,38 +247,36 @@ def sync(
                 raise KeyboardInterrupt
             if shown is not None:
                 shown(done, size)
+            if tally is not None:
+                tally(fixture.name, done, size)
 
         try:
             return fetch(
                 fixture.url, name=fixture.name, blake3=fixture.blake3,
-                sha256=fixture.sha256, size=fixture.size, progress=report,
+                sha256=fixture.sha256, sha1=fixture.sha1, md5=fixture.md5, size=fixture.size,
+                progress=report, headers=fixture.headers,
+                refresh=update and not any(getattr(fixture, key) for key in HASHES),
             )  # fmt: skip
         finally:
             if shown is not None:
                 shown.close()
 
-    pool = ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="cas-sync")
+    ordered = schedule.order(fixtures, lambda fixture: fixture.size)
+    batch = schedule.run(ordered, one, jobs=jobs, stop=stop, name="cas-sync")
     try:
-        futures = {pool.submit(one, fixture): fixture for fixture in fixtures}
-        for future in as_completed(futures):
-            name = futures[future].name
-            try:
-                fetched = future.result()
-            except CasError as error:
-                log.error("fixture %r failed: %s", name, error)
-                report.failed[name] = error
+        for fixture, outcome in batch:
+            if isinstance(outcome, CasError):
+                log.error("fixture %r failed: %s", fixture.name, outcome)
+                report.failed[fixture.name] = outcome
+            elif isinstance(outcome, BaseException):
+                raise outcome  # a bug, or Ctrl-C in a download
             else:
-                report.digests[name] = fetched.digest
-                (report.fetched if fetched.downloaded else report.present).append(name)
-            if total is not None:
-                total.advance()
-    except BaseException:
-        # Ctrl-C (or any other end): start nothing more, stop the running downloads at their
-        # next chunk, and wait only for that.
-        stop.set()
-        raise
+                report.digests[fixture.name] = outcome.digest
+                (report.fetched if outcome.downloaded else report.present).append(fixture.name)
+            if tally is not None:
+                tally.finished(fixture.name, outcome.size if isinstance(outcome, Fetched) else None)
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        batch.close()  # on an early end: start nothing more, stop the running downloads, wait
         if total is not None:
             total.close()
     report.fetched.sort()

@@ -9,23 +9,21 @@ each shard folder, under it; both before the commit, so a row is never durable b
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any, Union
 
 from cas.errors import CasError, NotFound, StoreError, UsageError, os_error
+from cas.logs import log
 from cas.ops.record import Clock, Restage, publish_and_record
 from cas.refs import check_name
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
+from cas.storage.counters import Counter
 from cas.storage.hashing import hasher
-from cas.storage.metrics import Counter
 from cas.storage.staging import Staged
-
-log = logging.getLogger("cas")
 
 #: What ``put`` takes: a path, bytes, or a binary file.
 Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]

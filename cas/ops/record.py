@@ -6,32 +6,34 @@ the blob rows written, in the same IMMEDIATE transaction; so a crash leaves at m
 without a row, never a row without its file (docs/architecture.md). The step is safe to run
 again after a rollback: a file published by a rolled-back try is found in place.
 
-``Recorder`` adds what a transfer records besides (its SHA-256 alias, the URL's source, a name)
-and checks a stored blob's SHA-256 before anyone records it as an alias. The transfer types are
+``Recorder`` adds what a transfer records besides (its upstream checksums as aliases: SHA-256,
+SHA-1, MD5; the URL's source; a name) and checks a stored blob's checksums before anyone
+records them as aliases. The transfer types are
 only annotations here, so this module stays light: ``put`` imports it at start-up.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cas.errors import IntegrityError, StoreError, os_error
+from cas.logs import log
+from cas.refs import CHECKSUM_LABELS
 from cas.storage import queries as q
+from cas.storage import sources
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
+from cas.storage.counters import Counter
 from cas.storage.hashing import CHUNK_SIZE
-from cas.storage.metrics import Counter
 from cas.storage.staging import Staged
 
 if TYPE_CHECKING:
     from cas.transfer.request import Download, Expected
 
-log = logging.getLogger("cas")
 
 #: A callable returning the wall time, in seconds since the epoch (``time.time``).
 Clock = Callable[[], float]
@@ -151,59 +153,76 @@ class Recorder:
         staged = result.staged
         now = self._clock()
         publish_and_record(conn, self._blobs, [(staged.digest, staged.size)], [staged], now)
-        if result.sha256 is not None:
-            q.record_alias(conn, "sha256", result.sha256, staged.digest)
+        for algorithm, value in result.upstream.items():
+            q.record_alias(conn, algorithm, value, staged.digest)
         if source and url is not None:
-            q.record_source(conn, url, staged.digest, now)
+            found = result.validators
+            q.record_source(conn, url, staged.digest, now, found.etag, found.last_modified)
+            if not expected.pinned:  # the names that follow this URL follow its new content
+                sources.follow(conn, url, staged.digest, staged.size, now)
         if name is not None:
             q.set_name(
                 conn, name, staged.digest, now,
                 url=url, sha256=result.sha256 or expected.sha256, expected_size=staged.size,
+                floating=source and not expected.pinned,
             )  # fmt: skip
         return q.stored_totals(conn)[0]
 
-    # -- a stored blob's SHA-256, checked before it is recorded as an alias --------------------
+    # -- a stored blob's upstream checksums, checked before they are recorded as aliases ------
 
-    def confirm_sha256(self, digest: str, sha256: str, where: str | None) -> None:
-        """Check that the stored blob ``digest`` has the SHA-256 ``sha256`` before a caller
-        records it (the remote tier naming a stored blob), and record the alias.
+    def confirm(self, digest: str, wanted: dict[str, str], where: str | None) -> None:
+        """Check that the stored blob ``digest`` has the upstream checksums ``wanted``
+        (algorithm -> hex) before a caller records them (the remote tier naming a stored blob),
+        and record them as its aliases.
 
         Raises IntegrityError when it has not (``where`` names the fixture in the message).
         """
         with self._catalog.read() as conn:
-            seen = q.find_alias(conn, "sha256", sha256)
-        if seen == digest:
+            seen = {algorithm: q.find_alias(conn, algorithm, value)
+                    for algorithm, value in wanted.items()}  # fmt: skip
+        for algorithm, other in seen.items():
+            if other is not None and other != digest:
+                raise IntegrityError(
+                    f"{algorithm} {wanted[algorithm]} is the content {other}, not {digest};"
+                    f" check the expected digests of {where}",
+                    expected=digest,
+                    found=other,
+                )
+        unseen = {algorithm: wanted[algorithm] for algorithm, other in seen.items() if not other}
+        if not unseen:
             return
-        if seen is not None:
-            raise IntegrityError(
-                f"sha256 {sha256} is the content {seen}, not {digest};"
-                f" check the expected digests of {where}",
-                expected=digest,
-                found=seen,
-            )
-        self.confirmed(digest, sha256, where)
-        self._catalog.write(lambda conn: q.record_alias(conn, "sha256", sha256, digest))
+        self.confirmed(digest, unseen, where)
 
-    def confirmed(self, digest: str, sha256: str, where: str | None) -> str:
-        """``sha256``, once the stored blob's bytes are hashed and found to have it; else
-        IntegrityError, as a download of other content would raise."""
-        found = self.sha256_of(digest)
-        if found != sha256:
-            raise IntegrityError(
-                f"content {digest} has SHA-256 {found}, not the expected {sha256};"
-                f" check the expected digests of {where}",
-                expected=sha256,
-                found=found,
-            )
-        return sha256
+        def work(conn: Connection) -> None:
+            for algorithm, value in unseen.items():
+                q.record_alias(conn, algorithm, value, digest)
 
-    def sha256_of(self, digest: str) -> str:
-        """The SHA-256 of a stored blob's bytes, computed now (StoreError if unreadable)."""
+        self._catalog.write(work)
+
+    def confirmed(self, digest: str, wanted: dict[str, str], where: str | None) -> dict[str, str]:
+        """``wanted`` (algorithm -> hex), once the stored blob's bytes are hashed (one pass)
+        and found to have each; else IntegrityError naming the algorithm and both values, as a
+        download of other content would raise."""
+        found = self.checksums_of(digest, tuple(wanted))
+        for algorithm, value in wanted.items():
+            if found[algorithm] != value:
+                raise IntegrityError(
+                    f"content {digest} has {CHECKSUM_LABELS[algorithm]} {found[algorithm]},"
+                    f" not the expected {value}; check the expected digests of {where}",
+                    expected=value,
+                    found=found[algorithm],
+                )
+        return wanted
+
+    def checksums_of(self, digest: str, algorithms: tuple[str, ...]) -> dict[str, str]:
+        """The upstream checksums (hashlib names) of a stored blob's bytes, computed now in one
+        pass (StoreError if unreadable)."""
         try:
-            sha256 = hashlib.sha256()
+            hashers = {name: hashlib.new(name, usedforsecurity=False) for name in algorithms}
             with self._blobs.open(digest) as blob:
                 for chunk in iter(lambda: blob.read(CHUNK_SIZE), b""):
-                    sha256.update(chunk)
-            return sha256.hexdigest()
+                    for hasher in hashers.values():
+                        hasher.update(chunk)
+            return {name: hasher.hexdigest() for name, hasher in hashers.items()}
         except OSError as error:
             raise os_error(error, f"cannot read blob {digest} (`cas verify` checks it)") from error

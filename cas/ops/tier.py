@@ -4,8 +4,11 @@ A store whose ``remote`` setting names an ``s3://bucket/prefix`` shares fixtures
 store that names it. cas/transfer/s3.py moves and verifies the bytes; this module decides when:
 
 - Read-through. A fetch that misses locally and knows the content it expects (a BLAKE3 digest,
-  or a SHA-256 that the store or the remote maps to one) tries the remote before the origin
-  URL. That covers ``fetch`` with an expected digest, ``path(name)`` of an evicted fixture and
+  a SHA-256 that the store or the remote maps to one, or a SHA-1 or MD5 that this store
+  verified before) tries the remote before the origin URL. The remote keeps ``sha256/``
+  records only: MD5 and SHA-1 admit chosen collisions, so a record mapping one to a digest is
+  taken from nobody but this store's own verified downloads.
+  That covers ``fetch`` with an expected digest, ``path(name)`` of an evicted fixture and
   ``sync``. Without an expected digest the origin stays the authority and is asked directly.
 - Push after the origin. What a fetch downloaded from its origin is pushed (blob, then the
   name's record and the SHA-256 alias), when ``remote_push`` is on, so the next store finds it.
@@ -24,7 +27,6 @@ cannot read (counted as failed) and pulls the rest.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -43,6 +45,7 @@ from cas.errors import (
     UsageError,
     os_error,
 )
+from cas.logs import log
 from cas.ops import manifest as manifests
 from cas.ops.lookup import resolve
 from cas.ops.manifest import Fixture
@@ -51,12 +54,11 @@ from cas.refs import check_name, is_digest
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
-from cas.storage.metrics import Counter
+from cas.storage.counters import Counter
 from cas.transfer.request import Expected
 from cas.transfer.s3 import Remote
 from cas.transfer.s3_records import NameRecord
-
-log = logging.getLogger("cas")
+from cas.urls import redact
 
 #: After the remote failed, fetches go straight to the origin for this many seconds.
 PAUSE = 60.0
@@ -176,10 +178,11 @@ class RemoteTier:
             return None
         digest = expected.blake3
         try:
-            if digest is None and expected.sha256 is not None:
-                digest = self._local_alias(expected.sha256) or self.remote.get_alias(
-                    expected.sha256
-                )
+            if digest is None:  # a checksum this store verified before names its content
+                digest = next(filter(None, (self._local_alias(key, value) for key, value
+                                            in expected.upstream().items())), None)  # fmt: skip
+            if digest is None and expected.sha256 is not None:  # SHA-256 records only: below
+                digest = self.remote.get_alias(expected.sha256)
             if digest is None:
                 return None
             pulled = self.remote.get(
@@ -327,11 +330,21 @@ class RemoteTier:
     def _pull_fixture(self, fixture: Fixture) -> _Moved:
         digest, sha256 = fixture.blake3, fixture.sha256
         if digest is None and sha256 is not None:
-            digest = self._local_alias(sha256) or self.remote.get_alias(sha256)
+            digest = self._local_alias("sha256", sha256) or self.remote.get_alias(sha256)
+        for key, value in (("sha1", fixture.sha1), ("md5", fixture.md5)):
+            if digest is None and value is not None:
+                digest = self._local_alias(key, value)
+        hashless = not (fixture.blake3 or sha256 or fixture.sha1 or fixture.md5)
+        if hashless:  # what the name got from this URL: here, else the remote's record of it
+            with self._catalog.read() as conn:
+                named = q.find_name(conn, fixture.name)
+            record = (named if named is not None and named.url == redact(fixture.url)
+                      else self.remote.get_name(fixture.name))  # fmt: skip
+            if record is not None and record.url == redact(fixture.url):
+                digest = record.digest
         if digest is None:
-            raise NotFound(
-                f"fixture {fixture.name!r} is not in the remote (its sha256 is unknown there)"
-            )
+            what = "no record of its URL" if hashless else "its digest is unknown there"
+            raise NotFound(f"fixture {fixture.name!r} is not in the remote ({what})")
         return self._pull(digest, fixture.size, fixture.name, fixture.url, sha256)
 
     def _pull(
@@ -370,7 +383,7 @@ class RemoteTier:
                 expected=size, found=row.size,
             )  # fmt: skip
         if sha256 is not None:  # checked against the bytes before it is recorded
-            self._recorder.confirm_sha256(digest, sha256, name or digest)
+            self._recorder.confirm(digest, {"sha256": sha256}, name or digest)
         if name is None:
             return True
 
@@ -407,9 +420,9 @@ class RemoteTier:
                 if moved.stored is not None:
                     report.stored = moved.stored
 
-    def _local_alias(self, sha256: str) -> str | None:
+    def _local_alias(self, algorithm: str, value: str) -> str | None:
         with self._catalog.read() as conn:
-            return q.find_alias(conn, "sha256", sha256)
+            return q.find_alias(conn, algorithm, value)
 
     def _received(self, amount: int) -> None:
         self._catalog.count(Counter.DOWNLOADED_BYTES, amount)

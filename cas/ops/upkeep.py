@@ -11,11 +11,11 @@ duration of a ``with`` block.
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from collections.abc import Iterator
 
 from cas.errors import StoreError, UsageError
+from cas.logs import log
 from cas.ops.cleanup import Cleaner
 from cas.ops.eviction import Limits, Plan
 from cas.ops.record import Clock
@@ -23,8 +23,6 @@ from cas.settings import Settings
 from cas.storage import queries as q
 from cas.storage.catalog import Catalog
 from cas.values import parse_interval
-
-log = logging.getLogger("cas")
 
 #: A store this far past its limit is cleaned up at once, whenever it last was.
 AUTO_CLEANUP_MARGIN = 1.2

@@ -38,7 +38,6 @@ still the one examined: same inode, size, mode and times.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import stat
@@ -49,18 +48,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 from cas.errors import CasError, StoreError, UsageError
+from cas.logs import log
 from cas.ops.findings import KINDS, Finding, VerifyReport
 from cas.ops.leases import dead_leases
 from cas.storage import queries as q
 from cas.storage import verification as v
-from cas.storage.blobs import BlobStore, Found, signature, unchanged
+from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.catalog_file import damaged_catalog
-from cas.storage.metrics import Counter
+from cas.storage.counters import Counter
+from cas.storage.found import Found, signature, unchanged
 from cas.storage.staging import BLOB_MODE
 from cas.transfer.request import Progress
-
-log = logging.getLogger("cas")
 
 __all__ = ["KINDS", "Finding", "Verifier", "VerifyReport", "check_budget", "workers"]
 

@@ -47,7 +47,7 @@ def fetching(blobs: BlobStore, catalog: Catalog, settings: Settings, recorder: R
     from cas.ops.fetch import Fetcher
 
     if settings.offline:  # no downloader, no tier: cas/transfer/ is never called
-        return Fetcher(blobs, catalog, None, recorder, clock=clock), None
+        return Fetcher(blobs, catalog, None, recorder, clock=clock, headers=settings.headers), None
     from cas.transfer.http import Downloader
 
     downloader = downloader or Downloader(
@@ -64,4 +64,5 @@ def fetching(blobs: BlobStore, catalog: Catalog, settings: Settings, recorder: R
                                          retries=settings.retries)  # fmt: skip
         tier = RemoteTier(remote, blobs, catalog, recorder, downloader.single_flight,
                           push=settings.remote_push, clock=clock)
-    return Fetcher(blobs, catalog, downloader, recorder, tier=tier, clock=clock), tier
+    return Fetcher(blobs, catalog, downloader, recorder, tier=tier, clock=clock,
+                   headers=settings.headers), tier

@@ -19,15 +19,16 @@ import re
 import stat
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from cas.errors import StoreError
 from cas.storage.folder import NOFOLLOW_DIR, Folder, list_names
-from cas.storage.hashing import hash_fd
 from cas.storage.layout import Layout, blob_location, quarantine_name, shard_of
-from cas.storage.staging import BLOB_MODE, DEBRIS_AGE, Staged, Staging
+
+if TYPE_CHECKING:
+    from cas.storage.found import Found
+    from cas.storage.staging import Staged, Staging
 
 # Patterns as strings: re compiles and caches them on first use (a scan), not at import.
 _SHARD = r"[0-9a-f]{2}"
@@ -63,8 +64,8 @@ class BlobStore:
         self.locks = Folder(self.locks_dir, self.tmp, mode=mode, durable=durable)
         self.quarantine_folder = Folder(self.quarantine_dir, self.root_folder, mode=mode,
                                         durable=durable)
-        self.staging = Staging(layout, self.tmp, self.locks, durable=durable,
-                               read_only=read_only)
+        self._read_only = read_only
+        self._staging: Staging | None = None
         self._real_shards: dict[str, float] = {}  # shard -> time.monotonic() it was checked
         self._blobs_prefix = f"{self.blobs_dir}{os.sep}"
         self._shards: dict[str, Path] = {}
@@ -79,13 +80,25 @@ class BlobStore:
         self.root_folder.mode = None
 
     @property
+    def staging(self) -> Staging:
+        """The staging files (storage/staging.py), set up on first use: a read stages nothing."""
+        if self._staging is None:
+            from cas.storage.staging import Staging
+
+            self._staging = Staging(self.layout, self.tmp, self.locks, durable=self.durable,
+                                    read_only=self._read_only)
+        return self._staging
+
+    @property
     def read_only(self) -> str | None:
         """Why the store is read-only, or None: staging refuses at once when it is."""
-        return self.staging.read_only
+        return self._read_only
 
     @read_only.setter
     def read_only(self, why: str | None) -> None:
-        self.staging.read_only = why
+        self._read_only = why
+        if self._staging is not None:
+            self._staging.read_only = why
 
     # -- where blobs are, and reading them --------------------------------------------------------
 
@@ -206,13 +219,13 @@ class BlobStore:
         """``Staging.batch_sync``: a function that makes a batch of staged files durable."""
         return self.staging.batch_sync()
 
-    def debris(self, older_than: float = DEBRIS_AGE) -> list[os.DirEntry[str]]:
+    def debris(self) -> list[os.DirEntry[str]]:
         """``Staging.debris``: what no live writer will use in ``tmp/`` (staging.is_debris)."""
-        return self.staging.debris(older_than)
+        return self.staging.debris()
 
-    def clear_debris(self, older_than: float = DEBRIS_AGE) -> int:
+    def clear_debris(self) -> int:
         """``Staging.clear_debris``: remove the debris; how many entries went."""
-        return self.staging.clear_debris(older_than)
+        return self.staging.clear_debris()
 
     def remove_debris(self, entry: os.DirEntry[str]) -> bool:
         """``Staging.remove_debris``: remove one entry of ``debris``; whether it went."""
@@ -289,6 +302,8 @@ class BlobStore:
     def scan(self) -> Iterator[Found]:
         """Every entry under ``blobs/``, classified without following any symlink: blob files
         (a regular file named by a digest in its shard), symlinks, and strays (anything else)."""
+        from cas.storage.found import Found, kind_of
+
         try:
             blobs = self.blobs.fd()
         except FileNotFoundError:
@@ -298,7 +313,7 @@ class BlobStore:
                 info = os.stat(name, dir_fd=blobs, follow_symlinks=False)
             except FileNotFoundError:
                 continue
-            kind = _kind(info, re.fullmatch(_SHARD, name) is not None, folder=True)
+            kind = kind_of(info, re.fullmatch(_SHARD, name) is not None, folder=True)
             if kind != "shard":
                 yield Found(self.blobs_dir / name, kind, info)
                 continue
@@ -312,7 +327,7 @@ class BlobStore:
                         info = os.stat(entry, dir_fd=fd, follow_symlinks=False)
                         named = (re.fullmatch(_BLOB_NAME, entry) is not None
                                  and entry.startswith(name))
-                        kind = _kind(info, named, folder=False)
+                        kind = kind_of(info, named, folder=False)
                         yield Found(self.blobs_dir / name / entry, kind, info,
                                     entry if kind == "blob" else None)
             finally:
@@ -328,6 +343,8 @@ class BlobStore:
         Large files are memory-mapped. A file truncated from outside *while* it is hashed would
         raise SIGBUS; cas itself never truncates or rewrites a blob, it renames and unlinks.
         """
+        from cas.storage.hashing import hash_fd  # verification's: a read hashes nothing
+
         fd, info = self._open_fd(digest)
         try:
             return hash_fd(fd, info.st_size), info
@@ -338,6 +355,8 @@ class BlobStore:
     def _entry(self, found: Found) -> Iterator[tuple[int, str] | None]:
         """The folder descriptor and name of a scanned entry (``blobs/x`` or ``blobs/ab/x``),
         reached without following a link; None when it is no longer the entry scanned."""
+        from cas.storage.found import same
+
         parts = found.path.relative_to(self.blobs_dir).parts
         try:
             folder = self.blobs.fd() if len(parts) == 1 else self._shard(parts[0], make=False)
@@ -350,7 +369,7 @@ class BlobStore:
             except FileNotFoundError:
                 yield None
                 return
-            yield (folder, parts[-1]) if _same(now, found.info) else None
+            yield (folder, parts[-1]) if same(now, found.info) else None
         finally:
             if len(parts) > 1:
                 os.close(folder)
@@ -386,48 +405,11 @@ class BlobStore:
         with self._entry(found) as entry:
             if entry is None:
                 return None
+            from cas.storage.staging import BLOB_MODE
+
             # refuses a symlink, never follows one
             os.chmod(entry[1], BLOB_MODE, dir_fd=entry[0], follow_symlinks=False)
             return os.stat(entry[1], dir_fd=entry[0], follow_symlinks=False)
-
-
-@dataclass(frozen=True)
-class Found:
-    """An entry under ``blobs/`` as a scan saw it."""
-
-    path: Path
-    kind: str  #: "blob", "symlink" or "stray"
-    info: os.stat_result
-    digest: str | None = None  #: for a blob
-
-
-def _kind(info: os.stat_result, named: bool, *, folder: bool) -> str:
-    if stat.S_ISLNK(info.st_mode):
-        return "symlink"
-    if folder and named and stat.S_ISDIR(info.st_mode):
-        return "shard"
-    if not folder and named and stat.S_ISREG(info.st_mode):
-        return "blob"
-    return "stray"
-
-
-def signature(info: os.stat_result) -> str:
-    """A file's stat signature: it changes when the file is written, chmodded or replaced."""
-    return f"{info.st_ino}:{info.st_mtime_ns}:{info.st_ctime_ns}"
-
-
-def unchanged(found: Found) -> bool:
-    """Whether ``found.path`` is still the very entry the scan saw (or hashing fstat-ed)."""
-    try:
-        now = os.lstat(found.path)
-    except FileNotFoundError:
-        return False
-    return _same(now, found.info)
-
-
-def _same(now: os.stat_result, then: os.stat_result) -> bool:
-    return (now.st_dev, now.st_mode, now.st_size, signature(now)) == (
-        then.st_dev, then.st_mode, then.st_size, signature(then))
 
 
 def quarantined(folder: Path) -> tuple[int, int]:

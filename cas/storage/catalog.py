@@ -1,17 +1,15 @@
 """The SQLite catalog: connections, transactions, and the order in which they are used.
 
-Two kinds of connection, made alike (cas/storage/catalog_file.py: the same ``connect``, the same
-pragmas):
+Two kinds of connection, made alike (cas/storage/catalog_file.py: same ``connect``, pragmas):
 
-- SQLAlchemy's engine pools the connections of read and write transactions, and disposes of
-  them after a fork; it is made (and SQLAlchemy imported) when the first such transaction
-  begins. Statements run on the DBAPI (sqlite3) connection it hands out: its Connection and
-  Result layer cost about 135 µs per transaction, twice the transaction itself
-  (benchmarks/RESULTS.md), and cas's statements are hand-written SQL (cas/storage/queries.py).
-- Plain sqlite3 connections serve what a look-up needs: the look-ups themselves
-  (cas/storage/lookups.py), the schema version check at open when nothing needs migrating, and
-  the small flush of waiting access times and counters (at close, or when due after a read). A
-  command that only looks up (``cas path``) therefore never loads SQLAlchemy (about 200 ms).
+- SQLAlchemy's engine pools those of read and write transactions, disposed of after a fork; it
+  is made (and SQLAlchemy imported) by the first such transaction. Statements run on the DBAPI
+  (sqlite3) connection it hands out: its Connection and Result layer cost about 135 µs per
+  transaction, twice the transaction (benchmarks/RESULTS.md); the SQL is cas/storage/queries.py.
+- Plain sqlite3 connections serve a look-up's needs: the schema check at open (then the
+  look-ups, cas/storage/lookups.py, keep that connection) and the small flush of waiting access
+  times and counters (at close, on the look-ups' connection, or when due after a read). A
+  command that only looks up (``cas path``) never loads SQLAlchemy (about 200 ms).
 
 Transactions: the driver's own transaction handling is switched off and every transaction emits
 its own BEGIN, so a read-then-write is one transaction. Transactions that may write begin
@@ -20,10 +18,10 @@ another process committed meanwhile, whatever the busy timeout), stay short, and
 whole on "database is locked". Reads stay deferred; in WAL mode they never wait for a writer.
 
 Last access is coarse (guarantee 6, cas/storage/pending.py): touches and counter increments wait
-in memory until a write transaction happens anyway, the store closes, or the oldest waiting
-touch is itself older than the granularity. A read never waits for the write lock: the flush a
-read makes takes the lock only if it is free; when another process holds it, what waits stays
-for a later write, and the close of a catalog that never wrote drops it after ``FLUSH_WAIT``.
+in memory for a write transaction, the store's close, or the oldest touch to pass the
+granularity. A read never waits for the write lock: its flush takes the lock only if it is free,
+else what waits stays for a later write (a catalog that never wrote drops it at close after
+``FLUSH_WAIT``).
 
 After a fork (``cas.storage.processes.forks()``), a child forgets the parent's connections of
 both kinds and its waiting writes, and opens its own.
@@ -33,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import sqlite3
 import threading
 import time
@@ -43,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from cas.errors import CatalogError, StoreError
+from cas.logs import log
 from cas.storage.catalog_file import (
     BUSY_TIMEOUT,
     configure,
@@ -52,9 +50,9 @@ from cas.storage.catalog_file import (
     read_only_query,
     translate,
 )
+from cas.storage.counters import Counter
 from cas.storage.folder import Folder, open_lock
 from cas.storage.lookups import Lookups
-from cas.storage.metrics import Counter
 from cas.storage.pending import ACCESS_GRANULARITY, Pending
 from cas.storage.processes import forks
 from cas.storage.schema import LATEST_VERSION, check_not_newer, migrate
@@ -62,7 +60,6 @@ from cas.storage.schema import LATEST_VERSION, check_not_newer, migrate
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
-log = logging.getLogger("cas")
 
 T = TypeVar("T")
 
@@ -108,7 +105,7 @@ class Catalog:
         self._locks_made()
         self._pending = Pending(clock)
         self._forks = forks()
-        self._lookups = Lookups(self._connect, enabled=not read_only)
+        self._lookups = Lookups(self._lookup_connection, enabled=not read_only)
         self._next_flush = 0.0  # monotonic time before which reads do not try to flush
         self._wrote = False  # whether a write transaction of this catalog committed
         self._setup()
@@ -130,6 +127,12 @@ class Catalog:
             raise
         return conn
 
+    def _lookup_connection(self) -> sqlite3.Connection:
+        """The look-ups' own connection: the kept one (opening checked the schema on it)."""
+        with self._spare_lock:
+            conn, self._spare = self._spare, None
+        return conn if conn is not None else self._connect()
+
     def _check_fork(self) -> None:
         """In a forked child, forget the parent's connections and waiting writes, which the
         parent closes and writes itself."""
@@ -141,7 +144,7 @@ class Catalog:
             self._locks_made()
             # New ones rather than clear(): another thread may have held their lock at the fork.
             self._pending = Pending(self._clock)
-            self._lookups = Lookups(self._connect, enabled=not self.read_only)
+            self._lookups = Lookups(self._lookup_connection, enabled=not self.read_only)
             self._forks = forks()
 
     def _pool(self) -> Engine:
@@ -383,6 +386,13 @@ class Catalog:
         that wrote waits for the lock as its writes did, so a writer's counts add up exactly.
         """
         try:
+            self._check_fork()
+            conn = self._lookups.detach()  # serves the flush below unless one is kept
+            with self._spare_lock:
+                if self._spare is None:
+                    self._spare, conn = conn, None
+            if conn is not None:
+                conn.close()
             if self._wrote:
                 self.flush()
             elif not self.flush_if_free(FLUSH_WAIT):

@@ -66,6 +66,13 @@ class Lookups:
                 self._rows[key] = row
             return row
 
+    def detach(self) -> sqlite3.Connection | None:
+        """Give the connection up to the caller, and forget every remembered row."""
+        with self._lock:
+            conn, self.connection = self.connection, None
+            self._drop()
+        return conn
+
     def close(self) -> None:
         """Close the connection and forget every remembered row."""
         with self._lock:

@@ -1,4 +1,5 @@
-"""Metrics: the store's counters by name, and the stats and health computed from them.
+"""Metrics: the stats and health of a store, computed from its counters (storage/counters.py)
+and what it holds.
 
 Counters are monotonic totals in the catalog's ``counters`` table, so they add up across
 processes (SPEC "Metrics"). Code adds to one with ``Catalog.count(Counter.X, amount)``, which
@@ -7,50 +8,17 @@ transaction, the store's close, or a flush once they have waited ``ACCESS_GRANUL
 way as last-access updates (guarantee 6). A process killed with SIGKILL loses the increments it
 had not written yet, never more.
 
-Who adds to what: the ``HELP`` text of each counter says when it grows.
+Who adds to what: the ``HELP`` text of each counter (storage/counters.py) says when it grows.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from cas.settings import Settings
-
-
-class Counter(StrEnum):
-    """Every counter, by its name in the catalog; its Prometheus name is ``cas_<name>_total``."""
-
-    HITS = "hits"
-    MISSES = "misses"
-    DOWNLOADS_SUCCEEDED = "downloads_succeeded"
-    DOWNLOADS_FAILED = "downloads_failed"
-    DOWNLOAD_RETRIES = "download_retries"
-    DOWNLOADED_BYTES = "downloaded_bytes"
-    RESUME_SAVED_BYTES = "resume_saved_bytes"
-    DEDUP_SAVED_BYTES = "dedup_saved_bytes"
-    EVICTIONS = "evictions"
-    EVICTED_BYTES = "evicted_bytes"
-    CLEANUP_RUNS = "cleanup_runs"
-    VERIFICATION_FAILURES = "verification_failures"
-
-
-HELP: Mapping[Counter, str] = {
-    Counter.HITS: "Refs served from a stored blob (path, read, open, lease).",
-    Counter.MISSES: "Refs asked for that were unknown or whose blob was not stored.",
-    Counter.DOWNLOADS_SUCCEEDED: "Downloads that ended with verified content.",
-    Counter.DOWNLOADS_FAILED: "Downloads that failed after their retries.",
-    Counter.DOWNLOAD_RETRIES: "Download attempts made after a failed attempt.",
-    Counter.DOWNLOADED_BYTES: "Bytes received from the network.",
-    Counter.RESUME_SAVED_BYTES: "Bytes not downloaded again thanks to resuming a partial file.",
-    Counter.DEDUP_SAVED_BYTES: "Bytes put whose content was stored already (never a download).",
-    Counter.EVICTIONS: "Blobs removed by cleanup.",
-    Counter.EVICTED_BYTES: "Bytes of the blobs removed by cleanup.",
-    Counter.CLEANUP_RUNS: "Cleanup (gc) runs that completed.",
-    Counter.VERIFICATION_FAILURES: "Blobs that verification found missing or damaged.",
-}
+from cas.storage.counters import HELP, Counter
 
 #: More staging debris than this (files or bytes) makes ``cas stats --check`` fail: gc is not
 #: running.

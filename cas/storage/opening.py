@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import time
@@ -20,13 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cas.errors import CatalogError, StoreError
+from cas.logs import log
 from cas.settings import Settings
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog
 from cas.storage.catalog_file import damaged_catalog, refuse_links
 from cas.storage.layout import Layout
-
-log = logging.getLogger("cas")
 
 #: Filesystem types where SQLite is known to be unsafe (as /proc/mounts names them).
 NETWORK_FILESYSTEMS = frozenset({"nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs"})

@@ -130,11 +130,11 @@ def record_blobs(conn: Connection, blobs: list[tuple[str, int]], now: float) -> 
 
 
 _SET_NAME = (
-    "INSERT INTO names (name, digest, url, sha256, expected_size, created, updated)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO names (name, digest, url, sha256, expected_size, created, updated, floating)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, url = excluded.url,"
     " sha256 = excluded.sha256, expected_size = excluded.expected_size,"
-    " updated = excluded.updated"
+    " updated = excluded.updated, floating = excluded.floating"
 )
 
 
@@ -147,16 +147,19 @@ def set_name(
     url: str | None = None,
     sha256: str | None = None,
     expected_size: int | None = None,
+    floating: bool = False,
 ) -> None:
-    """Point ``name`` at ``digest`` with the given source; a pin is kept. The catalog never
-    holds the credentials a URL may carry (cas/urls.py)."""
-    conn.execute(_SET_NAME, (name, digest, redact_optional(url), sha256, expected_size, now, now))
+    """Point ``name`` at ``digest`` with the given source; a pin is kept. ``floating``: fetched
+    from ``url`` without an expected digest, so it follows the URL's content (``follow``).
+    The catalog never holds the credentials a URL may carry (cas/urls.py)."""
+    conn.execute(_SET_NAME, (name, digest, redact_optional(url), sha256, expected_size, now, now,
+                             int(floating and url is not None)))
 
 
 def set_names(conn: Connection, names: list[tuple[str, str]], now: float) -> None:
     """Point each (name, digest) name at its digest, without a source; pins are kept."""
     conn.executemany(
-        _SET_NAME, [(name, digest, None, None, None, now, now) for name, digest in names]
+        _SET_NAME, [(name, digest, None, None, None, now, now, 0) for name, digest in names]
     )
 
 
@@ -415,10 +418,14 @@ def find_source(conn: Connection, url: str) -> str | None:
     return str(row[0]) if row is not None else None
 
 
-def record_source(conn: Connection, url: str, digest: str, now: float) -> None:
-    """Remember that ``url`` (without its credentials) gave the content ``digest``."""
+def record_source(conn: Connection, url: str, digest: str, now: float,
+                  etag: str | None = None, last_modified: str | None = None) -> None:
+    """Remember that ``url`` (without its credentials) gave the content ``digest``, which its
+    server identified by ``etag`` and ``last_modified``; count one more check."""
     conn.execute(
-        "INSERT INTO sources (url, digest, fetched) VALUES (?, ?, ?)"
-        " ON CONFLICT (url) DO UPDATE SET digest = excluded.digest, fetched = excluded.fetched",
-        (redact(url), digest, now),
+        "INSERT INTO sources (url, digest, fetched, etag, last_modified, checks)"
+        " VALUES (?, ?, ?, ?, ?, 1)"
+        " ON CONFLICT (url) DO UPDATE SET digest = excluded.digest, fetched = excluded.fetched,"
+        " etag = excluded.etag, last_modified = excluded.last_modified, checks = checks + 1",
+        (redact(url), digest, now, etag, last_modified),
     )

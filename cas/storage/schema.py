@@ -8,15 +8,16 @@ write transaction (cas/storage/catalog.py).
 
 from __future__ import annotations
 
-import logging
+import functools
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 from cas.errors import CatalogError
+from cas.logs import log
 
-log = logging.getLogger("cas")
 
-
+@functools.cache
 def _schema_text() -> str:
     """schema.sql: packaged beside the code in a wheel, at the repository root in a checkout.
 
@@ -32,8 +33,11 @@ def _schema_text() -> str:
     return resources.files("cas").joinpath("schema.sql").read_text(encoding="utf-8")
 
 
+@functools.cache
 def schema_versions() -> list[tuple[int, list[str]]]:
-    """The versions of schema.sql, oldest first, each with its statements."""
+    """The versions of schema.sql, oldest first, each with its statements (parsed once, when
+    a catalog is created or migrated: opening one at the latest version needs only that
+    number, ``LATEST_VERSION``)."""
     versions: list[tuple[int, list[str]]] = []
     pending = ""
     for line in _schema_text().splitlines(keepends=True):
@@ -54,8 +58,21 @@ def schema_versions() -> list[tuple[int, list[str]]]:
     return versions
 
 
-SCHEMA_VERSIONS = schema_versions()
-LATEST_VERSION = SCHEMA_VERSIONS[-1][0]
+def _latest_version() -> int:
+    """The number of the last ``-- version: N`` line of schema.sql, without parsing the
+    statements (``schema_versions`` checks that the versions are 1..N in order)."""
+    text = _schema_text()
+    return int(text[text.rindex("\n-- version:") + len("\n-- version:"):].split("\n", 1)[0])
+
+
+LATEST_VERSION = _latest_version()
+
+
+def __getattr__(name: str) -> Any:
+    """``SCHEMA_VERSIONS``: every version with its statements, parsed on first use."""
+    if name == "SCHEMA_VERSIONS":
+        return schema_versions()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def check_not_newer(path: Path, version: int) -> None:
@@ -76,7 +93,7 @@ def migrate(conn: sqlite3.Connection, current: int) -> None:
         "SELECT count(*) FROM sqlite_schema WHERE name = 'blobs'"
     ).fetchone()[0]:
         raise CatalogError("catalog has tables but no schema version; it was not made by cas")
-    for number, statements in SCHEMA_VERSIONS:
+    for number, statements in schema_versions():
         if number > current:
             log.info("catalog: applying schema version %d", number)
             for statement in statements:

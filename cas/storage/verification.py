@@ -18,7 +18,7 @@ class VerifyRow(NamedTuple):
     digest: str
     size: int
     verified: float | None  #: when its content was last hashed and right; None: never
-    signature: str | None  #: its file's stat signature then (cas/storage/blobs.py ``signature``)
+    signature: str | None  #: its file's stat signature then (cas/storage/found.py ``signature``)
 
 
 def verify_rows(conn: Connection) -> dict[str, VerifyRow]:

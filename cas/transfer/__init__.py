@@ -4,6 +4,7 @@
     http.py        the Downloader: one HTTP(S) transfer, its attempts and its bounds
     retry.py       which failures are retried, backoff, the shared budget, one-line reasons
     responses.py   whole-header responses; Content-Range, validators, redirect checks
+    headers.py     a request's private headers: credentials, extra headers, ${VAR} at send time
     partial.py     resumable partial downloads: the file, its hashers, its sidecar
     flight.py      single flight: lock files, heartbeat, going on past a stalled holder
     s3.py          the remote tier's bucket: has, get and put of blobs and records

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import logging
 import os
 import threading
 import time
@@ -20,10 +19,9 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from cas.logs import log
 from cas.storage.folder import Folder, open_lock
 from cas.storage.layout import download_key, lock_name
-
-log = logging.getLogger("cas")
 
 _THREAD_LOCKS: dict[str, tuple[threading.Lock, int]] = {}
 _THREAD_LOCKS_GUARD = threading.Lock()

@@ -1,11 +1,14 @@
 """The HTTP(S) downloader: one transfer of a URL into a verified staging file.
 
-Pure mechanism: this module knows nothing of the catalog. ``Downloader.download`` streams a URL
-into a private staging file under ``tmp/`` (a ``Partial``, transfer/partial.py) while hashing it
-(BLAKE3 always, SHA-256 when one is expected), checks the expected digests and size, and hands
-back a ``Staged`` file for the store to publish. Nothing here ever writes under ``blobs/``
-(guarantee 1). A broken body resumes where it stopped; the retries of requests and of bodies
-draw on one budget (transfer/retry.py); responses are whole (transfer/responses.py).
+Pure mechanism: this module knows nothing of the catalog. ``Downloader.download`` streams a URL into
+a private staging file under ``tmp/`` (a ``Partial``, transfer/partial.py) while hashing it in one
+pass (BLAKE3 always, SHA-256, SHA-1 or MD5 when one is expected), checks the expected digests and
+size, and hands back a ``Staged`` file for the store to publish. Nothing here ever writes under
+``blobs/`` (guarantee 1). A broken body resumes where it stopped; the retries of requests and of
+bodies draw on one budget (transfer/retry.py); responses are whole (transfer/responses.py).
+Given the validators of stored content (a refresh), the request is conditional, and a 304
+hands back nothing; extra headers are made at request time and go to the URL's origin only
+(transfer/headers.py).
 
 Bounds. ``timeout`` (``download_timeout``) bounds every wait without progress: a read, a body
 slower than ``MIN_RATE`` (transfer/retry.py), the wait for a stalled single-flight holder
@@ -19,12 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
+import functools
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError, MaxRetryError
@@ -32,21 +34,22 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
 from cas.errors import DownloadError, IntegrityError
+from cas.logs import log
 from cas.storage.folder import Folder
 from cas.storage.hashing import CHUNK_SIZE
 from cas.storage.processes import forks
 from cas.transfer import USER_AGENT
 from cas.transfer.flight import heartbeat, single_flight
+from cas.transfer.headers import private_headers
 from cas.transfer.partial import Partial
 from cas.transfer.proxies import Proxies, configured
 from cas.transfer.ranges import NoRanges, RangedDownload, worth_it
-from cas.transfer.request import SCHEMES, Download, Expected, Progress, check_url
+from cas.transfer.request import Download, Expected, Progress, Validators, check_url
 from cas.transfer.responses import (
     check_continuation,
     check_size,
     content_range,
-    downgrade,
-    for_origin_of,
+    follow_redirects,
     pool_manager,
     start_from_zero,
     undeclared,
@@ -60,14 +63,14 @@ from cas.transfer.retry import (
     Refused,
     Restart,
     TooLarge,
+    Unchanged,
     backoff,
     check_bound,
     describe,
     status_error,
 )
 from cas.urls import split_credentials
-
-log = logging.getLogger("cas")
+from cas.values import Headers
 
 
 class Downloader:
@@ -167,29 +170,43 @@ class Downloader:
         expected: Expected | None = None,
         progress: Progress | None = None,
         received: Callable[[int], None] | None = None,
-    ) -> Download:
+        *,
+        headers: Headers = (),
+        validators: Validators | None = None,
+    ) -> Download | None:
         """Transfer ``url`` into a verified staging file.
 
         ``received(n)`` is told the body bytes that came over the network, whatever the
-        outcome (for metrics). Raises DownloadError when the transfer fails after its retries
+        outcome (for metrics). With ``validators`` (of content stored already) the request is
+        conditional (If-None-Match, If-Modified-Since): None means the server answered 304 Not
+        Modified, with no body. Raises DownloadError when the transfer fails after its retries
         (the partial stays for a later resume), IntegrityError when the content does not match
-        ``expected`` (nothing is kept), UsageError for a URL that is not http(s).
-        Credentials in ``url`` (``user:password@``) go only into an Authorization header, to
-        its origin; every message and file here names the URL without them (cas/urls.py).
+        ``expected`` (nothing is kept), UsageError for a URL that is not http(s) or a header
+        whose ``${VAR}`` is not set (transfer/headers.py).
+        Credentials in ``url`` (``user:password@``) and the extra ``headers`` go only to its
+        origin; every message and file here names the URL without them (cas/urls.py).
         """
         url, credentials = split_credentials(url)
         check_url(url)
-        auth = urllib3.util.make_headers(basic_auth=credentials) if credentials else {}
+        # Made anew for every request (${VAR} read then); made here once so that an unset
+        # variable fails before anything is staged.
+        private = functools.partial(private_headers, url, credentials, headers)
+        private()
         self._check_fork()
         expected = expected or Expected()
         budget = Budget(self.retries)
-        part = Partial.claim(self._tmp, url, expected.sha256 is not None)
+        want = tuple(expected.upstream())
+        part = Partial.claim(self._tmp, url, want)
         if part is None:
-            part = Partial.create(self._tmp, url, expected.sha256 is not None)
+            part = Partial.create(self._tmp, url, want)
         elif part.kept:
             log.info("resuming %s with %d bytes of a partial download", url, part.kept)
         try:
-            return self._transfer(part, url, expected, budget, progress, auth)
+            return self._transfer(part, url, expected, budget, progress, private, validators)
+        except Unchanged:
+            part.discard()
+            log.debug("%s is unchanged (304 Not Modified)", url)
+            return None
         except (IntegrityError, TooLarge):
             part.discard()  # wrong or unwanted content is never kept, not even for a resume
             raise
@@ -213,12 +230,15 @@ class Downloader:
         expected: Expected,
         budget: Budget,
         progress: Progress | None,
-        auth: dict[str, str],
+        private: Callable[[], dict[str, str]],
+        validators: Validators | None,
     ) -> Download:
         restarted = False
+        sent = Validators()
         while True:
             try:
-                self._attempt(part, url, expected, budget, progress, auth)
+                sent = self._attempt(part, url, expected, budget, progress, private,
+                                     validators) or sent
             except Interrupted as error:
                 if budget.remaining <= 0:
                     raise budget.exhausted(url, error) from error
@@ -255,10 +275,11 @@ class Downloader:
             log.debug("downloaded %s: %d bytes in %d attempt(s)", url, staged.size, budget.attempts)
             return Download(
                 staged=staged,
-                sha256=part.sha256_hex(),
+                upstream=part.upstream(),
                 attempts=budget.attempts,
                 transferred=part.transferred,
                 resumed=part.saved,
+                validators=sent,
             )
 
     def _attempt(
@@ -268,15 +289,19 @@ class Downloader:
         expected: Expected,
         budget: Budget,
         progress: Progress | None,
-        auth: dict[str, str],
-    ) -> None:
-        """One request: interpret its status and headers, then stream the body into ``part``."""
+        private: Callable[[], dict[str, str]],
+        validators: Validators | None,
+    ) -> Validators | None:
+        """One request: interpret its status and headers, then stream the body into ``part``
+        (or hand it to a ``RangedDownload``); the validators of a response that sent content.
+        Raises Unchanged for a 304. A refresh's conditional request is a plain GET; a 200 to
+        it may go on in parallel ranges like any other."""
         heartbeat()
         if part.done is not None and part.resumable and budget.ranges:  # a parallel partial
-            check_size(part, expected, url)
-            RangedDownload(self, part, url, auth, None).run(progress)
-            return
-        headers: dict[str, str] = dict(auth)
+            check_size(part, expected, url)  # (resumed: never conditional)
+            return RangedDownload(self, part, url, private, None).run(progress)
+        own = private()  # ${VAR} read for this request
+        headers: dict[str, str] = dict(own)
         ranged = part.size > 0 and part.resumable
         if ranged:
             assert part.validator is not None
@@ -284,9 +309,13 @@ class Downloader:
             headers["If-Range"] = part.validator
         elif part.size:
             part.reset()
-        response = self.open(url, headers, budget)
+        if validators is not None and not ranged:  # a resumed partial is the new content's
+            headers.update(validators.conditions())
+        response = self.open(url, headers, budget, own)
         try:
             status = response.status
+            if status == 304 and validators is not None and not ranged:
+                raise Unchanged
             if status == 200:
                 if part.size:
                     # A server may ignore Range or If-Range: the whole body comes again.
@@ -298,19 +327,19 @@ class Downloader:
             elif status == 416 and ranged:
                 total = content_range(response.headers.get("Content-Range", ""))[2]
                 if total is not None and total == part.size:
-                    return  # the partial was complete already
+                    return None  # the partial was complete already
                 raise Restart(f"416 for a Range from byte {part.size}")
             else:
                 raise status_error(url, response, budget)
             check_size(part, expected, url)
             check_bound(part.total, expected, self.max_size, url, budget)
             if status == 200 and budget.ranges and worth_it(self, part, response):
-                RangedDownload(self, part, url, auth, response).run(progress)
-                return
+                return RangedDownload(self, part, url, private, response).run(progress)
             if progress is not None:
                 progress(part.size, part.total)
             self._stream(response, part, expected, url, progress, budget)
             response.release_conn()
+            return Validators.of(response.headers)
         finally:
             # A response abandoned before its end must not go back to the pool half-read.
             if not response.closed:
@@ -358,44 +387,11 @@ class Downloader:
             log.warning("%s sent no Content-Length: its end is where the connection closed,"
                         " which cas cannot check; give a size or digest to verify it", url)
 
-    def open(self, url: str, headers: dict[str, str], budget: Budget) -> BaseHTTPResponse:
-        """GET ``url``, following http(s) redirects here so other schemes get a clear error.
-
-        (urllib3 would surface a redirect to file:// as "No host specified".)
-        """
-        current = url
-        for _ in range(self.max_redirects + 1):
-            response = self._request(current, headers, budget)
-            location = response.get_redirect_location()
-            if not location:
-                return response
-            response.drain_conn()
-            response.release_conn()
-            target = urljoin(current, location)
-            if urlsplit(target).scheme.lower() not in SCHEMES:
-                raise DownloadError(
-                    f"{url} redirects to {target}; only http and https are followed",
-                    url=url,
-                    status=response.status,
-                    attempts=budget.attempts,
-                )
-            if downgrade(current, target):
-                raise DownloadError(
-                    f"{url} redirects from https to plain http ({target}); not followed, since"
-                    " the content would come unprotected: use an http URL to allow it",
-                    url=url,
-                    status=response.status,
-                    attempts=budget.attempts,
-                )
-            log.debug("%s redirects to %s", current, target)
-            headers = for_origin_of(target, current, headers)
-            current = target
-        raise DownloadError(
-            f"{url}: more than {self.max_redirects} redirects (a redirect loop?)",
-            url=url,
-            status=budget.status,
-            attempts=budget.attempts,
-        )
+    def open(self, url: str, headers: dict[str, str], budget: Budget,
+             private: Mapping[str, str]) -> BaseHTTPResponse:
+        """GET ``url``, following its redirects (``follow_redirects``)."""
+        return follow_redirects(self._request, url, headers, budget, private,
+                                self.max_redirects)  # fmt: skip
 
     def _request(self, url: str, headers: dict[str, str], budget: Budget) -> BaseHTTPResponse:
         retry = PolicyRetry(

@@ -23,11 +23,11 @@ import os
 import queue
 import threading
 import uuid
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from cas.errors import IntegrityError
+from cas.refs import CHECKSUM_LABELS
 from cas.storage.folder import Folder
 from cas.storage.hashing import CHUNK_SIZE, WRITE_BEHIND, hasher, start_writeback
 from cas.storage.layout import (
@@ -80,21 +80,25 @@ def _owner_gone(name: str, meta: dict[str, Any]) -> bool:
 
 
 class Hashers:
-    """BLAKE3 (and SHA-256 when one is expected) of a download, computed in a thread of their
-    own: hashing then overlaps receiving and writing instead of following each chunk."""
+    """BLAKE3 (and the upstream checksums expected: SHA-256, SHA-1, MD5) of a download,
+    computed in one pass in a thread of their own: hashing then overlaps receiving and writing
+    instead of following each chunk."""
 
-    def __init__(self, want_sha256: bool) -> None:
+    def __init__(self, want: tuple[str, ...]) -> None:
         self._blake3 = hasher()
-        self._sha256 = hashlib.sha256() if want_sha256 else None
+        # usedforsecurity=False: MD5 and SHA-1 stay usable on FIPS systems; they check a
+        # transfer against a published checksum, and BLAKE3 is what names the content.
+        self._upstream = {name: hashlib.new(name, usedforsecurity=False) for name in want}
         self._chunks: queue.Queue[bytes | None] | None = None
         self._thread: threading.Thread | None = None
-        self._known: tuple[str, str | None] | None = None
+        self._known: tuple[str, dict[str, str]] | None = None
 
     @classmethod
-    def known(cls, blake3: str, sha256: str | None) -> Hashers:
-        """Digests computed elsewhere (a parallel download hashes its file as ranges land)."""
-        done = cls(sha256 is not None)
-        done._known = (blake3, sha256)
+    def known(cls, blake3: str, upstream: dict[str, str]) -> Hashers:
+        """Digests computed elsewhere (a parallel download hashes its file as ranges land):
+        the BLAKE3 and the upstream checksums, algorithm -> hex."""
+        done = cls(())
+        done._known = (blake3, dict(upstream))
         return done
 
     def update(self, chunk: bytes) -> None:
@@ -109,8 +113,8 @@ class Hashers:
         assert self._chunks is not None
         while (chunk := self._chunks.get()) is not None:
             self._blake3.update(chunk)
-            if self._sha256 is not None:
-                self._sha256.update(chunk)
+            for upstream in self._upstream.values():
+                upstream.update(chunk)
 
     def wait(self) -> None:
         """Hash what was handed over so far, and end the thread."""
@@ -125,18 +129,19 @@ class Hashers:
             return self._known[0]
         return str(self._blake3.hexdigest())
 
-    def sha256(self) -> str | None:
+    def upstream(self) -> dict[str, str]:
+        """The upstream checksums asked for, algorithm -> hex."""
         self.wait()
         if self._known is not None:
-            return self._known[1]
-        return self._sha256.hexdigest() if self._sha256 is not None else None
+            return dict(self._known[1])
+        return {name: upstream.hexdigest() for name, upstream in self._upstream.items()}
 
 
 class Partial:
     """A staging file being downloaded, with its hashers and its sidecar record."""
 
     def __init__(
-        self, tmp: Folder, url: str, token: str, file: BinaryIO, want_sha256: bool
+        self, tmp: Folder, url: str, token: str, file: BinaryIO, want: tuple[str, ...]
     ) -> None:
         self.url = url
         self.token = token
@@ -145,8 +150,8 @@ class Partial:
         self.dir_fd = tmp.fd()  # its folder, where its sidecar is written and it is staged
         self.meta_path = self.path.with_name(sidecar_name(self.path.name))
         self.file = file
-        self.want_sha256 = want_sha256
-        self.hashes = Hashers(want_sha256)
+        self.want = want  #: the upstream checksums to compute besides BLAKE3
+        self.hashes = Hashers(want)
         self.size = 0
         self.flushed = 0  #: bytes whose writeback was started
         self.transferred = 0
@@ -161,11 +166,11 @@ class Partial:
             _ACTIVE.add(token)
 
     @classmethod
-    def create(cls, tmp: Folder, url: str, want_sha256: bool) -> Partial:
+    def create(cls, tmp: Folder, url: str, want: tuple[str, ...]) -> Partial:
         token = _new_token()
         fd = os.open(partial_name(download_key(url), token), os.O_RDWR | os.O_CREAT | os.O_EXCL
                      | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=tmp.fd())
-        part = cls(tmp, url, token, os.fdopen(fd, "r+b", buffering=0), want_sha256)
+        part = cls(tmp, url, token, os.fdopen(fd, "r+b", buffering=0), want)
         try:
             part.save()
         except BaseException:  # e.g. a full disk: leave nothing behind
@@ -174,7 +179,7 @@ class Partial:
         return part
 
     @classmethod
-    def claim(cls, tmp: Folder, url: str, want_sha256: bool) -> Partial | None:
+    def claim(cls, tmp: Folder, url: str, want: tuple[str, ...]) -> Partial | None:
         """Take over the largest resumable partial of ``url`` left by a dead owner, if any."""
         candidates = []
         tmp_dir = tmp.path
@@ -206,7 +211,7 @@ class Partial:
                 _remove(mine, meta_path)
                 continue
             file = os.fdopen(fd, "r+b", buffering=0)
-            part = cls(tmp, url, token, file, want_sha256)
+            part = cls(tmp, url, token, file, want)
             part.validator = meta.get("validator")
             part.total = meta.get("total") if isinstance(meta.get("total"), int) else None
             part.done = _spans(meta.get("done"), part.total)
@@ -262,7 +267,7 @@ class Partial:
         self.file.truncate()
         self.flushed = 0
         self.hashes.wait()
-        self.hashes = Hashers(self.want_sha256)
+        self.hashes = Hashers(self.want)
         self.size = 0
         self.resumed_from = 0
         self.saved = 0
@@ -278,7 +283,7 @@ class Partial:
             "token": self.token,
             "validator": self.validator if self.resumable else None,
             "total": self.total,
-            "owner": asdict(this_process()),
+            "owner": this_process()._asdict(),
         }
         if self.done is not None:
             record["done"] = self.done
@@ -290,8 +295,9 @@ class Partial:
         os.replace(scratch, self.meta_path.name, src_dir_fd=self.dir_fd,
                    dst_dir_fd=self.dir_fd)
 
-    def sha256_hex(self) -> str | None:
-        return self.hashes.sha256()
+    def upstream(self) -> dict[str, str]:
+        """The upstream checksums computed over the whole content."""
+        return self.hashes.upstream()
 
     def verify(self, url: str, expected: Expected) -> None:
         """Raise IntegrityError unless the content matches every expected value."""
@@ -311,13 +317,15 @@ class Partial:
                 expected=expected.blake3,
                 found=digest,
             )
-        sha = self.sha256_hex()
-        if expected.sha256 is not None and sha != expected.sha256:
-            raise IntegrityError(
-                f"{url} has SHA-256 {sha}, expected {expected.sha256}{note}",
-                expected=expected.sha256,
-                found=sha,
-            )
+        found = self.upstream()
+        for algorithm, value in expected.upstream().items():
+            if found.get(algorithm) != value:
+                raise IntegrityError(
+                    f"{url} has {CHECKSUM_LABELS[algorithm]} {found.get(algorithm)},"
+                    f" expected {value}{note}",
+                    expected=value,
+                    found=found.get(algorithm),
+                )
 
     def finish(self) -> Staged:
         """Make read-only, fsync and close; the file becomes a plain staged file with no

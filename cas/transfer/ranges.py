@@ -6,7 +6,10 @@ Last-Modified) and does not refuse ranges (``Accept-Ranges: none``); and when it
 partial that a parallel download left. The staging file is given its final size at once; the
 file is cut into pieces that ``connections`` threads take in order, each asking for its piece
 with ``Range: bytes=a-b`` and ``If-Range`` over its own keep-alive connection and writing it with
-``os.pwrite`` at its offset. The first response's own body is the first piece.
+``os.pwrite`` at its offset. The first response's own body is the first piece. Every ranged
+request carries the private headers made anew for it (``${VAR}`` read then, transfer/headers.py)
+and follows redirects through ``responses.follow_redirects``, like the first request: the
+private headers go to the URL's own origin only, and https is never left for plain http.
 
 Every answer is checked. A 206 must start where asked and carry the validator, total length and
 encoding of the first response: otherwise the file changed between ranges, and the download
@@ -24,29 +27,29 @@ every byte written, and one left by an earlier boot is never resumed. A killed d
 at most that 1/1024 plus the bytes in flight (what the sockets' buffers held: on a fast link,
 some MiB per connection); the next one asks only for the missing spans.
 
-Hashing follows the written prefix of the file in a thread of its own (BLAKE3, and SHA-256 when
-one is expected; transfer/spans.py), through read-only memory maps of one window at a time: file
-pages, not anonymous memory. Each connection reads ``READ`` bytes at a time, so memory stays
-bounded whatever the file's size.
+Hashing follows the written prefix of the file in a thread of its own (BLAKE3, and every
+upstream checksum expected: SHA-256, SHA-1, MD5; transfer/spans.py), through read-only memory
+maps of one window at a time: file pages, not anonymous memory. Each connection reads ``READ``
+bytes at a time, so memory stays bounded whatever the file's size.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Protocol
 
 from urllib3.exceptions import HTTPError
 from urllib3.response import BaseHTTPResponse
 
+from cas.logs import log
 from cas.storage.hashing import WRITE_BEHIND, start_writeback
 from cas.transfer.flight import heartbeat
 from cas.transfer.partial import Hashers, Partial
-from cas.transfer.request import Progress
+from cas.transfer.request import Progress, Validators
 from cas.transfer.responses import content_range, encoding, validator
 from cas.transfer.retry import (
     Budget,
@@ -58,8 +61,6 @@ from cas.transfer.retry import (
     status_error,
 )
 from cas.transfer.spans import Follower, Spans
-
-log = logging.getLogger("cas")
 
 #: Bytes one connection reads at a time (its memory), and the most it may lose when killed.
 READ = 512 << 10
@@ -85,7 +86,8 @@ class Client(Protocol):
     connections: int
     parallel_min_size: int
 
-    def open(self, url: str, headers: dict[str, str], budget: Budget) -> BaseHTTPResponse: ...
+    def open(self, url: str, headers: dict[str, str], budget: Budget,
+             private: Mapping[str, str]) -> BaseHTTPResponse: ...
 
 
 def worth_it(client: Client, part: Partial, response: BaseHTTPResponse) -> bool:
@@ -110,12 +112,13 @@ class _Piece:
 
 class RangedDownload:
     """One parallel download of ``url`` into ``part`` (whose ``total`` and ``validator`` are
-    known), started by the open 200 ``first`` or, for a claimed partial, by nothing."""
+    known), started by the open 200 ``first`` or, for a claimed partial, by nothing.
+    ``private()`` makes the private headers of one request (credentials, extra headers)."""
 
-    def __init__(self, client: Client, part: Partial, url: str, auth: dict[str, str],
-                 first: BaseHTTPResponse | None) -> None:
+    def __init__(self, client: Client, part: Partial, url: str,
+                 private: Callable[[], dict[str, str]], first: BaseHTTPResponse | None) -> None:
         assert part.total is not None and part.validator is not None
-        self.client, self.part, self.url, self.auth = client, part, url, auth
+        self.client, self.part, self.url, self.private = client, part, url, private
         self.total = part.total
         self.fd = part.file.fileno()
         self.cond = threading.Condition()
@@ -139,12 +142,15 @@ class RangedDownload:
         self.running = 0
         self.open: set[BaseHTTPResponse] = set()
         self.saving = False  #: a worker is writing the sidecar
+        #: What the origin said identifies the content (of the first response or a 206).
+        self.validators = Validators.of(first.headers) if first is not None else Validators()
 
     # -- the calling thread ----------------------------------------------------------------------
 
-    def run(self, progress: Progress | None) -> None:
-        """Fetch every missing span, then give ``part`` its digests and size; raises
-        DownloadError, Restart (NoRanges), or what interrupted the calling thread."""
+    def run(self, progress: Progress | None) -> Validators:
+        """Fetch every missing span, then give ``part`` its digests and size; the validators
+        the origin sent. Raises DownloadError, Restart (NoRanges), UsageError (a header's
+        variable no longer set), or what interrupted the calling thread."""
         part = self.part
         if os.fstat(self.fd).st_size != self.total:
             os.ftruncate(self.fd, self.total)
@@ -152,7 +158,7 @@ class RangedDownload:
         part.resumed_from = part.saved = self.done.size
         part.save()  # a parallel partial from now on: a later attempt resumes its spans
         follower = Follower(self.fd, self.total, self.cond, lambda: self.done.prefix,
-                            part.want_sha256)
+                            part.want)
         count = min(self.client.connections, len(self.queue) + (self.first is not None))
         workers = [threading.Thread(target=self._work, args=(self.first if n == 0 else None,),
                                     name=f"cas-range-{n}", daemon=True) for n in range(count)]
@@ -183,6 +189,7 @@ class RangedDownload:
         part.size = self.total
         if progress is not None:
             progress(self.total, self.total)
+        return self.validators
 
     def _watch(self, progress: Progress | None) -> None:
         """Until the workers end: report progress, show liveness."""
@@ -278,9 +285,10 @@ class RangedDownload:
         """Fetch ``piece`` with ranged requests, resuming where a body stopped."""
         budget = Budget(self.client.retries)
         while piece.pos < piece.end and not self.stopping:
-            headers = {**self.auth, "Range": f"bytes={piece.pos}-{piece.end - 1}",
+            private = self.private()  # ${VAR} read for this request
+            headers = {**private, "Range": f"bytes={piece.pos}-{piece.end - 1}",
                        "If-Range": str(self.part.validator)}
-            response = self.client.open(self.url, headers, budget)
+            response = self.client.open(self.url, headers, budget, private)
             try:
                 with self._reading(response):
                     until = self._accept(response, piece, budget)
@@ -320,6 +328,8 @@ class RangedDownload:
                 raise Restart("the Content-Encoding changed between ranges")
             if not self._verdict(True):
                 return None
+            if not self.validators:
+                self.validators = Validators.of(response.headers)
             return piece.end if last is None or last >= piece.end else last + 1
         if status == 200:
             if not self._verdict(False):

@@ -15,17 +15,20 @@ import http.client
 import re
 import socket
 import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.response import BaseHTTPResponse
 
-from cas.errors import IntegrityError
-from cas.transfer.request import Expected
-from cas.transfer.retry import Restart
+from cas.errors import DownloadError, IntegrityError
+from cas.logs import log
+from cas.transfer.request import SCHEMES, Expected
+from cas.transfer.retry import Budget, Restart
+from cas.urls import redact
 
 if TYPE_CHECKING:
     from cas.transfer.partial import Partial
@@ -217,14 +220,54 @@ def _origin(url: str) -> tuple[str, str | None, int | None] | None:
         return None
 
 
-def for_origin_of(target: str, current: str, headers: dict[str, str]) -> dict[str, str]:
-    """The headers for a redirect from ``current`` to ``target``: credentials go to their
-    own origin only (scheme, host and port), as curl and requests do."""
+def for_origin_of(target: str, current: str, headers: dict[str, str],
+                  private: Mapping[str, str]) -> dict[str, str]:  # fmt: skip
+    """The headers for a redirect from ``current`` to ``target``: credentials and the extra
+    headers (``private``) go to their own origin only (scheme, host and port), as curl and
+    requests do with Authorization (a signed CDN URL would even refuse them)."""
     if _origin(target) is not None and _origin(target) == _origin(current):
         return headers
-    return {key: value for key, value in headers.items() if key.lower() != "authorization"}
+    dropped = {key.lower() for key in private} | {"authorization"}
+    return {key: value for key, value in headers.items() if key.lower() not in dropped}
 
 
 def downgrade(current: str, target: str) -> bool:
     """Whether a redirect leaves https for plain http."""
     return urlsplit(current).scheme.lower() == "https" and urlsplit(target).scheme.lower() == "http"
+
+
+def follow_redirects(
+    request: Callable[[str, dict[str, str], Budget], BaseHTTPResponse], url: str,
+    headers: dict[str, str], budget: Budget, private: Mapping[str, str], most: int,
+) -> BaseHTTPResponse:  # fmt: skip
+    """``request`` ``url``, following at most ``most`` http(s) redirects here, so that other
+    schemes get a clear error (urllib3 would surface a redirect to file:// as "No host
+    specified"), https is never left for plain http, and the ``private`` headers go to the
+    URL's own origin only (``for_origin_of``). Messages name targets without credentials."""
+    current = url
+    for _ in range(most + 1):
+        response = request(current, headers, budget)
+        location = response.get_redirect_location()
+        if not location:
+            return response
+        response.drain_conn()
+        response.release_conn()
+        target = urljoin(current, location)
+        if urlsplit(target).scheme.lower() not in SCHEMES:
+            raise DownloadError(
+                f"{url} redirects to {redact(target)}; only http and https are followed",
+                url=url, status=response.status, attempts=budget.attempts,
+            )  # fmt: skip
+        if downgrade(current, target):
+            raise DownloadError(
+                f"{url} redirects from https to plain http ({redact(target)}); not followed,"
+                " since the content would come unprotected: use an http URL to allow it",
+                url=url, status=response.status, attempts=budget.attempts,
+            )  # fmt: skip
+        log.debug("%s redirects to %s", current, redact(target))
+        headers = for_origin_of(target, current, headers, private)
+        current = target
+    raise DownloadError(
+        f"{url}: more than {most} redirects (a redirect loop?)",
+        url=url, status=budget.status, attempts=budget.attempts,
+    )  # fmt: skip

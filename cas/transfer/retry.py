@@ -12,7 +12,6 @@ retried, nor are 400, 401, 403, 404 and 410.
 from __future__ import annotations
 
 import contextlib
-import logging
 import random
 import re
 import ssl
@@ -25,9 +24,8 @@ from urllib3.response import BaseHTTPResponse
 from urllib3.util.retry import Retry
 
 from cas.errors import DownloadError
+from cas.logs import log
 from cas.transfer.request import Expected
-
-log = logging.getLogger("cas")
 
 E = TypeVar("E", bound=BaseException)
 
@@ -79,6 +77,10 @@ def status_error(url: str, response: BaseHTTPResponse, budget: Budget) -> Downlo
 
 class Interrupted(Exception):
     """The body stopped early: worth resuming."""
+
+
+class Unchanged(Exception):
+    """A conditional request was answered 304 Not Modified: the stored content is current."""
 
 
 class Restart(Exception):

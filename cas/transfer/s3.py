@@ -21,13 +21,13 @@ Failures are retried and translated as transfer/s3_errors.py says.
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 from cas.errors import CasError, IntegrityError, NotFound, RemoteError, UsageError
+from cas.logs import log
 from cas.storage.blobs import BlobStore
 from cas.storage.processes import forks
 from cas.transfer import USER_AGENT
@@ -52,7 +52,6 @@ from cas.transfer.s3_stream import Done, Pipe, mismatch
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-log = logging.getLogger("cas")
 
 MiB = 1 << 20
 #: Further downloads of a blob after its body stream broke (each request retries besides).
@@ -291,8 +290,8 @@ class Remote:
                 expected=expected,
                 found=got,
             )
-        return Download(staged=staged, sha256=found, attempts=1, transferred=pipe.count,
-                        resumed=0)  # fmt: skip
+        return Download(staged=staged, upstream={"sha256": found} if found else {},
+                        attempts=1, transferred=pipe.count, resumed=0)  # fmt: skip
 
     def put(self, digest: str, blob: BinaryIO) -> None:
         """Upload an open blob under its digest (multipart when large).

@@ -3,9 +3,9 @@ hash that follows their prefix as it grows.
 
 ``Spans`` keeps the written spans merged, so the sidecar's record stays short whatever the
 number of writes. ``Follower`` hashes the file's written prefix in a thread of its own (BLAKE3
-on every core for large steps, and SHA-256 when one is expected) through read-only memory maps
-of the staging file, one window at a time: file pages, never anonymous memory, and never more
-than a window resident.
+on every core for large steps, and every upstream checksum expected: SHA-256, SHA-1, MD5)
+through read-only memory maps of the staging file, one window at a time: file pages, never
+anonymous memory, and never more than a window resident.
 """
 
 from __future__ import annotations
@@ -60,14 +60,16 @@ class Spans:
 
 
 class Follower(threading.Thread):
-    """Hashes the written prefix of the file as it grows: BLAKE3, and SHA-256 if wanted."""
+    """Hashes the written prefix of the file as it grows: BLAKE3, and the upstream checksums
+    wanted (``want``: hashlib names)."""
 
     def __init__(self, fd: int, total: int, cond: threading.Condition,
-                 prefix: Callable[[], int], want_sha256: bool) -> None:
+                 prefix: Callable[[], int], want: tuple[str, ...]) -> None:
         super().__init__(name="cas-range-hash", daemon=True)
         self.fd, self.total, self.cond, self.prefix = fd, total, cond, prefix
         self.blake3 = hasher(parallel=True)
-        self.sha256 = hashlib.sha256() if want_sha256 else None
+        # usedforsecurity=False: MD5 and SHA-1 check a transfer, as in transfer/partial.py.
+        self.upstream = {name: hashlib.new(name, usedforsecurity=False) for name in want}
         self.hashed = 0
         self.error: BaseException | None = None
         self.ended = False
@@ -102,8 +104,8 @@ class Follower(threading.Thread):
             try:
                 piece = view[self.hashed - offset :]
                 self.blake3.update(piece)
-                if self.sha256 is not None:
-                    self.sha256.update(piece)
+                for upstream in self.upstream.values():
+                    upstream.update(piece)
                 piece.release()
             finally:
                 view.release()
@@ -117,10 +119,11 @@ class Follower(threading.Thread):
             self.cond.notify_all()
         self.join()
 
-    def digests(self) -> tuple[str, str | None]:
+    def digests(self) -> tuple[str, dict[str, str]]:
+        """The BLAKE3 and the upstream checksums (algorithm -> hex) of the whole file."""
         if self.error is not None:
             raise self.error
         assert self.hashed == self.total
-        return str(self.blake3.hexdigest()), (
-            self.sha256.hexdigest() if self.sha256 is not None else None)
+        return str(self.blake3.hexdigest()), {
+            name: upstream.hexdigest() for name, upstream in self.upstream.items()}
 

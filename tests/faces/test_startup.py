@@ -72,14 +72,15 @@ def every_module(*args: str, shift: float = 0.0) -> tuple[set[str], str]:
 
 #: What `cas path NAME` must not load: the operations that write, clean up, fetch or verify
 #: (Store wires them on first use), and standard-library modules only rare paths need (click
-#: loads ``inspect`` and ``uuid`` itself; ``cas cat`` copies with ``shutil``).
+#: loads ``inspect`` and ``uuid`` itself; ``cas cat`` copies with ``shutil``; ``logging`` loads
+#: when cas first logs, cas/logs.py).
 NOT_ON_THE_PATH_ROUTE = (
     "cas.ops.put", "cas.ops.record", "cas.ops.names", "cas.ops.cleanup", "cas.ops.eviction",
     "cas.ops.upkeep", "cas.ops.fetch", "cas.ops.tier", "cas.ops.manifest", "cas.ops.verify",
     "cas.ops.writing",
     "cas.transfer", "cas.render", "cas.progress",
     "platformdirs", "tomllib", "difflib", "hashlib", "socket", "secrets", "shutil", "tempfile",
-    "concurrent.futures",
+    "concurrent.futures", "logging",
 )
 
 
@@ -157,3 +158,84 @@ def test_reading_loads_no_write_fetch_or_rare_module(named: Path, command: str,
     assert output.strip().endswith("a fixture" if command == "cat" else "")
     unwanted = set(NOT_ON_THE_PATH_ROUTE) - ({"shutil"} if command == "cat" else set())
     assert modules.isdisjoint(unwanted), modules & unwanted
+
+
+#: Runs the console entry point, then prints whether the garbage collector runs and how many
+#: objects are frozen out of its way.
+_COLLECTOR_PROBE = textwrap.dedent(
+    """
+    import gc, sys
+    sys.argv = ["cas", *sys.argv[1:]]
+    from cas.cli import main
+    try:
+        main()
+    except SystemExit as end:
+        if end.code:
+            raise
+    print(gc.isenabled(), gc.get_freeze_count(), file=sys.stderr)
+    """
+)
+
+
+def test_the_collector_resumes_once_the_store_is_open(named: Path) -> None:
+    """The console entry point pauses the garbage collector for start-up; once the store is
+    open it runs again, with what start-up made frozen out of its way."""
+    result = subprocess.run(
+        [sys.executable, "-c", _COLLECTOR_PROBE, "--root", str(named), "path", "fixture"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    enabled, frozen = result.stderr.split()
+    assert Path(result.stdout.strip()).read_bytes() == b"a fixture\n"
+    assert enabled == "True"
+    assert int(frozen) > 10_000
+
+
+def test_the_command_line_in_process_leaves_the_collector_alone(named: Path) -> None:
+    """Only the console entry point pauses the collector: the command line run inside another
+    program (CliRunner here) neither pauses nor freezes anything."""
+    import gc
+
+    from tests.conftest import run_cas
+
+    frozen = gc.get_freeze_count()
+    assert run_cas("--root", str(named), "path", "fixture").returncode == 0
+    assert gc.isenabled()
+    assert gc.get_freeze_count() == frozen
+
+
+#: Runs the console entry point with ``sqlite3.connect`` counted; ``argv[1]`` shifts the clock.
+_CONNECTIONS_PROBE = textwrap.dedent(
+    """
+    import sqlite3, sys, time
+    shift = float(sys.argv[1])
+    if shift:
+        real = time.time
+        time.time = lambda: real() + shift
+    made = []
+    connect = sqlite3.connect
+    sqlite3.connect = lambda *args, **kwargs: made.append(args) or connect(*args, **kwargs)
+    sys.argv = ["cas", *sys.argv[2:]]
+    from cas.cli import main
+    try:
+        main()
+    except SystemExit as end:
+        if end.code:
+            raise
+    print(len(made), file=sys.stderr)
+    """
+)
+
+
+@pytest.mark.parametrize("shift", [0.0, 3600.0])
+def test_path_opens_the_catalog_once(named: Path, shift: float) -> None:
+    """`cas path NAME` makes one catalog connection: opening checks the schema on it, the
+    look-up runs on it, and the close writes the hit (and a stale access) on it."""
+    result = subprocess.run(
+        [sys.executable, "-c", _CONNECTIONS_PROBE, str(shift), "--root", str(named), "path",
+         "fixture"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert Path(result.stdout.strip()).read_bytes() == b"a fixture\n"
+    assert result.stderr.split()[-1] == "1"
+    with cas.Store.open(named) as store:
+        assert store.stats().counters[cas.Counter.HITS] == 1

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 import cas
 from cas.harness import FixtureSession, FixtureUnavailable
+from cas.storage.counters import Counter
 from cas.storage.layout import Layout
-from cas.storage.metrics import Counter
 
 from tests.httpserver import Server, serve
 

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 
 import cas
 import cas.ops.cleanup
+from cas.storage.counters import Counter
 from cas.storage.layout import Layout
-from cas.storage.metrics import Counter
 
 from tests.conftest import blob_files
 

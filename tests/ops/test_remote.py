@@ -389,6 +389,36 @@ def test_push_pull_round_trip_through_the_cli(
     assert_clean(third, BODY)
 
 
+def test_hashless_and_md5_manifest_entries_pull_and_read_through(
+    tmp_path: Path, remote_url: str, origin: Server
+) -> None:
+    """A hash-less entry pulls the content the remote's record of its name got from that URL;
+    an md5 entry reads through the remote once this store verified that md5 before (the remote
+    keeps no md5 records); `cas pull --manifest` and the API alike, with one origin request."""
+    body, other = os.urandom(5000), os.urandom(6000)
+    plain, summed = origin.add("/plain.bin", body), origin.add("/summed.bin", other)
+    md5 = hashlib.md5(other).hexdigest()
+    manifest = tmp_path / "fixtures.toml"
+    manifest.write_text(f'[fixtures."plain"]\nurl = "{plain}"\n'
+                        f'[fixtures."summed"]\nurl = "{summed}"\nmd5 = "{md5}"\n')
+    with open_store(tmp_path / "a", remote_url) as first:
+        first.sync(manifest)  # pushes both after the origin served them
+    env = {"CAS_REMOTE": remote_url, "CAS_RETRIES": "1"}
+    hashless = tmp_path / "hashless.toml"
+    hashless.write_text(f'[fixtures."plain"]\nurl = "{plain}"\n')
+    pulled = run_cas("pull", "--manifest", str(hashless), root=tmp_path / "b", env=env)
+    assert pulled.returncode == 0, pulled.stderr
+    assert pulled.stdout.decode() == f"{_b3(body)}  plain\n"
+    with open_store(tmp_path / "c", remote_url) as third:
+        report = third.pull(manifest=hashless)
+        assert report.done == {"plain": _b3(body)}
+        third.put(other, name="summed-here")  # makes the md5 known here, then drops the blob
+        third.fetch(summed, name="summed-here", md5=md5)  # hashed here, no request
+        third.remove("summed-here", force=True)
+        assert third.fetch(summed, name="summed", md5=md5) == _b3(other)
+    assert origin.requests("/plain.bin") == 1 and origin.requests("/summed.bin") == 1
+
+
 def test_push_and_pull_need_a_remote(tmp_path: Path) -> None:
     """Without a remote, push and pull stop with one error line (usage status 2)."""
     for command in ("push", "pull"):

@@ -297,7 +297,7 @@ def test_verification_failures_are_counted(store: cas.Store, root: Path) -> None
     os.unlink(blob_path(root, a))
     edit_in_place(blob_path(root, b))
     store.verify()
-    assert store.stats().counters[cas.storage.metrics.Counter.VERIFICATION_FAILURES] == 2
+    assert store.stats().counters[cas.Counter.VERIFICATION_FAILURES] == 2
 
 
 def test_cli_verify_clean_store_json_and_quiet_stderr(root: Path) -> None:

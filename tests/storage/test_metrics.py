@@ -16,8 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import cas
 from cas.storage.catalog import Catalog
+from cas.storage.counters import Counter
 from cas.storage.layout import PUT_PREFIX, Layout
-from cas.storage.metrics import DEBRIS_MAX_FILES, Counter, Stats
+from cas.storage.metrics import DEBRIS_MAX_FILES, Stats
 
 from tests.conftest import run_cas
 
@@ -196,7 +197,7 @@ from pathlib import Path
 import cas
 from cas.storage.catalog import Catalog
 from cas.storage.layout import Layout
-from cas.storage.metrics import Counter
+from cas.storage.counters import Counter
 root, index, go = Path(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3])
 while not go.exists():
     time.sleep(0.001)

@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 import cas
+from cas.storage.counters import Counter
 from cas.storage.layout import Layout
-from cas.storage.metrics import Counter
 from cas.storage.pending import ACCESS_GRANULARITY
 
 from tests.clock import Clock

@@ -88,3 +88,36 @@ def test_missing_b3sum_is_skipped_with_a_note(tmp_path: Path) -> None:
     assert any("| cp + sync |" in row for row in rows)
     assert not any("| b3sum |" in row for row in rows)
     assert "b3sum is not installed" in report
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("nginx") is None, reason="nginx is not installed")
+def test_transfer_suite_runs_against_a_throttled_nginx(tmp_path: Path) -> None:
+    """`run.py transfer --quick` with tiny sizes: the throttled-origin rows are written (the
+    aria2c and hf_transfer ones when those are installed, else a note), nginx is stopped and
+    the scratch folder holds no store or download afterwards."""
+    report = run_quick(tmp_path, "transfer", "--set", "size=4MiB", "--set", "fixtures=4",
+                       "--set", "smallest=64KiB", "--set", "largest=2MiB")
+
+    rows = summary_rows(report)
+    large = "| transfer | 4 MiB from an origin capped at 40m/connection, wall time"
+    assert any(row.startswith(large) and "| curl -o |" in row for row in rows), rows
+    assert any("| transfer | sync of 4 fixtures, 64 KiB to 2 MiB" in row for row in rows), rows
+    assert any("peak anonymous memory (RssAnon) of `cas fetch` of 4 MiB" in row for row in rows)
+    if shutil.which("aria2c"):
+        assert any(row.startswith(large) and "| aria2c -x8 -s8 -k1M |" in row for row in rows)
+        assert any("| aria2c -i LIST -j8 -x8 -s8 -k1M |" in row for row in rows)
+    else:
+        assert "aria2c is not installed" in report
+    try:
+        import hf_transfer  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        assert "hf_transfer is not installed" in report
+    else:
+        assert any("| hf_transfer.download, max_files=8" in row for row in rows)
+    assert not any("ERROR" in row for row in rows)
+    assert "--set size=4MiB" in report
+    scratch = tmp_path / "scratch" / "transfer"
+    assert not (scratch / "transfer").exists(), "stores, downloads and nginx's folder are removed"
+    pid = subprocess.run(["pgrep", "-f", str(scratch)], capture_output=True, text=True)
+    assert pid.stdout == "", "nginx was stopped"

@@ -274,3 +274,261 @@ def test_split_credentials_round_trips_any_userinfo(user: str, password: str, pa
 def test_redact_edge_cases(url: str, public: str) -> None:
     """Userinfo goes however it is written; an @ outside the authority stays."""
     assert redact(url) == public
+
+
+# -- extra request headers -------------------------------------------------------------------------
+
+TOKEN_VARIABLE = "CAS_TEST_TOKEN"
+BEARER = {"Authorization": f"Bearer {SECRET}"}
+
+
+def _guarded(server: Server, path: str = "/guarded.bin", body: bytes = BODY) -> str:
+    """The URL of ``body`` served only to a request carrying ``Authorization: Bearer SECRET``
+    (401 without it)."""
+    return server.add(path, body, require=BEARER)
+
+
+def _catalog_dump(root: Path) -> str:
+    """Every row of every table of the catalog, as SQL text."""
+    with sqlite3.connect(Layout(root).catalog) as db:
+        dumped = "\n".join(db.iterdump())
+    db.close()
+    return dumped
+
+
+def test_headers_authenticate_and_are_never_recorded_or_shown(
+    root: Path, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that requires a bearer token gets it from a fetch's headers (API, `${VAR}`),
+    `cas fetch --header` (literal and `${VAR}`) and a manifest entry (`${VAR}`); without it
+    the server refuses (401). Neither the catalog (every table, its WAL), the debug log, the
+    output of any command, `ls --json`, `config` nor `stats` holds the token."""
+    caplog.set_level(logging.DEBUG, logger="cas")
+    monkeypatch.setenv(TOKEN_VARIABLE, SECRET)
+    template = {"Authorization": "Bearer ${" + TOKEN_VARIABLE + "}"}
+    refused = run_cas("fetch", _guarded(server, "/refused.bin"), root=root)
+    assert refused.returncode == 1 and b"401" in refused.stderr
+    with cas.Store.open(root) as store:
+        assert store.fetch(_guarded(server, "/api.bin"), name="api",
+                           headers=template) == blake3.blake3(BODY).hexdigest()  # fmt: skip
+        api_error = ""
+        try:
+            store.fetch(_guarded(server, "/api-wrong.bin"), headers={"Authorization": "Bearer x"})
+        except cas.DownloadError as error:
+            api_error = str(error)
+        assert "401" in api_error
+    literal = run_cas("-vv", "fetch", _guarded(server, "/literal.bin"), "--name", "literal",
+                      "--header", f"Authorization: Bearer {SECRET}", "--header", "X-Team: ci",
+                      root=root)  # fmt: skip
+    token = run_cas("-vv", "fetch", _guarded(server, "/token.bin"), "--name", "token",
+                    "--header", "Authorization: Bearer ${" + TOKEN_VARIABLE + "}", root=root)
+    manifest = tmp_path / "fixtures.toml"
+    manifest.write_text(
+        f'[fixtures."entry"]\nurl = "{_guarded(server, "/entry.bin")}"\n'
+        f'headers = {{Authorization = "Bearer ${{{TOKEN_VARIABLE}}}"}}\n'
+    )
+    synced = run_cas("-vv", "sync", str(manifest), root=root)
+    outputs = [literal, token, synced]
+    assert [result.returncode for result in outputs] == [0, 0, 0], [r.stderr for r in outputs]
+    assert server.seen("/literal.bin")[-1].headers["x-team"] == "ci"
+    for path in ("/api.bin", "/literal.bin", "/token.bin", "/entry.bin"):
+        assert [s.status for s in server.seen(path)] == [200], path
+    shown = [run_cas(*words, root=root) for words in (
+        ["ls"], ["ls", "--json"], ["config"], ["config", "--json"], ["stats", "--json"],
+        ["-vv", "sync", str(manifest)], ["-vv", "fetch", server.url("/token.bin"), "--refresh",
+                                         "--header", f"Authorization: Bearer {SECRET}"])]
+    assert [result.returncode for result in shown] == [0] * len(shown)
+    assert {e["name"] for e in json.loads(shown[1].stdout)} == {"api", "literal", "token", "entry"}
+    messages = [record.getMessage() for record in caplog.records]
+    assert_no_secret(root, _catalog_dump(root), api_error, refused.stderr, *messages,
+                     *(r.stdout + r.stderr for r in outputs + shown))
+
+
+def test_headers_setting_is_used_and_never_shown(
+    root: Path, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The `headers` setting, from a config file (literal) or CAS_HEADERS (JSON or lines),
+    authenticates; `cas config` names the header without its value, as does the Settings
+    repr; a fetch's own Authorization header wins over the setting's."""
+    config = tmp_path / "team.toml"  # outside the root: a user's file may hold the token
+    config.write_text(f'[headers]\nAuthorization = "Bearer {SECRET}"\nX-Team = "ci"\n')
+    url = _guarded(server)
+    fetched = run_cas("--config", str(config), "fetch", url, "--name", "a", root=root)
+    assert fetched.returncode == 0, fetched.stderr
+    assert server.seen("/guarded.bin")[-1].headers["x-team"] == "ci"
+    listed = run_cas("--config", str(config), "config", root=root)
+    as_json = run_cas("--config", str(config), "config", "--json", root=root)
+    assert b"Authorization, X-Team (values hidden)" in listed.stdout
+    assert json.loads(as_json.stdout)["settings"]["headers"]["value"] == [
+        "Authorization", "X-Team"]
+    overridden = run_cas("--config", str(config), "fetch", _guarded(server, "/other.bin"),
+                         "--header", "Authorization: Bearer wrong", root=root)
+    assert overridden.returncode == 1 and b"401" in overridden.stderr
+    outputs = [fetched, listed, as_json, overridden]
+    for form in (json.dumps(BEARER), f"Authorization: Bearer {SECRET}\n"):
+        monkeypatch.setenv("CAS_HEADERS", form)
+        with cas.Store.open(root) as store:
+            assert store.fetch(_guarded(server, "/env.bin"), refresh=True)
+            assert SECRET not in repr(store.settings)
+        outputs.append(run_cas("config", "--json", root=root))
+    assert_no_secret(root, _catalog_dump(root), *(r.stdout + r.stderr for r in outputs))
+
+
+@pytest.mark.parametrize(
+    "given",
+    [f"Authorization Bearer {SECRET}",  # no colon
+     f"Authorization Bearer {SECRET}: x",  # no header name
+     '{"Authorization": ["Bearer", "' + SECRET + '"]}'],  # not a string
+)  # fmt: skip
+def test_a_bad_header_setting_is_one_line_without_its_value(root: Path, given: str) -> None:
+    """A malformed header (in CAS_HEADERS, or --header) is a one-line error that does not
+    repeat the line it could not read: it may be a token with a typo."""
+    for result in (run_cas("config", root=root, env={"CAS_HEADERS": given}),
+                   run_cas("fetch", "http://127.0.0.1:9/a", "--header", given, root=root)):
+        assert result.returncode == 2
+        lines = result.stderr.decode().splitlines()
+        assert len(lines) == 1 and "header" in lines[0], lines
+        assert SECRET not in lines[0]
+
+
+def test_an_unset_variable_is_one_line_naming_it(root: Path, server: Server,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A header naming an unset variable fails before any request, in one line naming the
+    variable; a variable holding a line break (a header injection) fails naming it, not its
+    value."""
+    url = _guarded(server)
+    monkeypatch.delenv(TOKEN_VARIABLE, raising=False)
+    header = "Authorization: Bearer ${" + TOKEN_VARIABLE + "}"
+    with cas.Store.open(root) as store, pytest.raises(cas.UsageError) as unset:
+        store.fetch(url, headers=[header])
+    assert f"environment variable {TOKEN_VARIABLE} is not set" in str(unset.value)
+    result = run_cas("fetch", url, "--header", header, root=root)
+    assert result.returncode == 2
+    assert result.stderr.decode().splitlines() == [f"cas: error: {unset.value}"]
+    monkeypatch.setenv(TOKEN_VARIABLE, f"{SECRET}\r\nX-Injected: 1")
+    injected = run_cas("fetch", url, "--header", header, root=root)
+    assert injected.returncode == 2 and b"line break" in injected.stderr
+    assert TOKEN_VARIABLE.encode() in injected.stderr
+    assert server.requests("/guarded.bin") == 0
+    assert_no_secret(root, injected.stderr)
+
+
+def test_extra_headers_go_to_their_origin_only(root: Path, server: Server) -> None:
+    """A redirect to another origin is followed without any extra header (nor Authorization);
+    a redirect within the origin keeps them."""
+    with Server() as elsewhere:
+        foreign = elsewhere.add("/moved.bin", BODY)
+        server.add("/there", b"", Reply(status=302, headers={"Location": foreign}))
+        server.add("/here", b"", Reply(status=302, headers={"Location": "/guarded.bin"}))
+        _guarded(server)
+        with cas.Store.open(root) as store:
+            store.fetch(server.url("/there"), headers={**BEARER, "X-Token": SECRET})
+            assert server.seen("/there")[0].headers["x-token"] == SECRET
+            moved = elsewhere.seen("/moved.bin")[0].headers
+            assert "x-token" not in moved and "authorization" not in moved
+            store.fetch(server.url("/here"), headers=BEARER)
+        assert [s.status for s in server.seen("/guarded.bin")] == [200]
+        result = run_cas("fetch", server.url("/there"), "--header", f"X-Token: {SECRET}",
+                         "--refresh", root=root)
+        assert result.returncode == 0, result.stderr
+        assert all("x-token" not in s.headers for s in elsewhere.seen("/moved.bin"))
+    assert_no_secret(root, _catalog_dump(root))
+
+
+def test_remote_tier_gets_no_headers(
+    root: Path, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a fetch with a bearer token pushes to the remote tier holds no token."""
+    remote = pytest.importorskip("tests.ops.test_remote", reason="the remote tier needs moto")
+    moto_server = pytest.importorskip("moto.server")
+    moto = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    moto.start()
+    try:
+        host, port = moto.get_host_and_port()
+        remote._aws_env(monkeypatch, tmp_path, f"http://{host}:{port}")
+        import boto3
+
+        boto3.client("s3").create_bucket(Bucket="secrets")
+        with cas.Store.open(root, remote="s3://secrets/team", headers=BEARER) as store:
+            store.fetch(_guarded(server), name="fx", sha256=_sha(BODY))
+            store.fetch(_guarded(server, "/other.bin", b"other"), name="other",
+                        headers={"X-Token": SECRET})
+            store.push()
+        stored = remote.objects("secrets")
+    finally:
+        moto.stop()
+    assert any("/names/" in key for key in stored), sorted(stored)
+    assert_no_secret(root, *(data for key, data in stored.items() if "/blobs/" not in key))
+
+
+def test_https_redirect_to_plain_http_is_refused_in_one_line(
+    root: Path, server: Server, tmp_path: Path
+) -> None:
+    """`cas fetch` of an https URL that redirects to plain http fails in one line, and the
+    http server is never asked (its content would come unprotected, its token in clear)."""
+    trustme = pytest.importorskip("trustme")
+    import ssl
+
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    plain = server.add("/a.bin", BODY)
+    with Server(context) as tls:
+        url = tls.add("/old", b"", Reply(status=302, headers={"Location": plain}))
+        result = run_cas("fetch", url, "--header", f"X-Token: {SECRET}", root=root,
+                         env={"SSL_CERT_FILE": str(bundle)})
+        assert tls.requests("/old") == 1
+    assert result.returncode == 1
+    lines = result.stderr.decode().splitlines()
+    assert len(lines) == 1 and "from https to plain http" in lines[0], lines
+    assert server.requests("/a.bin") == 0
+    assert_no_secret(root, result.stderr)
+
+
+def test_fixture_session_sends_a_manifest_entrys_headers(
+    root: Path, server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`FixtureSession` (what the pytest plugin uses) fetches a declared fixture with its
+    entry's headers, `${VAR}` read from the environment, and records none of them."""
+    monkeypatch.setenv(TOKEN_VARIABLE, SECRET)
+    manifest = tmp_path / "fixtures.toml"
+    manifest.write_text(
+        f'[fixtures."entry"]\nurl = "{_guarded(server)}"\nsha256 = "{_sha(BODY)}"\n'
+        f'headers = {{Authorization = "Bearer ${{{TOKEN_VARIABLE}}}"}}\n'
+    )
+    with cas.FixtureSession.open(manifest, root=root) as fixtures:
+        assert fixtures.path("entry").read_bytes() == BODY
+    assert [s.status for s in server.seen("/guarded.bin")] == [200]
+    literal = tmp_path / "literal.toml"
+    literal.write_text(f'[fixtures."x"]\nurl = "{server.url("/x")}"\n'
+                       f'headers = {{Authorization = "Bearer {SECRET}"}}\n')
+    from cas.ops import manifest as manifests
+
+    assert_no_secret(root, _catalog_dump(root), repr(manifests.load(literal)))
+
+
+def test_an_evicted_fixture_comes_back_with_the_headers_setting_only(
+    root: Path, server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Headers are never recorded: an evicted fixture read again by name is fetched with the
+    `headers` setting (its `${VAR}` read then), and without it the server refuses. A fetch
+    served from the store makes no request, so its unset `${VAR}` is no error."""
+    url = _guarded(server)
+    monkeypatch.setenv(TOKEN_VARIABLE, SECRET)
+    setting = {"Authorization": "Bearer ${" + TOKEN_VARIABLE + "}"}
+    with cas.Store.open(root, grace_period=0) as store:
+        store.fetch(url, name="fx", headers=setting)
+        store.gc(max_size=0)
+        with pytest.raises(cas.DownloadError, match="401"):
+            store.path("fx")
+    with cas.Store.open(root, grace_period=0, headers=setting) as store:
+        assert store.read_bytes("fx") == BODY
+        monkeypatch.delenv(TOKEN_VARIABLE)
+        assert store.fetch(url, headers=setting) == blake3.blake3(BODY).hexdigest()
+        with pytest.raises(cas.UsageError, match=TOKEN_VARIABLE):
+            store.fetch(url, headers=setting, refresh=True)
+    assert [s.status for s in server.seen("/guarded.bin")] == [200, 401, 200]
+    assert_no_secret(root, _catalog_dump(root))

@@ -102,8 +102,8 @@ def test_interrupted_body_is_resumed_with_range(fstore: cas.Store, server: Serve
     assert second.range == f"bytes={CUT}-" and second.headers["if-range"] == '"v1"'
     assert second.status == 206 and first.sent + second.sent == len(BODY)
     counters = fstore.stats().counters
-    assert counters[cas.storage.metrics.Counter.RESUME_SAVED_BYTES] == CUT
-    assert counters[cas.storage.metrics.Counter.DOWNLOADED_BYTES] == len(BODY)
+    assert counters[cas.Counter.RESUME_SAVED_BYTES] == CUT
+    assert counters[cas.Counter.DOWNLOADED_BYTES] == len(BODY)
     assert_holds(fstore.root, BODY)
 
 
@@ -389,7 +389,7 @@ def test_500_then_success(fstore: cas.Store, server: Server) -> None:
     url = server.add("/a.bin", BODY, Reply(status=500))
     assert fstore.fetch(url, sha256=_sha(BODY)) == _b3(BODY)
     assert [s.status for s in server.seen("/a.bin")] == [500, 200]
-    assert fstore.stats().counters[cas.storage.metrics.Counter.DOWNLOAD_RETRIES] == 1
+    assert fstore.stats().counters[cas.Counter.DOWNLOAD_RETRIES] == 1
     assert_holds(fstore.root, BODY)
 
 
@@ -400,7 +400,7 @@ def test_500_every_time_fails_after_the_retries(fstore: cas.Store, server: Serve
         fstore.fetch(url)
     assert (info.value.url, info.value.status, info.value.attempts) == (url, 500, 4)
     assert server.requests("/a.bin") == 4
-    assert fstore.stats().counters[cas.storage.metrics.Counter.DOWNLOADS_FAILED] == 1
+    assert fstore.stats().counters[cas.Counter.DOWNLOADS_FAILED] == 1
     assert_holds(fstore.root)
 
 
