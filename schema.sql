@@ -159,3 +159,55 @@ CREATE TABLE aliases_rebuilt (
 INSERT INTO aliases_rebuilt (algorithm, value, digest) SELECT algorithm, value, digest FROM aliases;
 DROP TABLE aliases;
 ALTER TABLE aliases_rebuilt RENAME TO aliases;
+
+-- version: 8
+
+-- Trees: a folder stored as one fixture. Its record (a canonical JSON list of relative paths,
+-- executable bits, sizes and digests; cas/storage/trees.py) is itself a blob, whose digest is
+-- the tree's ref; these rows repeat the record for queries. A tree's members are protected from
+-- cleanup while its record blob is stored (cas/ops/eviction.py walks tree_entries_by_digest).
+CREATE TABLE trees (
+    digest TEXT NOT NULL PRIMARY KEY CHECK (length(digest) = 64),
+    files  INTEGER NOT NULL CHECK (files >= 0),
+    size   INTEGER NOT NULL CHECK (size >= 0)
+) WITHOUT ROWID;
+
+CREATE TABLE tree_entries (
+    tree       TEXT NOT NULL,
+    path       TEXT NOT NULL,
+    digest     TEXT NOT NULL CHECK (length(digest) = 64),
+    size       INTEGER NOT NULL CHECK (size >= 0),
+    executable INTEGER NOT NULL CHECK (executable IN (0, 1)),
+    PRIMARY KEY (tree, path)
+) WITHOUT ROWID;
+
+CREATE INDEX tree_entries_by_digest ON tree_entries (digest);
+
+-- A tree's rows go with its record blob's row (evicted, removed, or dropped as damaged), in the
+-- same transaction.
+CREATE TRIGGER tree_record_deleted AFTER DELETE ON blobs BEGIN
+    DELETE FROM tree_entries WHERE tree = OLD.digest;
+    DELETE FROM trees WHERE digest = OLD.digest;
+END;
+
+-- version: 9
+
+-- Archives (SPEC "Archives"). Which content unpacking an archive gave, by the archive's digest
+-- and the kind it was unpacked as (never "auto": the kind it resolved to). Like aliases, a row
+-- is a fact about content, written once the result is stored, and stays when either blob is
+-- evicted: a fetch of the archive with the same unpack is served by the result while that is
+-- stored, and a refetch of an evicted result knows which archive to expect.
+CREATE TABLE unpacked (
+    archive      TEXT    NOT NULL CHECK (length(archive) = 64),
+    kind         TEXT    NOT NULL,
+    digest       TEXT    NOT NULL CHECK (length(digest) = 64),
+    archive_size INTEGER NOT NULL CHECK (archive_size >= 0),
+    created      REAL    NOT NULL,
+    PRIMARY KEY (archive, kind)
+) WITHOUT ROWID;
+
+CREATE INDEX unpacked_by_digest ON unpacked (digest, kind);
+
+-- A named fixture fetched with unpack remembers the kind: its url is the archive's, its digest
+-- the unpacked result's, and auto_download fetches and unpacks it again.
+ALTER TABLE names ADD COLUMN unpack TEXT;

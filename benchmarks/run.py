@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import suite_archives
 import suite_checksums
 import suite_cli
 import suite_fetch
@@ -36,6 +37,7 @@ import suite_s3_pull
 import suite_small
 import suite_startup
 import suite_transfer
+import suite_trees
 import suite_verify
 from harness import Context, Row, SuiteResult, format_number, format_value
 
@@ -63,7 +65,10 @@ SUITES: dict[str, Suite] = {
     "gc": Suite(suite_gc.run, "gc of 100,000 and 1,000,000 blobs freeing 20 % vs rm"),
     "verify": Suite(suite_verify.run, "full verify of 1 GiB in 1,000 blobs vs b3sum"),
     "cli": Suite(suite_cli.run, "`cas path NAME` as a process vs bare interpreters; imports"),
-    "s3-pull": Suite(suite_s3_pull.run, "pull of a 1 GiB blob from a local S3 server vs boto3"),
+    "s3-pull": Suite(suite_s3_pull.run, "S3 pull and push of 1 GiB, pull of 200 x 64 KiB,"
+                     " on moto and SeaweedFS, vs boto3"),
+    "archives": Suite(suite_archives.run, "fetch + unpack of a 100 MiB tar.gz vs pooch Untar"),
+    "trees": Suite(suite_trees.run, "path(tree) of 10,000 small files vs cp -r; put; sharing"),
     "startup": Suite(suite_startup.run, "`cas --version`, `--help`, `path`, the pytest plugin"
                      " vs floors: bare interpreters, click, a script doing the same SELECT"),
     "transfer": Suite(suite_transfer.run, "512 MiB and a 20-fixture sync from nginx capped at"

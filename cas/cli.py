@@ -12,6 +12,7 @@ and the garbage collector waits until the store is open (console.py ``pause_coll
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -86,10 +87,10 @@ def cli(ctx: click.Context, root: str | None, config_file: str | None, profile: 
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True)
-@click.option("--name", help="Name the stored content (one file only).")
+@click.option("--name", help="Name the stored content (one file or folder only).")
 @pass_context
 def put(context: Context, files: tuple[str, ...], name: str | None) -> None:
-    """Store FILE… (or - for stdin); print "<digest>  <file>" for each."""
+    """Store FILE… (or - for stdin; a folder as one tree); print "<digest>  <file>" each."""
     if name is not None and len(files) != 1:
         raise UsageError("--name needs exactly one file")
     from pathlib import Path
@@ -98,7 +99,9 @@ def put(context: Context, files: tuple[str, ...], name: str | None) -> None:
     sources = [sys.stdin.buffer if file == "-" else Path(file) for file in files]
     # Several files go in batches (Store.put_many): shared syncs, and a bad file stores none
     # of its batch.
-    digests = store.put_many(sources) if len(sources) > 1 else [store.put(sources[0], name=name)]
+    single = len(sources) == 1 or any(map(os.path.isdir, files))
+    digests = [store.put(each, name=name) for each in sources] if single else store.put_many(
+        sources)
     for digest, file in zip(digests, files, strict=True):
         click.echo(f"{digest}  {file}")
 
@@ -327,6 +330,9 @@ def stats(context: Context, as_json: bool, prometheus: bool, check: bool) -> Non
 @click.option("--md5", metavar="HEX", help="Expected MD5 of the content.")
 @click.option("--sha1", metavar="HEX", help="Expected SHA-1 of the content.")
 @click.option("--size", type=int, help="Expected size in bytes.")
+@click.option("--unpack", metavar="KIND",
+              help="Unpack the verified archive (auto, zip, tar, tar.gz, tar.bz2, tar.xz,"
+                   " tar.zst, gz, bz2, xz, zst); the expected values are the archive's.")
 @click.option("--refresh", is_flag=True,
               help="Revalidate a URL fetched without a digest; store its new content.")
 @click.option("--header", "headers", metavar="'NAME: VALUE'", multiple=True,
@@ -334,7 +340,7 @@ def stats(context: Context, as_json: bool, prometheus: bool, check: bool) -> Non
 @pass_context
 def fetch(context: Context, url: str, name: str | None, blake3: str | None,
           sha256: str | None, md5: str | None, sha1: str | None, size: int | None,
-          refresh: bool, headers: tuple[str, ...]) -> None:
+          unpack: str | None, refresh: bool, headers: tuple[str, ...]) -> None:
     """Store the content of URL (verified, resumable); print its digest."""
     from cas.progress import TransferBar  # only commands that transfer need tqdm
     from cas.urls import redact
@@ -344,7 +350,7 @@ def fetch(context: Context, url: str, name: str | None, blake3: str | None,
     try:
         digest = context.store().fetch(
             url, name=name, blake3=blake3, sha256=sha256, sha1=sha1, md5=md5, size=size,
-            refresh=refresh, headers=list(headers), progress=bar,
+            unpack=unpack, refresh=refresh, headers=list(headers), progress=bar,
         )
     finally:
         if bar is not None:

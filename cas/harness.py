@@ -90,26 +90,30 @@ class FixtureSession:
             if name in self._held:
                 return self._held[name].path
             declared = self._declared.get(name) if url is None else None
+            unpack = None
             if declared is not None:
                 url, blake3, sha256 = declared.url, declared.blake3, declared.sha256
-                sha1, md5, size = declared.sha1, declared.md5, declared.size
+                sha1, md5 = declared.sha1, declared.md5
+                size, unpack = declared.size, declared.unpack
             headers = declared.headers if declared is not None else ()
             lease = self._lease(name, url, (blake3, sha256, size, sha1, md5),
-                                declared is not None, headers)  # fmt: skip
+                                declared is not None, headers, unpack)  # fmt: skip
             self._held[name] = lease
             return lease.path
 
     def _lease(self, name: str, url: str | None, wanted: Wanted, declared: bool,
-               headers: Sequence[tuple[str, str]] = ()) -> Lease:
+               headers: Sequence[tuple[str, str]] = (), unpack: str | None = None) -> Lease:
         expected = expectation(*wanted)  # UsageError for a malformed digest or size
-        described = _described(expected)
+        # The expected values of an unpacked fixture are its archive's: the name decides.
+        described = "" if unpack else _described(expected)
         settings = self.store.settings
         if url is not None and settings.auto_download and not settings.offline:
             # No network when the expected content is already stored.
             digest = self.store.fetch(url, name=name, size=expected.size, blake3=expected.blake3,
                                       sha256=expected.sha256, sha1=expected.sha1,
-                                      md5=expected.md5, headers=dict(headers))  # fmt: skip
-            return self.store.lease(digest)
+                                      md5=expected.md5, headers=dict(headers),
+                                      unpack=unpack)  # fmt: skip
+            return self.store.lease(digest, name=name)
         if not described:  # nothing to check the content against: the name decides
             try:
                 return self.store.lease(name)
@@ -124,7 +128,7 @@ class FixtureSession:
                                   md5=expected.md5)  # fmt: skip
         if found is not None:
             try:
-                return self.store.lease(found)
+                return self.store.lease(found, name=name)
             except NotFound:
                 pass  # removed by cleanup since: as unavailable as if never stored
         if url is None:

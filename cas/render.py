@@ -100,16 +100,20 @@ def entry_document(entry: Entry) -> dict[str, Any]:
         "source": entry.source,
         "state": entry.state,
         "leases": entry.leases,
+        "kind": entry.kind,
+        "files": entry.files,
     }
 
 
 def entry_line(entry: Entry) -> str:
-    """One line of ``cas ls``: digest, size, last access, state flags and name."""
+    """One line of ``cas ls``: digest, size, last access, state flags and name; a tree's
+    name ends with ``/`` and its number of files follows."""
     flags = (("pinned", entry.pinned), ("leased", entry.leases > 0),
              ("evicted", entry.state == "evicted"), ("damaged", entry.damaged))
     state = ",".join(flag for flag, on in flags if on) or "-"
     return (f"{entry.digest[:12]}  {size(entry.size):>10}  {when(entry.last_access)}"
-            f"  {state:<8}  {entry.name or ''}").rstrip()
+            f"  {state:<8}  {entry.name or ''}"
+            + (f"/  (tree, {entry.files} files)" if entry.kind == "tree" else "")).rstrip()
 
 
 # -- cas config -----------------------------------------------------------------------------------
@@ -177,6 +181,8 @@ def stats_lines(stats: Stats) -> list[str]:
         ("staging debris", f"{stats.debris_files} files ({human_size(stats.debris_bytes)})"),
         ("staging (tmp/)", f"{stats.staging_files} files ({human_size(stats.staging_bytes)})"),
         ("quarantine", f"{stats.quarantine_files} files ({human_size(stats.quarantine_bytes)})"),
+        ("trees", str(stats.trees)),
+        ("views", f"{stats.views} ({human_size(stats.view_bytes)} copied)"),
     ]
     return [f"{label:<22} {value}" for label, value in rows]
 

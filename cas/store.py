@@ -20,9 +20,10 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from cas.errors import ConfigError, StoreError, offline_error, os_error
+from cas.errors import StoreError, os_error
 from cas.ops.leases import Lease, LeaseKeeper
 from cas.ops.lookup import Reader
+from cas.ops.wiring import Wiring
 from cas.settings import Settings, default_root, load_config
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog
@@ -31,14 +32,13 @@ from cas.values import SYNC_JOBS
 
 if TYPE_CHECKING:
     from cas.ops.eviction import Plan
-    from cas.ops.fetch import Fetched, Fetcher
+    from cas.ops.fetch import Fetched
     from cas.ops.listing import Entry
     from cas.ops.manifest import Bar, SyncReport, Total
     from cas.ops.put import Source
     from cas.ops.record import Clock
-    from cas.ops.tier import RemoteTier, TransferReport
+    from cas.ops.tier import TransferReport
     from cas.ops.verify import VerifyReport
-    from cas.ops.writing import Writers
     from cas.storage.metrics import Stats
     from cas.storage.verification import DamagedRow
     from cas.transfer.http import Downloader
@@ -97,14 +97,10 @@ class Store:
         self._clock = clock
         self._closed = threading.Event()
         self._keeper = LeaseKeeper(catalog, settings.lease_ttl, clock)
-        self._reader = Reader(blobs, catalog, clock, _weakly(self._fetch), settings.auto_download)
+        self._reader = Reader(blobs, catalog, clock, _weakly(self._refetch), settings.auto_download)
         # Writing, the HTTP client and the remote tier load on first use (urllib3, boto3).
-        self._downloader = downloader
-        self._remote_client = remote_client
-        self._wiring = threading.Lock()
-        self._writers: Writers | None = None
-        self._fetcher: Fetcher | None = None
-        self._tier: RemoteTier | None = None
+        self._ops = Wiring(blobs, catalog, settings, clock, self._closed, downloader,
+                           remote_client)
         self._finalizer = weakref.finalize(self, _close, self._keeper, catalog)
 
     @classmethod
@@ -157,8 +153,7 @@ class Store:
         harmless; any other method of a closed store raises StoreError."""
         if self._closed.is_set():
             return
-        if self._writers is not None:
-            self._writers.upkeep.wait()
+        self._ops.wait_for_cleanup()
         self._closed.set()
         self._finalizer()
 
@@ -171,49 +166,17 @@ class Store:
     def __repr__(self) -> str:
         return f"<cas.Store {str(self.root)!r}>"
 
-    # -- wiring of the operations that load on first use -------------------------------------
-
-    def _writing(self) -> Writers:
-        with self._wiring:
-            if self._writers is None:
-                from cas.ops.writing import Writers
-
-                self._writers = Writers(self._blobs, self._catalog, self.settings, self._clock,
-                                        self._closed)
-            return self._writers
-
-    def _fetching(self) -> Fetcher:
-        recorder = self._writing().recorder
-        with self._wiring:
-            if self._fetcher is None:
-                from cas.ops.writing import fetching
-
-                self._fetcher, self._tier = fetching(
-                    self._blobs, self._catalog, self.settings, recorder, self._clock,
-                    self._downloader, self._remote_client,
-                )  # fmt: skip
-            return self._fetcher
-
-    def _remote_tier(self, doing: str) -> RemoteTier:
-        if self.settings.offline:
-            raise offline_error(f"{doing}: the remote tier is not reached")
-        self._fetching()
-        if self._tier is None:
-            raise ConfigError(
-                "no remote is configured: set remote = \"s3://bucket/prefix\" in config.toml,"
-                " or CAS_REMOTE"
-            )
-        return self._tier
-
     # -- writing -------------------------------------------------------------------------------
 
     def put(self, source: Source, *, name: str | None = None) -> str:
-        """Store the content of a path, bytes, or binary file; return its BLAKE3 digest.
+        """Store the content of a path, bytes, or binary file, or a folder as a tree (each
+        file a blob); return the BLAKE3 digest (a tree's record's). Raises NotFound for a
+        missing source, UsageError for a bad name or an entry a tree cannot hold."""
+        if isinstance(source, str | os.PathLike) and os.path.isdir(source):
+            from cas.ops.trees import put_tree
 
-        Content already stored is not written again. Raises NotFound for a missing source
-        file, UsageError for a folder or a bad name.
-        """
-        return self._writing().putter.put(source, name)
+            return put_tree(self._ops.writers.putter, source, name)
+        return self._ops.writers.putter.put(source, name)
 
     def put_many(self, sources: Mapping[str, Source] | Iterable[Source]) -> list[str]:
         """Store many contents at once; return their digests, in order.
@@ -224,29 +187,30 @@ class Store:
         one transaction, and its staged files are made durable by one filesystem sync instead
         of an fsync each. A bad item raises before its batch is recorded; earlier batches stay.
         """
-        return self._writing().putter.put_many(sources)
+        return self._ops.writers.putter.put_many(sources)
 
     def tag(self, name: str, ref: str) -> str:
         """Point ``name`` at the blob ``ref`` names; return the digest."""
-        return self._writing().names.tag(name, ref)
+        return self._ops.writers.names.tag(name, ref)
 
     def untag(self, name: str) -> None:
         """Remove a name; its blob stays. Raises NotFound for an unknown name."""
-        self._writing().names.untag(name)
+        self._ops.writers.names.untag(name)
 
     def remove(self, ref: str, *, force: bool = False) -> list[str]:
         """Remove a name or a digest; return the digests whose files were removed.
 
         A digest removes the blob and every name pointing at it. A name removes the name, and
-        its blob too when no other name points at it.
-        """
-        return self._writing().names.remove(ref, force=force)
+        its blob too when no other name (nor a stored tree) holds it; a blob a stored tree
+        holds is InUse unless ``force``."""
+        return self._ops.writers.names.remove(ref, force=force)
 
     # -- reading -------------------------------------------------------------------------------
 
     def path(self, ref: str) -> Path:
-        """The read-only path of the blob ``ref`` names. Raises NotFound for an unknown ref."""
-        return self._blobs.path_of(self._reader.locate(ref))
+        """The read-only path of what ``ref`` names: a name's view (named after its last
+        component), a tree's folder, a digest's blob. Raises NotFound for an unknown ref."""
+        return self._reader.path_of(ref)
 
     def open_blob(self, ref: str) -> BinaryIO:
         """An open binary file of the blob's content."""
@@ -279,6 +243,7 @@ class Store:
         sha1: str | None = None,
         md5: str | None = None,
         size: int | None = None,
+        unpack: str | None = None,
         refresh: bool = False,
         headers: Mapping[str, str] | Sequence[str] | None = None,
         progress: Progress | None = None,
@@ -290,14 +255,16 @@ class Store:
         the URL's last content still stored (or the one ``name`` got from it). Otherwise one
         download for all threads and processes asking at once, resumed after interruptions,
         verified against every expected value before it enters the store. ``name`` remembers
-        the source, so an evicted fixture comes back. ``refresh`` revalidates a URL fetched
-        without a digest (a 304 costs no body); names follow new content. ``headers``
-        (``{"Authorization": "Bearer ${TOKEN}"}``) go to the URL's origin only, over the
-        setting's, never recorded (docs/api.md). ``progress(done, total)`` is told the bytes.
-        Raises UsageError, DownloadError, IntegrityError, NotFound.
+        the source, so an evicted fixture comes back. ``unpack`` (``"auto"``, ``"zip"``,
+        ``"tar.gz"``, ``"gz"``…) unpacks the verified archive (the expected values are the
+        archive's) and returns the digest of what it holds, unpacked once. ``refresh``
+        revalidates a URL fetched without a digest (a 304 costs no body); names follow new
+        content. ``headers`` (``{"Authorization": "Bearer ${TOKEN}"}``) go to the URL's origin
+        only, over the setting's, never recorded (docs/api.md). ``progress(done, total)`` is
+        told the bytes. Raises UsageError, DownloadError, IntegrityError, NotFound.
         """
         return self._fetch(url, name=name, blake3=blake3, sha256=sha256, sha1=sha1, md5=md5,
-                           size=size, refresh=refresh, headers=headers,
+                           size=size, unpack=unpack, refresh=refresh, headers=headers,
                            progress=progress).digest  # fmt: skip
 
     def stored(self, url: str | None = None, *, name: str | None = None,
@@ -316,22 +283,23 @@ class Store:
         from cas.ops.fetch import expectation
 
         expected = expectation(blake3, sha256, size, sha1, md5)
-        found = self._fetching().stored(url, name, expected)
+        found = self._ops.fetcher.stored(url, name, expected)
         return found.digest if found is not None else None
 
-    def _fetch(self, url: str, *, name: str | None = None, blake3: str | None = None,
-               sha256: str | None = None, sha1: str | None = None, md5: str | None = None,
-               size: int | None = None, refresh: bool = False, headers: object = None,
-               progress: Progress | None = None) -> Fetched:
+    def _fetch(self, url: str, again: bool = False, **how: Any) -> Fetched:
+        """Fetch (with unpack, cas/ops/unpack.py); ``again``: a named fixture's evicted
+        content, ``how["blake3"]``, from its recorded source."""
+        fetching = self._ops.unpacker
         try:
-            fetched = self._fetching().fetch(url, name=name, blake3=blake3, sha256=sha256,
-                                             sha1=sha1, md5=md5, size=size, refresh=refresh,
-                                             headers=headers, progress=progress)
+            fetched = (fetching.refetch if again else fetching.fetch)(url, **how)
         except OSError as error:  # e.g. the lock or staging file of a full or read-only disk
             raise os_error(error, f"cannot fetch {url}") from error
         if fetched.stored is not None:
-            self._writing().upkeep.after_write(fetched.stored)
+            self._ops.writers.upkeep.after_write(fetched.stored)
         return fetched
+
+    def _refetch(self, url: str, **how: Any) -> Fetched:
+        return self._fetch(url, True, **how)
 
     def sync(self, manifest_path: str | os.PathLike[str], jobs: int = SYNC_JOBS, *,
              update: bool = False) -> dict[str, str]:
@@ -363,7 +331,7 @@ class Store:
         not stop the others; ``report.raise_for_failures()`` raises if any failed. Raises
         ConfigError when no remote is configured, NotFound when cas is offline.
         """
-        return self._remote_tier("cannot push").push([refs] if isinstance(refs, str) else refs)
+        return self._ops.tier("cannot push").push([refs] if isinstance(refs, str) else refs)
 
     def pull(
         self,
@@ -377,10 +345,10 @@ class Store:
         Returns the report, as ``push`` does. Raises as ``push`` does, and UsageError for a
         bad manifest or for both refs and a manifest.
         """
-        tier = self._remote_tier("cannot pull")
+        tier = self._ops.tier("cannot pull")
         report = tier.pull([refs] if isinstance(refs, str) else refs, manifest)
         if report.stored is not None:
-            self._writing().upkeep.after_write(report.stored)
+            self._ops.writers.upkeep.after_write(report.stored)
         return report
 
     # -- metrics -------------------------------------------------------------------------------
@@ -411,29 +379,29 @@ class Store:
         from cas.ops.verify import Verifier
 
         def refetch(row: DamagedRow) -> None:
-            self._fetch(row.url or "", name=row.name, blake3=row.digest, sha256=row.sha256,
-                        size=row.expected_size)
+            self._refetch(row.url or "", name=row.name, blake3=row.digest, sha256=row.sha256,
+                          size=row.expected_size, unpack=row.unpack)
 
         verifier = Verifier(self._blobs, self._catalog, refetch if repair else None, progress)
         return verifier.run(full=full, budget=budget)
 
     # -- leases, pins and cleanup -------------------------------------------------------------
 
-    def lease(self, ref: str) -> Lease:
-        """Hold the blob ``ref`` names so that cleanup cannot remove it until released.
-
-        Use as ``with store.lease(ref) as path:``, or keep the Lease and call ``release()``.
-        The lease is renewed while this store stays open, and reclaimed if this process dies.
-        """
-        return self._keeper.hold(self._reader.locate, ref, self._blobs.path_of)
+    def lease(self, ref: str, *, name: str | None = None) -> Lease:
+        """Hold what ``ref`` names so that cleanup cannot remove it until released; its path
+        is ``path(ref)``'s, or the view named after ``name``. Use as ``with store.lease(ref) as
+        path:``; renewed while the store is open, reclaimed if this process dies."""
+        return self._keeper.hold(
+            self._reader.locate, ref,
+            lambda digest: Path(self._reader.shown_for(ref, digest, name)))
 
     def pin(self, ref: str) -> None:
         """Pin a name (or every name of a digest): its blob is never removed by cleanup."""
-        self._writing().names.set_pinned(ref, True)
+        self._ops.writers.names.set_pinned(ref, True)
 
     def unpin(self, ref: str) -> None:
         """Undo ``pin``."""
-        self._writing().names.set_pinned(ref, False)
+        self._ops.writers.names.set_pinned(ref, False)
 
     def gc(self, max_size: int | None = None, max_age: float | None = None,
            dry_run: bool = False) -> Plan:
@@ -447,7 +415,7 @@ class Store:
         from cas.ops.eviction import Limits
 
         limits = Limits.of(self.settings, max_size, max_age)
-        cleaner = self._writing().cleaner
+        cleaner = self._ops.writers.cleaner
         if dry_run:
             self._catalog.flush()  # accesses waiting in memory count, as in a real run
             return cleaner.survey(limits)
@@ -455,15 +423,14 @@ class Store:
 
     def wait_for_cleanup(self) -> None:
         """Wait until an automatic cleanup started by a write has finished."""
-        if self._writers is not None:
-            self._writers.upkeep.wait()
+        self._ops.wait_for_cleanup()
 
     def maintenance(self, interval: float | None = None
                     ) -> AbstractContextManager[threading.Thread]:  # fmt: skip
         """Run cleanup every ``interval`` (default ``cleanup_interval``) in a background thread
         for the duration of the ``with`` block. Raises UsageError for an interval that
         ``cleanup_interval`` would refuse (under 1 s: cleaning in a tight loop)."""
-        return self._writing().upkeep.maintenance(interval)
+        return self._ops.writers.upkeep.maintenance(interval)
 
 
 def _weakly(method: Callable[..., object]) -> Callable[..., object]:

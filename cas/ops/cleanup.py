@@ -25,6 +25,7 @@ from cas.logs import log
 from cas.ops import eviction
 from cas.ops.leases import dead_leases
 from cas.storage import queries as q
+from cas.storage import trees
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.counters import Counter
@@ -178,7 +179,10 @@ class Cleaner:
         ))
         listed = eviction.with_names(conn, victims[:room])
         kept = None
-        if len(victims) < GC_BATCH:  # the last batch
+        digests = [victim[0] for victim in victims]
+        # A tree's record going frees its members for the next batch: one more batch then.
+        last = len(victims) < GC_BATCH and not trees.any_of(conn, digests)
+        if last:
             if victims:
                 newest = victims[-1][2]
             freed = sum(victim[1] for victim in victims)
@@ -186,7 +190,6 @@ class Cleaner:
         chosen = time.perf_counter()
         q.delete_leases(conn, dead)
         q.delete_expired_leases(conn, now)
-        digests = [victim[0] for victim in victims]
         self._blobs.check_removable(digests)
         q.evict(conn, digests)
         q.record_cleanup(conn, now)

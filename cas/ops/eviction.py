@@ -3,11 +3,15 @@
 A blob is protected while a live lease holds it, while a pinned name points at it, and within
 the grace period after its last access (guarantee 3); a last access in the future (the clock
 went back) counts as now, and cleanup writes it so (``clamp_future``), so that the blob ages.
-Among the rest, size-based cleanup takes the least recently accessed blobs until the store is
-down to ``low_water`` of ``max_size``, and age-based cleanup takes those not accessed for
-``max_age``. Choosing is one query (a running sum over last-access order), read in batches;
-applying them is the store's business. The report keeps totals and the first ``REPORT_LIMIT``
-blobs with their names, so that the memory of a cleanup does not grow with the catalog.
+A tree is one fixture: its members are never victims while its record blob is stored (a tree's
+rows exist only while its record's blob row does: schema.sql), so leases and pins of the tree
+hold them too; once the record goes, members age out by their own last access unless another
+tree or name keeps them. Among the rest, size-based cleanup takes the least recently accessed
+blobs until the store is down to ``low_water`` of ``max_size``, and age-based cleanup takes
+those not accessed for ``max_age``. Choosing is one query (a running sum over last-access
+order), read in batches; applying them is the store's business. The report keeps totals and
+the first ``REPORT_LIMIT`` blobs with their names, so that the memory of a cleanup does not
+grow with the catalog.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ SELECT b.digest, b.size, b.last_access,
        sum(b.size) OVER (ORDER BY b.last_access, b.size, b.digest ROWS UNBOUNDED PRECEDING)
 FROM blobs b
 WHERE b.last_access < :grace_cutoff AND b.digest NOT IN (SELECT digest FROM protected)
+  AND NOT EXISTS (SELECT 1 FROM tree_entries e WHERE e.digest = b.digest)
 ORDER BY b.last_access, b.size, b.digest
 """
 

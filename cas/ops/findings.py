@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 KINDS = ("missing", "corrupt", "orphan", "stray", "symlink", "mode", "debris", "lease",
-         "damaged", "dangling", "catalog")
+         "damaged", "dangling", "catalog", "tree", "view")
 
 
 @dataclass(frozen=True)

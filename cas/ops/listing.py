@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from cas.ops.leases import dead_leases
 from cas.storage import queries as q
+from cas.storage import trees
 from cas.storage.blobs import BlobStore, quarantined
 from cas.storage.catalog import Catalog
 from cas.storage.metrics import Stats, Usage
@@ -32,6 +33,8 @@ class Entry:
     source: str | None
     leases: int = 0  #: live leases on the blob (SPEC: ``ls`` shows lease state)
     damaged: bool = False  #: its file is missing or of the wrong size, or verify found it so
+    kind: str = "file"  #: ``file``, or ``tree`` (a folder: ``size`` is its files' total)
+    files: int | None = None  #: a tree's number of files
 
     @property
     def present(self) -> bool:
@@ -63,8 +66,9 @@ def entries(blobs: BlobStore, catalog: Catalog, clock: Clock) -> list[Entry]:
         return not blobs.has(row.digest, row.size)
 
     return [
-        Entry(row.name, row.digest, row.size, row.last_access, bool(row.pinned), row.url,
-              leases.get(row.digest, 0), is_damaged(row))
+        Entry(row.name, row.digest, row.size if row.files is None else row.tree_size,
+              row.last_access, bool(row.pinned), row.url, leases.get(row.digest, 0),
+              is_damaged(row), "file" if row.files is None else "tree", row.files)
         for row in rows
     ]
 
@@ -77,7 +81,9 @@ def stats(blobs: BlobStore, catalog: Catalog, clock: Clock, settings: Settings) 
     with catalog.read() as conn:
         counts = q.counter_values(conn)
         row = q.usage(conn, now, dead_leases(conn, now))
+        tree_count = trees.count(conn)
     tmp, locks = blobs.tmp_dir, blobs.locks_dir
     usage = Usage(row.bytes, row.blobs, row.names, row.live_leases)
     return Stats.build(counts, usage, settings, staging_debris(tmp, locks),
-                       staging_usage(tmp, locks), quarantined(blobs.quarantine_dir))
+                       staging_usage(tmp, locks), quarantined(blobs.quarantine_dir),
+                       (tree_count, *blobs.views.usage()))

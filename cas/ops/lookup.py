@@ -11,18 +11,21 @@ fetched again through the fetch callable the store gives (when ``auto_download``
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol
 
-from cas.errors import IntegrityError, NotFound, UsageError
+from cas.errors import IntegrityError, NotFound, StoreError, UsageError
 from cas.logs import log
 from cas.refs import check_name, is_digest, is_digest_prefix
 from cas.storage import queries as q
-from cas.storage.blobs import BlobStore
+from cas.storage.blobs import REMEMBERED_PATHS, BlobStore
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.counters import Counter
+from cas.storage.layout import view_label
 
 if TYPE_CHECKING:
     from cas.ops.record import Clock
+    from cas.storage.trees import Tree
 
 
 class Target(NamedTuple):
@@ -83,7 +86,7 @@ class Refetch(Protocol):
     """Fetches a named fixture's content again from its recorded source (the store's fetch)."""
 
     def __call__(self, url: str, *, name: str | None, blake3: str, sha256: str | None,
-                 size: int | None) -> object: ...
+                 size: int | None, unpack: str | None) -> object: ...
 
 
 class Reader:
@@ -96,6 +99,7 @@ class Reader:
         self._clock = clock
         self._fetch = fetch
         self._auto_download = auto_download
+        self._paths: dict[str, Path] = {}
 
     def locate(self, ref: str) -> str:
         """The digest of the whole, stored blob ``ref`` names, fetched again if it was evicted.
@@ -132,10 +136,95 @@ class Reader:
             self._catalog.count(Counter.HITS)
         return target.digest
 
+    def path_of(self, ref: str) -> Path:
+        """``path`` as a Path, remembered: building one costs more than the look-up's lstat."""
+        shown = self.path(ref)
+        path = self._paths.get(shown)
+        if path is None:
+            if len(self._paths) >= REMEMBERED_PATHS:
+                self._paths.clear()
+            path = self._paths[shown] = Path(shown)
+        return path
+
+    def path(self, ref: str, name: str | None = None) -> str:
+        """The path that shows what ``ref`` names (fetched again if evicted): the named view of
+        a name (``views/ab/<digest>/<label>``), the folder of a tree, or else the blob itself.
+        ``name`` labels the view in place of ``ref``. The hot path is one SELECT, the blob's
+        lstat and the view's.
+
+        Raises as ``locate``; a store that cannot build a file's view serves the blob's path.
+        """
+        if type(ref) is str:
+            row = q.stored_blob(self._catalog, ref)
+            if row is not None:
+                info = self._blobs.stat(row[0])
+                if info is not None and info.st_size == row[1]:
+                    self._catalog.touch(row[0], row[2])
+                    self._catalog.count(Counter.HITS)
+                    named = name if name is not None else (
+                        None if len(ref) == 64 and is_digest(ref) else ref)
+                    if named is not None and row[3] is None:  # a named file: its view
+                        view = self._blobs.views.file(row[0], view_label(named, row[0]), info)
+                        if view is not None:
+                            return view
+                    return self.shown(row[0], named, row[3] is not None, info)
+        digest = self.locate(ref)
+        return self.shown_for(ref, digest, name)
+
+    def shown_for(self, ref: str, digest: str, name: str | None = None) -> str:
+        """``shown`` of the blob ``digest`` that ``ref`` located (a name labels its view)."""
+        from cas.storage import trees
+
+        if name is None and not is_digest(ref) and q.find_name(self._catalog, ref) is not None:
+            name = ref
+        tree = trees.find(self._catalog, digest) is not None
+        return self.shown(digest, name, tree, self._blobs.stat(digest))
+
+    def shown(self, digest: str, name: str | None, tree: bool, info: object) -> str:
+        """The path showing the stored blob ``digest``: a tree's folder, a name's view, or
+        the blob's own path (a digest, or a store that cannot build the view)."""
+        views = self._blobs.views
+        if tree:
+            return self.tree_view(digest, view_label(name, digest))
+        if name is not None and info is not None:
+            view = views.file(digest, view_label(name, digest), info)  # type: ignore[arg-type]
+            if view is not None:
+                return view
+        return self._blobs.location(digest)
+
+    def tree_view(self, digest: str, label: str) -> str:
+        """The folder of the tree ``digest``, built from its record when missing. Raises
+        IntegrityError when its record or a member's blob is missing or damaged."""
+        from cas.storage import trees
+
+        def members() -> Tree:
+            try:
+                with self._blobs.open(digest) as blob:
+                    return trees.decode(blob.read())
+            except OSError as error:
+                raise IntegrityError(f"cannot open tree record {digest}: {error.strerror};"
+                                     " run `cas verify`") from error
+
+        try:
+            view = self._blobs.views.tree(digest, label, members)
+        except FileNotFoundError as error:
+            raise IntegrityError(
+                f"tree {digest} cannot be shown: a member's blob is missing"
+                f" ({error.filename}); run `cas verify`") from error
+        if view is None:
+            raise StoreError(f"tree {digest} has no folder yet and the store is read-only;"
+                             " show it once from a writable store")
+        return view
+
     def open(self, ref: str) -> BinaryIO:
         """An open file of the blob ``ref`` names. Raises IntegrityError when it cannot be
         opened: a damaged store, whose blob ``cas verify`` checks."""
+        from cas.storage import trees
+
         digest = self.locate(ref)
+        if (tree := trees.find(self._catalog, digest)) is not None:
+            raise UsageError(f"{ref!r} is a tree (a folder of {tree.files} files), not a file;"
+                             " use `cas path` for its folder")
         try:
             return self._blobs.open(digest)
         except OSError as error:
@@ -156,7 +245,7 @@ class Reader:
             )
         log.info("fixture %r is not stored; fetching it again from %s", ref, source.url)
         self._fetch(source.url, name=target.name, blake3=target.digest, sha256=source.sha256,
-                    size=source.expected_size)
+                    size=source.expected_size, unpack=source.unpack)
         with self._catalog.read() as conn:
             again = resolve(conn, ref)
         if again.size is None or again.last_access is None:

@@ -3,6 +3,7 @@
     [fixtures."models/tiny.gguf"]
     url = "https://example.org/tiny.gguf"
     sha256 = "…"        # and/or blake3, sha1, md5 = "…"; size = 1234 is optional
+    unpack = "tar.gz"   # optional: unpack the verified archive (cas/storage/archives.py)
 
 An entry without any hash is allowed: its first fetch records the digest (the name and the
 URL's source row remember it), and later syncs are served that content from the store.
@@ -32,7 +33,7 @@ from cas.transfer.request import Progress, check_url
 from cas.urls import redact
 from cas.values import SYNC_JOBS, Headers, parse_headers
 
-KEYS = ("url", "sha256", "blake3", "sha1", "md5", "size", "headers")
+KEYS = ("url", "sha256", "blake3", "sha1", "md5", "size", "headers", "unpack")
 HASHES = ("blake3", "sha256", "sha1", "md5")
 
 
@@ -49,6 +50,7 @@ class Fixture:
     headers: Headers = field(default=(), repr=False)
     sha1: str | None = None
     md5: str | None = None
+    unpack: str | None = None  #: the kind to unpack the archive as, or None
 
 
 def load(path: str | os.PathLike[str]) -> list[Fixture]:
@@ -90,7 +92,7 @@ def _fixture(where: str, name: str, entry: Any) -> Fixture:
             raise UsageError(f"{here}: unknown key {key!r} (known: {', '.join(KEYS)})")
     if "url" not in entry:
         raise UsageError(f"{here}: key 'url' is missing")
-    for key in ("url", *HASHES):
+    for key in ("url", *HASHES, "unpack"):
         if key in entry and not isinstance(entry[key], str):
             raise UsageError(f"{here}: key {key!r} must be a string")
     try:
@@ -106,9 +108,17 @@ def _fixture(where: str, name: str, entry: Any) -> Fixture:
         headers = parse_headers(entry.get("headers"))
     except ValueError as error:
         raise UsageError(f"{here}: key 'headers': {error}") from None
+    if "unpack" in entry:
+        from cas.storage.archives import check_kind
+
+        try:
+            check_kind(entry["unpack"])
+        except UsageError as error:
+            raise UsageError(f"{here}: key 'unpack': {error}") from error
     hashes = {key: entry[key].lower() for key in HASHES if key in entry}
+    unpack = entry["unpack"].lower() if "unpack" in entry else None
     return Fixture(name=name, url=entry["url"], size=entry.get("size"), headers=headers,
-                   **hashes)  # fmt: skip
+                   unpack=unpack, **hashes)  # fmt: skip
 
 
 def check_fixture(fixture: Fixture) -> Fixture:
@@ -125,7 +135,7 @@ class FetchFixture(Protocol):
 
     def __call__(self, url: str, *, name: str | None, blake3: str | None, sha256: str | None,
                  sha1: str | None, md5: str | None, size: int | None, refresh: bool,
-                 headers: Headers,
+                 headers: Headers, unpack: str | None,
                  progress: Progress | None) -> Fetched: ...
 
 
@@ -254,7 +264,7 @@ def sync(
             return fetch(
                 fixture.url, name=fixture.name, blake3=fixture.blake3,
                 sha256=fixture.sha256, sha1=fixture.sha1, md5=fixture.md5, size=fixture.size,
-                progress=report, headers=fixture.headers,
+                progress=report, headers=fixture.headers, unpack=fixture.unpack,
                 refresh=update and not any(getattr(fixture, key) for key in HASHES),
             )  # fmt: skip
         finally:

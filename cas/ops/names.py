@@ -15,6 +15,7 @@ from cas.ops.lookup import resolve
 from cas.ops.record import Clock
 from cas.refs import check_name
 from cas.storage import queries as q
+from cas.storage import trees
 from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
 
@@ -65,6 +66,12 @@ class Names:
                 q.delete_name(conn, target.name)
                 if q.names_of(conn, target.digest):
                     return []
+            holder = trees.holder_of(conn, target.digest)
+            if holder is not None and not force:
+                if target.name is not None:
+                    return []  # the name went; the blob stays with its tree
+                raise InUse(f"{ref!r} is a file of the stored tree {holder}; remove the tree"
+                            " first, or force it (the tree is then damaged)")
             if force:
                 q.delete_leases_of(conn, target.digest)  # void: their blob is gone
             else:

@@ -33,6 +33,9 @@ Source = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, IO[bytes]]
 PUT_BATCH = 1000
 
 _Item = tuple[str | None, Source]
+#: Work done inside a put's write transaction, after its blobs are recorded: told the
+#: transaction and the (digest, size) of each item (a tree records its rows so).
+Extra = Callable[[Connection, list[tuple[str, int]]], None]
 
 
 class Putter:
@@ -50,13 +53,18 @@ class Putter:
 
     def put(self, source: Source, name: str | None = None) -> str:
         """Store one source, named ``name`` if given; return its digest."""
-        return self._batch([(name, source)])[0]
+        return self._batch([(name, source)])[0][0]
 
     def put_many(self, sources: Mapping[str, Source] | Iterable[Source]) -> list[str]:
         """Store many sources, ``PUT_BATCH`` per transaction; return their digests in order.
 
         A mapping names each source; any other iterable stores them unnamed.
         """
+        return [digest for digest, _ in self.put_sized(sources)]
+
+    def put_sized(self, sources: Mapping[str, Source] | Iterable[Source]
+                  ) -> list[tuple[str, int]]:  # fmt: skip
+        """``put_many``, returning each content's (digest, size)."""
         items: Iterable[_Item]
         if isinstance(sources, Mapping):
             items = sources.items()
@@ -66,20 +74,24 @@ class Putter:
             raise UsageError("put_many takes a collection of sources; use put for one")
         else:
             items = ((None, source) for source in sources)
-        digests: list[str] = []
+        sized: list[tuple[str, int]] = []
         batch: list[_Item] = []
         for name, source in items:
             if isinstance(source, bytearray | memoryview):
                 source = bytes(source)  # a buffer the caller reuses must not change meanwhile
             batch.append((name, source))
             if len(batch) == PUT_BATCH:
-                digests += self._batch(batch)
+                sized += self._batch(batch)
                 batch = []
         if batch:
-            digests += self._batch(batch)
-        return digests
+            sized += self._batch(batch)
+        return sized
 
-    def _batch(self, batch: list[_Item]) -> list[str]:
+    def put_with(self, source: Source, name: str | None, extra: Extra) -> str:
+        """``put``, running ``extra`` in the same write transaction (all of it or nothing)."""
+        return self._batch([(name, source)], extra)[0][0]
+
+    def _batch(self, batch: list[_Item], extra: Extra | None = None) -> list[tuple[str, int]]:
         """Stage, sync, publish and record ``batch`` as one transaction."""
         for name, _ in batch:
             if name is not None:
@@ -94,7 +106,8 @@ class Putter:
                 while True:
                     try:
                         known, stored = self._catalog.write(
-                            lambda conn: self._record(conn, batch, items, staged, sync=alone)
+                            lambda conn: self._record(conn, batch, items, staged, extra,
+                                                      sync=alone)
                         )
                         break
                     except Restage as missing:  # removed since it was found: stage it again
@@ -112,7 +125,7 @@ class Putter:
         for (name, _), (digest, size) in zip(batch, items, strict=True):
             log.debug("put %s (%d bytes)%s", digest, size, f" as {name!r}" if name else "")
         self._stored(stored)
-        return [digest for digest, _ in items]
+        return items
 
     def _restage(self, batch: list[_Item], items: list[tuple[str, int]],
                  staged: list[Staged | None], indices: list[int], *, sync: bool) -> None:
@@ -161,13 +174,16 @@ class Putter:
         )
 
     def _record(self, conn: Connection, batch: list[_Item], items: list[tuple[str, int]],
-                staged: list[Staged | None], *, sync: bool) -> tuple[int, int]:
+                staged: list[Staged | None], extra: Extra | None, *,
+                sync: bool) -> tuple[int, int]:
         """Publish, record the rows and the names, under the write lock; return the bytes that
         were already stored, and the bytes the store now holds."""
         now = self._clock()
         known = publish_and_record(conn, self._blobs, items, staged, now, sync=sync)
         named = zip((name for name, _ in batch), (digest for digest, _ in items), strict=True)
         q.set_names(conn, [(name, digest) for name, digest in named if name is not None], now)
+        if extra is not None:
+            extra(conn, items)
         return known, q.stored_totals(conn)[0]
 
 

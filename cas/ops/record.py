@@ -49,6 +49,18 @@ class Fetched:
     stored: int | None = None  #: bytes the store holds after recording a download
 
 
+@dataclass(frozen=True)
+class Keep:
+    """One verified transfer to record (``Recorder.keep`` says what each field does)."""
+
+    result: Download
+    url: str | None
+    name: str | None
+    expected: Expected
+    via: str
+    source: bool = True
+
+
 class Restage(Exception):
     """Staged files vanished between the check and the transaction (a concurrent cleanup
     removed a blob that a rolled-back try had published): stage them again."""
@@ -117,55 +129,67 @@ class Recorder:
         ``name`` remembers ``url`` as its source; ``source`` also records that ``url`` gave this
         content (not for a pull, where that is only the remote's word). Raises StoreError.
         """
-        staged = result.staged
-        try:
-            stored = self._catalog.write(
-                lambda conn: self._record(conn, url, name, expected, result, source)
-            )
-        except Restage:
-            raise StoreError(f"blob {staged.digest} was removed by a concurrent cleanup while"
-                             f" being stored from {via}; fetch it again") from None
-        except OSError as error:
-            raise os_error(error, f"cannot store {via}") from error
-        finally:
-            staged.discard()
-        # Content that was stored already saved no transfer: its bytes came over the network
-        # (or from the remote) all the same, so it is not counted as saved by dedup.
-        for counter, amount in (
-            (Counter.DOWNLOADS_SUCCEEDED, 1),
-            (Counter.DOWNLOAD_RETRIES, result.attempts - 1),
-            (Counter.RESUME_SAVED_BYTES, result.resumed),
-        ):
-            self._catalog.count(counter, amount)
-        log.info(
-            "fetched %s (%d bytes) from %s%s%s",
-            staged.digest, staged.size, via,
-            f" as {name!r}" if name else "",
-            f"; resuming saved {result.resumed} bytes" if result.resumed else "",
-        )  # fmt: skip
-        return Fetched(staged.digest, staged.size, downloaded=True, stored=stored)
+        return self.keep_many([Keep(result, url, name, expected, via, source)])[0]
 
-    def _record(
-        self, conn: Connection, url: str | None, name: str | None, expected: Expected,
-        result: Download, source: bool,
-    ) -> int:  # fmt: skip
-        """Publish and record, under the write lock; the bytes the store now holds."""
-        staged = result.staged
-        now = self._clock()
-        publish_and_record(conn, self._blobs, [(staged.digest, staged.size)], [staged], now)
-        for algorithm, value in result.upstream.items():
-            q.record_alias(conn, algorithm, value, staged.digest)
-        if source and url is not None:
-            found = result.validators
-            q.record_source(conn, url, staged.digest, now, found.etag, found.last_modified)
-            if not expected.pinned:  # the names that follow this URL follow its new content
-                sources.follow(conn, url, staged.digest, staged.size, now)
-        if name is not None:
-            q.set_name(
-                conn, name, staged.digest, now,
-                url=url, sha256=result.sha256 or expected.sha256, expected_size=staged.size,
-                floating=source and not expected.pinned,
+    def keep_many(self, batch: Sequence[Keep], *, discard: bool = True) -> list[Fetched]:
+        """``keep`` of several transfers in one transaction: all are recorded, or none. Without
+        ``discard`` the staged files stay after a failure, to be kept one by one."""
+        try:
+            stored = self._catalog.write(lambda conn: self._record(conn, batch))
+        except Restage as restage:
+            first = batch[restage.indices[0]]
+            raise StoreError(f"blob {first.result.staged.digest} was removed by a concurrent"
+                             f" cleanup while being stored from {first.via}; fetch it"
+                             " again") from None  # fmt: skip
+        except OSError as error:
+            raise os_error(error, f"cannot store {batch[0].via}") from error
+        finally:
+            if discard:
+                for keep in batch:
+                    keep.result.staged.discard()
+        kept = []
+        for keep in batch:
+            result, staged = keep.result, keep.result.staged
+            # Content that was stored already saved no transfer: its bytes came over the network
+            # (or from the remote) all the same, so it is not counted as saved by dedup.
+            for counter, amount in (
+                (Counter.DOWNLOADS_SUCCEEDED, 1),
+                (Counter.DOWNLOAD_RETRIES, result.attempts - 1),
+                (Counter.RESUME_SAVED_BYTES, result.resumed),
+            ):
+                self._catalog.count(counter, amount)
+            log.info(
+                "fetched %s (%d bytes) from %s%s%s",
+                staged.digest, staged.size, keep.via,
+                f" as {keep.name!r}" if keep.name else "",
+                f"; resuming saved {result.resumed} bytes" if result.resumed else "",
             )  # fmt: skip
+            kept.append(Fetched(staged.digest, staged.size, downloaded=True, stored=stored))
+        return kept
+
+    def _record(self, conn: Connection, batch: Sequence[Keep]) -> int:
+        """Publish and record, under the write lock; the bytes the store now holds. A batch's
+        shard folders are synced once each (its files were fsynced when staged)."""
+        now = self._clock()
+        files = [keep.result.staged for keep in batch]
+        publish_and_record(conn, self._blobs, [(f.digest, f.size) for f in files], files, now,
+                           sync=len(batch) == 1)  # fmt: skip
+        for keep in batch:
+            result, staged, expected = keep.result, keep.result.staged, keep.expected
+            for algorithm, value in result.upstream.items():
+                q.record_alias(conn, algorithm, value, staged.digest)
+            if keep.source and keep.url is not None:
+                found = result.validators
+                q.record_source(conn, keep.url, staged.digest, now, found.etag,
+                                found.last_modified)  # fmt: skip
+                if not expected.pinned:  # the names that follow this URL follow its new content
+                    sources.follow(conn, keep.url, staged.digest, staged.size, now)
+            if keep.name is not None:
+                q.set_name(
+                    conn, keep.name, staged.digest, now, url=keep.url,
+                    sha256=result.sha256 or expected.sha256, expected_size=staged.size,
+                    floating=keep.source and not expected.pinned,
+                )  # fmt: skip
         return q.stored_totals(conn)[0]
 
     # -- a stored blob's upstream checksums, checked before they are recorded as aliases ------

@@ -31,7 +31,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from functools import partial
@@ -47,9 +47,11 @@ from cas.errors import (
 )
 from cas.logs import log
 from cas.ops import manifest as manifests
+from cas.ops import tier_trees
+from cas.ops.group import GroupCommit
 from cas.ops.lookup import resolve
 from cas.ops.manifest import Fixture
-from cas.ops.record import Clock, Fetched, Recorder
+from cas.ops.record import Clock, Fetched, Keep, Recorder
 from cas.refs import check_name, is_digest
 from cas.storage import queries as q
 from cas.storage.blobs import BlobStore
@@ -62,8 +64,9 @@ from cas.urls import redact
 
 #: After the remote failed, fetches go straight to the origin for this many seconds.
 PAUSE = 60.0
-#: Fixtures pushed or pulled at once (each large blob moves in parallel parts besides).
-JOBS = 4
+#: Fixtures pushed or pulled at once (each large blob moves in parallel parts besides): enough
+#: to hide the latency of the two or three requests that each small fixture costs.
+JOBS = 8
 
 
 @dataclass
@@ -99,6 +102,7 @@ class _Moved(NamedTuple):
     digest: str
     transferred: bool
     stored: int | None = None  #: bytes the store holds after a pull recorded a blob
+    later: Future[Fetched] | None = None  #: the recording of a pulled blob, behind the pull
 
 
 #: One ref's work in a push or a pull.
@@ -109,6 +113,19 @@ _T = TypeVar("_T")
 #: Holds the single-flight locks of some keys (``Downloader.single_flight``): one transfer of a
 #: blob at a time however many fetch or pull it, in this process or another.
 SingleFlight = Callable[[list[str]], AbstractContextManager[None]]
+
+
+def _settle(ref: str, outcome: Callable[[], _T], report: TransferReport) -> _T | None:
+    """The outcome of one ref's work, or None with its failure in ``report``."""
+    try:
+        return outcome()
+    except OSError as error:  # this store's disk: full, read-only, ...
+        failure: CasError = os_error(error, f"cannot store {ref!r}")
+    except CasError as error:
+        failure = error
+    log.error("%s failed: %s", ref, failure)
+    report.failed[ref] = failure
+    return None
 
 
 class _Once(Generic[_T]):
@@ -248,13 +265,19 @@ class RemoteTier:
         named = q.find_name(conn, target.name) if target.name is not None else None
         if named is None:
             return _Local(target.digest, target.size)
-        return _Local(named.digest, named.size, named.name, named.url, named.sha256)
+        # An unpacked fixture's url gives its archive, not this content: not pushed as its source.
+        url = named.url if named.unpack is None else None
+        return _Local(named.digest, named.size, named.name, url, named.sha256)
 
     def _push(self, local: _Local, blobs: _Once[tuple[int, bool]] | None = None) -> _Moved:
         """Blob first, then records: a record never names a blob the remote lacks. ``blobs``
         shares each blob's upload between the refs of one push."""
         once = blobs if blobs is not None else _Once()
+        members = tier_trees.members_of(self._catalog, local.digest)  # a tree's, first
+        sent = tier_trees.each(lambda m: once.run(m.digest, partial(
+            self._push_blob, _Local(m.digest, m.size)))[0][1], members)
         (size, uploaded), first = once.run(local.digest, partial(self._push_blob, local))
+        uploaded = uploaded or sent
         uploaded = uploaded and first  # the other refs of this blob found it there
         if local.name is not None:
             self.remote.put_name(
@@ -301,33 +324,58 @@ class RemoteTier:
         if refs is not None and manifest is not None:
             raise UsageError("pull either refs or a manifest, not both")
         report = TransferReport("pulled", "in the store")
-        items: list[_Item] = []
-        if manifest is not None:
-            for fixture in manifests.load(manifest):
-                items.append((fixture.name, partial(self._pull_fixture, fixture)))
-        elif refs is not None:
-            items = [(ref, partial(self._pull_ref, ref)) for ref in refs]
-        else:
-            for entry in self.remote.listing():
-                if entry.error is not None:  # one bad record must not stop the others
-                    log.warning("skipping %s: %s", entry.where, entry.error)
-                    report.failed[entry.where] = entry.error
-                elif entry.name is not None:
-                    items.append((entry.name, partial(self._pull_ref, entry.name)))
-        self._run(items, report)
+        # The fixtures pulled at once share transactions, and small blobs one syncfs a batch
+        # (opened before the first write: it reports the write errors met since).
+        with (self._blobs.batch_sync() as sync_staged,
+              GroupCommit(self._recorder, sync_staged) as group):  # fmt: skip
+            items: list[_Item] = []
+            if manifest is not None:
+                for fixture in manifests.load(manifest):
+                    items.append((fixture.name, partial(self._pull_fixture, fixture, group)))
+            elif refs is not None:
+                items = [(ref, partial(self._pull_ref, ref, group)) for ref in refs]
+            else:
+                for entry in self.remote.listing():
+                    if entry.error is not None:  # one bad record must not stop the others
+                        log.warning("skipping %s: %s", entry.where, entry.error)
+                        report.failed[entry.where] = entry.error
+                    elif entry.name is not None:
+                        items.append((entry.name, partial(self._pull_ref, entry.name, group)))
+            self._run(items, report)
         return report
 
-    def _pull_ref(self, ref: str) -> _Moved:
+    def _pull_ref(self, ref: str, group: GroupCommit) -> _Moved:
         if not isinstance(ref, str):
             raise UsageError(f"a ref must be a digest or a name, not {type(ref).__name__}")
         if is_digest(ref):
-            return self._pull(ref.lower())
+            return self._pull_tree(group, ref.lower())
         record = self.remote.get_name(check_name(ref))
         if record is None:
             raise NotFound(f"no name {ref!r} in the remote {self.remote.url}")
-        return self._pull(record.digest, record.size, ref, record.url, record.sha256)
+        moved = self._pull_tree(group, record.digest, record.size)
+        named = self._pull(group, record.digest, record.size, ref, record.url, record.sha256)
+        return moved if moved.transferred else named
 
-    def _pull_fixture(self, fixture: Fixture) -> _Moved:
+    def _pull_tree(self, group: GroupCommit, digest: str, size: int | None = None) -> _Moved:
+        """Pull a blob unnamed; when it is a tree's record, its members too, then the tree's
+        rows (before any name points at it). Each waits for its recording: the record's file
+        is read once published, and the rows need every member stored."""
+        def recorded(digest: str, size: int | None) -> _Moved:
+            moved = self._pull(group, digest, size)
+            if moved.later is not None:
+                moved.later.result()
+            return moved
+
+        moved = recorded(digest, size)
+        tree = tier_trees.stored_record(self._blobs, digest)
+        if tree is None:
+            return moved
+        sent = tier_trees.each(lambda m: recorded(m.digest, m.size).transferred,
+                               list({m.digest: m for m in tree.files}.values()))
+        tier_trees.record_pulled(self._catalog, digest, tree)
+        return moved._replace(transferred=moved.transferred or sent)
+
+    def _pull_fixture(self, fixture: Fixture, group: GroupCommit) -> _Moved:
         digest, sha256 = fixture.blake3, fixture.sha256
         if digest is None and sha256 is not None:
             digest = self._local_alias("sha256", sha256) or self.remote.get_alias(sha256)
@@ -345,28 +393,35 @@ class RemoteTier:
         if digest is None:
             what = "no record of its URL" if hashless else "its digest is unknown there"
             raise NotFound(f"fixture {fixture.name!r} is not in the remote ({what})")
-        return self._pull(digest, fixture.size, fixture.name, fixture.url, sha256)
+        # An unpacked fixture's digests are its archive's: the archive is pulled, not named
+        # (a sync then unpacks it without network).
+        name = fixture.name if fixture.unpack is None else None
+        return self._pull(group, digest, fixture.size, name, fixture.url, sha256)
 
     def _pull(
-        self, digest: str, size: int | None = None, name: str | None = None,
-        url: str | None = None, sha256: str | None = None,
+        self, group: GroupCommit, digest: str, size: int | None = None,
+        name: str | None = None, url: str | None = None, sha256: str | None = None,
     ) -> _Moved:  # fmt: skip
-        """Pull one blob unless it is stored, and name it."""
+        """Pull one blob unless it is stored, and name it; recorded with ``group``. A small
+        blob is synced with its batch (one syncfs), a large one by its own fsync."""
         keys = [f"blake3:{digest}"] + ([f"sha256:{sha256}"] if sha256 else [])
         expected = Expected(blake3=digest, sha256=sha256, size=size)
         # The fetch's single-flight locks: one transfer however many pull or fetch it at once.
         with self._single_flight(keys):
-            if self._name_if_stored(digest, size, name, url, sha256):
-                return _Moved(digest, False)
-            pulled = self.remote.get(digest, self._blobs, size=size, sha256=sha256,
-                                     received=self._received)  # fmt: skip
-            if pulled is None:
-                raise NotFound(f"blob {digest} is not in the remote {self.remote.url}")
-            fetched = self._recorder.keep(
-                pulled, url=url, name=name, expected=expected,
-                via=self.remote.url_of(self.remote.blob_key(digest)), source=False,
-            )  # fmt: skip
-        return _Moved(digest, True, fetched.stored)
+            recording = group.pending(digest)  # by another ref of this pull
+            if recording is None:
+                if self._name_if_stored(digest, size, name, url, sha256):
+                    return _Moved(digest, False)
+                small = size is not None and size < self.remote.transfer.threshold
+                pulled = self.remote.get(digest, self._blobs, size=size, sha256=sha256,
+                                         received=self._received, sync=not small)  # fmt: skip
+                if pulled is None:
+                    raise NotFound(f"blob {digest} is not in the remote {self.remote.url}")
+                via = self.remote.url_of(self.remote.blob_key(digest))
+                keep = Keep(pulled, url, name, expected, via, source=False)
+                return _Moved(digest, True, later=group.submit(keep, synced=not small))
+        recording.exception()  # recorded (or not) now: name it, or pull it after all
+        return self._pull(group, digest, size, name, url, sha256)
 
     def _name_if_stored(
         self, digest: str, size: int | None, name: str | None, url: str | None,
@@ -400,25 +455,23 @@ class RemoteTier:
 
     @staticmethod
     def _run(items: Iterable[_Item], report: TransferReport) -> None:
-        """Run each item, ``JOBS`` at a time; a failure does not stop the others."""
+        """Run each item, ``JOBS`` at a time; a failure does not stop the others. A pulled
+        blob counts once it is recorded."""
+        later: list[tuple[str, Future[Fetched]]] = []
         with ThreadPoolExecutor(max_workers=JOBS, thread_name_prefix="cas-remote") as pool:
             futures = {pool.submit(work): ref for ref, work in items}
             for future in as_completed(futures):
-                ref = futures[future]
-                try:
-                    moved = future.result()
-                except OSError as error:  # this store's disk: full, read-only, ...
-                    failure: CasError = os_error(error, f"cannot store {ref!r}")
-                    log.error("%s failed: %s", ref, failure)
-                    report.failed[ref] = failure
-                    continue
-                except CasError as error:
-                    log.error("%s failed: %s", ref, error)
-                    report.failed[ref] = error
-                    continue
-                (report.done if moved.transferred else report.present)[ref] = moved.digest
-                if moved.stored is not None:
-                    report.stored = moved.stored
+                moved = _settle(futures[future], future.result, report)
+                if moved is not None and moved.later is not None:
+                    later.append((futures[future], moved.later))
+                elif moved is not None:
+                    (report.done if moved.transferred else report.present)[futures[future]] = (
+                        moved.digest)  # fmt: skip
+        for ref, recording in later:
+            fetched = _settle(ref, recording.result, report)
+            if fetched is not None:
+                report.done[ref] = fetched.digest
+                report.stored = fetched.stored
 
     def _local_alias(self, algorithm: str, value: str) -> str | None:
         with self._catalog.read() as conn:

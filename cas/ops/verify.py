@@ -20,6 +20,8 @@ What is found (a ``Finding`` kind) and what is done about it (`cas verify`, SPEC
     dangling  a name whose blob is gone and that has no source: none (put the content again,
               or untag the name)
     catalog   ``PRAGMA quick_check`` finds the catalog damaged: reported with what to do; stop
+    tree,     a tree missing a member's blob (damage that remains), and an entry of ``views/``
+    view      that is not a right view (removed): cas/ops/verify_views.py
 
 Damage that remains (missing, corrupt, damaged, dangling, catalog not repaired) makes the CLI
 exit with status 4.
@@ -51,6 +53,7 @@ from cas.errors import CasError, StoreError, UsageError
 from cas.logs import log
 from cas.ops.findings import KINDS, Finding, VerifyReport
 from cas.ops.leases import dead_leases
+from cas.ops.verify_views import check_trees, check_views
 from cas.storage import queries as q
 from cas.storage import verification as v
 from cas.storage.blobs import BlobStore
@@ -143,6 +146,8 @@ class Verifier:
         candidates = _to_hash(files, rows, full, {f.digest for f in wrong_size})
         self._hash(report, candidates, rows, deadline)
         self._settle_damage(report)
+        check_views(self._blobs, self._catalog, report, full=full)  # after blobs/ is settled
+        check_trees(self._catalog, report)
         new_damage = sum(1 for damage in self._found.values() if damage.kind != "stray")
         self._catalog.count(Counter.VERIFICATION_FAILURES, new_damage)
         self._catalog.flush()

@@ -22,6 +22,7 @@ from cas.storage.catalog import Catalog
 if TYPE_CHECKING:
     from cas.ops.fetch import Fetcher
     from cas.ops.tier import RemoteTier
+    from cas.ops.unpack import FetchArchive, Unpacker
     from cas.transfer.http import Downloader
     from cas.transfer.s3 import Remote
 
@@ -66,3 +67,17 @@ def fetching(blobs: BlobStore, catalog: Catalog, settings: Settings, recorder: R
                           push=settings.remote_push, clock=clock)
     return Fetcher(blobs, catalog, downloader, recorder, tier=tier, clock=clock,
                    headers=settings.headers), tier
+
+
+def unpacking(blobs: BlobStore, catalog: Catalog, settings: Settings, fetch: FetchArchive,
+              clock: Clock) -> Unpacker:
+    """A store's fetch with unpack, over its fetch: archives unpack at most to
+    ``max_cache_size``, one unpacking at a time per archive and kind across processes."""
+    import functools
+
+    from cas.ops.unpack import Unpacker
+    from cas.transfer.flight import heartbeat, single_flight
+
+    locks = functools.partial(single_flight, locks=blobs.locks, stall=settings.download_timeout)
+    return Unpacker(blobs, catalog, fetch, locks=locks, beat=heartbeat, clock=clock,
+                    ceiling=settings.max_cache_size)

@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from cas.errors import StoreError
+from cas.storage import hashing
 from cas.storage.folder import NOFOLLOW_DIR, Folder, list_names
 from cas.storage.layout import Layout, blob_location, quarantine_name, shard_of
+from cas.storage.views import Views
 
 if TYPE_CHECKING:
     from cas.storage.found import Found
@@ -36,6 +38,7 @@ _BLOB_NAME = r"[0-9a-f]{64}"
 #: How old a read's check of a folder may be, in seconds. Writes re-check a folder at every use;
 #: a look-up trusting a check this recent saves a lstat, 15 % of its cost (benchmarks/suite_small).
 READ_RECHECK = 1.0
+SYNCFS_MIN_SHARDS = 4  #: a batch published into this many shard folders: one syncfs
 #: Blob paths remembered for look-ups; past this many, memory restarts.
 REMEMBERED_PATHS = 20_000
 
@@ -66,6 +69,9 @@ class BlobStore:
                                         durable=durable)
         self._read_only = read_only
         self._staging: Staging | None = None
+        #: Named views of blobs and trees (storage/views.py): they go with their blob.
+        self.views = Views(layout, self.root_folder, self.blobs, self.tmp, mode=mode,
+                           durable=durable)
         self._real_shards: dict[str, float] = {}  # shard -> time.monotonic() it was checked
         self._blobs_prefix = f"{self.blobs_dir}{os.sep}"
         self._shards: dict[str, Path] = {}
@@ -99,6 +105,7 @@ class BlobStore:
         self._read_only = why
         if self._staging is not None:
             self._staging.read_only = why
+        self.views.read_only = why is not None
 
     # -- where blobs are, and reading them --------------------------------------------------------
 
@@ -180,10 +187,10 @@ class BlobStore:
             raise FileNotFoundError(errno.ENOENT, "not a regular file", str(self.path_of(digest)))
         return fd, info
 
-    def _shard(self, shard: str, *, make: bool) -> int:
+    def _shard(self, shard: str, *, make: bool, settle: bool = True) -> int:
         """A new descriptor of a shard folder (the caller closes it), opened relative to
         ``blobs/``'s checked descriptor without following a link; made when missing and
-        ``make``. Raises StoreError for a symlink or a file in its place."""
+        ``make`` (``settle``: fsync ``blobs/`` then). StoreError for a symlink or a file."""
         blobs = self.blobs.fd()
         try:
             return os.open(shard, NOFOLLOW_DIR, dir_fd=blobs)
@@ -197,7 +204,7 @@ class BlobStore:
         # Made exactly as the other folders are (mode, fsync of blobs/), through a Folder used
         # once: its descriptor is handed over to the caller.
         folder = Folder(self.blobs_dir / shard, self.blobs, mode=self.dir_mode,
-                        durable=self.durable)
+                        durable=self.durable and settle)
         return os.dup(folder.fd())
 
     # -- staging (storage/staging.py) ----------------------------------------------------------
@@ -240,7 +247,7 @@ class BlobStore:
         moves from the very folder it was staged in to a shard folder opened without following
         a link (StoreError when a symlink stands there).
         """
-        shard = self._shard(shard_of(staged.digest), make=True)
+        shard = self._shard(shard_of(staged.digest), make=True, settle=sync)
         try:
             if staged.dir_fd is None:
                 os.rename(staged.path, staged.digest, dst_dir_fd=shard)
@@ -254,15 +261,19 @@ class BlobStore:
             os.close(shard)
 
     def sync_shards(self, digests: list[str]) -> None:
-        """fsync the shard folders of ``digests`` (once each), when durable: their renames are
-        on disk before the rows that name them are committed."""
-        if self.durable:
-            for shard in sorted({shard_of(digest) for digest in digests}):
-                fd = self._shard(shard, make=False)
-                try:
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
+        """Make the renames into the shard folders of ``digests`` (and new ones) durable before
+        their rows are committed: fsyncs for a few, else one syncfs (each fsync flushes)."""
+        shards = sorted({shard_of(digest) for digest in digests}) if self.durable else []
+        if len(shards) >= SYNCFS_MIN_SHARDS:
+            return hashing.syncfs(self.blobs.fd())
+        for shard in shards:
+            fd = self._shard(shard, make=False)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if shards:
+            os.fsync(self.blobs.fd())  # a shard folder that publish made without settling
 
     def check_removable(self, digests: list[str]) -> None:
         """Raise StoreError if a blob file of ``digests`` could not be unlinked (its shard
@@ -280,7 +291,9 @@ class BlobStore:
 
     def unlink_many(self, digests: list[str]) -> None:
         """Remove blobs' files, if present, shard by shard: relative to an open folder, so the
-        kernel does not walk the whole path again for each of many thousands (gc)."""
+        kernel does not walk the whole path again for each of many thousands (gc); and their
+        views (a hard link would keep the blob's bytes on disk)."""
+        self.views.remove(digests)
         folder_fd, folder = -1, ""
         try:
             for digest in sorted(digests):

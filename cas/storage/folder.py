@@ -176,3 +176,27 @@ def fsync_dir(folder: str | Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_tree(name: str, dir_fd: int) -> None:
+    """Remove the entry ``name`` of the folder ``dir_fd`` and, for a folder, everything under
+    it, never following a link: read-only folders (views are 0555) are made writable first.
+    Missing is nothing to do."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=dir_fd)
+        return
+    import shutil
+
+    with contextlib.suppress(FileNotFoundError):
+        os.chmod(name, 0o700, dir_fd=dir_fd, follow_symlinks=False)
+        for _, subfolders, _, fd in os.fwalk(name, dir_fd=dir_fd, follow_symlinks=False):
+            for sub in subfolders:
+                with contextlib.suppress(OSError, ValueError):  # a link: rmtree unlinks it
+                    if stat.S_ISDIR(os.stat(sub, dir_fd=fd, follow_symlinks=False).st_mode):
+                        os.chmod(sub, 0o700, dir_fd=fd, follow_symlinks=False)
+        shutil.rmtree(name, dir_fd=dir_fd)

@@ -122,6 +122,16 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
+def pwrite_all(fd: int, data: bytes | bytearray | memoryview, offset: int) -> None:
+    """Write all of ``data`` to ``fd`` at ``offset``: every staging write at an offset (ranges
+    written in parallel) goes through here."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
+
+
 @functools.cache
 def _libc(name: str, *argtypes: str) -> Callable[..., int] | None:
     """The libc function ``name`` taking ctypes ``argtypes`` (Linux), or None where there is

@@ -54,12 +54,18 @@ class Stats:
     #: What verify moved to ``quarantine/`` and cleanup has not yet removed (cas/ops/cleanup.py).
     quarantine_files: int = 0
     quarantine_bytes: int = 0
+    #: Stored trees; named views under ``views/`` and the bytes of their copies (executable
+    #: files of trees: a view's other files are hard links of blobs and cost nothing more).
+    trees: int = 0
+    views: int = 0
+    view_bytes: int = 0
 
     @classmethod
     def build(
         cls, counts: Mapping[str, int], usage: Usage, settings: Settings, debris: tuple[int, int],
         staging: tuple[int, int] = (0, 0),
         quarantine: tuple[int, int] = (0, 0),
+        views: tuple[int, int, int] = (0, 0, 0),
     ) -> Stats:
         """Stats from the catalog's counter rows (unknown names ignored, missing ones 0)."""
         return cls(
@@ -73,6 +79,9 @@ class Stats:
             staging_bytes=staging[1],
             quarantine_files=quarantine[0],
             quarantine_bytes=quarantine[1],
+            trees=views[0],
+            views=views[1],
+            view_bytes=views[2],
         )
 
     @property
@@ -131,6 +140,8 @@ class Stats:
             "staging_debris": {"files": self.debris_files, "bytes": self.debris_bytes},
             "staging": {"files": self.staging_files, "bytes": self.staging_bytes},
             "quarantine": {"files": self.quarantine_files, "bytes": self.quarantine_bytes},
+            "trees": self.trees,
+            "views": {"count": self.views, "copied_bytes": self.view_bytes},
             "problems": self.problems(),
         }
 
@@ -187,6 +198,10 @@ class Stats:
             "cas_quarantine_bytes", "gauge", "Bytes of the files in quarantine/.",
             self.quarantine_bytes,
         )  # fmt: skip
+        metric("cas_trees", "gauge", "Trees stored.", self.trees)
+        metric("cas_views", "gauge", "Named views under views/.", self.views)
+        metric("cas_view_copied_bytes", "gauge", "Bytes of views that are copies, not links.",
+               self.view_bytes)
         return "\n".join(lines) + "\n"
 
 

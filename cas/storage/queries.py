@@ -33,6 +33,7 @@ class NameRow(NamedTuple):
     expected_size: int | None
     size: int | None  #: NULL when the name's blob is not stored
     last_access: float | None
+    unpack: str | None = None  #: the kind its url's archive is unpacked as, or None
 
 
 def _one(source: Connection | Catalog, sql: str, params: tuple[Any, ...]) -> Any:
@@ -53,7 +54,8 @@ def find_name(source: Connection | Catalog, name: str) -> NameRow | None:
     row = _one(
         source,
         "SELECT n.name, n.digest, n.pinned, n.url, n.sha256, n.expected_size, b.size,"
-        " b.last_access FROM names n LEFT JOIN blobs b ON b.digest = n.digest WHERE n.name = ?",
+        " b.last_access, n.unpack FROM names n LEFT JOIN blobs b ON b.digest = n.digest"
+        " WHERE n.name = ?",
         (name,),
     )
     return None if row is None else without_credentials(NameRow._make(row))
@@ -79,16 +81,22 @@ def without_credentials(row: Row) -> Row:
     return row._replace(url=redact(row.url))
 
 
+# The hot path's rows carry the tree's file count (NULL for a file), so a view is chosen
+# without a second query.
 _BLOB_BY_NAME = (
-    "SELECT b.digest, b.size, b.last_access FROM names n JOIN blobs b ON b.digest = n.digest"
+    "SELECT b.digest, b.size, b.last_access, t.files FROM names n"
+    " JOIN blobs b ON b.digest = n.digest LEFT JOIN trees t ON t.digest = b.digest"
     " WHERE n.name = ?"
 )
-_BLOB_BY_DIGEST = "SELECT digest, size, last_access FROM blobs WHERE digest = ?"
+_BLOB_BY_DIGEST = (
+    "SELECT b.digest, b.size, b.last_access, t.files FROM blobs b"
+    " LEFT JOIN trees t ON t.digest = b.digest WHERE b.digest = ?"
+)
 
 
-def stored_blob(catalog: Catalog, ref: str) -> tuple[str, int, float] | None:
-    """(digest, size, last_access) of the stored blob a name or a digest refers to, or None:
-    the hot path of look-ups, one lone SELECT."""
+def stored_blob(catalog: Catalog, ref: str) -> tuple[str, int, float, int | None] | None:
+    """(digest, size, last_access, files of a tree or None) of the stored blob a name or a
+    digest refers to, or None: the hot path of look-ups, one lone SELECT."""
     if len(ref) == 64 and is_digest(ref):
         return catalog.lookup(_BLOB_BY_DIGEST, (ref.lower(),))  # type: ignore[no-any-return]
     return catalog.lookup(_BLOB_BY_NAME, (ref,))  # type: ignore[no-any-return]
@@ -130,11 +138,11 @@ def record_blobs(conn: Connection, blobs: list[tuple[str, int]], now: float) -> 
 
 
 _SET_NAME = (
-    "INSERT INTO names (name, digest, url, sha256, expected_size, created, updated, floating)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO names (name, digest, url, sha256, expected_size, created, updated, floating,"
+    " unpack) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (name) DO UPDATE SET digest = excluded.digest, url = excluded.url,"
     " sha256 = excluded.sha256, expected_size = excluded.expected_size,"
-    " updated = excluded.updated, floating = excluded.floating"
+    " updated = excluded.updated, floating = excluded.floating, unpack = excluded.unpack"
 )
 
 
@@ -148,18 +156,20 @@ def set_name(
     sha256: str | None = None,
     expected_size: int | None = None,
     floating: bool = False,
+    unpack: str | None = None,
 ) -> None:
     """Point ``name`` at ``digest`` with the given source; a pin is kept. ``floating``: fetched
     from ``url`` without an expected digest, so it follows the URL's content (``follow``).
-    The catalog never holds the credentials a URL may carry (cas/urls.py)."""
+    ``unpack``: the kind the archive at ``url`` is unpacked as. The catalog never holds the
+    credentials a URL may carry (cas/urls.py)."""
     conn.execute(_SET_NAME, (name, digest, redact_optional(url), sha256, expected_size, now, now,
-                             int(floating and url is not None)))
+                             int(floating and url is not None), unpack))
 
 
 def set_names(conn: Connection, names: list[tuple[str, str]], now: float) -> None:
     """Point each (name, digest) name at its digest, without a source; pins are kept."""
     conn.executemany(
-        _SET_NAME, [(name, digest, None, None, None, now, now, 0) for name, digest in names]
+        _SET_NAME, [(name, digest, None, None, None, now, now, 0, None) for name, digest in names]
     )
 
 
@@ -187,17 +197,23 @@ class EntryRow(NamedTuple):
     last_access: float | None
     pinned: int
     url: str | None
+    files: int | None = None  #: a tree's file count; None for a file
+    tree_size: int | None = None  #: a tree's total size
 
 
 def entries(conn: Connection) -> list[EntryRow]:
-    """Every name with its blob, then every blob without a name, for listings."""
+    """Every name with its blob, then every blob without a name, for listings; a tree is one
+    entry (its members, unless named, are not listed)."""
     return list(map(lambda row: without_credentials(EntryRow._make(row)),
         conn.execute(
-            "SELECT n.name, n.digest, b.size, b.last_access, n.pinned, n.url"
+            "SELECT n.name, n.digest, b.size, b.last_access, n.pinned, n.url, t.files, t.size"
             " FROM names n LEFT JOIN blobs b ON b.digest = n.digest"
+            " LEFT JOIN trees t ON t.digest = b.digest"
             " UNION ALL"
-            " SELECT NULL, b.digest, b.size, b.last_access, 0, NULL FROM blobs b"
+            " SELECT NULL, b.digest, b.size, b.last_access, 0, NULL, t.files, t.size"
+            " FROM blobs b LEFT JOIN trees t ON t.digest = b.digest"
             " WHERE NOT EXISTS (SELECT 1 FROM names n WHERE n.digest = b.digest)"
+            " AND NOT EXISTS (SELECT 1 FROM tree_entries e WHERE e.digest = b.digest)"
             " ORDER BY 1 NULLS LAST, 2"
         )
     ))

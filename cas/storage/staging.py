@@ -23,7 +23,7 @@ from typing import BinaryIO
 
 from cas.errors import StoreError
 from cas.storage import hashing
-from cas.storage.folder import Folder
+from cas.storage.folder import Folder, remove_tree
 from cas.storage.layout import LOCKS, Layout, put_name
 from cas.storage.processes import staging_tag, written_by_dead_process
 
@@ -118,6 +118,17 @@ class Staging:
             self._sync(fd, sync)
             return staged
 
+    def stage_written(self, fill: Callable[[int, bool], tuple[str, int]], *,
+                      sync: bool = True) -> Staged:
+        """A staging file that ``fill(fd, write_behind)`` writes (in any order: ranges in
+        parallel) and hashes from its bytes, returning the digest and size; synced as every
+        ``stage_*`` file. ``write_behind`` says that the file will be fsynced, so ``fill``
+        should start the writeback of what it finished (``hashing.start_writeback``)."""
+        with self._staging_file() as (fd, staged):
+            staged.digest, staged.size = fill(fd, self.durable and sync)
+            self._sync(fd, sync)
+            return staged
+
     def stage_bytes(self, data: bytes | bytearray | memoryview, digest: str, *,
                     sync: bool = True) -> Staged:
         """Write ``data``, whose digest the caller computed, into a staging file."""
@@ -170,9 +181,8 @@ class Staging:
         folder = (self.locks if in_locks else self.tmp).fd()
         with contextlib.suppress(FileNotFoundError, IsADirectoryError, PermissionError):
             if entry.is_dir(follow_symlinks=False):
-                import shutil  # rare: a folder left in tmp/ or locks/
-
-                shutil.rmtree(entry.name, dir_fd=folder)
+                # a view's build (its folders may be 0555 already), or another folder
+                remove_tree(entry.name, folder)
             else:
                 os.unlink(entry.name, dir_fd=folder)
             return True

@@ -72,6 +72,7 @@ class DamagedRow(NamedTuple):
     name: str | None  #: the name that has ``url``
     sha256: str | None
     expected_size: int | None
+    unpack: str | None  #: the kind ``url``'s archive is unpacked as, or None
 
 
 def damaged(conn: Connection) -> list[DamagedRow]:
@@ -86,7 +87,7 @@ def damaged(conn: Connection) -> list[DamagedRow]:
     return [without_credentials(DamagedRow._make(row)) for row in conn.execute(
         "SELECT d.digest, d.found, d.problem, d.quarantined,"
         " (SELECT group_concat(name, char(10)) FROM names n WHERE n.digest = d.digest),"
-        " s.url, s.name, s.sha256, s.expected_size"
+        " s.url, s.name, s.sha256, s.expected_size, s.unpack"
         " FROM damaged d LEFT JOIN names s ON s.name = (SELECT min(name) FROM names m"
         "  WHERE m.digest = d.digest AND m.url IS NOT NULL)"
         " ORDER BY d.digest"

@@ -9,7 +9,7 @@
     flight.py      single flight: lock files, heartbeat, going on past a stalled holder
     s3.py          the remote tier's bucket: has, get and put of blobs and records
     s3_records.py  the bucket's keys and records (light)
-    s3_stream.py   a remote blob's bytes on their way into staging
+    s3_ranges.py   a remote blob in ranges, in parallel, into staging
     s3_errors.py   botocore's errors translated, and the window for its retries
 """
 

@@ -6,23 +6,27 @@ transfer/s3_records.py. Blob keys are content addresses and records are idempote
 number of stores on any number of machines write without coordinating: two writers of one blob
 write the same bytes.
 
-Nothing read from the bucket is trusted. A blob streams through the store's one staging
-protocol (``BlobStore.stage_stream``: a private file under ``tmp/``, hashed while written,
-fsynced) and is handed over only when its BLAKE3 digest and size, and its SHA-256 when one is
-expected, match (transfer/s3_stream.py); a record is checked field by field before it is used.
+Nothing read from the bucket is trusted. A blob is downloaded in ranges, in parallel, into a
+staging file of the store (``Staging.stage_written``: a private file under ``tmp/``, hashed
+in order as it fills, fsynced) and is handed over only when its BLAKE3 digest and size, and its
+SHA-256 when one is expected, match (transfer/s3_ranges.py); a record is checked field by field
+before it is used.
 
 The client is boto3, imported when a remote is first used (``cas path`` of a stored blob never
 pays for it). Endpoint, region and credentials come from the standard AWS sources: ``AWS_*``
-variables including ``AWS_ENDPOINT_URL``, and the shared config and credentials files. Objects
-above ``Transfer.threshold`` move by multipart transfer, ``Transfer.concurrency`` parts at once.
+variables including ``AWS_ENDPOINT_URL``, and the shared config and credentials files. Blobs
+above ``Transfer.threshold`` go up by multipart upload and come down in ranges of
+``Transfer.part_size``, ``Transfer.concurrency`` parts at once; smaller ones take one request.
 Failures are retried and translated as transfer/s3_errors.py says.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -33,6 +37,7 @@ from cas.storage.processes import forks
 from cas.transfer import USER_AGENT
 from cas.transfer.request import Download
 from cas.transfer.s3_errors import RETRY_WINDOW, RetryWindow, failure, local, missing
+from cas.transfer.s3_ranges import RangedGet, mismatch
 from cas.transfer.s3_records import (
     ALIASES,
     NAMES,
@@ -47,15 +52,17 @@ from cas.transfer.s3_records import (
     name_leaf,
     name_of_leaf,
 )
-from cas.transfer.s3_stream import Done, Pipe, mismatch
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
 MiB = 1 << 20
-#: Further downloads of a blob after its body stream broke (each request retries besides).
+#: Further requests for a part of a blob after its body stream broke (each request retries
+#: besides).
 STREAM_RETRIES = 1
+#: Connections kept beside those of the parts in flight: fixtures moved at once, records.
+POOL_EXTRA = 24
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,8 @@ class Remote:
         self._forks = forks()
         self._lock = threading.Lock()
         self._bucket_seen = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_forks = self._forks
 
     def __repr__(self) -> str:
         return f"<cas.transfer.s3.Remote {self.url!r}>"
@@ -117,6 +126,16 @@ class Remote:
                 self._forks = forks()
             return cast("S3Client", self._client)
 
+    def _parts(self) -> Executor:
+        """The threads that download the parts of large blobs, ``Transfer.concurrency`` of
+        them for every blob of this remote at once (a forked child makes its own)."""
+        with self._lock:
+            if self._pool is None or forks() != self._pool_forks:
+                self._pool = ThreadPoolExecutor(self.transfer.concurrency,
+                                                thread_name_prefix="cas-s3-part")  # fmt: skip
+                self._pool_forks = forks()
+            return self._pool
+
     def _new_client(self) -> S3Client:
         try:
             import boto3
@@ -131,8 +150,12 @@ class Remote:
             retries={"mode": "standard", "total_max_attempts": self.retries + 1},
             connect_timeout=self.timeout,
             read_timeout=self.timeout,
-            max_pool_connections=max(10, self.transfer.concurrency + 2),
+            # Parts in flight, and the blobs and records that pushes and pulls move at once.
+            max_pool_connections=self.transfer.concurrency + POOL_EXTRA,
             user_agent_extra=USER_AGENT,
+            # No CRC32 of every body received: each blob is checked by its BLAKE3 digest. (Sent
+            # bodies keep theirs: without it, botocore signs a body's SHA-256 over plain HTTP.)
+            response_checksum_validation="when_required",
         )
         # A session of its own: boto3's default session is not thread-safe to create clients.
         client = boto3.session.Session().client("s3", config=config)
@@ -242,9 +265,10 @@ class Remote:
         size: int | None = None,
         sha256: str | None = None,
         received: Callable[[int], None] | None = None,
+        sync: bool = True,
     ) -> Download | None:
-        """Stream the blob into a staging file of ``blobs`` and verify it; None when the remote
-        does not have it.
+        """Download the blob into a staging file of ``blobs`` (fsynced unless ``sync`` is
+        False: ``BlobStore.batch_sync``) and verify it; None when the remote does not have it.
 
         Raises IntegrityError (nothing is kept) when the content is not ``digest``, or not
         ``size`` bytes or ``sha256`` when given; RemoteError when the remote cannot be used.
@@ -252,20 +276,13 @@ class Remote:
         """
         key = self.blob_key(digest)
         where = self.url_of(key)
-        pipe = Pipe(where, size, sha256 is not None)
-        manager = self._manager()
-        failed = True
+        ranged = RangedGet(
+            self.client, self.bucket, key, where, part_size=self.transfer.part_size,
+            pool=self._parts, size=size, want_sha256=sha256 is not None,
+            stream_retries=min(self.retries, STREAM_RETRIES),
+        )  # fmt: skip
         try:
-            # Typed for files and BaseSubscribers; s3transfer only calls write and on_done.
-            target: Any = pipe
-            done: Any = Done(pipe)
-            future = manager.download(self.bucket, key, target, subscribers=[done])
-            try:
-                staged = blobs.stage_stream(cast(BinaryIO, pipe))
-            finally:
-                pipe.close()  # if staging stopped early, the download's next write fails
-            future.result()
-            failed = False
+            staged = blobs.staging.stage_written(ranged.fill, sync=sync)
         except CasError:
             raise
         except Exception as error:
@@ -276,10 +293,9 @@ class Remote:
                 return None
             raise self._failure(error, "cannot download", where) from error
         finally:
-            manager.shutdown(cancel=failed)
-            if received is not None and pipe.count:
-                received(pipe.count)
-        found = pipe.sha256.hexdigest() if pipe.sha256 is not None else None
+            if received is not None and ranged.count:
+                received(ranged.count)
+        found = ranged.sha256.hexdigest() if ranged.sha256 is not None else None
         problem = mismatch(staged.digest, staged.size, found, digest, size, sha256)
         if problem is not None:
             staged.discard()
@@ -291,21 +307,37 @@ class Remote:
                 found=got,
             )
         return Download(staged=staged, upstream={"sha256": found} if found else {},
-                        attempts=1, transferred=pipe.count, resumed=0)  # fmt: skip
+                        attempts=1, transferred=ranged.count, resumed=0)  # fmt: skip
 
     def put(self, digest: str, blob: BinaryIO) -> None:
-        """Upload an open blob under its digest (multipart when large).
+        """Upload an open blob under its digest: one PUT up to ``Transfer.threshold``, a
+        multipart upload above, whose parts are read by the threads that send them.
 
         Overwrites what is there: the same content, or damaged content being repaired.
         """
         key = self.blob_key(digest)
-        manager = self._manager()
+        size = os.fstat(blob.fileno()).st_size
         try:
-            manager.upload(blob, self.bucket, key).result()
+            if size < self.transfer.threshold:
+                self.client.put_object(Bucket=self.bucket, Key=key, Body=blob)
+            else:
+                self._upload(blob, key)
         except Exception as error:
             if local(error):
                 raise  # reading the blob here failed, not the remote
             raise self._failure(error, "cannot upload to", self.url_of(key)) from error
+
+    def _upload(self, blob: BinaryIO, key: str) -> None:
+        """A multipart upload. Given a file name, s3transfer reads each part in the thread that
+        sends it (a file object is read part by part into memory first, up to ten parts); the
+        name is the open descriptor's, so a path swapped meanwhile is never read."""
+        manager = self._manager()
+        fd_path = f"/proc/self/fd/{blob.fileno()}"
+        try:
+            if os.path.exists(fd_path):
+                manager.upload(fd_path, self.bucket, key).result()
+            else:
+                manager.upload(blob, self.bucket, key).result()
         finally:
             manager.shutdown()
 

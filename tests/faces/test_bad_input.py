@@ -60,9 +60,19 @@ def _assert_kept(root: Path) -> None:
     assert result.stdout == KEPT
 
 
+def _linked(tmp: Path) -> Path:
+    """A folder holding a symbolic link, which a tree refuses (a folder is stored as a tree)."""
+    folder = tmp / "linked"
+    folder.mkdir(exist_ok=True)
+    (folder / "file.txt").write_text("kept out")
+    if not (folder / "escape").is_symlink():
+        (folder / "escape").symlink_to("/etc/passwd")
+    return folder
+
+
 CASES: dict[str, tuple[Callable[[Path, Path], list[str]], int, str]] = {
     "missing source": (lambda root, tmp: ["put", str(tmp / "nope.bin")], 3, "does not exist"),
-    "folder as file": (lambda root, tmp: ["put", str(tmp)], 2, "folder"),
+    "folder holding a link": (lambda root, tmp: ["put", str(_linked(tmp))], 2, "symbolic link"),
     "64-hex name": (lambda root, tmp: ["tag", "ab" * 32, "kept"], 2, "64 hex"),
     "empty name": (lambda root, tmp: ["tag", "", "kept"], 2, "empty"),
     "over-long name": (lambda root, tmp: ["tag", "n" * 256, "kept"], 2, "at most 255"),
@@ -174,7 +184,8 @@ API_CASES: dict[str, tuple[Callable[[cas.Store, Path], object], type[Exception],
     "put of a text stream": (lambda s, tmp: s.put(io.StringIO("text")), cas.UsageError,  # type: ignore[arg-type]
                              "binary mode"),
     "put of a missing file": (lambda s, tmp: s.put(tmp / "nope"), cas.NotFound, "does not exist"),
-    "put of a folder": (lambda s, tmp: s.put(tmp), cas.UsageError, "folder"),
+    "put of a folder with a link": (lambda s, tmp: s.put(_linked(tmp)), cas.UsageError,
+                                    "'escape' is a symbolic link"),
     "name not a string": (lambda s, tmp: s.put(b"x", name=5), cas.UsageError, "a string"),  # type: ignore[arg-type]
     "empty name": (lambda s, tmp: s.put(b"x", name=""), cas.UsageError, "empty"),
     "name too long": (lambda s, tmp: s.put(b"x", name="n" * 256), cas.UsageError, "at most"),
@@ -265,8 +276,10 @@ def test_names_and_refs_never_reach_outside_the_root(tmp_path: Path) -> None:
         for index, name in enumerate(hostile):
             digest = store.put(f"content {index}".encode(), name=name)
             path = store.path(name)
-            assert path.resolve().is_relative_to(Layout(root).blobs.resolve()), path
-            assert path.name == digest
+            # a named view inside views/, keyed by the digest: never outside the root
+            assert path.resolve().is_relative_to(Layout(root).views.resolve()), path
+            assert path.parent.name == digest and path.samefile(store.path(digest))
+            assert store.path(digest).resolve().is_relative_to(Layout(root).blobs.resolve())
             assert store.read_bytes(name) == f"content {index}".encode()
         assert sorted(entry.name for entry in store.entries() if entry.name) == sorted(hostile)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*outside_before, "store"])

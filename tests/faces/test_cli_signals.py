@@ -212,7 +212,8 @@ def test_quiet_prints_results_only(tmp_path: Path) -> None:
         done = run_cas("-q", "sync", str(manifest), root=root)
     assert done.returncode == 0, done.stderr
     assert done.stderr == b""
-    assert done.stdout.decode().split() == [cas.Store.open(root).path("q.bin").name, "q.bin"]
+    assert done.stdout.decode().split() == [cas.Store.open(root).path("q.bin").parent.name,
+                                             "q.bin"]
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ def test_api_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                           server: Server) -> None:
     """Every python block of docs/api.md runs, in order, against a fresh store."""
     server.add("/hello.txt", b"hello\n")
+    server.add("/hello.txt.gz", gzip.compress(b"hello\n"))
     monkeypatch.setenv("CAS_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("FIXTURE_SERVER", server.base_url)
     blocks = re.findall(r"```python\n(.*?)```", (DOCS / "api.md").read_text(), re.S)

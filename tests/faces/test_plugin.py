@@ -297,3 +297,83 @@ def test_offline_plugin_serves_stored_fixtures(pytester: pytest.Pytester, server
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
     result.assert_outcomes(passed=2)
     assert server.requests("/data.bin") == 1
+
+
+def test_a_stored_tree_and_a_named_file_come_as_folder_and_real_name(
+        pytester: pytest.Pytester, tmp_path: Path) -> None:
+    """cas_fixture of a tree's name is its read-only folder; of a file's name, a path ending in
+    the name's last component."""
+    import cas
+
+    root = tmp_path / "store"
+    folder = tmp_path / "images"
+    (folder / "train").mkdir(parents=True)
+    (folder / "train" / "1.png").write_bytes(b"png")
+    with cas.Store.open(root) as store:
+        store.put(folder, name="sets/images")
+        store.put(b"GGUF", name="models/tiny.gguf")
+    pytester.makeini(f"[pytest]\ncas_root = {root}\n")
+    pytester.makepyfile("""
+def test_tree(cas_fixture):
+    folder = cas_fixture("sets/images")
+    assert folder.is_dir() and folder.name == "images"
+    assert (folder / "train" / "1.png").read_bytes() == b"png"
+
+def test_file(cas_fixture):
+    path = cas_fixture("models/tiny.gguf")
+    assert path.name == "tiny.gguf" and path.read_bytes() == b"GGUF"
+""")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "0")
+    result.assert_outcomes(passed=2)
+
+
+FILE_AND_TREE = """
+import hashlib
+import pytest
+
+@pytest.mark.parametrize("i", range(8))
+def test_named_file_and_tree(cas_fixture, i):
+    model = cas_fixture("models/tiny.gguf")
+    assert model.name == "tiny.gguf"
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == {sha256!r}
+    tree = cas_fixture("data/images")
+    assert tree.is_dir()
+    found = sorted(p.relative_to(tree).as_posix() for p in tree.rglob("*") if p.is_file())
+    assert found == {paths!r}
+    assert (tree / "a/one.txt").read_bytes() == b"one\\n" * 1000
+"""
+
+
+def test_xdist_named_file_and_tree_from_a_manifest(pytester: pytest.Pytester, server: Server,
+                                                   tmp_path: Path) -> None:
+    """Under `pytest -n 4`, a manifest's named file comes back with its real file name and an
+    archive entry as a folder with its relative paths; each is transferred once."""
+    import io
+    import tarfile
+
+    files = {"a/one.txt": b"one\n" * 1000, "b/two.bin": os.urandom(200_000), "top.md": b"# t\n"}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for path, data in files.items():
+            info = tarfile.TarInfo(path)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    model = os.urandom(1 << 20)
+    model_url = server.add("/tiny.gguf", model, delay=0.01, chunk=128 << 10)
+    tree_url = server.add("/images.tar.gz", buffer.getvalue(), delay=0.01, chunk=32 << 10)
+    pytester.makefile(".toml", fixtures=(
+        f'[fixtures."models/tiny.gguf"]\nurl = "{model_url}"\n'
+        f'sha256 = "{hashlib.sha256(model).hexdigest()}"\n'
+        f'[fixtures."data/images"]\nurl = "{tree_url}"\nunpack = "tar.gz"\n'
+        f'sha256 = "{hashlib.sha256(buffer.getvalue()).hexdigest()}"\n'
+    ))
+    root = tmp_path / "store"
+    _ini(pytester, root)
+    pytester.makepyfile(FILE_AND_TREE.format(sha256=hashlib.sha256(model).hexdigest(),
+                                            paths=sorted(files)))
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "4")
+    result.assert_outcomes(passed=8)
+    assert server.requests("/tiny.gguf") == 1 and server.sent("/tiny.gguf") == len(model)
+    assert server.requests("/images.tar.gz") == 1
+    with sqlite3.connect(Layout(root).catalog) as db:
+        assert db.execute("SELECT count(*) FROM leases").fetchone()[0] == 0

@@ -18,7 +18,7 @@ import pytest
 import cas
 
 #: Libraries that cost tens to hundreds of milliseconds to import, each needed by few commands.
-HEAVY = ("sqlalchemy", "urllib3", "boto3", "botocore", "tqdm")
+HEAVY = ("sqlalchemy", "urllib3", "boto3", "botocore", "tqdm", "zstandard")
 
 #: Runs the command line in this interpreter, then prints every module it loaded, then the heavy
 #: packages among them, as JSON on the last two lines of stderr. ``argv[1]`` shifts the clock by
@@ -77,7 +77,8 @@ def every_module(*args: str, shift: float = 0.0) -> tuple[set[str], str]:
 NOT_ON_THE_PATH_ROUTE = (
     "cas.ops.put", "cas.ops.record", "cas.ops.names", "cas.ops.cleanup", "cas.ops.eviction",
     "cas.ops.upkeep", "cas.ops.fetch", "cas.ops.tier", "cas.ops.manifest", "cas.ops.verify",
-    "cas.ops.writing",
+    "cas.ops.writing", "cas.ops.unpack", "cas.storage.archives", "cas.storage.extract",
+    "tarfile", "zipfile", "gzip",
     "cas.transfer", "cas.render", "cas.progress",
     "platformdirs", "tomllib", "difflib", "hashlib", "socket", "secrets", "shutil", "tempfile",
     "concurrent.futures", "logging",

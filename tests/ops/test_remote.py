@@ -626,11 +626,12 @@ def test_an_object_the_store_cannot_serve_costs_one_answer_and_is_repaired(
     with open_store(tmp_path / "a", remote_url) as first:
         first.fetch(url, name="a", blake3=digest)
     broken = _unservable(proxy, digest, delay=0.3)
+    gets = len(proxy.requests("GET", f"/blobs/{digest[:2]}/{digest}"))  # the first store's miss
     with open_store(tmp_path / "b", remote_url,
                     remote_client=Remote(remote_url, retries=3, retry_window=0.2)) as second:
         assert second.fetch(url, name="a", blake3=digest) == digest
     assert origin.requests("/a.bin") == 2
-    assert len(proxy.requests("GET", f"/blobs/{digest[:2]}/{digest}")) == 1  # not 4
+    assert len(proxy.requests("GET", f"/blobs/{digest[:2]}/{digest}")) - gets == 1  # not 4
     assert not broken.is_set()  # uploaded again after the origin served it
     with open_store(tmp_path / "c", remote_url) as third:
         assert third.fetch(url, blake3=digest) == digest
@@ -797,20 +798,22 @@ def test_a_full_disk_during_a_pull_leaves_nothing(
     import errno
 
     import cas.storage.hashing
+    import cas.transfer.s3_ranges
 
     with open_store(tmp_path / "a", remote_url) as first:
         first.put(BODY, name="a")
         first.push()
-    real = cas.storage.hashing.write_all
+    real = cas.storage.hashing.pwrite_all
     writes: list[int] = []
 
-    def full(fd: int, data: Any) -> None:
+    def full(fd: int, data: Any, offset: int) -> None:
         writes.append(len(data))
         if len(writes) > 1:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(fd, data)
+        real(fd, data, offset)
 
-    monkeypatch.setattr(cas.storage.hashing, "write_all", full)
+    monkeypatch.setattr(cas.storage.hashing, "pwrite_all", full)
+    monkeypatch.setattr(cas.transfer.s3_ranges, "CHUNK", 64 * 1024)  # several writes
     with open_store(tmp_path / "b", remote_url) as second:
         report = second.pull(["a"])
     assert isinstance(report.failed["a"], cas.StoreError)
@@ -852,3 +855,217 @@ def test_without_boto3_the_origin_serves_with_one_warning(
     warnings = cas_warnings(caplog)
     assert len(warnings) == 1 and "pip install 'cas-fixtures[s3]'" in warnings[0]
     assert report.failed == {}  # nothing named: nothing to push
+
+
+# -- transfers at speed: ranges in parallel, many small fixtures at once ---------------------------
+
+
+def in_flight(remote: Remote) -> list[int]:
+    """Record, at each GetObject of a blob that ``remote`` sends, how many were in flight."""
+    seen: list[int] = []
+    lock = threading.Lock()
+    now = [0]
+
+    def started(params: dict[str, Any], **_: Any) -> None:
+        if "/blobs/" in params["url_path"]:
+            with lock:
+                now[0] += 1
+                seen.append(now[0])
+
+    def ended(context: dict[str, Any], **_: Any) -> None:
+        if context.get("cas_blob_get"):
+            with lock:
+                now[0] -= 1
+
+    def mark(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+        context["cas_blob_get"] = "/blobs/" in params["url_path"]
+
+    events = remote.client.meta.events
+    events.register("before-call.s3.GetObject", mark)
+    events.register("before-call.s3.GetObject", started)
+    events.register("after-call.s3.GetObject", ended)
+    events.register("after-call-error.s3.GetObject", ended)
+    return seen
+
+
+def slow_blob_gets(proxy: Proxy, delay: float) -> None:
+    """The proxy holds every GET of a blob for ``delay`` seconds, then forwards it."""
+
+    def rule(method: str, path: str) -> int | None:
+        if method == "GET" and "/blobs/" in path:
+            time.sleep(delay)
+        return None
+
+    proxy.rule = rule
+
+
+def test_a_large_blob_comes_down_in_parallel_ranges_and_a_damaged_one_is_refused(
+    tmp_path: Path, remote_url: str, bucket: str, proxy: Proxy
+) -> None:
+    """Parts of a large blob are asked for at once, in ranges of the part size, written where
+    they belong and hashed in order; a damaged part's blob is refused (nothing stays), and an
+    object of the wrong size is refused after its first request."""
+    data = os.urandom(5 * MiB + 12345)
+    transfer = Transfer(threshold=MiB, part_size=MiB, concurrency=4)
+    with open_store(tmp_path / "a", remote_url,
+                    remote_client=Remote(remote_url, retries=1, transfer=transfer)) as first:
+        digest = first.put(data, name="big")
+        assert first.push().done == {"big": digest}
+    slow_blob_gets(proxy, 0.2)
+    remote = Remote(remote_url, retries=1, transfer=transfer)
+    gets, flying = count_gets(remote), in_flight(remote)
+    with open_store(tmp_path / "b", remote_url, remote_client=remote) as second:
+        assert second.pull(["big"]).done == {"big": digest}
+        assert second.read_bytes("big") == data
+    starts = sorted(int(header.removeprefix("bytes=").split("-")[0]) for header in gets)
+    assert starts == [n * MiB for n in range(6)]  # one request per part, no HEAD before
+    assert max(flying) > 1  # in parallel
+    assert_clean(tmp_path / "b", data)
+
+    key = f"team/fixtures/blobs/{digest[:2]}/{digest}"
+    damaged = bytearray(data)
+    damaged[3 * MiB + 7] ^= 0xFF  # inside the fourth part; same size
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key=key, Body=bytes(damaged))
+    with open_store(tmp_path / "c", remote_url,
+                    remote_client=Remote(remote_url, retries=1, transfer=transfer)) as third:
+        report = third.pull(["big"])
+    assert isinstance(report.failed["big"], cas.IntegrityError)
+    assert "damaged" in str(report.failed["big"]) and "BLAKE3" in str(report.failed["big"])
+    assert_clean(tmp_path / "c")
+
+    s3.put_object(Bucket=bucket, Key=key, Body=data + b"more")  # longer than the record says
+    remote = Remote(remote_url, retries=1, transfer=transfer)
+    gets = count_gets(remote)
+    with open_store(tmp_path / "d", remote_url, remote_client=remote) as fourth:
+        report = fourth.pull(["big"])
+    assert "its size is" in str(report.failed["big"]) and len(gets) == 1
+    assert_clean(tmp_path / "d")
+
+
+def test_the_cli_pulls_a_large_blob_in_ranges_and_refuses_a_damaged_one(
+    tmp_path: Path, remote_url: str, bucket: str
+) -> None:
+    """`cas pull` with the default parts (8 MiB): a blob of 17 MiB comes down whole; once
+    damaged, it is refused with one line naming it and exit status 1."""
+    data = os.urandom(17 * MiB)
+    env = {"CAS_REMOTE": remote_url, "CAS_RETRIES": "1"}
+    with open_store(tmp_path / "a", remote_url) as first:
+        digest = first.put(data, name="big")
+        first.push()
+    done = run_cas("pull", "big", root=tmp_path / "b", env=env)
+    assert done.returncode == 0, done.stderr
+    assert b"1 pulled, 0 already in the store, 0 failed" in done.stderr
+    assert_clean(tmp_path / "b", data)
+    damaged = bytearray(data)
+    damaged[-1] ^= 0xFF
+    boto3.client("s3").put_object(Bucket=bucket, Key=f"team/fixtures/blobs/{digest[:2]}/{digest}",
+                                  Body=bytes(damaged))  # fmt: skip
+    refused = run_cas("pull", "big", root=tmp_path / "c", env=env)
+    assert refused.returncode == 1
+    assert b"is damaged: its BLAKE3 digest is" in refused.stderr
+    assert_clean(tmp_path / "c")
+
+
+def test_empty_blobs_round_trip_by_name_and_by_digest(tmp_path: Path, remote_url: str) -> None:
+    """An empty blob (a Range on it answers 416) is pushed, and pulled by name (size known)
+    and by digest (size unknown)."""
+    with open_store(tmp_path / "a", remote_url) as first:
+        digest = first.put(b"", name="empty")
+        assert first.push().done == {"empty": digest}
+    with open_store(tmp_path / "b", remote_url) as second:
+        assert second.pull(["empty"]).done == {"empty": digest}
+        assert second.read_bytes("empty") == b""
+    with open_store(tmp_path / "c", remote_url) as third:
+        assert third.pull([digest]).done == {digest: digest}
+    assert_clean(tmp_path / "c", b"")
+
+
+def _many(count: int) -> dict[str, bytes]:
+    return {f"small/{n:02d}": os.urandom(1000 + n) for n in range(count)}
+
+
+def test_a_pull_of_many_small_fixtures_runs_at_once_and_counts_what_it_skips(
+    tmp_path: Path, remote_url: str, bucket: str, proxy: Proxy,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Small fixtures come down several at once, and are recorded in shared transactions; a
+    record that cannot be read and a damaged blob each fail alone, counted; the rest is
+    stored."""
+    from cas.ops.record import Recorder
+
+    fixtures = _many(40)
+    with open_store(tmp_path / "a", remote_url) as first:
+        digests = dict(zip(fixtures, first.put_many(fixtures), strict=True))
+        assert len(first.push().done) == 40
+    s3 = boto3.client("s3")
+    s3.put_object(Bucket=bucket, Key="team/fixtures/names/small%2F07.json", Body=b"not json")
+    bad = digests["small/13"]
+    s3.put_object(Bucket=bucket, Key=f"team/fixtures/blobs/{bad[:2]}/{bad}",
+                  Body=b"x" * len(fixtures["small/13"]))  # fmt: skip
+    transactions: list[int] = []
+    real = Recorder.keep_many
+
+    def slow_commit(self: Recorder, batch: Any, **kw: Any) -> Any:
+        transactions.append(len(batch))
+        time.sleep(0.2)  # a slow disk: the downloads go on meanwhile and wait together
+        return real(self, batch, **kw)
+
+    monkeypatch.setattr(Recorder, "keep_many", slow_commit)
+    slow_blob_gets(proxy, 0.05)
+    remote = Remote(remote_url, retries=1)
+    flying = in_flight(remote)
+    with open_store(tmp_path / "b", remote_url, remote_client=remote) as second:
+        report = second.pull()
+        assert report.summary() == "38 pulled, 0 already in the store, 2 failed"
+        assert "is not valid" in str(report.failed["small/07"])
+        assert isinstance(report.failed["small/13"], cas.IntegrityError)
+        for name in set(fixtures) - {"small/07", "small/13"}:
+            assert second.read_bytes(name) == fixtures[name]
+    assert max(flying) > 1
+    assert sum(transactions) == 38 and len(transactions) < 38
+    assert_clean(tmp_path / "b", *(fixtures[n] for n in set(fixtures) - {"small/07", "small/13"}))
+
+
+def test_the_cli_pulls_many_small_fixtures_and_counts_a_bad_record(
+    tmp_path: Path, remote_url: str, bucket: str
+) -> None:
+    """`cas pull` of 30 fixtures with one unreadable record: 29 pulled, exit status 1."""
+    fixtures = _many(30)
+    with open_store(tmp_path / "a", remote_url) as first:
+        first.put_many(fixtures)
+        first.push()
+    boto3.client("s3").put_object(Bucket=bucket, Key="team/fixtures/names/small%2F03.json",
+                                  Body=b"{}")  # fmt: skip
+    env = {"CAS_REMOTE": remote_url, "CAS_RETRIES": "1"}
+    done = run_cas("pull", root=tmp_path / "b", env=env)
+    assert done.returncode == 1
+    assert b"cas: pull: 29 pulled, 0 already in the store, 1 failed" in done.stderr
+    assert run_cas("cat", "small/29", root=tmp_path / "b", env=env).stdout == fixtures["small/29"]
+    assert_clean(tmp_path / "b", *(fixtures[n] for n in fixtures if n != "small/03"))
+
+
+def test_a_push_of_many_small_fixtures_puts_each_blob_in_one_request(
+    tmp_path: Path, remote_url: str, bucket: str, proxy: Proxy
+) -> None:
+    """Small blobs go up in one PUT each (no multipart upload), records beside them; another
+    store pulls them all back, through the API and the CLI."""
+    fixtures = _many(30)
+    with open_store(tmp_path / "a", remote_url) as first:
+        digests = first.put_many(fixtures)
+        assert first.push().summary() == "30 pushed, 0 already in the remote, 0 failed"
+    assert len(proxy.requests("PUT", "/blobs/")) == 30
+    assert proxy.requests("POST") == []  # no multipart upload started
+    stored = objects(bucket)
+    assert all(stored[f"team/fixtures/blobs/{d[:2]}/{d}"] == fixtures[name]
+               for name, d in zip(fixtures, digests, strict=True))  # fmt: skip
+    env = {"CAS_REMOTE": remote_url, "CAS_RETRIES": "1"}
+    with open_store(tmp_path / "b", remote_url) as second:
+        second.put_many(fixtures)
+    second_push = run_cas("push", root=tmp_path / "b", env=env)
+    assert b"0 pushed, 30 already in the remote, 0 failed" in second_push.stderr
+    assert len(proxy.requests("PUT", "/blobs/")) == 30  # nothing uploaded twice
+    done = run_cas("pull", root=tmp_path / "c", env=env)
+    assert done.returncode == 0, done.stderr
+    assert b"30 pulled, 0 already in the store, 0 failed" in done.stderr
+    assert_clean(tmp_path / "c", *fixtures.values())

@@ -317,6 +317,9 @@ def test_prometheus_reads_back_as_json(busy_root: Path) -> None:
         "cas_staging_bytes": document["staging"]["bytes"],
         "cas_quarantine_files": document["quarantine"]["files"],
         "cas_quarantine_bytes": document["quarantine"]["bytes"],
+        "cas_trees": document["trees"],
+        "cas_views": document["views"]["count"],
+        "cas_view_copied_bytes": document["views"]["copied_bytes"],
     }
     parsed, kinds = {}, {}
     for family in text_string_to_metric_families(as_text.stdout.decode()):

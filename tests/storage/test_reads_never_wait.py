@@ -65,7 +65,7 @@ def test_cli_read_finishes_while_another_process_holds_the_write_lock(
     if command == "cat":
         assert result.stdout == b"read me while someone writes"
     else:
-        assert result.stdout.decode().strip().endswith(digest)
+        assert Path(result.stdout.decode().strip()).parent.name == digest  # the name's view
 
 
 def _within_bound(work: Callable[[], object]) -> None:
