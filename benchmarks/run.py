@@ -32,6 +32,7 @@ import suite_cli
 import suite_fetch
 import suite_gc
 import suite_put_large
+import suite_ranges
 import suite_s3_pull
 import suite_small
 import suite_startup
@@ -57,6 +58,8 @@ SUITES: dict[str, Suite] = {
     "put-large": Suite(suite_put_large.run, "put of a 1 GiB file vs cp + sync and b3sum; RSS"),
     "small": Suite(suite_small.run, "10,000 named 4 KiB puts and look-ups vs diskcache"),
     "fetch": Suite(suite_fetch.run, "1 GiB over loopback from nginx vs curl, urllib3, pooch"),
+    "ranges": Suite(suite_ranges.run, "1 GiB parallel ranged fetch over loopback vs urllib3,"
+                    " curl; RssAnon; resume"),
     "checksums": Suite(suite_checksums.run, "fetch expecting MD5 / SHA-1 / SHA-256 vs BLAKE3"
                        " only and vs pooch.retrieve with an MD5"),
     "gc": Suite(suite_gc.run, "gc of 100,000 and 1,000,000 blobs freeing 20 % vs rm"),

@@ -39,6 +39,7 @@ from cas.values import (
     format_size,
     format_value,
     parse_bool,
+    parse_connections,
     parse_duration,
     parse_fraction,
     parse_headers,
@@ -91,6 +92,8 @@ class Settings:
     grace_period: float = _setting(300.0, parse_duration, format_duration)
     download_timeout: float = _setting(300.0, parse_timeout, format_duration)
     retries: int = _setting(5, parse_retries, format_value)
+    connections: int = _setting(8, parse_connections, format_value)
+    parallel_min_size: int = _setting(32 * 2**20, parse_size, format_size)
     lease_ttl: float = _setting(3600.0, parse_lease_ttl, format_duration)
     remote: str | None = _setting(None, parse_remote, format_value)
     remote_push: bool = _setting(True, parse_bool, format_value)

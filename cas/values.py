@@ -51,6 +51,8 @@ MIN_INTERVAL = 1.0
 MIN_LEASE_TTL = 1.0
 #: The most ``retries``: more would keep a failing download going for days.
 MAX_RETRIES = 100
+#: The most connections one download may open at once (``connections``).
+MAX_CONNECTIONS = 64
 #: Fixtures a sync downloads at once unless told otherwise (``--jobs``): small ones are bound by
 #: round trips, so several run beside the large ones.
 SYNC_JOBS = 8
@@ -178,11 +180,21 @@ def parse_bool(value: object) -> bool:
 
 def parse_retries(value: object) -> int:
     """A whole number from 0 to ``MAX_RETRIES``, or a string of one."""
+    return _whole(value, 0, MAX_RETRIES)
+
+
+def _whole(value: object, low: int, high: int) -> int:
+    """A whole number from ``low`` to ``high``, or a string of one."""
     if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
-        value = int(value) if len(value.strip()) < 100 else MAX_RETRIES + 1
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_RETRIES:
+        value = int(value) if len(value.strip()) < 100 else high + 1
+    if isinstance(value, int) and not isinstance(value, bool) and low <= value <= high:
         return value
-    raise ValueError(f"must be a whole number from 0 to {MAX_RETRIES}")
+    raise ValueError(f"must be a whole number from {low} to {high}")
+
+
+def parse_connections(value: object) -> int:
+    """Connections one download may use at once: a whole number from 1 to ``MAX_CONNECTIONS``."""
+    return _whole(value, 1, MAX_CONNECTIONS)
 
 
 def parse_fraction(value: object) -> float:

@@ -6,7 +6,9 @@ body) like a good server, and may require headers (401 without them), unless the
 says otherwise:
 ``server.script(path, Reply(...), ...)`` queues how to answer the next requests (drop the
 connection mid-body, send fewer bytes than Content-Length, stall, ignore Range, answer a 206 at
-the wrong offset, a status with headers, ...). Every request is recorded with its headers, the
+the wrong offset, a status with headers, ...); a reply with ``at`` answers only the ranged request
+that starts at that byte, so each range of a parallel download can misbehave on its own. Every
+request is recorded with its headers, the
 status sent and the body bytes actually written, so tests can assert what the server saw.
 """
 
@@ -43,6 +45,9 @@ class Reply:
     raw: bytes | None = None  #: write exactly these bytes as the whole response, then close
     drip: float = 0.0  #: write ``raw`` one byte at a time, this many seconds apart
     endless: bool = False  #: a 200 without Content-Length whose body repeats until the client quits
+    at: int | None = None  #: answer only the request whose Range starts at this byte
+    cap: int | None = None  #: answer a Range with at most this many bytes (a 206 of less)
+    change: dict[str, Any] | None = None  #: change the resource so (Resource fields) first
     ignore_conditions: bool = False  #: answer 200 even when If-None-Match/If-Modified-Since match
 
 
@@ -60,6 +65,7 @@ class Resource:
     require: dict[str, str] = field(default_factory=dict)  #: headers required exactly, else 401
     pause: float = 0.0  #: seconds to wait before answering (a slow origin)
     script: list[Reply] = field(default_factory=list)
+    ranges: bool = True  #: honour Range requests (else every answer is a 200 with the body)
 
 
 @dataclass
@@ -89,7 +95,10 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.seen.append(seen)
             resource = self.server.resources.get(path)
-            reply = resource.script.pop(0) if resource and resource.script else Reply()
+            reply = _next_reply(resource, seen.range) if resource else Reply()
+            for key, value in (reply.change or {}).items():
+                assert resource is not None
+                setattr(resource, key, value)
         if resource is None:
             self._status(seen, Reply(status=404, body=b"no such path"))
         elif (resource.auth is not None and not _authorized(seen, resource.auth)) or any(
@@ -165,7 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
         asked = re.fullmatch(r"bytes=(\d+)-(\d*)", seen.range or "")
         if_range = seen.headers.get("if-range")
         current = if_range is None or if_range in (resource.etag, resource.last_modified)
-        if asked and not reply.ignore_range and (current or reply.ignore_if_range):
+        honour = resource.ranges and not reply.ignore_range
+        if asked and honour and (current or reply.ignore_if_range):
             first = int(asked[1])
             last = int(asked[2]) if asked[2] else len(body) - 1
             status = 206
@@ -176,6 +186,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             if reply.range_start is not None:
                 first = reply.range_start
+            if reply.cap is not None:
+                last = min(last, first + reply.cap - 1)
         payload = body[first : last + 1]
         seen.status = status
         self.send_response(status)
@@ -218,6 +230,17 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             with self.server.lock:
                 self.server.resets.add(id(self.connection))
+
+
+def _next_reply(resource: Resource, asked: str | None) -> Reply:
+    """Take the first scripted reply for a request asking ``asked`` (its Range header): one
+    without ``at``, or one whose ``at`` is where the range starts; else the default reply."""
+    match = re.fullmatch(r"bytes=(\d+)-\d*", asked or "")
+    start = int(match[1]) if match else None
+    for index, reply in enumerate(resource.script):
+        if reply.at is None or reply.at == start:
+            return resource.script.pop(index)
+    return Reply()
 
 
 def _not_modified(seen: Seen, resource: Resource) -> bool:

@@ -122,6 +122,8 @@ SAMPLES: dict[str, tuple[str, str, Any, Any]] = {
     "grace_period": ('"90s"', "90s", 90, 90.0),
     "download_timeout": ("45", "45", 45.0, 45.0),
     "retries": ("2", "2", 2, 2),
+    "connections": ("3", "3", 3, 3),
+    "parallel_min_size": ('"4MiB"', "4MiB", "4MiB", 4 * 2**20),
     "lease_ttl": ('"30m"', "30m", "30m", 1800.0),
     "remote": ('"s3://bucket/pre/fix"', "s3://bucket/pre/fix", "s3://bucket/pre/fix",
                "s3://bucket/pre/fix"),
@@ -284,6 +286,10 @@ BAD = [
     ("low_water above one", "low_water", "1.5", "1.5"),
     ("low_water negative", "low_water", "-0.25", "-0.25"),
     ("not a boolean", "auto_download", '"maybe"', "maybe"),
+    ("no connections", "connections", "0", "0"),
+    ("too many connections", "connections", "65", "65"),
+    ("fractional connections", "connections", "2.5", "2.5"),
+    ("negative parallel size", "parallel_min_size", '"-1MiB"', "-1MiB"),
     ("unknown key", "max_cache", '"5GB"', "5GB"),
 ]
 PLACES = ["root", "root profile", "file", "file profile", "environment", "keyword"]

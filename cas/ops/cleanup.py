@@ -30,7 +30,7 @@ from cas.storage.blobs import BlobStore
 from cas.storage.catalog import Catalog, Connection
 from cas.storage.counters import Counter
 from cas.storage.pending import add_counts
-from cas.storage.staging import staging_usage
+from cas.storage.staging import disk_bytes, staging_usage
 
 #: Victims per transaction: the write lock is held briefly, and memory stays flat.
 GC_BATCH = 20_000
@@ -146,7 +146,7 @@ class Cleaner:
         for entry in self._blobs.debris():
             with contextlib.suppress(OSError):
                 if entry.is_file(follow_symlinks=False):
-                    total -= entry.stat(follow_symlinks=False).st_size
+                    total -= disk_bytes(entry.stat(follow_symlinks=False))
         return max(0, total)
 
     def _unlink_chunk(self, conn: Connection, ordered: list[str], start: int) -> int:

@@ -53,7 +53,8 @@ def fetching(blobs: BlobStore, catalog: Catalog, settings: Settings, recorder: R
 
     downloader = downloader or Downloader(
         blobs.tmp, blobs.locks, timeout=settings.download_timeout, retries=settings.retries,
-        max_size=settings.max_cache_size,
+        max_size=settings.max_cache_size, connections=settings.connections,
+        parallel_min_size=settings.parallel_min_size,
     )  # fmt: skip
     tier = None
     if remote_client is not None or settings.remote is not None:

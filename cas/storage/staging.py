@@ -233,12 +233,19 @@ def staging_debris(tmp: Path, locks: Path, now: float | None = None,
 
 def staging_usage(tmp: Path, skip: Path) -> tuple[int, int]:
     """Count and bytes of every file under ``tmp`` (but not ``skip``): the disk that partial
-    downloads and puts in progress use beside the blobs."""
+    downloads and puts in progress use beside the blobs. A parallel download's partial has its
+    final size from the start but holds only its ranges written: it counts for its blocks."""
     files = size = 0
     for info in _staged(tmp, skip):
         files += 1
-        size += info.st_size if stat.S_ISREG(info.st_mode) else 0
+        size += disk_bytes(info)
     return files, size
+
+
+def disk_bytes(info: os.stat_result) -> int:
+    """The bytes a staged file takes on disk: its size, or less for a sparse file (a parallel
+    download's partial, given its final size at once, holds only the ranges written)."""
+    return min(info.st_size, info.st_blocks * 512) if stat.S_ISREG(info.st_mode) else 0
 
 
 def _staged(tmp: Path, skip: Path) -> Iterator[os.stat_result]:

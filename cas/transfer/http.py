@@ -13,12 +13,16 @@ hands back nothing; extra headers are made at request time and go to the URL's o
 Bounds. ``timeout`` (``download_timeout``) bounds every wait without progress: a read, a body
 slower than ``MIN_RATE`` (transfer/retry.py), the wait for a stalled single-flight holder
 (transfer/flight.py); ``max_size`` (``max_cache_size``) bounds a body whose size is not expected.
+
+Large files (``parallel_min_size``) from origins that answer ranges come over ``connections``
+connections at once (transfer/ranges.py), with the same verification and resume.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -39,6 +43,7 @@ from cas.transfer.flight import heartbeat, single_flight
 from cas.transfer.headers import private_headers
 from cas.transfer.partial import Partial
 from cas.transfer.proxies import Proxies, configured
+from cas.transfer.ranges import NoRanges, RangedDownload, worth_it
 from cas.transfer.request import Download, Expected, Progress, Validators, check_url
 from cas.transfer.responses import (
     check_continuation,
@@ -60,7 +65,9 @@ from cas.transfer.retry import (
     TooLarge,
     Unchanged,
     backoff,
+    check_bound,
     describe,
+    status_error,
 )
 from cas.urls import split_credentials
 from cas.values import Headers
@@ -76,6 +83,7 @@ class Downloader:
     follow a failed one, with exponential backoff (``backoff_factor * 2**(n-1)`` plus jitter, at
     most ``backoff_max``); ``Retry-After`` on 429/503 is obeyed up to ``retry_after_max``
     seconds (urllib3 would wait up to 6 hours). ``ca_bundle`` replaces the system trust store.
+    Bodies of ``parallel_min_size`` bytes or more come over ``connections`` connections at once.
     ``lock=False`` disables the single-flight lock (a test seam: correctness must not depend on
     it).
     """
@@ -95,6 +103,8 @@ class Downloader:
         ca_bundle: str | os.PathLike[str] | None = None,
         lock: bool = True,
         user_agent: str = USER_AGENT,
+        connections: int = 8,
+        parallel_min_size: int = 32 << 20,
     ) -> None:
         # Partials, sidecars and locks are made relative to these folders' descriptors, opened
         # without following links (storage/blobs.py): a tmp/ swapped for a symlink is not written.
@@ -112,6 +122,8 @@ class Downloader:
         self.max_size = max_size
         self.timeout = timeout
         self.lock = lock
+        self.connections = connections
+        self.parallel_min_size = parallel_min_size
         # Sent with every request (urlopen's headers= replaces the pool's, so they are merged).
         # Identity: with gzip, Content-Length is the encoded size and Range offsets are
         # ambiguous; a body is stored exactly as sent (like curl -o) and never decoded.
@@ -119,7 +131,7 @@ class Downloader:
         self._timeout = urllib3.Timeout(connect=timeout, read=timeout)
         self._ca_certs = os.fspath(ca_bundle) if ca_bundle is not None else None
         self._forks = forks()
-        self._pool = pool_manager(self._ca_certs)
+        self._pool = pool_manager(self._ca_certs, connections)
         # Proxies from HTTP_PROXY, HTTPS_PROXY, NO_PROXY (transfer/proxies.py); None when unset.
         environment = configured()
         self._proxies = Proxies(environment, self._pool) if environment else None
@@ -127,7 +139,7 @@ class Downloader:
     def _check_fork(self) -> None:
         # A forked child must not talk over its parent's pooled keep-alive sockets.
         if forks() != self._forks:
-            self._pool = pool_manager(self._ca_certs)
+            self._pool = pool_manager(self._ca_certs, self.connections)
             if self._proxies is not None:
                 self._proxies.clear(self._pool)
             self._forks = forks()
@@ -176,7 +188,10 @@ class Downloader:
         """
         url, credentials = split_credentials(url)
         check_url(url)
-        private = private_headers(url, credentials, headers)  # ${VAR} read now
+        # Made anew for every request (${VAR} read then); made here once so that an unset
+        # variable fails before anything is staged.
+        private = functools.partial(private_headers, url, credentials, headers)
+        private()
         self._check_fork()
         expected = expected or Expected()
         budget = Budget(self.retries)
@@ -184,8 +199,8 @@ class Downloader:
         part = Partial.claim(self._tmp, url, want)
         if part is None:
             part = Partial.create(self._tmp, url, want)
-        elif part.size:
-            log.info("resuming %s at byte %d of a partial download", url, part.size)
+        elif part.kept:
+            log.info("resuming %s with %d bytes of a partial download", url, part.kept)
         try:
             return self._transfer(part, url, expected, budget, progress, private, validators)
         except Unchanged:
@@ -215,7 +230,7 @@ class Downloader:
         expected: Expected,
         budget: Budget,
         progress: Progress | None,
-        private: dict[str, str],
+        private: Callable[[], dict[str, str]],
         validators: Validators | None,
     ) -> Download:
         restarted = False
@@ -238,6 +253,7 @@ class Downloader:
                 continue
             except Restart as why:
                 part.reset()
+                budget.ranges = budget.ranges and not isinstance(why, NoRanges)
                 if budget.remaining <= 0:
                     raise budget.exhausted(url, why) from None
                 budget.used += 1
@@ -273,13 +289,19 @@ class Downloader:
         expected: Expected,
         budget: Budget,
         progress: Progress | None,
-        private: dict[str, str],
+        private: Callable[[], dict[str, str]],
         validators: Validators | None,
     ) -> Validators | None:
-        """One request: interpret its status and headers, then stream the body into ``part``;
-        the validators of a response that sent content. Raises Unchanged for a 304."""
+        """One request: interpret its status and headers, then stream the body into ``part``
+        (or hand it to a ``RangedDownload``); the validators of a response that sent content.
+        Raises Unchanged for a 304. A refresh's conditional request is a plain GET; a 200 to
+        it may go on in parallel ranges like any other."""
         heartbeat()
-        headers: dict[str, str] = dict(private)
+        if part.done is not None and part.resumable and budget.ranges:  # a parallel partial
+            check_size(part, expected, url)  # (resumed: never conditional)
+            return RangedDownload(self, part, url, private, None).run(progress)
+        own = private()  # ${VAR} read for this request
+        headers: dict[str, str] = dict(own)
         ranged = part.size > 0 and part.resumable
         if ranged:
             assert part.validator is not None
@@ -289,7 +311,7 @@ class Downloader:
             part.reset()
         if validators is not None and not ranged:  # a resumed partial is the new content's
             headers.update(validators.conditions())
-        response = self._open(url, headers, budget, private)
+        response = self.open(url, headers, budget, own)
         try:
             status = response.status
             if status == 304 and validators is not None and not ranged:
@@ -308,16 +330,11 @@ class Downloader:
                     return None  # the partial was complete already
                 raise Restart(f"416 for a Range from byte {part.size}")
             else:
-                raise DownloadError(
-                    f"{url}: HTTP {status} {response.reason or ''}".rstrip()
-                    + (" (not retried)" if status not in RETRY_STATUSES else "")
-                    + (f" after {budget.attempts} attempts" if budget.attempts > 1 else ""),
-                    url=url,
-                    status=status,
-                    attempts=budget.attempts,
-                )
+                raise status_error(url, response, budget)
             check_size(part, expected, url)
-            self._check_bound(part.total, expected, url, budget)
+            check_bound(part.total, expected, self.max_size, url, budget)
+            if status == 200 and budget.ranges and worth_it(self, part, response):
+                return RangedDownload(self, part, url, private, response).run(progress)
             if progress is not None:
                 progress(part.size, part.total)
             self._stream(response, part, expected, url, progress, budget)
@@ -354,7 +371,7 @@ class Downloader:
                     expected=expected.size,
                     found=part.size + len(chunk),
                 )
-            self._check_bound(part.size + len(chunk), expected, url, budget)
+            check_bound(part.size + len(chunk), expected, self.max_size, url, budget)
             part.append(chunk)
             heartbeat()
             pace.advance(len(chunk))
@@ -370,21 +387,8 @@ class Downloader:
             log.warning("%s sent no Content-Length: its end is where the connection closed,"
                         " which cas cannot check; give a size or digest to verify it", url)
 
-    def _check_bound(self, size: int | None, expected: Expected, url: str, budget: Budget) -> None:
-        """Refuse a download without an expected size that outgrows the cache (``max_size``):
-        a server that never stops sending must not fill the disk."""
-        if expected.size is not None or self.max_size is None or size is None:
-            return
-        if size > self.max_size:
-            raise TooLarge(
-                f"{url} is larger than the cache's max_cache_size ({self.max_size} bytes);"
-                " not downloaded (give its expected size, or raise max_cache_size)",
-                url=url,
-                attempts=budget.attempts,
-            )
-
-    def _open(self, url: str, headers: dict[str, str], budget: Budget,
-              private: Mapping[str, str]) -> BaseHTTPResponse:  # fmt: skip
+    def open(self, url: str, headers: dict[str, str], budget: Budget,
+             private: Mapping[str, str]) -> BaseHTTPResponse:
         """GET ``url``, following its redirects (``follow_redirects``)."""
         return follow_redirects(self._request, url, headers, budget, private,
                                 self.max_redirects)  # fmt: skip

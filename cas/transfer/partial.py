@@ -6,7 +6,10 @@ owner; the token starts with the owner's staging tag, so storage/processes.py ca
 name alone whether its writer is alive. A later attempt, in this process or another, claims the
 partial of a provably dead owner (gc and verify remove such partials instead) by renaming it to
 its own name (atomic, so one claimant wins), re-hashes the bytes already there, and asks for the
-rest with ``Range`` + ``If-Range``. A partial is never appended to by two writers, even where
+rest with ``Range`` + ``If-Range``. A partial of a parallel download (transfer/ranges.py) has
+the file's final size from the start and records in its sidecar the byte spans already written
+(``done``); it is not re-hashed when claimed, since its hash is taken when every range is in. A
+partial is never appended to by two writers, even where
 ``flock`` is ignored (huggingface_hub PR #4306 stored corrupted blobs from one partial shared by
 several processes); a live owner's partial is left alone.
 """
@@ -88,6 +91,15 @@ class Hashers:
         self._upstream = {name: hashlib.new(name, usedforsecurity=False) for name in want}
         self._chunks: queue.Queue[bytes | None] | None = None
         self._thread: threading.Thread | None = None
+        self._known: tuple[str, dict[str, str]] | None = None
+
+    @classmethod
+    def known(cls, blake3: str, upstream: dict[str, str]) -> Hashers:
+        """Digests computed elsewhere (a parallel download hashes its file as ranges land):
+        the BLAKE3 and the upstream checksums, algorithm -> hex."""
+        done = cls(())
+        done._known = (blake3, dict(upstream))
+        return done
 
     def update(self, chunk: bytes) -> None:
         if self._thread is None:
@@ -113,11 +125,15 @@ class Hashers:
 
     def blake3(self) -> str:
         self.wait()
+        if self._known is not None:
+            return self._known[0]
         return str(self._blake3.hexdigest())
 
     def upstream(self) -> dict[str, str]:
         """The upstream checksums asked for, algorithm -> hex."""
         self.wait()
+        if self._known is not None:
+            return dict(self._known[1])
         return {name: upstream.hexdigest() for name, upstream in self._upstream.items()}
 
 
@@ -144,6 +160,8 @@ class Partial:
         self.validator: str | None = None
         self.total: int | None = None
         self.encoding = "identity"
+        #: Byte spans [start, end) written, of a parallel download; None for one stream.
+        self.done: list[list[int]] | None = None
         with _ACTIVE_LOCK:
             _ACTIVE.add(token)
 
@@ -174,8 +192,10 @@ class Partial:
             if not meta.get("validator"):  # (a dead owner's is of this boot: storage/processes.py)
                 _remove(data_path, meta_path)  # not resumable: debris of a dead download
                 continue
+            done = _spans(meta.get("done"), meta.get("total"))
             try:
-                candidates.append((data_path.stat().st_size, data_path, meta_path, meta))
+                kept = data_path.stat().st_size if done is None else sum(b - a for a, b in done)
+                candidates.append((kept, data_path, meta_path, meta))
             except FileNotFoundError:
                 _remove(meta_path)  # its data was claimed already: the record is stale
         for _, data_path, meta_path, meta in sorted(candidates, key=lambda c: -c[0]):
@@ -194,9 +214,12 @@ class Partial:
             part = cls(tmp, url, token, file, want)
             part.validator = meta.get("validator")
             part.total = meta.get("total") if isinstance(meta.get("total"), int) else None
+            part.done = _spans(meta.get("done"), part.total)
             part.save()
-            _remove(meta_path)
-            part.rehash()
+            # (and the record its owner was writing when it died, if it was)
+            _remove(meta_path, meta_path.with_suffix(SIDECAR_SCRATCH_SUFFIX))
+            if part.done is None:
+                part.rehash()
             return part
         return None
 
@@ -209,6 +232,11 @@ class Partial:
             self.size += len(chunk)
         if self.total is not None and self.size > self.total:
             self.reset()
+
+    @property
+    def kept(self) -> int:
+        """Bytes a later attempt would not download again."""
+        return self.size if self.done is None else sum(end - start for start, end in self.done)
 
     @property
     def resumable(self) -> bool:
@@ -246,16 +274,19 @@ class Partial:
         self.validator = None
         self.total = None
         self.encoding = "identity"
+        self.done = None
 
     def save(self) -> None:
         """Write the sidecar atomically (a reader sees the old or the new record, never half)."""
-        record = {
+        record: dict[str, object] = {
             "url": self.url,
             "token": self.token,
             "validator": self.validator if self.resumable else None,
             "total": self.total,
             "owner": this_process()._asdict(),
         }
+        if self.done is not None:
+            record["done"] = self.done
         scratch = self.meta_path.with_suffix(SIDECAR_SCRATCH_SUFFIX).name
         fd = os.open(scratch, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
                      | os.O_CLOEXEC, 0o600, dir_fd=self.dir_fd)  # never through a symlink
@@ -312,7 +343,7 @@ class Partial:
         self.hashes.wait()
         self.file.close()
         self._release()
-        if not (self.size and self.resumable):
+        if not (self.kept and self.resumable):
             _remove(self.path, self.meta_path)
 
     def discard(self) -> None:
@@ -333,6 +364,24 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
+
+
+def _spans(value: object, total: object) -> list[list[int]] | None:
+    """The ``done`` spans of a sidecar if they are well formed (sorted, disjoint, within
+    ``total``), else None."""
+    if not isinstance(value, list) or not isinstance(total, int):
+        return None
+    spans: list[list[int]] = []
+    end = 0
+    for span in value:
+        if not (isinstance(span, list) and len(span) == 2
+                and all(isinstance(n, int) and not isinstance(n, bool) for n in span)):
+            return None
+        if not end <= span[0] < span[1] <= total:
+            return None
+        spans.append([span[0], span[1]])
+        end = span[1]
+    return spans
 
 
 def _remove(*paths: Path) -> None:

@@ -34,10 +34,11 @@ if TYPE_CHECKING:
     from cas.transfer.partial import Partial
 
 
-
-def pool_manager(ca_certs: str | None) -> urllib3.PoolManager:
-    """A PoolManager whose connections read whole header blocks only (``_WholeHeaders``)."""
-    pool = urllib3.PoolManager(num_pools=16, maxsize=8, cert_reqs="CERT_REQUIRED",
+def pool_manager(ca_certs: str | None, connections: int = 8) -> urllib3.PoolManager:
+    """A PoolManager whose connections read whole header blocks only (``_WholeHeaders``),
+    keeping up to ``connections`` (at least 8) alive per origin."""
+    pool = urllib3.PoolManager(num_pools=16, maxsize=max(8, connections),
+                               cert_reqs="CERT_REQUIRED",
                                ca_certs=ca_certs)  # fmt: skip
     pool.pool_classes_by_scheme = {"http": _Pool, "https": _TLSPool}
     return pool
@@ -153,7 +154,7 @@ def content_range(value: str) -> tuple[int | None, int | None, int | None]:
     return number(first), number(last), number(total)
 
 
-def _validator(response: BaseHTTPResponse) -> str | None:
+def validator(response: BaseHTTPResponse) -> str | None:
     """A strong ETag, else Last-Modified: what If-Range may carry (a weak ETag never matches)."""
     etag = response.headers.get("ETag")
     if etag and not etag.startswith("W/"):
@@ -161,7 +162,7 @@ def _validator(response: BaseHTTPResponse) -> str | None:
     return response.headers.get("Last-Modified")
 
 
-def _encoding(response: BaseHTTPResponse) -> str:
+def encoding(response: BaseHTTPResponse) -> str:
     return str(response.headers.get("Content-Encoding", "identity")).lower()
 
 
@@ -169,7 +170,7 @@ def start_from_zero(response: BaseHTTPResponse, part: Partial) -> None:
     """Give ``part`` the validator, length and encoding of a 200 that sends the whole body."""
     length = response.headers.get("Content-Length")
     total = int(length) if length and length.isdigit() else None
-    part.begin(_validator(response), _encoding(response), total)
+    part.begin(validator(response), encoding(response), total)
 
 
 def check_continuation(response: BaseHTTPResponse, part: Partial) -> None:
@@ -177,10 +178,10 @@ def check_continuation(response: BaseHTTPResponse, part: Partial) -> None:
     first, _, total = content_range(response.headers.get("Content-Range", ""))
     if first != part.size:
         raise Restart(f"asked for bytes from {part.size}, got a 206 starting at {first}")
-    fresh = _validator(response)
+    fresh = validator(response)
     if fresh is not None and fresh != part.validator:
         raise Restart(f"validator changed from {part.validator} to {fresh}")
-    if _encoding(response) != part.encoding:
+    if encoding(response) != part.encoding:
         raise Restart("the Content-Encoding changed")
     if total is not None:
         if part.total is not None and total != part.total:

@@ -25,6 +25,7 @@ from urllib3.util.retry import Retry
 
 from cas.errors import DownloadError
 from cas.logs import log
+from cas.transfer.request import Expected
 
 E = TypeVar("E", bound=BaseException)
 
@@ -43,6 +44,7 @@ class Budget:
     retries: int
     used: int = 0
     status: int | None = None
+    ranges: bool = True  #: whether parallel ranges may be tried (False once refused)
 
     @property
     def remaining(self) -> int:
@@ -60,6 +62,19 @@ class Budget:
         )  # fmt: skip
 
 
+def status_error(url: str, response: BaseHTTPResponse, budget: Budget) -> DownloadError:
+    """The error for a response whose status ends the download (after any retries)."""
+    status = response.status
+    return DownloadError(
+        f"{url}: HTTP {status} {response.reason or ''}".rstrip()
+        + (" (not retried)" if status not in RETRY_STATUSES else "")
+        + (f" after {budget.attempts} attempts" if budget.attempts > 1 else ""),
+        url=url,
+        status=status,
+        attempts=budget.attempts,
+    )
+
+
 class Interrupted(Exception):
     """The body stopped early: worth resuming."""
 
@@ -74,6 +89,21 @@ class Restart(Exception):
 
 class TooLarge(DownloadError):
     """A download without an expected size outgrew the cache: not retried, nothing kept."""
+
+
+def check_bound(size: int | None, expected: Expected, max_size: int | None, url: str,
+                budget: Budget) -> None:
+    """Refuse a download without an expected size that outgrows the cache (``max_size``):
+    a server that never stops sending must not fill the disk."""
+    if expected.size is not None or max_size is None or size is None:
+        return
+    if size > max_size:
+        raise TooLarge(
+            f"{url} is larger than the cache's max_cache_size ({max_size} bytes);"
+            " not downloaded (give its expected size, or raise max_cache_size)",
+            url=url,
+            attempts=budget.attempts,
+        )
 
 
 class Pace:
