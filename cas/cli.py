@@ -1,8 +1,9 @@
 """The ``cas`` command line: a thin layer over the Python API.
 
 Every command calls the library; one handler turns any CasError (and click's usage errors) into
-a single ``cas: error:`` line on stderr and the exit status SPEC promises. How results look is
-cas/render.py.
+a single ``cas: error:`` line on stderr and the exit status SPEC promises (cas/console.py). How
+results look is cas/render.py. The upkeep commands (gc, maintain, verify, stats) are in
+cas/cli_maintenance.py and ``cas manifest`` in cas/cli_manifest.py; this module adds them.
 
 Start-up is part of the interface (scripts call ``cas path`` in loops): this module imports
 click and cas's base only, each command what it uses when it runs (tests/faces/test_startup.py),
@@ -14,49 +15,28 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING
 
 import click
 
 from cas import __version__
+from cas.cli_maintenance import gc, maintain, stats, verify
 from cas.cli_manifest import manifest
-from cas.console import CasGroup, bars, log_to_stderr, pause_collector, resume_collector, say
-from cas.errors import CasError, IntegrityError, InUse, UsageError
+from cas.console import (
+    CasGroup,
+    Context,
+    bars,
+    echo_lines,
+    log_to_stderr,
+    pass_context,
+    pause_collector,
+    say,
+)
+from cas.errors import CasError, InUse, UsageError
 from cas.values import SYNC_JOBS
 
 if TYPE_CHECKING:
-    from cas import Store, TransferReport
-
-T = TypeVar("T")
-
-
-class Context:
-    """What the global options decided; opens the store on first use."""
-
-    def __init__(self, root: str | None, config_file: str | None, profile: str | None,
-                 offline: bool) -> None:
-        self.root = root
-        self.config_file = config_file
-        self.profile = profile
-        #: The settings the flags give (``--offline``), above every other source.
-        self.overrides: dict[str, Any] = {"offline": True} if offline else {}
-        self._store: Store | None = None
-
-    def store(self) -> Store:
-        if self._store is None:
-            from cas import Store
-            from cas.settings import COMMAND_LINE
-
-            self._store = Store.open(self.root, config_file=self.config_file,
-                                     profile=self.profile, given_as=COMMAND_LINE,
-                                     **self.overrides)
-            click.get_current_context().call_on_close(self._store.close)
-            resume_collector()
-        return self._store
-
-
-pass_context = click.make_pass_decorator(Context)
+    from cas import TransferReport
 
 
 @click.group(cls=CasGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -204,60 +184,6 @@ def lease(context: Context, words: tuple[str, ...]) -> None:
     click.get_current_context().exit(status)
 
 
-@cli.command()
-@click.option("--max-size", help="Size limit for this run, e.g. 5GiB (default: max_cache_size).")
-@click.option("--max-age", help="Remove what was not accessed for this long, e.g. 7d.")
-@click.option("--dry-run", is_flag=True, help="Show what would go, remove nothing.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@pass_context
-def gc(context: Context, max_size: str | None, max_age: str | None, dry_run: bool,
-       as_json: bool) -> None:
-    """Remove least recently used and old blobs; never leased, pinned or recent ones."""
-    from cas import render
-    from cas.values import parse_duration, parse_size
-
-    size = _parse("--max-size", max_size, parse_size)
-    age = _parse("--max-age", max_age, parse_duration)
-    plan = context.store().gc(max_size=size, max_age=age, dry_run=dry_run)
-    if as_json:
-        click.echo(render.as_json(render.plan_document(plan, dry_run)))
-    else:
-        _echo(render.plan_lines(plan, dry_run))
-
-
-@cli.command()
-@click.option("--interval", help="Time between cleanups, e.g. 1h (default: cleanup_interval).")
-@pass_context
-def maintain(context: Context, interval: str | None) -> None:
-    """Run cleanup periodically in the foreground until interrupted."""
-    import threading
-
-    from cas.logs import log
-    from cas.values import parse_interval
-
-    period = _parse("--interval", interval, parse_interval)
-    store = context.store()
-    log.info("cleaning up %s every %.0fs; stop with Ctrl-C", store.root,
-             period or store.settings.cleanup_interval)
-    store.gc()
-    with store.maintenance(period), contextlib.suppress(KeyboardInterrupt):
-        threading.Event().wait()
-
-
-def _parse(option: str, value: str | None, parse: Callable[[str], T]) -> T | None:
-    if value is None:
-        return None
-    try:
-        return parse(value)
-    except ValueError as error:
-        raise UsageError(f"{option} {value!r}: {error}") from error
-
-
-def _echo(lines: Sequence[str]) -> None:
-    for line in lines:
-        click.echo(line)
-
-
 @cli.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @pass_context
@@ -273,7 +199,7 @@ def list_entries(context: Context, as_json: bool) -> None:
     if as_json:
         click.echo(render.as_json([render.entry_document(entry) for entry in entries]))
     else:
-        _echo([render.entry_line(entry) for entry in entries])
+        echo_lines([render.entry_line(entry) for entry in entries])
 
 
 # -- settings and metrics ---------------------------------------------------------------------
@@ -293,30 +219,7 @@ def show_config(context: Context, as_json: bool) -> None:
     if as_json:
         click.echo(render.as_json(render.config_document(root, root_source, config, KEYS)))
     else:
-        _echo(render.config_lines(root, root_source, config, KEYS))
-
-
-@cli.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@click.option("--prometheus", is_flag=True, help="The Prometheus text exposition format.")
-@click.option("--check", is_flag=True, help="Exit with status 1 when the store is unhealthy.")
-@pass_context
-def stats(context: Context, as_json: bool, prometheus: bool, check: bool) -> None:
-    """Show counters, storage use, hit ratio and download success rate."""
-    from cas import render
-
-    if as_json and prometheus:
-        raise UsageError("--json and --prometheus exclude each other")
-    result = context.store().stats()
-    if as_json:
-        click.echo(render.as_json(result.as_dict()))
-    elif prometheus:
-        click.echo(result.prometheus(), nl=False)
-    else:
-        _echo(render.stats_lines(result))
-    problems = result.problems()
-    if check and problems:
-        raise CasError(f"store is unhealthy: {'; '.join(problems)}")
+        echo_lines(render.config_lines(root, root_source, config, KEYS))
 
 
 # -- fetching ---------------------------------------------------------------------------------
@@ -380,44 +283,6 @@ def sync(context: Context, manifest_path: str, jobs: int, update: bool) -> None:
         raise CasError(f"{len(report.failed)} of {total} fixtures failed")
 
 
-# -- verification -----------------------------------------------------------------------------
-
-
-@cli.command()
-@click.option("--quick", is_flag=True,
-              help="Check existence, size and mode; rehash only files changed since checked.")
-@click.option("--repair", is_flag=True,
-              help="Fetch damaged or missing named fixtures again from their sources.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
-@click.option("--budget", metavar="DURATION",
-              help="Stop rehashing after this long, e.g. 10m; the next run continues.")
-@pass_context
-def verify(context: Context, quick: bool, repair: bool, as_json: bool,
-           budget: str | None) -> None:
-    """Check every blob against the catalog; fix what loses nothing, report the rest.
-
-    Exits with status 4 when damage remains.
-    """
-    from cas import render
-    from cas.progress import TransferBar
-    from cas.values import parse_duration
-
-    seconds = _parse("--budget", budget, parse_duration)
-    bar = TransferBar("verify") if bars() else None
-    try:
-        report = context.store().verify(full=not quick, repair=repair, budget=seconds,
-                                        progress=bar)
-    finally:
-        if bar is not None:
-            bar.close()
-    if as_json:
-        click.echo(render.as_json(report.as_dict()))
-    else:
-        _echo(render.verify_lines(report))
-    if report.damaged:
-        raise IntegrityError(render.damage_remains(report))
-
-
 # -- the remote tier --------------------------------------------------------------------------
 
 
@@ -450,14 +315,15 @@ def pull(context: Context, refs: tuple[str, ...], manifest_path: str | None) -> 
 def _transfer_done(command: str, report: TransferReport) -> None:
     from cas import render
 
-    _echo(render.transfer_lines(report))
+    echo_lines(render.transfer_lines(report))
     say(f"cas: {command}: {report.summary()}")
     if report.failed:
         total = len(report.done) + len(report.present) + len(report.failed)
         raise CasError(f"{len(report.failed)} of {total} failed")
 
 
-cli.add_command(manifest)
+for _command in (gc, maintain, stats, verify, manifest):  # defined beside this module
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -1,9 +1,10 @@
-"""What the command line says on stderr, and how it ends: one error line and a stable status.
+"""What every command module of the command line shares: the store, output, and how it ends.
 
-``CasGroup`` turns every error (a CasError, click's usage errors, Ctrl-C, a closed pipe) into a
-single ``cas: error:`` line and the exit status SPEC promises; ``say`` writes the summaries that
-``-q`` leaves out; ``bars`` decides whether progress bars are drawn; ``log_to_stderr`` points
-cas's log there at the level -v, -vv or -q asks for.
+``Context`` holds what the global options decided and opens the store on first use
+(``pass_context`` hands it to a command); ``CasGroup`` turns every error (a CasError, click's
+usage errors, Ctrl-C, a closed pipe) into a single ``cas: error:`` line and the exit status SPEC
+promises; ``say`` writes the summaries that ``-q`` leaves out; ``bars`` decides whether progress
+bars are drawn; ``log_to_stderr`` points cas's log there at the level -v, -vv or -q asks for.
 """
 
 from __future__ import annotations
@@ -21,6 +22,36 @@ from cas.logs import configure
 
 if TYPE_CHECKING:
     import logging
+
+    from cas import Store
+
+
+class Context:
+    """What the global options decided; opens the store on first use."""
+
+    def __init__(self, root: str | None, config_file: str | None, profile: str | None,
+                 offline: bool) -> None:
+        self.root = root
+        self.config_file = config_file
+        self.profile = profile
+        #: The settings the flags give (``--offline``), above every other source.
+        self.overrides: dict[str, Any] = {"offline": True} if offline else {}
+        self._store: Store | None = None
+
+    def store(self) -> Store:
+        if self._store is None:
+            from cas import Store
+            from cas.settings import COMMAND_LINE
+
+            self._store = Store.open(self.root, config_file=self.config_file,
+                                     profile=self.profile, given_as=COMMAND_LINE,
+                                     **self.overrides)
+            click.get_current_context().call_on_close(self._store.close)
+            resume_collector()
+        return self._store
+
+
+pass_context = click.make_pass_decorator(Context)
 
 
 class CasGroup(click.Group):
@@ -79,6 +110,11 @@ def say(message: str) -> None:
     """A summary line on stderr, which -q leaves out (only errors and results remain)."""
     if not quiet():
         click.echo(message, err=True)
+
+
+def echo_lines(lines: Sequence[str]) -> None:
+    for line in lines:
+        click.echo(line)
 
 
 def fail(message: str, status: int) -> None:

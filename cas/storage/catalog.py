@@ -2,10 +2,9 @@
 
 Two kinds of connection, made alike (cas/storage/catalog_file.py: same ``connect``, pragmas):
 
-- SQLAlchemy's engine pools those of read and write transactions, disposed of after a fork; it
-  is made (and SQLAlchemy imported) by the first such transaction. Statements run on the DBAPI
-  (sqlite3) connection it hands out: its Connection and Result layer cost about 135 µs per
-  transaction, twice the transaction (benchmarks/RESULTS.md); the SQL is cas/storage/queries.py.
+- SQLAlchemy's engine pools those of read and write transactions (cas/storage/pool.py), made
+  (and SQLAlchemy imported) by the first such transaction, disposed of after a fork; statements
+  run on the DBAPI (sqlite3) connection it hands out. The SQL is cas/storage/queries.py.
 - Plain sqlite3 connections serve a look-up's needs: the schema check at open (then the
   look-ups, cas/storage/lookups.py, keep that connection) and the small flush of waiting access
   times and counters (at close, on the look-ups' connection, or when due after a read). A
@@ -34,10 +33,9 @@ import fcntl
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from cas.errors import CatalogError, StoreError
 from cas.logs import log
@@ -58,7 +56,7 @@ from cas.storage.processes import forks
 from cas.storage.schema import LATEST_VERSION, check_not_newer, migrate
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Engine
+    from cas.storage.pool import Pool
 
 
 T = TypeVar("T")
@@ -70,15 +68,8 @@ WRITE_DEADLINE = 300.0
 FLUSH_WAIT = 0.1
 #: After a read found the write lock busy, how long before reads try to flush again.
 FLUSH_RETRY = 1.0
-#: DBAPI connections kept checked out of the pool between transactions, for speed.
-KEPT_CONNECTIONS = 4
-
 #: What a transaction function receives: the DBAPI connection, inside its transaction.
 Connection = sqlite3.Connection
-
-
-#: A connection kept checked out of the pool: the pool's own entry, and its DBAPI connection.
-_Pooled = tuple[Any, sqlite3.Connection]
 
 
 class Catalog:
@@ -95,12 +86,10 @@ class Catalog:
         self.read_only = read_only
         self._setup_lock = setup_lock
         self._synchronous = "FULL" if durable else "NORMAL"
-        # Connections are made here, never from a URL of SQLAlchemy's: the path must reach
-        # SQLite exactly, and in a URL a `?` or `#` of the root's path would start its query.
+        # Connections are made here (the pool's too), never from a URL of SQLAlchemy's.
         self._query = read_only_query(path) if read_only else None
         self._connect_args = connect_args()
-        self._engine: Engine | None = None  # made by the first read or write transaction
-        self._kept: deque[_Pooled] = deque()  # appends and pops are thread-safe
+        self._pool: Pool | None = None  # made by the first read or write transaction
         self._spare: sqlite3.Connection | None = None  # one plain connection kept for reuse
         self._locks_made()
         self._pending = Pending(clock)
@@ -114,7 +103,7 @@ class Catalog:
 
     def _locks_made(self) -> None:
         # New ones after a fork too: another thread may have held one at the fork.
-        self._engine_lock = threading.Lock()
+        self._pool_lock = threading.Lock()
         self._spare_lock = threading.Lock()
 
     def _connect(self) -> sqlite3.Connection:
@@ -137,9 +126,9 @@ class Catalog:
         """In a forked child, forget the parent's connections and waiting writes, which the
         parent closes and writes itself."""
         if forks() != self._forks:
-            if self._engine is not None:
-                self._engine.dispose(close=False)
-            self._kept = deque()
+            if self._pool is not None:
+                self._pool.abandon()
+            self._pool = None
             self._spare = None
             self._locks_made()
             # New ones rather than clear(): another thread may have held their lock at the fork.
@@ -147,68 +136,19 @@ class Catalog:
             self._lookups = Lookups(self._lookup_connection, enabled=not self.read_only)
             self._forks = forks()
 
-    def _pool(self) -> Engine:
-        """SQLAlchemy's engine over this catalog, made (and SQLAlchemy imported) on first use."""
-        with self._engine_lock:
-            if self._engine is None:
-                from sqlalchemy import create_engine
-                from sqlalchemy.pool import QueuePool
-
-                self._engine = create_engine(
-                    "sqlite://", poolclass=QueuePool, pool_size=KEPT_CONNECTIONS,
-                    creator=self._connect,
-                )  # fmt: skip
-            return self._engine
-
-    def _take(self) -> _Pooled:
-        """A DBAPI connection from SQLAlchemy's pool: the pool's own entry and its DBAPI
-        connection (looked up once: SQLAlchemy's accessors cost on a hot path).
-
-        Up to ``KEPT_CONNECTIONS`` stay checked out of the pool between uses, so a put does not
-        pay for the pool's checkout and reset each time.
-        """
+    def _connection(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A pooled connection, outside any transaction, for the duration of the block; the
+        pool (and its module) is made on first use."""
         self._check_fork()
-        try:
-            return self._kept.pop()
-        except IndexError:
-            pass
-        engine = self._pool()
-        from sqlalchemy import exc
+        pool = self._pool
+        if pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    from cas.storage.pool import Pool
 
-        try:
-            pooled = engine.raw_connection()
-        except exc.DBAPIError as error:
-            raise translate(error.orig, self.path) from error  # type: ignore[arg-type]
-        except sqlite3.Error as error:  # SQLAlchemy 2 hands the pool's errors on unwrapped
-            raise translate(error, self.path) from error
-        return pooled, cast(sqlite3.Connection, pooled.driver_connection)
-
-    def _give_back(self, kept: _Pooled) -> None:
-        if len(self._kept) < KEPT_CONNECTIONS:
-            self._kept.append(kept)
-        else:
-            kept[0].close()
-
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        """A pooled DBAPI connection, outside any transaction, for the duration of the block."""
-        kept = self._take()
-        pooled, conn = kept
-        try:
-            yield conn
-        except sqlite3.Error as error:
-            if not isinstance(error, sqlite3.OperationalError):
-                pooled.invalidate()  # a damaged file or a misuse: this connection is not reused
-            raise
-        finally:
-            if pooled.is_valid:
-                try:
-                    if conn.in_transaction:
-                        conn.rollback()
-                except sqlite3.Error:
-                    pooled.invalidate()
-                else:
-                    self._give_back(kept)
+                    self._pool = Pool(self._connect, self.path)
+                pool = self._pool
+        return pool.connection()
 
     @contextlib.contextmanager
     def _plain(self) -> Iterator[sqlite3.Connection]:
@@ -246,13 +186,8 @@ class Catalog:
             spare, self._spare = self._spare, None
         if spare is not None:
             spare.close()
-        while True:
-            try:
-                self._kept.pop()[0].close()
-            except IndexError:
-                break
-        if self._engine is not None:
-            self._engine.dispose()
+        if self._pool is not None:
+            self._pool.close()
 
     # -- transactions --------------------------------------------------------------------------
 

@@ -71,13 +71,15 @@ def every_module(*args: str, shift: float = 0.0) -> tuple[set[str], str]:
 
 
 #: What `cas path NAME` must not load: the operations that write, clean up, fetch or verify
-#: (Store wires them on first use), and standard-library modules only rare paths need (click
+#: (Store wires them on first use), the catalog's connection pool (made by the first read or
+#: write transaction), and standard-library modules only rare paths need (click
 #: loads ``inspect`` and ``uuid`` itself; ``cas cat`` copies with ``shutil``; ``logging`` loads
 #: when cas first logs, cas/logs.py).
 NOT_ON_THE_PATH_ROUTE = (
     "cas.ops.put", "cas.ops.record", "cas.ops.names", "cas.ops.cleanup", "cas.ops.eviction",
     "cas.ops.upkeep", "cas.ops.fetch", "cas.ops.tier", "cas.ops.manifest", "cas.ops.verify",
     "cas.ops.writing", "cas.ops.unpack", "cas.storage.archives", "cas.storage.extract",
+    "cas.storage.pool",
     "tarfile", "zipfile", "gzip",
     "cas.transfer", "cas.render", "cas.progress",
     "platformdirs", "tomllib", "difflib", "hashlib", "socket", "secrets", "shutil", "tempfile",
