@@ -199,6 +199,35 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
+def curl_download(url: str, out: Path) -> Callable[[], float]:
+    """A contender: ``curl -o`` of ``url`` into ``out``, timed (the peer of any download)."""
+
+    def run() -> float:
+        remove(out)
+        start = time.perf_counter()
+        subprocess.run(["curl", "-sSf", "-o", str(out), url], check=True)
+        return time.perf_counter() - start
+
+    return run
+
+
+def urllib3_download(http: object, url: str, out: Path) -> Callable[[], float]:
+    """A contender: a bare urllib3 stream of ``url`` into ``out`` through the PoolManager
+    ``http``, with no hashing: the floor of a download in Python."""
+
+    def run() -> float:
+        remove(out)
+        start = time.perf_counter()
+        response = http.request("GET", url, preload_content=False)  # type: ignore[attr-defined]
+        with open(out, "wb") as target:
+            for chunk in response.stream(1 << 20):
+                target.write(chunk)
+        response.release_conn()
+        return time.perf_counter() - start
+
+    return run
+
+
 def format_number(value: float, unit: str) -> str:
     """A figure rounded for reading, without its unit."""
     if unit == "s":

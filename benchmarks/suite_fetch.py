@@ -20,7 +20,19 @@ import time
 from pathlib import Path
 
 import urllib3
-from harness import Context, GiB, MiB, Row, SuiteResult, Target, interleave, median, peak_rss
+from harness import (
+    Context,
+    GiB,
+    MiB,
+    Row,
+    SuiteResult,
+    Target,
+    curl_download,
+    interleave,
+    median,
+    peak_rss,
+    urllib3_download,
+)
 from harness import remove as remove_path
 from suite_put_large import make_input, read_through
 
@@ -128,21 +140,8 @@ def run(ctx: Context) -> SuiteResult:
                 assert store.fetch(url, blake3=blake3) == blake3
                 return time.perf_counter() - start
 
-        def curl() -> float:
-            remove_path(out)
-            start = time.perf_counter()
-            subprocess.run(["curl", "-sSf", "-o", str(out), url], check=True)
-            return time.perf_counter() - start
-
-        def bare_urllib3() -> float:
-            remove_path(out)
-            start = time.perf_counter()
-            response = http.request("GET", url, preload_content=False)
-            with open(out, "wb") as target:
-                for chunk in response.stream(1 << 20):
-                    target.write(chunk)
-            response.release_conn()
-            return time.perf_counter() - start
+        curl = curl_download(url, out)
+        bare_urllib3 = urllib3_download(http, url, out)
 
         def pooch_retrieve() -> float:
             import pooch  # type: ignore[import-untyped]

@@ -23,7 +23,18 @@ import time
 from pathlib import Path
 
 import urllib3
-from harness import Context, GiB, MiB, Row, SuiteResult, Target, interleave, median
+from harness import (
+    Context,
+    GiB,
+    MiB,
+    Row,
+    SuiteResult,
+    Target,
+    curl_download,
+    interleave,
+    median,
+    urllib3_download,
+)
 from harness import remove as remove_path
 from suite_fetch import Nginx
 from suite_put_large import make_input, read_through
@@ -122,21 +133,8 @@ def run(ctx: Context) -> SuiteResult:
                 assert store.fetch(url, blake3=blake3) == blake3
                 return time.perf_counter() - start
 
-        def curl() -> float:
-            remove_path(out)
-            start = time.perf_counter()
-            subprocess.run(["curl", "-sSf", "-o", str(out), url], check=True)
-            return time.perf_counter() - start
-
-        def bare_urllib3() -> float:
-            remove_path(out)
-            start = time.perf_counter()
-            response = http.request("GET", url, preload_content=False)
-            with open(out, "wb") as target:
-                for chunk in response.stream(1 << 20):
-                    target.write(chunk)
-            response.release_conn()
-            return time.perf_counter() - start
+        curl = curl_download(url, out)
+        bare_urllib3 = urllib3_download(http, url, out)
 
         contenders = {"cas": cas_fetch, "cas one stream": lambda: cas_fetch(connections=1),
                       "urllib3": bare_urllib3, "curl -o": curl}
