@@ -34,7 +34,7 @@ from cas.storage.layout import Layout, shard_of
 from cas.values import MAX_DURATION
 
 SIZES = (100_000, 1_000_000)
-QUICK_SIZES = (10_000, 50_000)
+QUICK_SIZES = (5_000, 20_000)
 #: Rounds at the smaller size, whose phases take a tenth of a second: one sample of them is
 #: noise, and the growth rows divide by it. The larger size runs once (a minute to build).
 SMALL_ROUNDS = 3
