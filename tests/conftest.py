@@ -25,7 +25,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Long tests (marked ``slow``) go first: with ``-n 2`` they then run beside the short ones
+    """Long tests (marked ``slow``) go first: with ``-n 3`` they then run beside the short ones
     instead of being what the last worker still waits for."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
