@@ -111,7 +111,30 @@ def _checksum(here: str, checksum: str) -> tuple[str, str]:
 def _joined(here: str, base_url: str | None, name: str) -> str:
     if base_url is None:
         raise UsageError(f"{here}: {name!r} has no URL of its own; give a base URL")
-    return base_url.rstrip("/") + "/" + quote(name, safe=_URL_SAFE)
+    return _requote(base_url.rstrip("/") + "/" + name)
+
+
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+
+
+def _requote(uri: str) -> str:
+    """``uri`` as requests sends it (``requests.utils.requote_uri``, which pooch's download
+    goes through): escapes of unreserved characters decoded, the rest quoted; a malformed
+    ``%`` escape makes every ``%`` literal (``%25``). Written here so that cas needs no
+    requests."""
+    parts = uri.split("%")
+    for index in range(1, len(parts)):
+        pair = parts[index][:2]
+        if len(pair) == 2 and pair.isalnum():
+            try:
+                char = chr(int(pair, 16))
+            except ValueError:
+                return quote(uri, safe=_URL_SAFE.replace("%", ""))
+            parts[index] = (char + parts[index][2:] if char in _UNRESERVED
+                            else "%" + parts[index])  # fmt: skip
+        else:
+            parts[index] = "%" + parts[index]
+    return quote("".join(parts), safe=_URL_SAFE)
 
 
 def manifest_text(fixtures: list[Fixture], header: str = "") -> str:
