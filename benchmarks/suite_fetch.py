@@ -109,22 +109,30 @@ class Nginx:
         return sum(int(line.split()[-1]) for line in log.read_text().splitlines() if line)
 
 
-def run(ctx: Context) -> SuiteResult:
-    if shutil.which("nginx") is None:
-        return SuiteResult([], ["nginx is not installed (`apt-get install -y nginx`): skipped."])
-    size = QUICK_SIZE if ctx.quick else SIZE
-    rounds = ctx.rounds_or(ROUNDS)
-    folder = ctx.scratch / "fetch"
+def served_input(ctx: Context, name: str, size: int) -> tuple[Path, Nginx, Path, str]:
+    """A fresh folder ``name`` under the scratch folder whose nginx serves an input of ``size``
+    bytes as ``data.bin``; the folder, the server (not started), the input and its BLAKE3
+    digest (computed once). The input is read into the page cache."""
+    folder = ctx.scratch / name
     remove_path(folder)
     folder.mkdir(parents=True)
     server = Nginx(folder)
     source = ctx.scratch / f"input-{size}.bin"
     make_input(source, size)
     os.link(source, folder / "www" / "data.bin")
-    with cas.Store.open(folder / "hash-store") as store:  # the expected digest, computed once
+    with cas.Store.open(folder / "hash-store") as store:
         blake3 = store.put(source)
     remove_path(folder / "hash-store")
     read_through(source)
+    return folder, server, source, blake3
+
+
+def run(ctx: Context) -> SuiteResult:
+    if shutil.which("nginx") is None:
+        return SuiteResult([], ["nginx is not installed (`apt-get install -y nginx`): skipped."])
+    size = QUICK_SIZE if ctx.quick else SIZE
+    rounds = ctx.rounds_or(ROUNDS)
+    folder, server, source, blake3 = served_input(ctx, "fetch", size)
     sha256 = subprocess.run(["sha256sum", str(source)], check=True, capture_output=True,
                             text=True).stdout.split()[0]
     out = folder / "out"

@@ -36,8 +36,7 @@ from harness import (
     urllib3_download,
 )
 from harness import remove as remove_path
-from suite_fetch import Nginx
-from suite_put_large import make_input, read_through
+from suite_fetch import Nginx, served_input
 
 import cas
 from cas.storage.layout import SIDECAR_SUFFIX, Layout
@@ -109,17 +108,7 @@ def run(ctx: Context) -> SuiteResult:
         return SuiteResult([], ["nginx is not installed (`apt-get install -y nginx`): skipped."])
     size = QUICK_SIZE if ctx.quick else SIZE
     rounds = ctx.rounds_or(ROUNDS)
-    folder = ctx.scratch / "ranges"
-    remove_path(folder)
-    folder.mkdir(parents=True)
-    server = Nginx(folder)
-    source = ctx.scratch / f"input-{size}.bin"
-    make_input(source, size)
-    os.link(source, folder / "www" / "data.bin")
-    with cas.Store.open(folder / "hash-store") as store:
-        blake3 = store.put(source)
-    remove_path(folder / "hash-store")
-    read_through(source)
+    folder, server, source, blake3 = served_input(ctx, "ranges", size)
     out = folder / "out"
     http = urllib3.PoolManager()
 
