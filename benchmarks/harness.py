@@ -98,7 +98,7 @@ class Context:
         """A suite's own setting from ``--set KEY=VALUE``, else ``default``."""
         return self.options.get(key, default)
 
-    def rounds_or(self, default: int, quick_default: int = 2) -> int:
+    def rounds_or(self, default: int, quick_default: int = 1) -> int:
         """The rounds to run: ``--rounds`` if given, else the suite's default for the mode."""
         if self.rounds is not None:
             return self.rounds

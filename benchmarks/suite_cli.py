@@ -21,7 +21,7 @@ from harness import remove as remove_path
 import cas
 
 RUNS = 20
-QUICK_RUNS = 5
+QUICK_RUNS = 2
 IMPORTTIME_RUNS = 5
 NAME = "bench/fixture.bin"
 

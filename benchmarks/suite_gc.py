@@ -29,12 +29,13 @@ from harness import Context, Row, SuiteResult, Target, median, peak_rss
 from harness import remove as remove_path
 
 import cas
+import cas.ops.cleanup
 import cas.ops.eviction
 from cas.storage.layout import Layout, shard_of
 from cas.values import MAX_DURATION
 
 SIZES = (100_000, 1_000_000)
-QUICK_SIZES = (5_000, 20_000)
+QUICK_SIZES = (2_000, 5_000)
 #: Rounds at the smaller size, whose phases take a tenth of a second: one sample of them is
 #: noise, and the growth rows divide by it. The larger size runs once (a minute to build).
 SMALL_ROUNDS = 3
@@ -43,7 +44,7 @@ SHARE = 0.2
 
 #: Blobs put for the store built by real puts, and the rounds on fresh copies of it.
 REAL_SIZE = 100_000
-QUICK_REAL_SIZE = 2_000
+QUICK_REAL_SIZE = 500
 REAL_ROUNDS = 3
 #: Seconds allowed for the catalog work of a gc freeing 20 % of 100,000 blobs: what the rows on
 #: the store of inserted rows and empty files measured for it. The target is
@@ -159,7 +160,8 @@ def _round(ctx: Context, count: int) -> dict[str, float]:
     victims = _build(root, count, ctx)
     copies = _peer_tree(folder / "peer", victims, root)
     delete_time = _sqlite_delete(root, folder / "peer.db", count)
-    time.sleep(2)  # let the file creation settle before timing removals
+    if not ctx.quick:
+        time.sleep(2)  # let the file creation settle before timing removals
     # max_size just below the total: low water (0.8) of it frees 20 %.
     peak, output = peak_rss(ctx.python, GC_CHILD, [str(root), str(count * BLOB_SIZE - 1)])
     timings = json.loads(output.splitlines()[-1])
@@ -196,10 +198,12 @@ def _copy_victims(source: Path, folder: Path, digests: list[str]) -> list[str]:
     return copies
 
 
-def _settle() -> None:
-    """Write everything out and let the filesystem's background work finish before timing."""
+def _settle(ctx: Context) -> None:
+    """Write everything out and let the filesystem's background work finish before timing
+    (a quick run checks the suite, not its figures: no pause)."""
     os.sync()
-    time.sleep(1)
+    if not ctx.quick:
+        time.sleep(1)
 
 
 def _real_puts(ctx: Context) -> tuple[list[Row], list[str]]:
@@ -223,7 +227,7 @@ def _real_puts(ctx: Context) -> tuple[list[Row], list[str]]:
         store = folder / "store"
         remove_path(store)
         subprocess.run(["cp", "-a", str(built), str(store)], check=True)
-        _settle()
+        _settle(ctx)
         output = subprocess.run([ctx.python, "-c", REAL_GC_CHILD, str(store), str(max_size)],
                                 check=True, capture_output=True, text=True).stdout
         timings = json.loads(output.splitlines()[-1])
@@ -236,7 +240,7 @@ def _real_puts(ctx: Context) -> tuple[list[Row], list[str]]:
         peer = folder / "peer"
         remove_path(peer)
         copies = _copy_victims(built, peer, digests)
-        _settle()
+        _settle(ctx)
         samples["rm"].append(_rm(copies))
         assert not any(os.path.lexists(path) for path in copies[:100])
         remove_path(peer)
@@ -244,7 +248,7 @@ def _real_puts(ctx: Context) -> tuple[list[Row], list[str]]:
     for index in range(rounds):
         for contender in ([gc, rm] if index % 2 == 0 else [rm, gc]):
             contender()
-            _settle()
+            _settle(ctx)
         ctx.log(f"  round {index + 1}/{rounds}: gc {samples['gc'][-1]:.3f}s,"
                 f" rm {samples['rm'][-1]:.3f}s")
     remove_path(folder)
@@ -283,7 +287,8 @@ def run(ctx: Context) -> SuiteResult:
     rows: list[Row] = []
     measured: dict[int, dict[str, float]] = {}
     for count in sizes:
-        rounds = [_round(ctx, count) for _ in range(SMALL_ROUNDS if count == sizes[0] else 1)]
+        repeat = SMALL_ROUNDS if count == sizes[0] and not ctx.quick else 1
+        rounds = [_round(ctx, count) for _ in range(repeat)]
         timings = measured[count] = {key: median([each[key] for each in rounds])
                                      for key in rounds[0]}
         victims = int(timings["victims"])

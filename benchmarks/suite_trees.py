@@ -118,6 +118,7 @@ def run(ctx: Context) -> SuiteResult:
     record = Layout(root).blob(second_digest).stat().st_size
     remove_path(second)
     remove_path(ctx.scratch / "put-store")
+    remove_path(root)
 
     label = f"{files:,} files of 0.5-4 KiB ({total / 2**20:.0f} MiB) in {FOLDERS} folders"
     rows = [

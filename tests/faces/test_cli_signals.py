@@ -38,6 +38,14 @@ def _wait_for(condition: Callable[[], bool], what: str, seconds: float = 60) -> 
         time.sleep(0.02)
 
 
+def _foreground() -> None:
+    """Start a child as a terminal's shell starts a foreground command: SIGINT and SIGQUIT at
+    their defaults, even when this run inherited them ignored (a background job of a
+    non-interactive shell does), so that Ctrl-C is tested as a user sends it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -72,7 +80,7 @@ def lease(leased_root: Path, tmp_path: Path) -> Iterator[Callable[..., tuple[Pop
             wrapper = subprocess.Popen(
                 [*CAS, "--root", str(leased_root), "lease", "held", "--", "sh", "-c",
                  f"{trap}; echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file}; {script}"],
-                stdout=subprocess.DEVNULL, stderr=err,
+                stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_foreground,
             )  # fmt: skip
         _wait_for(lambda: pid_file.exists() or wrapper.poll() is not None, "the command")
         assert wrapper.poll() is None, (tmp_path / "stderr").read_bytes()
@@ -187,7 +195,7 @@ def test_ctrl_c_stops_sync_and_keeps_partials(tmp_path: Path) -> None:
         manifest = _manifest(tmp_path, {"slow.bin": (url, body)})
         with open(tmp_path / "stderr", "wb") as err:
             sync = Popen([*CAS, "--root", str(root), "sync", str(manifest)],
-                         stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+                         stdout=subprocess.DEVNULL, stderr=err, preexec_fn=_foreground)  # fmt: skip
         pattern = f"{DOWNLOAD_PREFIX}*{PARTIAL_SUFFIX}"
         parts = lambda: [p for p in Layout(root).tmp.glob(pattern) if p.stat().st_size]  # noqa: E731
         _wait_for(lambda: Layout(root).tmp.is_dir() and bool(parts()), "a partial download")
