@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 from cas.errors import (
@@ -57,7 +57,7 @@ from cas.storage.catalog import Catalog, Connection
 from cas.storage.counters import Counter
 from cas.transfer.request import Expected
 from cas.transfer.s3 import Remote
-from cas.transfer.s3_records import NameRecord
+from cas.transfer.s3_records import INLINE_MAX, NameRecord
 from cas.urls import redact
 
 #: After the remote failed, fetches go straight to the origin for this many seconds.
@@ -192,14 +192,26 @@ class RemoteTier:
         uploaded = uploaded or sent
         uploaded = uploaded and first  # the other refs of this blob found it there
         if local.name is not None:
-            self.remote.put_name(
-                NameRecord(local.name, local.digest, size, local.url, local.sha256)
-            )
+            content = None if members else self._small_content(local.digest, size)
+            record = NameRecord(local.name, local.digest, size, local.url, local.sha256, content)
+            if content is not None and record.verified_content() is None:  # damaged here
+                record = replace(record, content=None)
+            self.remote.put_name(record)
         if local.sha256 is not None:
             self.remote.put_alias(local.sha256, local.digest)
         log.info("%s %s (%d bytes)%s", "pushed" if uploaded else "published", local.digest,
                  size, f" as {local.name!r}" if local.name else "")
         return Moved(local.digest, uploaded)
+
+    def _small_content(self, digest: str, size: int) -> bytes | None:
+        """The bytes of a small blob stored here, for its name's record (``INLINE_MAX``)."""
+        if size > INLINE_MAX or not self._blobs.has(digest, size):
+            return None
+        try:
+            with self._blobs.open(digest) as blob:
+                return blob.read(size + 1)
+        except OSError:
+            return None
 
     def _push_blob(self, local: _Local) -> tuple[int, bool]:
         """Make sure the remote holds the blob, readable: its size, and whether it went up."""
@@ -264,6 +276,11 @@ class RemoteTier:
         record = self.remote.get_name(check_name(ref))
         if record is None:
             raise NotFound(f"no name {ref!r} in the remote {self.remote.url}")
+        content = record.verified_content()
+        if content is not None and not tier_trees.is_record(content):
+            # A small blob that came with its record, and no tree's: named as it is recorded.
+            return self._pull(group, record.digest, record.size, ref, record.url,
+                              record.sha256, inline=content)  # fmt: skip
         moved = self._pull_tree(group, record.digest, record.size)
         named = self._pull(group, record.digest, record.size, ref, record.url, record.sha256)
         return moved if moved.transferred else named
@@ -313,9 +330,11 @@ class RemoteTier:
     def _pull(
         self, group: GroupCommit, digest: str, size: int | None = None,
         name: str | None = None, url: str | None = None, sha256: str | None = None,
+        inline: bytes | None = None,
     ) -> Moved:  # fmt: skip
         """Pull one blob unless it is stored, and name it; recorded with ``group``. A small
-        blob is synced with its batch (one syncfs), a large one by its own fsync."""
+        blob is synced with its batch (one syncfs), a large one by its own fsync. ``inline``:
+        its verified content, from its name's record."""
         keys = [f"blake3:{digest}"] + ([f"sha256:{sha256}"] if sha256 else [])
         expected = Expected(blake3=digest, sha256=sha256, size=size)
         # The fetch's single-flight locks: one transfer however many pull or fetch it at once.
@@ -326,14 +345,15 @@ class RemoteTier:
                     return Moved(digest, False)
                 small = size is not None and size < self.remote.transfer.threshold
                 pulled = self.remote.get(digest, self._blobs, size=size, sha256=sha256,
-                                         received=self._received, sync=not small)  # fmt: skip
+                                         received=self._received, sync=not small,
+                                         inline=inline)  # fmt: skip
                 if pulled is None:
                     raise NotFound(f"blob {digest} is not in the remote {self.remote.url}")
                 via = self.remote.url_of(self.remote.blob_key(digest))
                 keep = Keep(pulled, url, name, expected, via, source=False)
                 return Moved(digest, True, later=group.submit(keep, synced=not small))
         recording.exception()  # recorded (or not) now: name it, or pull it after all
-        return self._pull(group, digest, size, name, url, sha256)
+        return self._pull(group, digest, size, name, url, sha256, inline)
 
     def _name_if_stored(
         self, digest: str, size: int | None, name: str | None, url: str | None,

@@ -32,6 +32,11 @@ def members_of(catalog: Catalog, digest: str) -> list[trees.TreeFile]:
     return list({member.digest: member for member in files}.values())
 
 
+def is_record(content: bytes) -> bool:
+    """Whether ``content`` may be a tree's record (its members are pulled before its name)."""
+    return content.startswith(_HEAD)
+
+
 def stored_record(blobs: BlobStore, digest: str) -> trees.Tree | None:
     """The tree whose record is the stored blob ``digest``; None when the blob is no tree
     record. Raises IntegrityError for a blob that looks like one but is not valid."""

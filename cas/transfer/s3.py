@@ -23,6 +23,7 @@ Failures are retried and translated as transfer/s3_errors.py says.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -34,9 +35,10 @@ from cas.errors import CasError, IntegrityError, NotFound, RemoteError, UsageErr
 from cas.logs import log
 from cas.storage.blobs import BlobStore
 from cas.storage.processes import forks
-from cas.transfer import USER_AGENT
+from cas.storage.staging import Staged
 from cas.transfer.request import Download
-from cas.transfer.s3_errors import RETRY_WINDOW, RetryWindow, failure, local, missing
+from cas.transfer.s3_client import new_client
+from cas.transfer.s3_errors import RETRY_WINDOW, failure, local, missing
 from cas.transfer.s3_ranges import RangedGet, mismatch
 from cas.transfer.s3_records import (
     ALIASES,
@@ -137,30 +139,9 @@ class Remote:
             return self._pool
 
     def _new_client(self) -> S3Client:
-        try:
-            import boto3
-            from botocore.config import Config
-        except ImportError as error:
-            raise RemoteError(
-                f"remote {self.url} needs boto3: pip install 'cas-fixtures[s3]'",
-                url=self.url, permanent=True,
-            ) from error  # fmt: skip
-
-        config = Config(
-            retries={"mode": "standard", "total_max_attempts": self.retries + 1},
-            connect_timeout=self.timeout,
-            read_timeout=self.timeout,
-            # Parts in flight, and the blobs and records that pushes and pulls move at once.
-            max_pool_connections=self.transfer.concurrency + POOL_EXTRA,
-            user_agent_extra=USER_AGENT,
-            # No CRC32 of every body received: each blob is checked by its BLAKE3 digest. (Sent
-            # bodies keep theirs: without it, botocore signs a body's SHA-256 over plain HTTP.)
-            response_checksum_validation="when_required",
-        )
-        # A session of its own: boto3's default session is not thread-safe to create clients.
-        client = boto3.session.Session().client("s3", config=config)
-        RetryWindow(self.retry_window).install(client)
-        return client
+        return new_client(self.url, retries=self.retries, timeout=self.timeout,
+                          connections=self.transfer.concurrency + POOL_EXTRA,
+                          retry_window=self.retry_window)  # fmt: skip
 
     def _miss(self) -> None:
         """Make sure a 404 means a missing object, not a missing bucket: a HEAD of either
@@ -266,14 +247,24 @@ class Remote:
         sha256: str | None = None,
         received: Callable[[int], None] | None = None,
         sync: bool = True,
+        inline: bytes | None = None,
     ) -> Download | None:
         """Download the blob into a staging file of ``blobs`` (fsynced unless ``sync`` is
         False: ``BlobStore.batch_sync``) and verify it; None when the remote does not have it.
+        ``inline`` is its content as its name's record brought it (``verified_content``):
+        staged without another request.
 
         Raises IntegrityError (nothing is kept) when the content is not ``digest``, or not
         ``size`` bytes or ``sha256`` when given; RemoteError when the remote cannot be used.
         ``received(n)`` is told the bytes that came over the network.
         """
+        if inline is not None:
+            staged = blobs.staging.stage_bytes(inline, digest, sync=sync)
+            if received is not None:
+                received(len(inline))
+            found = hashlib.sha256(inline).hexdigest() if sha256 is not None else None
+            return self._verified(staged, self.url_of(self.blob_key(digest)), len(inline),
+                                  found, digest, size, sha256)  # fmt: skip
         key = self.blob_key(digest)
         where = self.url_of(key)
         ranged = RangedGet(
@@ -296,6 +287,15 @@ class Remote:
             if received is not None and ranged.count:
                 received(ranged.count)
         found = ranged.sha256.hexdigest() if ranged.sha256 is not None else None
+        return self._verified(staged, where, ranged.count, found, digest, size, sha256)
+
+    @staticmethod
+    def _verified(
+        staged: Staged, where: str, count: int, found: str | None,
+        digest: str, size: int | None, sha256: str | None,
+    ) -> Download:  # fmt: skip
+        """The download of ``staged``, or IntegrityError (and nothing kept) when it is not
+        what was expected."""
         problem = mismatch(staged.digest, staged.size, found, digest, size, sha256)
         if problem is not None:
             staged.discard()
@@ -307,7 +307,7 @@ class Remote:
                 found=got,
             )
         return Download(staged=staged, upstream={"sha256": found} if found else {},
-                        attempts=1, transferred=ranged.count, resumed=0)  # fmt: skip
+                        attempts=1, transferred=count, resumed=0)  # fmt: skip
 
     def put(self, digest: str, blob: BinaryIO) -> None:
         """Upload an open blob under its digest: one PUT up to ``Transfer.threshold``, a

@@ -860,14 +860,21 @@ def test_without_boto3_the_origin_serves_with_one_warning(
 # -- transfers at speed: ranges in parallel, many small fixtures at once ---------------------------
 
 
+def _fixture_get(path: str) -> bool:
+    """Whether a request's path is a fixture's: a blob, or a name's record (which brings a
+    small blob's content along)."""
+    return "/blobs/" in path or "/names/" in path
+
+
 def in_flight(remote: Remote) -> list[int]:
-    """Record, at each GetObject of a blob that ``remote`` sends, how many were in flight."""
+    """Record, at each GetObject of a blob or a name's record that ``remote`` sends, how many
+    were in flight."""
     seen: list[int] = []
     lock = threading.Lock()
     now = [0]
 
     def started(params: dict[str, Any], **_: Any) -> None:
-        if "/blobs/" in params["url_path"]:
+        if _fixture_get(params["url_path"]):
             with lock:
                 now[0] += 1
                 seen.append(now[0])
@@ -878,7 +885,7 @@ def in_flight(remote: Remote) -> list[int]:
                 now[0] -= 1
 
     def mark(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
-        context["cas_blob_get"] = "/blobs/" in params["url_path"]
+        context["cas_blob_get"] = _fixture_get(params["url_path"])
 
     events = remote.client.meta.events
     events.register("before-call.s3.GetObject", mark)
@@ -889,10 +896,11 @@ def in_flight(remote: Remote) -> list[int]:
 
 
 def slow_blob_gets(proxy: Proxy, delay: float) -> None:
-    """The proxy holds every GET of a blob for ``delay`` seconds, then forwards it."""
+    """The proxy holds every GET of a blob or a name's record for ``delay`` seconds, then
+    forwards it."""
 
     def rule(method: str, path: str) -> int | None:
-        if method == "GET" and "/blobs/" in path:
+        if method == "GET" and _fixture_get(path):
             time.sleep(delay)
         return None
 
@@ -1003,6 +1011,10 @@ def test_a_pull_of_many_small_fixtures_runs_at_once_and_counts_what_it_skips(
     bad = digests["small/13"]
     s3.put_object(Bucket=bucket, Key=f"team/fixtures/blobs/{bad[:2]}/{bad}",
                   Body=b"x" * len(fixtures["small/13"]))  # fmt: skip
+    # A record without the content (as cas wrote them before small blobs came inline): the
+    # damaged blob itself is read.
+    s3.put_object(Bucket=bucket, Key="team/fixtures/names/small%2F13.json",
+                  Body=NameRecord("small/13", bad, len(fixtures["small/13"])).to_json())
     transactions: list[int] = []
     real = Recorder.keep_many
 
