@@ -27,6 +27,7 @@ cannot read (counted as failed) and pulls the rest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -337,8 +338,9 @@ class RemoteTier:
         its verified content, from its name's record."""
         keys = [f"blake3:{digest}"] + ([f"sha256:{sha256}"] if sha256 else [])
         expected = Expected(blake3=digest, sha256=sha256, size=size)
-        # The fetch's single-flight locks: one transfer however many pull or fetch it at once.
-        with self._single_flight(keys):
+        # The fetch's single-flight locks: one transfer however many pull or fetch it at once
+        # (content that came inline is here already: nothing to share).
+        with self._single_flight(keys) if inline is None else contextlib.nullcontext():
             recording = group.pending(digest)  # by another ref of this pull
             if recording is None:
                 if self._name_if_stored(digest, size, name, url, sha256):

@@ -29,6 +29,9 @@ def _session() -> Any:
     import botocore.session
 
     core = botocore.session.get_session()
+    # Timestamps (LastModified of each object read or listed) stay text: cas reads none, and
+    # botocore parses each with dateutil, a tenth of a millisecond apiece.
+    core.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=str)
     with _SHARED_LOCK:
         for name, component in _SHARED.items():
             core.register_component(name, component)
