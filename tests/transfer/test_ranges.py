@@ -149,8 +149,12 @@ def test_a_range_cut_short_resumes_where_it_stopped(rstore: cas.Store, server: S
     url = server.add("/f", BODY, Reply(at=AT, cut_after=100_000, reset=reset))
     assert rstore.fetch(url) == _b3(BODY)
     assert len(plain(server, "/f")) == 1  # no restart
-    again = [s for s in server.seen("/f") if s.range and span(s)[0] == AT + 100_000]
-    assert [span(s) for s in again] == [(AT + 100_000, AT + PIECE)]
+    # A reset discards what the client's kernel held unread: the resume may start a little
+    # before the cut then, never at the range's start.
+    again = [s for s in server.seen("/f") if s.range and AT < span(s)[0] <= AT + 100_000]
+    assert [span(s)[1] for s in again] == [AT + PIECE]
+    if not reset:
+        assert [span(s) for s in again] == [(AT + 100_000, AT + PIECE)]
     assert covered(server.seen("/f")).items == [[PIECE, SIZE]]
     assert_holds(rstore.root, BODY)
 
