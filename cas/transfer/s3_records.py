@@ -21,6 +21,7 @@ from urllib.parse import quote, unquote
 
 from cas.errors import CasError, UsageError
 from cas.refs import check_digest, check_name
+from cas.storage import hashing
 from cas.transfer.request import check_url
 
 #: Blobs up to this size travel inside their name's record too (base64), so that pulling a small
@@ -93,11 +94,11 @@ class NameRecord:
     def verified_content(self) -> bytes | None:
         """``content`` when it is the blob's (its BLAKE3 is ``digest``), else None: a damaged
         copy is ignored, and the blob itself is read."""
-        import blake3
-
-        if self.content is None or blake3.blake3(self.content).hexdigest() != self.digest:
+        if self.content is None:
             return None
-        return self.content
+        digest = hashing.hasher()
+        digest.update(self.content)
+        return self.content if digest.hexdigest() == self.digest else None
 
     @classmethod
     def from_json(cls, data: bytes, where: str) -> NameRecord:
