@@ -37,7 +37,7 @@ from cas.storage.blobs import BlobStore
 from cas.storage.processes import forks
 from cas.storage.staging import Staged
 from cas.transfer.request import Download
-from cas.transfer.s3_client import new_client
+from cas.transfer.s3_client import new_client, quick_get
 from cas.transfer.s3_errors import RETRY_WINDOW, failure, local, missing
 from cas.transfer.s3_ranges import RangedGet, mismatch
 from cas.transfer.s3_records import (
@@ -416,6 +416,13 @@ class Remote:
 
     def _get_record(self, key: str) -> bytes | None:
         client = self.client
+        quick = quick_get(client, self.bucket, key, RECORD_MAX)
+        if quick is not None:
+            status, data = quick
+            if status == 404:
+                self._miss()
+                return None
+            return data
         try:
             response = client.get_object(Bucket=self.bucket, Key=key)
             with contextlib.closing(response["Body"]) as body:

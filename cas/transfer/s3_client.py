@@ -1,4 +1,5 @@
-"""The boto3 client of the remote tier: its settings, and what the sessions of one process share.
+"""The boto3 client of the remote tier: its settings, what the sessions of one process share,
+and a cheaper GET of small objects.
 
 boto3 is imported here, when a remote is first used.
 """
@@ -70,3 +71,47 @@ def new_client(url: str, *, retries: int, timeout: float, connections: int,
     client = cast("S3Client", session.client("s3", config=config))
     RetryWindow(retry_window).install(client)
     return client
+
+
+#: Seconds a presigned URL of ``quick_get`` is valid: it is used at once.
+PRESIGNED_FOR = 300
+
+
+def quick_get(client: Any, bucket: str, key: str, limit: int) -> tuple[int, bytes] | None:
+    """(200, body) or (404, b"") for the object at ``key``, fetched by a presigned URL sent
+    through the client's own HTTP session (its proxies, certificates, pool and timeouts); None
+    for anything else (another status, a body over ``limit`` bytes, an error, a client without
+    that session), and the caller asks through ``get_object``, whose retries and error
+    translation apply.
+
+    Why: botocore's request pipeline (parameters, endpoint rules, events, signing, parsing)
+    costs a third of the CPU of a small GET, and a pull of many small fixtures is bound by that
+    CPU: 0.85 ms against 1.2 ms a record here.
+    """
+    session = getattr(getattr(client, "_endpoint", None), "http_session", None)
+    if session is None:
+        return None
+    from botocore.awsrequest import AWSRequest
+
+    try:
+        url = client.generate_presigned_url("get_object", ExpiresIn=PRESIGNED_FOR,
+                                            Params={"Bucket": bucket, "Key": key})  # fmt: skip
+        request = AWSRequest(method="GET", url=url).prepare()
+        request.stream_output = True
+        response = session.send(request)
+    except Exception:
+        return None
+    raw = response.raw
+    try:
+        body = raw.read(limit + 1) if response.status_code == 200 else b""
+        if len(body) > limit:
+            raw.close()  # the rest is not read: the connection is not reused
+            return None
+        raw.drain_conn()  # a 404's error document; nothing after a body read in full
+        raw.release_conn()
+    except Exception:
+        raw.close()
+        return None
+    if response.status_code == 404:
+        return 404, b""
+    return (200, bytes(body)) if response.status_code == 200 else None

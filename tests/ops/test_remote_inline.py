@@ -23,7 +23,6 @@ import boto3
 import cas
 from cas.storage.counters import Counter
 from cas.storage.layout import Layout
-from cas.transfer.s3 import Remote
 from cas.transfer.s3_records import INLINE_MAX, RECORD_MAX, NameRecord
 
 from tests.ops.test_remote import (  # noqa: F401 - fixtures
@@ -32,24 +31,15 @@ from tests.ops.test_remote import (  # noqa: F401 - fixtures
     endpoint,
     moto_s3,
     open_store,
+    proxy,
     remote_url,
     s3,
     seaweedfs_s3,
 )
 from tests.ops.test_trees import contents, make_folder
+from tests.s3servers import Proxy
 
 PREFIX = "team/fixtures"
-
-
-def _gets(remote: Remote) -> list[str]:
-    """The path of every GetObject that ``remote`` sends."""
-    seen: list[str] = []
-
-    def note(params: dict[str, Any], **_: Any) -> None:
-        seen.append(params["url_path"])
-
-    remote.client.meta.events.register("before-call.s3.GetObject", note)
-    return seen
 
 
 def _record(bucket: str, name: str) -> dict[str, Any]:
@@ -66,7 +56,7 @@ def _write_record(bucket: str, name: str, value: dict[str, Any]) -> None:
 
 
 def test_a_small_fixture_comes_with_its_record_a_large_one_after_it(
-    tmp_path: Path, remote_url: str, bucket: str
+    tmp_path: Path, remote_url: str, bucket: str, proxy: Proxy
 ) -> None:
     """Pushing puts a small blob's bytes in its name's record too (a blob of INLINE_MAX
     bytes included), not a larger one's; pulling each name then costs one GET for the small
@@ -83,12 +73,11 @@ def test_a_small_fixture_comes_with_its_record_a_large_one_after_it(
             assert base64.b64decode(record["content"]) == body
         else:
             assert "content" not in record
-    remote = Remote(remote_url, retries=1)
-    gets = _gets(remote)
-    with open_store(tmp_path / "two", remote_url, remote_client=remote) as two:
+    with open_store(tmp_path / "two", remote_url) as two:
         for name, body in bodies.items():
-            gets.clear()
+            before = len(proxy.requests("GET"))
             two.pull(name).raise_for_failures()
+            gets = [request.path for request in proxy.requests("GET")[before:]]
             blob_gets = [path for path in gets if "/blobs/" in path]
             assert len(gets) == (1 if name.startswith("small/") else 2), (name, gets)
             assert len(blob_gets) == (0 if name.startswith("small/") else 1), (name, gets)
@@ -98,7 +87,7 @@ def test_a_small_fixture_comes_with_its_record_a_large_one_after_it(
 
 
 def test_a_damaged_inline_copy_is_ignored_and_the_blob_read(
-    tmp_path: Path, remote_url: str, bucket: str
+    tmp_path: Path, remote_url: str, bucket: str, proxy: Proxy
 ) -> None:
     """Content in a record that is not the digest's (same size, other bytes) is never stored:
     the pull reads the blob object and stores the right bytes under the name."""
@@ -109,12 +98,10 @@ def test_a_damaged_inline_copy_is_ignored_and_the_blob_read(
     record = _record(bucket, "n")
     record["content"] = base64.b64encode(os.urandom(len(body))).decode()
     _write_record(bucket, "n", record)
-    remote = Remote(remote_url, retries=1)
-    gets = _gets(remote)
-    with open_store(tmp_path / "two", remote_url, remote_client=remote) as two:
+    with open_store(tmp_path / "two", remote_url) as two:
         two.pull("n").raise_for_failures()
         assert two.read_bytes("n") == body
-        assert any("/blobs/" in path for path in gets)
+        assert proxy.requests("GET", "/blobs/")
         assert not two.verify(full=True).damaged
 
 
@@ -187,3 +174,31 @@ def test_records_round_trip(name: str, content: bytes, with_content: bool,
     assert back.verified_content() == (content if with_content else None)
     other = NameRecord(name, _b3(content + b"x"), len(content), url, None, content)
     assert other.verified_content() is None
+
+
+def test_a_record_read_that_fails_is_asked_again_through_botocore(
+    tmp_path: Path, remote_url: str, bucket: str, proxy: Proxy
+) -> None:
+    """Records are read by a presigned GET; an answer other than 200 or 404 (here a 503 to
+    the first read) is asked again through botocore, whose retries apply: the pull succeeds.
+    A missing name costs its one 404, and the bucket's HEAD."""
+    with open_store(tmp_path / "one", remote_url) as one:
+        one.put(b"data", name="n")
+        one.push().raise_for_failures()
+    failed: list[str] = []
+
+    def rule(method: str, path: str) -> int | None:
+        if method == "GET" and "/names/" in path and not failed:
+            failed.append(path)
+            return 503
+        return None
+
+    proxy.rule = rule
+    with open_store(tmp_path / "two", remote_url) as two:
+        two.pull("n").raise_for_failures()
+        assert two.read_bytes("n") == b"data"
+        assert [r.status for r in proxy.requests("GET", "/names/")] == [503, 200]
+        before = len(proxy.requests())
+        assert isinstance(two.pull("nope").failed["nope"], cas.NotFound)
+        after = [(r.method, r.status) for r in proxy.requests()[before:]]
+        assert after.count(("GET", 404)) == 1 and len(after) <= 2, after
