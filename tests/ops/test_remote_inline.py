@@ -8,6 +8,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from cas.transfer.s3_records import INLINE_MAX, RECORD_MAX, NameRecord
 
 from tests.ops.test_remote import (  # noqa: F401 - fixtures
     _b3,
+    assert_clean,
     bucket,
     endpoint,
     moto_s3,
@@ -202,3 +205,28 @@ def test_a_record_read_that_fails_is_asked_again_through_botocore(
         assert isinstance(two.pull("nope").failed["nope"], cas.NotFound)
         after = [(r.method, r.status) for r in proxy.requests()[before:]]
         assert after.count(("GET", 404)) == 1 and len(after) <= 2, after
+
+
+def test_processes_pulling_the_same_small_fixtures_at_once_agree(
+    tmp_path: Path, remote_url: str, bucket: str
+) -> None:
+    """Four `cas pull` processes into one store at once, each of the same 30 small fixtures
+    (inline content takes no single-flight lock): every one exits 0, every name reads back its
+    bytes, each blob is stored once and nothing is left in tmp/."""
+    bodies = {f"small/{n:02d}": os.urandom(2000 + n) for n in range(30)}
+    with open_store(tmp_path / "one", remote_url) as one:
+        for name, body in bodies.items():
+            one.put(body, name=name)
+        one.push().raise_for_failures()
+    root = tmp_path / "shared"
+    command = [sys.executable, "-m", "cas", "--root", str(root), "pull"]
+    env = {**os.environ, "CAS_REMOTE": remote_url, "CAS_RETRIES": "1"}
+    children = [subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE) for _ in range(4)]  # fmt: skip
+    for child in children:
+        _, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err.decode()
+    with cas.Store.open(root) as store:
+        assert {entry.name: store.read_bytes(entry.name) for entry in store.entries()} == bodies
+        assert not store.verify(full=True).damaged
+    assert_clean(root, *bodies.values())
