@@ -45,11 +45,11 @@ ROUNDS = 5  # 1 GiB writes vary 2-3x from round to round on this VM: medians nee
 
 NGINX_CONF = """
 daemon on;
-user root;
-worker_processes 1;
+{user}
+worker_processes {workers};
 pid {dir}/nginx.pid;
 error_log {dir}/error.log;
-events {{ worker_connections 64; }}
+events {{ worker_connections 1024; }}
 http {{
     log_format sent '$request_uri $status $body_bytes_sent';
     access_log {dir}/access.log sent;
@@ -59,6 +59,8 @@ http {{
     uwsgi_temp_path {dir}/tmp-uwsgi;
     scgi_temp_path {dir}/tmp-scgi;
     sendfile on;
+    keepalive_requests 100000;
+    limit_rate {rate};
     default_type application/octet-stream;
     server {{
         listen 127.0.0.1:{port};
@@ -81,14 +83,18 @@ def _free_port() -> int:
 
 
 class Nginx:
-    """nginx serving one folder on 127.0.0.1, started and stopped by the suite."""
+    """nginx serving ``folder/www`` on 127.0.0.1, started and stopped by the suite: ``rate``
+    bytes per second per connection (nginx's ``limit_rate``, 0 for none), with ``workers``
+    worker processes."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, rate: str = "0", workers: str = "1") -> None:
         self.folder = folder
         self.port = _free_port()
         (folder / "www").mkdir(parents=True, exist_ok=True)
+        user = "user root;" if os.geteuid() == 0 else ""  # else nginx keeps the caller's user
         conf = folder / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(dir=folder, port=self.port))
+        conf.write_text(NGINX_CONF.format(dir=folder, port=self.port, rate=rate, user=user,
+                                          workers=workers))  # fmt: skip
         self.conf = conf
 
     def __enter__(self) -> Nginx:
@@ -97,8 +103,19 @@ class Nginx:
         return self
 
     def __exit__(self, *_: object) -> None:
+        """Stop nginx and wait until its master has exited (and removed its pid file), so that
+        its folder can go."""
+        pid_file = self.folder / "nginx.pid"
+        pid = int(pid_file.read_text()) if pid_file.is_file() else None
         subprocess.run(["nginx", "-c", str(self.conf), "-e", str(self.folder / "error.log"),
                         "-s", "stop"], check=False)
+        deadline = time.monotonic() + 30
+        while pid is not None and time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self.port}/{name}"

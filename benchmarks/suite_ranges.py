@@ -143,10 +143,7 @@ def run(ctx: Context) -> SuiteResult:
 
     slow_bytes = slow_recorded = None
     if not ctx.quick:  # (quick mode checks the runner: one resume is enough)
-        throttled = Nginx(folder / "throttled")
-        conf = throttled.conf.read_text()
-        throttled.conf.write_text(conf.replace("sendfile on;",
-                                               "sendfile on;\n    limit_rate 40m;"))
+        throttled = Nginx(folder / "throttled", rate="40m")
         os.link(source, folder / "throttled" / "www" / "data.bin")
         with throttled:
             ctx.log("ranges: kill half-way, then resume, from nginx with limit_rate 40m")

@@ -42,56 +42,6 @@ from cas.values import SYNC_JOBS, parse_size
 
 ROUNDS = 3  # a round is about 45 s of transfers at 40m per connection with one cas connection
 
-NGINX_CONF = """
-daemon on;
-{user}
-worker_processes auto;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-    log_format sent '$request_uri $status $body_bytes_sent';
-    access_log {dir}/access.log sent;
-    client_body_temp_path {dir}/tmp-body;
-    proxy_temp_path {dir}/tmp-proxy;
-    fastcgi_temp_path {dir}/tmp-fastcgi;
-    uwsgi_temp_path {dir}/tmp-uwsgi;
-    scgi_temp_path {dir}/tmp-scgi;
-    sendfile on;
-    keepalive_requests 100000;
-    limit_rate {rate};
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{port};
-        root {dir}/www;
-    }}
-}}
-"""
-
-
-class ThrottledNginx(Nginx):
-    """nginx serving ``folder/www`` at ``rate`` bytes per second per connection."""
-
-    def __init__(self, folder: Path, rate: str) -> None:
-        super().__init__(folder)
-        user = "user root;" if os.geteuid() == 0 else ""  # else nginx keeps the caller's user
-        self.conf.write_text(NGINX_CONF.format(dir=folder, port=self.port, rate=rate, user=user))
-
-    def __exit__(self, *exc: object) -> None:
-        """Stop nginx and wait until its master has exited (and removed its pid file), so that
-        its folder can go."""
-        pid_file = self.folder / "nginx.pid"
-        pid = int(pid_file.read_text()) if pid_file.is_file() else None
-        super().__exit__(*exc)
-        deadline = time.monotonic() + 30
-        while pid is not None and time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.02)
-
-
 def format_size(size: int) -> str:
     """``size`` for reading: ``512 MiB``, ``1.4 MiB``, ``256 KiB``."""
     if size >= MiB:
@@ -170,7 +120,7 @@ def run(ctx: Context) -> SuiteResult:
     folder = ctx.scratch / "transfer"
     remove_path(folder)
     folder.mkdir(parents=True)
-    server = ThrottledNginx(folder, rate)
+    server = Nginx(folder, rate=rate, workers="auto")
     www = folder / "www"
     inputs = ctx.scratch / "inputs"
     inputs.mkdir(parents=True, exist_ok=True)
