@@ -69,7 +69,7 @@ http {{
 }}
 """
 
-_FETCH_CHILD = """
+FETCH_CHILD = """
 import sys, cas
 with cas.Store.open(sys.argv[1], connections=int(sys.argv[4])) as store:
     print(store.fetch(sys.argv[2], blake3=sys.argv[3]))
@@ -184,7 +184,7 @@ def run(ctx: Context) -> SuiteResult:
         remove_path(out)
 
         ctx.log("fetch: peak RSS of a fetch in a child process")
-        rss, printed = peak_rss(ctx.python, _FETCH_CHILD, [str(out), url, blake3, "8"])
+        rss, printed = peak_rss(ctx.python, FETCH_CHILD, [str(out), url, blake3, "8"])
         assert printed.strip() == blake3
         remove_path(out)
 
@@ -192,7 +192,7 @@ def run(ctx: Context) -> SuiteResult:
         before = server.sent()
         # One stream, whose partial grows as it goes (a parallel one has its final size at
         # once; suite_ranges measures its resume).
-        child = subprocess.Popen([ctx.python, "-c", _FETCH_CHILD, str(out), url, blake3, "1"],
+        child = subprocess.Popen([ctx.python, "-c", FETCH_CHILD, str(out), url, blake3, "1"],
                                  stdout=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:

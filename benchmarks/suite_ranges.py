@@ -36,7 +36,7 @@ from harness import (
     urllib3_download,
 )
 from harness import remove as remove_path
-from suite_fetch import Nginx, served_input
+from suite_fetch import FETCH_CHILD, Nginx, served_input
 
 import cas
 from cas.storage.layout import SIDECAR_SUFFIX, Layout
@@ -44,12 +44,6 @@ from cas.storage.layout import SIDECAR_SUFFIX, Layout
 SIZE = GiB
 QUICK_SIZE = 64 * MiB
 ROUNDS = 5
-
-_FETCH_CHILD = """
-import sys, cas
-with cas.Store.open(sys.argv[1]) as store:
-    print(store.fetch(sys.argv[2], blake3=sys.argv[3]), flush=True)
-"""
 
 _ANON_CHILD = """
 import sys, threading, time, cas
@@ -86,7 +80,7 @@ def _killed_and_resumed(ctx: Context, server: Nginx, out: Path, blake3: str,
     second fetch that finishes it; and the bytes recorded at the kill."""
     url = server.url("data.bin")
     before = server.sent()
-    child = subprocess.Popen([ctx.python, "-c", _FETCH_CHILD, str(out), url, blake3],
+    child = subprocess.Popen([ctx.python, "-c", FETCH_CHILD, str(out), url, blake3, "8"],
                              stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and child.poll() is None:
