@@ -27,6 +27,7 @@ from typing import Any
 
 from cas.errors import IntegrityError
 from cas.storage import hashing
+from cas.transfer.spans import Spans
 
 #: Bytes read from a response body, written and hashed at a time.
 CHUNK = 1 << 20
@@ -63,8 +64,7 @@ class RangedGet:
         self.stream_retries = stream_retries
         self.count = 0  #: body bytes received
         self._lock = threading.Condition()
-        self._landed: set[int] = set()  # indices of the parts written in full
-        self._reached: dict[int, int] = {}  # part index -> where its bytes reach so far
+        self._written = Spans()  # the byte spans written so far, by every part
         self._failed: BaseException | None = None
 
     # -- the staging callback ------------------------------------------------------------------
@@ -91,13 +91,13 @@ class RangedGet:
                 _preallocate(fd, total)
             step = self.part_size if first.get("ContentRange") else max(total, 1)
             parts = [(start, min(start + step, total)) for start in range(0, total, step)]
-            for index, (start, end) in enumerate(parts[1:], 1):
-                futures.append(self.pool().submit(self._run_part, fd, index, start, end))
+            for start, end in parts[1:]:
+                futures.append(self.pool().submit(self._run_part, fd, start, end))
             if parts:
-                self._part(fd, 0, 0, parts[0][1], first)
+                self._part(fd, 0, parts[0][1], first)
             else:
-                self._body(fd, first, 0, [0], 0)  # an empty object: its body must be empty
-            digest = self._hash(fd, total, parts, write_behind)
+                self._body(fd, first, [0], 0)  # an empty object: its body must be empty
+            digest = self._hash(fd, total, write_behind)
         except BaseException as error:
             self._fail(error)
         finally:
@@ -111,10 +111,10 @@ class RangedGet:
             raise failed
         return digest, total
 
-    def _run_part(self, fd: int, index: int, start: int, end: int) -> None:
+    def _run_part(self, fd: int, start: int, end: int) -> None:
         """One part in the pool; its failure stops the others."""
         try:
-            self._part(fd, index, start, end, None)
+            self._part(fd, start, end, None)
         except BaseException as error:
             self._fail(error)
 
@@ -138,7 +138,7 @@ class RangedGet:
                                  f" {content_range!r}; it was not stored")  # fmt: skip
         return int(response["ContentLength"])
 
-    def _part(self, fd: int, index: int, start: int, end: int, response: Any) -> None:
+    def _part(self, fd: int, start: int, end: int, response: Any) -> None:
         """Write bytes ``start`` to ``end`` (exclusive) at their place; ``response`` is the
         first part's, already asked for."""
         from s3transfer.utils import S3_RETRYABLE_DOWNLOAD_ERRORS
@@ -151,7 +151,7 @@ class RangedGet:
             if response.get("ContentRange") is not None or at[0] != 0:
                 self._check_range(response, at[0], end)
             try:
-                self._body(fd, response, index, at, end)
+                self._body(fd, response, at, end)
                 if at[0] < end:  # a body shorter than announced, without an error
                     raise IntegrityError(
                         f"remote object {self.where} sent {at[0] - start} of the"
@@ -164,9 +164,6 @@ class RangedGet:
             finally:
                 response["Body"].close()
             response = None
-        with self._lock:
-            self._landed.add(index)
-            self._lock.notify_all()
 
     def _check_range(self, response: Any, start: int, end: int) -> None:
         answered = str(response.get("ContentRange") or "")
@@ -177,8 +174,8 @@ class RangedGet:
                 f" request for bytes {start}-{end - 1}; it was not stored"
             )
 
-    def _body(self, fd: int, response: Any, index: int, at: list[int], end: int) -> None:
-        """Write the body of part ``index`` at ``at[0]``, which follows it; refuses bytes
+    def _body(self, fd: int, response: Any, at: list[int], end: int) -> None:
+        """Write a part's body at ``at[0]``, which follows it; refuses bytes
         beyond ``end``. The hashing follows each chunk written."""
         body = response["Body"]
         while True:
@@ -199,21 +196,20 @@ class RangedGet:
             at[0] += len(chunk)
             with self._lock:
                 self.count += len(chunk)
-                self._reached[index] = at[0]
+                self._written.add(at[0] - len(chunk), at[0])
                 self._lock.notify_all()
 
     # -- hashing in order ----------------------------------------------------------------------
 
-    def _hash(self, fd: int, total: int, parts: list[tuple[int, int]],
-              write_behind: bool) -> str:  # fmt: skip
+    def _hash(self, fd: int, total: int, write_behind: bool) -> str:
         digest = hashing.hasher()
         hashed = flushed = 0  # bytes hashed; bytes whose writeback was started
         while hashed < total:
             with self._lock:
-                while self._failed is None and self._contiguous(parts) <= hashed:
+                while self._failed is None and self._written.prefix <= hashed:
                     self._lock.wait(0.5)
                 self._check_locked()
-                filled = self._contiguous(parts)
+                filled = self._written.prefix
             while hashed < filled:
                 chunk = os.pread(fd, min(CHUNK, filled - hashed), hashed)
                 if not chunk:
@@ -226,16 +222,6 @@ class RangedGet:
                 hashing.start_writeback(fd, flushed, hashed - flushed)
                 flushed = hashed
         return str(digest.hexdigest())
-
-    def _contiguous(self, parts: list[tuple[int, int]]) -> int:
-        """Bytes from the start of the file written without a gap: the parts landed in full,
-        and as far as the next one has come."""
-        index = 0
-        while index < len(parts) and index in self._landed:
-            index += 1
-        if index == len(parts):
-            return parts[-1][1] if parts else 0
-        return self._reached.get(index, parts[index][0])
 
     # -- failures ------------------------------------------------------------------------------
 
